@@ -1,0 +1,49 @@
+# enrollstream — everything a newcomer runs goes through here. Each target makes its own virtual
+# environment and installs the package first, so a brand-new machine needs only Python 3.11, Java 17
+# and Maven (the Kafka jars are fetched by Maven into ~/.cache/enrollstream on first use).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test check unit integration chaos bench stack-up stack-down schemas clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	touch $(STAMP)
+
+## The demo: bring the stack up, run the worker on a small demo workload with progress, print what it did.
+demo: $(STAMP)
+	$(BIN)/enrollstream demo
+
+## The whole suite: static checks, then unit, integration and acceptance tests against real servers.
+test: $(STAMP) check
+	$(BIN)/python -m pytest
+
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python -m enrollstream.schemas_gen --check
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration tests/acceptance
+
+schemas: $(STAMP)
+	$(BIN)/python -m enrollstream.schemas_gen --write
+
+stack-up: $(STAMP)
+	$(BIN)/enrollstream stack up
+
+stack-down: $(STAMP)
+	$(BIN)/enrollstream stack down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

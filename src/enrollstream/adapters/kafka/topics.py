@@ -1,0 +1,129 @@
+"""The topics enrollstream reads and writes, under one configurable prefix, and their idempotent bootstrap."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+DAY_MS = 24 * 60 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+    purpose: str = ""
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names. Commands, events and aggregate snapshots share one key (`account_id/contact_id`) and one
+    partition count, so partition N of each holds the same contacts and one decider owns all three."""
+
+    prefix: str = "enrollstream."
+
+    @property
+    def commands(self) -> str:
+        return f"{self.prefix}commands"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}events"
+
+    @property
+    def aggregates(self) -> str:
+        return f"{self.prefix}aggregates-changelog"
+
+    @property
+    def campaigns(self) -> str:
+        return f"{self.prefix}campaigns"
+
+    @property
+    def command_results(self) -> str:
+        return f"{self.prefix}command-results"
+
+    @property
+    def integration_events(self) -> str:
+        return f"{self.prefix}integration-events"
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.prefix}dead-letters"
+
+    def specs(self, partitions: int) -> list[TopicSpec]:
+        compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)}
+        week = {"retention.ms": str(7 * DAY_MS)}
+        return [
+            TopicSpec(self.commands, partitions, week, "commands from upstream systems and the scheduler"),
+            TopicSpec(
+                self.events,
+                partitions,
+                {"retention.ms": "-1", "retention.bytes": "-1"},
+                "domain events: the source of truth, kept forever",
+            ),
+            TopicSpec(self.aggregates, partitions, compacted, "latest aggregate snapshot per contact"),
+            # One partition: every decider reads the whole campaign table, in order of its versions.
+            TopicSpec(self.campaigns, 1, compacted, "campaign definitions, latest version per campaign"),
+            TopicSpec(self.command_results, partitions, week, "one result per command"),
+            TopicSpec(self.integration_events, partitions, week, "public events for webhook relays"),
+            TopicSpec(
+                self.dead_letters,
+                partitions,
+                {"retention.ms": str(30 * DAY_MS)},
+                "undecodable or invalid records, original bytes and the reason in headers",
+            ),
+        ]
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, int]:
+    # A topic just created may show no partitions until its metadata has propagated; ask again briefly.
+    counts: dict[str, int] = {}
+    for _ in range(50):
+        described = await admin.describe_topics(names)
+        counts = {entry["topic"]: len(entry["partitions"]) for entry in described}
+        if all(counts.get(name) for name in names):
+            break
+        await asyncio.sleep(0.2)
+    return counts
+
+
+class TopicMismatchError(RuntimeError):
+    """An existing topic disagrees with the deployment (for example, its partition count)."""
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Topics, partitions: int, replication_factor: int = 1
+) -> list[str]:
+    """Create the missing topics; check the existing ones. Safe to run any number of times.
+
+    Returns the names of the topics this call created.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        wanted = topics.specs(partitions)
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in wanted if spec.name not in existing]
+        created: list[str] = []
+        for spec in missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(spec.name, spec.partitions, replication_factor, topic_configs=spec.config)]
+                )
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass  # another process created it between our list and create
+        actual = await _partition_counts(admin, [spec.name for spec in wanted])
+        for spec in wanted:
+            if actual.get(spec.name) != spec.partitions:
+                raise TopicMismatchError(
+                    f"topic {spec.name} has {actual.get(spec.name)} partitions, this deployment expects "
+                    f"{spec.partitions} (ENROLLSTREAM_PARTITIONS); the partition count is fixed per deployment"
+                )
+        return created
+    finally:
+        await admin.close()

@@ -1,0 +1,1 @@
+"""PostgreSQL adapters: migrations, the projector's writes and the read models' queries."""

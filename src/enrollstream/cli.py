@@ -1,0 +1,158 @@
+"""The `enrollstream` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import asyncpg
+import typer
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.table import Table
+
+from enrollstream import stack as local_stack
+from enrollstream.adapters.kafka.topics import TopicMismatchError, Topics, ensure_topics
+from enrollstream.adapters.postgres.migrations import MigrationError, migrate
+from enrollstream.config import Settings, load_settings
+
+app = typer.Typer(help="enrollstream: event-sourced drip-campaign enrollments on Kafka and Postgres.")
+stack_app = typer.Typer(help="The local Kafka + PostgreSQL stack used by the demo, the tests and the benchmarks.")
+app.add_typer(stack_app, name="stack")
+
+console = Console()
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _quiet_libraries() -> None:
+    # aiokafka logs every refused connection while a broker starts; the CLI reports outcomes instead.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module="platformdirs")
+
+
+def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Known failures print one readable line and exit non-zero, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        _quiet_libraries()
+        try:
+            return func(*args, **kwargs)
+        except (local_stack.StackError, MigrationError, TopicMismatchError) as exc:
+            err.print(f"[red]error:[/red] {exc}")
+        except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(code=1)
+
+    return wrapper
+
+
+def endpoints(settings: Settings) -> local_stack.Endpoints:
+    """The servers to talk to: the environment's, else the running local stack's."""
+    if settings.kafka_bootstrap_servers and settings.database_url:
+        return local_stack.Endpoints(settings.kafka_bootstrap_servers, settings.database_url)
+    state = local_stack.status(settings)
+    if not state or not all(service.get("ready") for service in state.values()):
+        raise local_stack.StackError(
+            "no Kafka/PostgreSQL to talk to: set KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL, "
+            "or run `enrollstream stack up`"
+        )
+    return local_stack.Endpoints(state["kafka"]["address"], state["postgres"]["address"])
+
+
+@stack_app.command("up")
+@friendly_errors
+def stack_up() -> None:
+    """Start Kafka and PostgreSQL (or reuse the running stack) and wait until both answer."""
+    settings = load_settings()
+    with console.status("bringing the stack up (the first run fetches Kafka with Maven)..."):
+        state = local_stack.up(settings)
+    _print_stack(local_stack.status(settings), started=state.started)
+    console.print(
+        f"export KAFKA_BOOTSTRAP_SERVERS={state.kafka.address}\nexport DATABASE_URL={state.postgres.address}"
+    )
+
+
+@stack_app.command("down")
+@friendly_errors
+def stack_down() -> None:
+    """Stop what `stack up` started."""
+    stopped = local_stack.down(load_settings())
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@stack_app.command("status")
+@friendly_errors
+def stack_status() -> None:
+    """Where each service comes from and whether it answers."""
+    state = local_stack.status(load_settings())
+    if not state:
+        console.print("the stack is not up (run `enrollstream stack up`)")
+        raise typer.Exit(code=1)
+    _print_stack(state)
+    if not all(service["ready"] for service in state.values()):
+        raise typer.Exit(code=1)
+
+
+def _print_stack(state: dict[str, dict[str, Any]], started: list[str] | None = None) -> None:
+    table = Table("service", "source", "address", "version", "ready", "this call")
+    for name, service in state.items():
+        action = "" if started is None else ("started" if name in started else "reused")
+        table.add_row(
+            name,
+            service["source"],
+            service["address"],
+            service.get("version") or "",
+            "yes" if service["ready"] else "NO",
+            action,
+        )
+    console.print(table)
+
+
+@app.command("topics")
+@friendly_errors
+def topics_command() -> None:
+    """Create the missing topics and check the existing ones (idempotent)."""
+    settings = load_settings()
+    target = endpoints(settings)
+    topics = Topics(settings.topic_prefix)
+    created = asyncio.run(
+        ensure_topics(target.kafka_bootstrap_servers, topics, settings.partitions, settings.replication_factor)
+    )
+    table = Table("topic", "partitions", "config", "this call")
+    for spec in topics.specs(settings.partitions):
+        config = ", ".join(f"{k}={v}" for k, v in spec.config.items())
+        table.add_row(spec.name, str(spec.partitions), config, "created" if spec.name in created else "exists")
+    console.print(table)
+
+
+@app.command("migrate")
+@friendly_errors
+def migrate_command() -> None:
+    """Apply the pending `projections/` migrations (safe to run from many processes at once)."""
+    target = endpoints(load_settings())
+
+    async def run() -> list[str]:
+        conn = await asyncpg.connect(target.database_url)
+        try:
+            return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+        finally:
+            await conn.close()
+
+    applied = asyncio.run(run())
+    console.print(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(app())

@@ -1,0 +1,65 @@
+"""Topic bootstrap is idempotent and creates what the contract names, configured as documented."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from enrollstream import stack
+from enrollstream.adapters.kafka.topics import TopicMismatchError, Topics, ensure_topics
+
+
+async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(endpoints: stack.Endpoints) -> None:
+    topics = Topics(prefix=f"boot-{uuid.uuid4().hex[:8]}.")
+    first = await ensure_topics(endpoints.kafka_bootstrap_servers, topics, partitions=4)
+    second = await ensure_topics(endpoints.kafka_bootstrap_servers, topics, partitions=4)
+    names = {spec.name for spec in topics.specs(4)}
+    assert set(first) == names
+    assert second == []
+    assert names == {
+        f"{topics.prefix}{suffix}"
+        for suffix in (
+            "commands",
+            "events",
+            "aggregates-changelog",
+            "campaigns",
+            "command-results",
+            "integration-events",
+            "dead-letters",
+        )
+    }
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=endpoints.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(sorted(names))
+        partitions = {entry["topic"]: len(entry["partitions"]) for entry in described}
+        assert partitions[topics.commands] == 4
+        assert partitions[topics.events] == 4
+        assert partitions[topics.campaigns] == 1
+        configs = await admin.describe_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, topics.events),
+                ConfigResource(ConfigResourceType.TOPIC, topics.aggregates),
+            ]
+        )
+    finally:
+        await admin.close()
+    by_topic = {}
+    for response in configs:
+        for resource in response.resources:
+            by_topic[resource[3]] = {entry[0]: entry[1] for entry in resource[4]}
+    assert by_topic[topics.events]["retention.ms"] == "-1"
+    assert by_topic[topics.aggregates]["cleanup.policy"] == "compact"
+
+
+async def test_a_partition_count_that_disagrees_with_the_deployment_is_a_clear_error(
+    endpoints: stack.Endpoints,
+) -> None:
+    topics = Topics(prefix=f"boot-{uuid.uuid4().hex[:8]}.")
+    await ensure_topics(endpoints.kafka_bootstrap_servers, topics, partitions=2)
+    with pytest.raises(TopicMismatchError, match="partition count is fixed per deployment"):
+        await ensure_topics(endpoints.kafka_bootstrap_servers, topics, partitions=3)
