@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -151,6 +152,39 @@ def migrate_command() -> None:
 
     applied = asyncio.run(run())
     console.print(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
+
+
+@app.command("worker")
+@friendly_errors
+def worker_command(
+    roles: str = typer.Option("decider,projector", help="comma-separated roles to run in this process"),
+) -> None:
+    """Run the worker roles until SIGTERM or Ctrl-C (then drain and commit)."""
+    from enrollstream.adapters.postgres.migrations import pending_migrations
+    from enrollstream.runtime.worker import Worker, parse_roles
+
+    settings = load_settings()
+    target = endpoints(settings)
+    logging.getLogger("enrollstream").setLevel(logging.INFO)
+
+    async def run() -> None:
+        conn = await asyncpg.connect(target.database_url)
+        try:
+            behind = await pending_migrations(conn)
+        finally:
+            await conn.close()
+        if behind:
+            raise MigrationError(
+                f"the database schema is behind ({len(behind)} pending migrations); run `enrollstream migrate`"
+            )
+        worker = Worker(settings, target.kafka_bootstrap_servers, target.database_url, parse_roles(roles))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stop)
+        console.print(f"worker running {', '.join(worker.roles)}; Ctrl-C to stop")
+        await worker.run()
+
+    asyncio.run(run())
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,354 @@
+"""The decider service: commands in, events out, exactly once.
+
+Per assigned partition of the commands topic there is one transactional producer whose transactional id
+is derived from group, topic and partition. aiokafka has no KIP-447 (consumer-group-metadata) fencing, so
+this is how a zombie owner of a partition is fenced: the new owner's `init_transactions` bumps the epoch
+of the same transactional id and aborts whatever the old one left open.
+
+Per poll batch and partition, one Kafka transaction carries: the events, the aggregates' new snapshots
+(compacted changelog), one result per command, dead letters, fanned-out child commands, and the input
+offsets. In-memory state changes only after that transaction commits; if the commit's fate is unknown the
+producer is re-created and the partition re-read from its last committed offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+from pydantic import ValidationError
+
+from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, DeadLetter, encode, key_bytes
+from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.domain import (
+    BulkEnroll,
+    CommandResult,
+    ContactState,
+    Enroll,
+    aggregate_key,
+    command_result,
+    decide,
+    fan_out_bulk_enroll,
+    initial_state,
+    parse_command,
+    to_integration_events,
+)
+from enrollstream.domain.rejections import Accepted, Rejection, RejectionCode
+from enrollstream.runtime.campaigns import CampaignCatalog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PartitionOwner:
+    """What this process holds for one partition it owns."""
+
+    partition: TopicPartition
+    producer: AIOKafkaProducer
+    states: dict[str, ContactState] = field(default_factory=dict)
+    next_offset: int = 0
+
+
+@dataclass
+class _Staged:
+    """One batch's output for one partition, sent inside its transaction, applied after commit."""
+
+    states: dict[str, ContactState] = field(default_factory=dict)
+    commands: int = 0
+    events: int = 0
+    dead_letters: int = 0
+
+
+class DeciderService:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        group_id: str,
+        catalog: CampaignCatalog,
+        *,
+        max_batch: int = 500,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.group_id = f"{group_id}.decider"
+        self.catalog = catalog
+        self.max_batch = max_batch
+        self.owners: dict[TopicPartition, PartitionOwner] = {}
+        self._lock = asyncio.Lock()  # a rebalance waits for the batch in flight to commit
+        self._consumer: AIOKafkaConsumer | None = None
+        self.processed_commands = 0
+        self.emitted_events = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_batch,
+        )
+        await self._consumer.start()
+        self._consumer.subscribe([self.topics.commands], listener=_Rebalance(self))
+
+    async def stop(self) -> None:
+        async with self._lock:
+            for owner in list(self.owners.values()):
+                await _close(owner.producer)
+            self.owners.clear()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = self._consumer
+        assert consumer is not None, "start() the decider first"
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+            if not batch:
+                continue
+            await self.catalog.catch_up()
+            async with self._lock:
+                for tp, records in batch.items():
+                    owner = self.owners.get(tp)
+                    if owner is None:
+                        continue  # revoked while we waited for the lock; its new owner redoes it
+                    records = [r for r in records if r.offset >= owner.next_offset]
+                    if records:
+                        await self._process(owner, records)
+
+    # --- assignment -----------------------------------------------------------------------------
+
+    async def _assigned(self, partitions: set[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in partitions:
+                if tp in self.owners:
+                    continue
+                producer = await self._new_producer(tp)  # fences the previous owner first
+                owner = PartitionOwner(tp, producer)
+                owner.states = await self._restore(tp.partition)
+                consumer = self._consumer
+                assert consumer is not None
+                committed = await consumer.committed(tp)
+                owner.next_offset = committed or 0
+                self.owners[tp] = owner
+                log.info("decider owns %s: %d contacts restored", tp, len(owner.states))
+
+    async def _revoked(self, partitions: set[TopicPartition]) -> None:
+        async with self._lock:
+            for tp in partitions:
+                owner = self.owners.pop(tp, None)
+                if owner is not None:
+                    await _close(owner.producer)
+
+    def _transactional_id(self, tp: TopicPartition) -> str:
+        return f"{self.group_id}.{tp.topic}.{tp.partition}"
+
+    async def _new_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            transactional_id=self._transactional_id(tp),
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=5,
+        )
+        await producer.start()  # init_transactions: bumps the epoch, aborts a zombie's open transaction
+        return producer
+
+    async def _restore(self, partition: int) -> dict[str, ContactState]:
+        """Latest snapshot per contact from the compacted changelog: cost grows with contacts, not events."""
+        tp = TopicPartition(self.topics.aggregates, partition)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, isolation_level="read_committed", enable_auto_commit=False
+        )
+        await consumer.start()
+        states: dict[str, ContactState] = {}
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            while await consumer.position(tp) < end:
+                batch = await consumer.getmany(tp, timeout_ms=500, max_records=5000)
+                for record in batch.get(tp, []):
+                    if record.key is None:
+                        continue
+                    if record.value is None:
+                        states.pop(record.key.decode(), None)
+                    else:
+                        states[record.key.decode()] = ContactState.model_validate_json(record.value)
+        finally:
+            await consumer.stop()
+        return states
+
+    # --- one batch of one partition -------------------------------------------------------------
+
+    async def _process(self, owner: PartitionOwner, records: list[object]) -> None:
+        tp = owner.partition
+        staged = _Staged()
+        producer = owner.producer
+        try:
+            await producer.begin_transaction()
+            for record in records:
+                await self._process_record(owner, staged, record)
+            await producer.send_offsets_to_transaction(
+                {tp: records[-1].offset + 1},  # type: ignore[attr-defined]
+                self.group_id,
+            )
+            await producer.commit_transaction()
+        except ProducerFenced:
+            # Another process owns this partition now; it redoes everything we did not commit.
+            log.warning("decider fenced on %s; giving the partition up", tp)
+            self.owners.pop(tp, None)
+            await _close(producer)
+            return
+        except KafkaError:
+            # The transaction's fate is unknown: never retry blindly. A new producer with the same
+            # transactional id aborts it if it is still open; then re-read from the last commit.
+            log.exception("decider transaction on %s failed; re-creating its producer", tp)
+            await _close(producer)
+            owner.producer = await self._new_producer(tp)
+            owner.states = await self._restore(tp.partition)
+            consumer = self._consumer
+            assert consumer is not None
+            owner.next_offset = (await consumer.committed(tp)) or 0
+            consumer.seek(tp, owner.next_offset)
+            return
+        owner.states.update(staged.states)
+        owner.next_offset = records[-1].offset + 1  # type: ignore[attr-defined]
+        self.processed_commands += staged.commands
+        self.emitted_events += staged.events
+
+    async def _process_record(self, owner: PartitionOwner, staged: _Staged, record: object) -> None:
+        producer = owner.producer
+        value: bytes | None = record.value  # type: ignore[attr-defined]
+        if value is None or len(value) > MAX_COMMAND_BYTES:
+            reason = "empty record" if value is None else f"record of {len(value)} bytes exceeds {MAX_COMMAND_BYTES}"
+            await self._dead_letter(owner, staged, DeadLetter.of(record, reason))
+            return
+        try:
+            command = parse_command(value)
+        except (ValidationError, ValueError) as exc:
+            await self._dead_letter(owner, staged, DeadLetter.of(record, "not a valid command", exc))
+            return
+        staged.commands += 1
+
+        if isinstance(command, BulkEnroll):
+            await self._fan_out(owner, staged, command)
+            return
+
+        key = aggregate_key(command.account_id, command.contact_id)
+        record_key = record.key.decode() if record.key is not None else None  # type: ignore[attr-defined]
+        if record_key != key:
+            # Routed by another key, it may sit in a partition another decider owns: deciding it here
+            # could give one contact two writers.
+            result = CommandResult(
+                command_id=command.command_id,
+                command_type=command.type,
+                account_id=command.account_id,
+                contact_id=command.contact_id,
+                status="rejected",
+                code=RejectionCode.ACCOUNT_MISMATCH.value,
+                message=f"record key {record_key!r} is not the command's aggregate key {key!r}",
+            )
+            await self._send_result(owner, key, result)
+            return
+
+        command = self._with_lookups(command)
+        state = staged.states.get(key) or owner.states.get(key) or initial_state(
+            command.account_id, command.contact_id
+        )
+        decision = decide(command, state)
+        result = command_result(command.command_id, command.type, command.account_id, command.contact_id, decision)
+        if isinstance(decision, Accepted) and decision.events:
+            from enrollstream.domain import fold
+
+            staged.states[key] = fold(state, decision.events)
+            for event in decision.events:
+                await producer.send(
+                    self.topics.events, encode(event), key=key_bytes(key), partition=owner.partition.partition
+                )
+                for public in to_integration_events(event):
+                    await producer.send(
+                        self.topics.integration_events,
+                        encode(public),
+                        key=key_bytes(event.enrollment_id or key),
+                    )
+            await producer.send(
+                self.topics.aggregates,
+                encode(staged.states[key]),
+                key=key_bytes(key),
+                partition=owner.partition.partition,
+            )
+            staged.events += len(decision.events)
+        elif isinstance(decision, Rejection):
+            log.info("command %s rejected: %s", command.command_id, decision.code.value)
+        await self._send_result(owner, key, result)
+
+    def _with_lookups(self, command: object) -> object:
+        """The lookups that arrive with a command: the campaign definition, from the catalog."""
+        if isinstance(command, Enroll) and command.data.campaign is None:
+            campaign = self.catalog.get(command.data.campaign_id)
+            if campaign is not None:
+                return command.model_copy(update={"data": command.data.model_copy(update={"campaign": campaign})})
+        return command
+
+    async def _fan_out(self, owner: PartitionOwner, staged: _Staged, command: BulkEnroll) -> None:
+        """BulkEnroll becomes one Enroll per contact, in this transaction, so exactly once."""
+        if command.data.campaign is None:
+            campaign = self.catalog.get(command.data.campaign_id)
+            if campaign is not None:
+                command = command.model_copy(
+                    update={"data": command.data.model_copy(update={"campaign": campaign})}
+                )
+        children = fan_out_bulk_enroll(command)
+        for child in children:
+            await owner.producer.send(
+                self.topics.commands, encode(child), key=key_bytes(aggregate_key(child.account_id, child.contact_id))
+            )
+        result = CommandResult(
+            command_id=command.command_id,
+            command_type=command.type,
+            account_id=command.account_id,
+            contact_id="",
+            status="accepted",
+            message=f"fanned out to {len(children)} Enroll commands",
+        )
+        await self._send_result(owner, f"{command.account_id}/", result)
+
+    async def _send_result(self, owner: PartitionOwner, key: str, result: CommandResult) -> None:
+        await owner.producer.send(
+            self.topics.command_results, encode(result), key=key_bytes(key), partition=owner.partition.partition
+        )
+
+    async def _dead_letter(self, owner: PartitionOwner, staged: _Staged, letter: DeadLetter) -> None:
+        staged.dead_letters += 1
+        await owner.producer.send(
+            self.topics.dead_letters,
+            letter.value,
+            key=letter.key,
+            headers=letter.headers,
+            partition=owner.partition.partition,
+        )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: DeciderService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.service._revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.service._assigned(set(assigned))
+
+
+async def _close(producer: AIOKafkaProducer) -> None:
+    with contextlib.suppress(Exception):
+        await producer.stop()

@@ -1,0 +1,163 @@
+"""The projector: events in, Postgres read models out, each batch and its checkpoints in one transaction.
+
+Kafka's committed offsets are not what the projector trusts: the checkpoints in Postgres are. On
+assignment it seeks to them; per batch it locks them, skips what they say is already applied, writes the
+rows and moves them forward, all in one transaction. A crash anywhere redoes at most the uncommitted
+batch, and the guarded upsert makes a replayed event a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import astuple
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from pydantic import ValidationError
+
+from enrollstream.adapters.postgres.queries import query
+from enrollstream.domain import parse_event
+from enrollstream.domain.events import Event
+from enrollstream.read_models import enrollments
+
+log = logging.getLogger(__name__)
+
+PROJECTION = "read_models"
+
+
+class ProjectorService:
+    def __init__(
+        self, bootstrap: str, events_topic: str, database_url: str, group_id: str, *, max_batch: int = 2000
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = events_topic
+        self.database_url = database_url
+        self.group_id = f"{group_id}.projector"
+        self.max_batch = max_batch
+        self._consumer: AIOKafkaConsumer | None = None
+        self._pool: asyncpg.Pool | None = None
+        self.applied_events = 0
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_batch,
+        )
+        await self._consumer.start()
+        self._consumer.subscribe([self.topic], listener=_SeekToCheckpoints(self))
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = self._consumer
+        assert consumer is not None, "start() the projector first"
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+            if batch:
+                await self.apply_batch(batch)
+                # Only for lag monitoring; the checkpoints in Postgres are the truth.
+                with contextlib.suppress(Exception):
+                    await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+
+    async def checkpoints(self) -> dict[int, int]:
+        assert self._pool is not None
+        rows = await self._pool.fetch(query("read_checkpoints"), PROJECTION, self.topic)
+        return {row["partition"]: row["next_offset"] for row in rows}
+
+    async def apply_batch(self, batch: dict[TopicPartition, Sequence[object]]) -> int:
+        """Fold one poll's records into the read models; returns how many events were applied."""
+        assert self._pool is not None
+        partitions = sorted(tp.partition for tp in batch)
+        async with self._pool.acquire() as conn, conn.transaction():
+            stored = {
+                row["partition"]: row["next_offset"]
+                for row in await conn.fetch(query("lock_checkpoints"), PROJECTION, self.topic, partitions)
+            }
+            events: list[Event] = []
+            advance: dict[int, int] = {}
+            for tp, records in batch.items():
+                start = stored.get(tp.partition, 0)
+                for record in records:
+                    offset: int = record.offset  # type: ignore[attr-defined]
+                    if offset < start:
+                        continue  # applied by an earlier batch (or another instance)
+                    value: bytes | None = record.value  # type: ignore[attr-defined]
+                    try:
+                        events.append(parse_event(value or b""))
+                    except ValidationError:
+                        # Only the decider writes here, through the same models; an undecodable event
+                        # is a bug to surface, not something to skip silently.
+                        log.error("undecodable event at %s offset %d", tp, offset)
+                        raise
+                    advance[tp.partition] = offset + 1
+            if not advance:
+                return 0
+            await self._write_enrollments(conn, events)
+            await conn.execute(
+                query("advance_checkpoints"),
+                PROJECTION,
+                self.topic,
+                list(advance.keys()),
+                list(advance.values()),
+            )
+        self.applied_events += len(events)
+        return len(events)
+
+    async def _write_enrollments(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        ids = sorted({e.enrollment_id for e in events if e.enrollment_id})
+        if not ids:
+            return
+        rows: dict[str, enrollments.EnrollmentRow | None] = {
+            record["enrollment_id"]: enrollments.EnrollmentRow(**dict(record))
+            for record in await conn.fetch(query("enrollments_by_id"), ids)
+        }
+        changed: set[str] = set()
+        for event in events:
+            if not event.enrollment_id:
+                continue
+            before = rows.get(event.enrollment_id)
+            after = enrollments.apply(before, event)
+            if after is not None and after != before:
+                rows[event.enrollment_id] = after
+                changed.add(event.enrollment_id)
+        if not changed:
+            return
+        await conn.execute(query("create_enrollments_stage"))
+        await conn.copy_records_to_table(
+            "enrollments_stage",
+            records=[astuple(row) for key in sorted(changed) if (row := rows[key]) is not None],
+            columns=list(enrollments.COLUMNS),
+        )
+        await conn.execute(query("merge_enrollments_stage"))
+
+
+class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: ProjectorService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = self.service._consumer
+        assert consumer is not None
+        stored = await self.service.checkpoints()
+        for tp in assigned:
+            if tp.partition in stored:
+                consumer.seek(tp, stored[tp.partition])
+            else:
+                await consumer.seek_to_beginning(tp)

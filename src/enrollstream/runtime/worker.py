@@ -1,0 +1,78 @@
+"""One process running the chosen roles until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.config import Settings
+from enrollstream.runtime.campaigns import CampaignCatalog
+from enrollstream.runtime.decider import DeciderService
+from enrollstream.runtime.projector import ProjectorService
+
+log = logging.getLogger(__name__)
+
+ROLES = ("decider", "projector")
+
+
+@dataclass
+class Worker:
+    settings: Settings
+    bootstrap: str
+    database_url: str
+    roles: tuple[str, ...] = ROLES
+    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    decider: DeciderService | None = None
+    projector: ProjectorService | None = None
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.settings.topic_prefix)
+
+    async def run(self, started: asyncio.Event | None = None) -> None:
+        unknown = set(self.roles) - set(ROLES)
+        if unknown:
+            raise ValueError(f"unknown roles: {', '.join(sorted(unknown))} (known: {', '.join(ROLES)})")
+        await ensure_topics(self.bootstrap, self.topics, self.settings.partitions, self.settings.replication_factor)
+        catalog = CampaignCatalog(self.bootstrap, self.topics.campaigns)
+        services: list[DeciderService | ProjectorService] = []
+        if "decider" in self.roles:
+            await catalog.start()
+            self.decider = DeciderService(self.bootstrap, self.topics, self.settings.group_id, catalog)
+            services.append(self.decider)
+        if "projector" in self.roles:
+            self.projector = ProjectorService(
+                self.bootstrap, self.topics.events, self.database_url, self.settings.group_id
+            )
+            services.append(self.projector)
+        try:
+            for service in services:
+                await service.start()
+            if started is not None:
+                started.set()
+            tasks = [asyncio.create_task(service.run(self.stop_event)) for service in services]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            self.stop_event.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for service in reversed(services):
+                with contextlib.suppress(Exception):
+                    await service.stop()
+            await catalog.stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def parse_roles(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ROLES
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(item.strip() for item in items if item.strip())

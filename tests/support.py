@@ -1,0 +1,89 @@
+"""Helpers for tests that talk to the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import BaseModel
+
+from enrollstream.config import Settings
+from enrollstream.runtime.worker import Worker
+
+
+async def publish(bootstrap: str, topic: str, value: bytes | BaseModel, key: str | None = None) -> None:
+    payload = value.model_dump_json().encode() if isinstance(value, BaseModel) else value
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, payload, key=key.encode() if key is not None else None)
+    finally:
+        await producer.stop()
+
+
+async def read_until(
+    bootstrap: str,
+    topic: str,
+    done: Callable[[list[Any]], bool],
+    timeout: float = 30.0,
+) -> list[Any]:
+    """Read the topic from the beginning (committed records only) until `done(records)` holds."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while not done(records):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: condition not met within {timeout}s; read {len(records)} records")
+            batch = await consumer.getmany(timeout_ms=250)
+            for partition_records in batch.values():
+                records.extend(partition_records)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout}s")
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings, roles: tuple[str, ...] = ("decider", "projector")) -> AsyncIterator[Worker]:
+    assert settings.kafka_bootstrap_servers and settings.database_url
+    worker = Worker(settings, settings.kafka_bootstrap_servers, settings.database_url, roles)
+    started = asyncio.Event()
+    task = asyncio.create_task(worker.run(started))
+    waiter = asyncio.create_task(started.wait())
+    await asyncio.wait({task, waiter}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # raises what went wrong
+    assert started.is_set(), "the worker did not start within 60s"
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, timeout=30)
+
+
+async def fetch_one(database_url: str, sql: str, *args: Any) -> asyncpg.Record | None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchrow(sql, *args)
+    finally:
+        await conn.close()
