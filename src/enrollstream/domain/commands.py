@@ -1,0 +1,306 @@
+"""Commands: what upstream systems, the scheduler and the dispatcher ask of one contact's enrollments.
+
+Every command is an envelope with a versioned `type` and typed `data`. All of them except BulkEnroll
+name one contact, so they are keyed `account_id/contact_id` and decided by one single writer.
+Time arrives with the command (`issued_at`); lookups (campaign, contact, MX) arrive in `data`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, Field, TypeAdapter, field_validator
+
+from .campaign import CampaignDefinition, CampaignStatus, ContactFacts, Model, MxAnswer
+
+
+def aggregate_key(account_id: str, contact_id: str) -> str:
+    """The Kafka message key of every command and event of one contact."""
+    return f"{account_id}/{contact_id}"
+
+
+class CommandEnvelope(Model):
+    command_id: str = Field(min_length=1)  # the idempotency key
+    type: str
+    account_id: str = Field(min_length=1)
+    issued_at: AwareDatetime  # the command's "now"; normalised to UTC
+    actor: str = "system"
+
+    @field_validator("issued_at")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    @property
+    def contact_id(self) -> str:
+        data = getattr(self, "data", None)
+        return str(getattr(data, "contact_id", ""))
+
+
+class ContactData(Model):
+    contact_id: str = Field(min_length=1)
+
+
+class EnrollmentData(ContactData):
+    enrollment_id: str = Field(min_length=1)
+
+
+# --- Enrollment --------------------------------------------------------------------------------
+
+
+class EnrollSource(StrEnum):
+    API = "api"  # seed 001 enroll_contact: an already-enrolled contact is a 422 rejection
+    BULK_IMPORT = "bulk_import"  # seed 001 bulk enroll: an already-enrolled contact is a skip
+
+
+class EnrollData(ContactData):
+    campaign_id: str = Field(min_length=1)
+    campaign: CampaignDefinition | None  # looked up by the runtime; None: unknown campaign
+    contact: ContactFacts | None  # looked up by the runtime; None: unknown contact
+    mx: MxAnswer | None = None  # required when the campaign verifies MX and sends email
+    batch_number: int = Field(default=0, ge=0)
+    priority: bool = False  # first within its batch (seed 001 created_at 2000-01-01)
+    source: EnrollSource = EnrollSource.API
+    contact_import_id: str | None = None
+
+
+class Enroll(CommandEnvelope):
+    type: Literal["Enroll.v1"] = "Enroll.v1"
+    data: EnrollData
+
+
+class BulkContact(ContactData):
+    contact: ContactFacts | None
+    mx: MxAnswer | None = None
+
+
+class BulkEnrollData(Model):
+    campaign_id: str = Field(min_length=1)
+    campaign: CampaignDefinition | None
+    contact_import_id: str = Field(min_length=1)
+    batch_size: int = Field(default=50, ge=1)
+    contacts: list[BulkContact]
+
+
+class BulkEnroll(CommandEnvelope):
+    """Not decided itself: the runtime fans it out with `fan_out_bulk_enroll`."""
+
+    type: Literal["BulkEnroll.v1"] = "BulkEnroll.v1"
+    data: BulkEnrollData
+
+
+def child_command_id(parent_command_id: str, contact_id: str) -> str:
+    digest = hashlib.sha256(f"{parent_command_id}|{contact_id}".encode()).hexdigest()[:24]
+    return f"{parent_command_id}:{digest}"
+
+
+def fan_out_bulk_enroll(cmd: BulkEnroll) -> list[Enroll]:
+    """One Enroll per contact, in import order, in batches of `batch_size` numbered from 1.
+
+    Child ids derive from the parent id and the contact, so re-fanning a redelivered BulkEnroll
+    yields the same children and the aggregates drop them as duplicates. A contact listed twice
+    gets the same child id and is therefore enrolled once.
+    """
+    data = cmd.data
+    return [
+        Enroll(
+            command_id=child_command_id(cmd.command_id, c.contact_id),
+            account_id=cmd.account_id,
+            issued_at=cmd.issued_at,
+            actor=cmd.actor,
+            data=EnrollData(
+                contact_id=c.contact_id,
+                campaign_id=data.campaign_id,
+                campaign=data.campaign,
+                contact=c.contact,
+                mx=c.mx,
+                batch_number=i // data.batch_size + 1,
+                source=EnrollSource.BULK_IMPORT,
+                contact_import_id=data.contact_import_id,
+            ),
+        )
+        for i, c in enumerate(data.contacts)
+    ]
+
+
+def batch_count(cmd: BulkEnroll) -> int:
+    return -(-len(cmd.data.contacts) // cmd.data.batch_size)
+
+
+# --- Scheduler and dispatcher --------------------------------------------------------------------
+
+
+class StepDueData(EnrollmentData):
+    step_index: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+    # The campaign's status now, as the runtime knows it: a paused campaign defers the step.
+    campaign_status: CampaignStatus = CampaignStatus.ACTIVE
+
+
+class StepDue(CommandEnvelope):
+    type: Literal["StepDue.v1"] = "StepDue.v1"
+    data: StepDueData
+
+
+class DeliveryOutcome(StrEnum):
+    SENT = "sent"
+    FAILED = "failed"
+    BOUNCED = "bounced"
+    UNKNOWN = "unknown"  # the ambiguous SMTP window: maybe sent; never resent automatically
+
+
+class BounceType(StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+
+
+class DeliveryReportedData(EnrollmentData):
+    step_index: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+    outcome: DeliveryOutcome
+    retryable: bool = False  # for failed
+    bounce_type: BounceType | None = None  # for bounced; hard when omitted
+    detail: str = ""
+    provider_message_id: str | None = None
+
+
+class DeliveryReported(CommandEnvelope):
+    type: Literal["DeliveryReported.v1"] = "DeliveryReported.v1"
+    data: DeliveryReportedData
+
+
+class ExpiryDue(CommandEnvelope):
+    type: Literal["ExpiryDue.v1"] = "ExpiryDue.v1"
+    data: EnrollmentData
+
+
+class WaitTimeout(CommandEnvelope):
+    type: Literal["WaitTimeout.v1"] = "WaitTimeout.v1"
+    data: EnrollmentData
+
+
+# --- Signals from the contact and the outside world ---------------------------------------------
+
+
+class ReplyDetectedData(EnrollmentData):
+    replied_at: AwareDatetime | None = None  # defaults to issued_at
+    inbound_message_id: str | None = None
+    excerpt: str = ""
+
+
+class ReplyDetected(CommandEnvelope):
+    type: Literal["ReplyDetected.v1"] = "ReplyDetected.v1"
+    data: ReplyDetectedData
+
+
+class OpenDetectedData(EnrollmentData):
+    step_index: int | None = None
+
+
+class OpenDetected(CommandEnvelope):
+    type: Literal["OpenDetected.v1"] = "OpenDetected.v1"
+    data: OpenDetectedData
+
+
+class BounceDetectedData(EnrollmentData):
+    """A bounce learned after the send, e.g. from a provider webhook (seed 001)."""
+
+    bounce_type: BounceType = BounceType.HARD
+    step_index: int | None = None
+    detail: str = ""
+
+
+class BounceDetected(CommandEnvelope):
+    type: Literal["BounceDetected.v1"] = "BounceDetected.v1"
+    data: BounceDetectedData
+
+
+class OptOutData(ContactData):
+    channel: str | None = None  # informational: where the opt-out came from
+    detail: str = ""
+
+
+class OptOut(CommandEnvelope):
+    """Account-wide: stops every enrollment of the contact that has not finished."""
+
+    type: Literal["OptOut.v1"] = "OptOut.v1"
+    data: OptOutData
+
+
+class ExternalTriggerData(EnrollmentData):
+    trigger: str = "external"  # e.g. "interviewer_availability" (seed 002 Auto-Match)
+    detail: str = ""
+
+
+class ExternalTrigger(CommandEnvelope):
+    type: Literal["ExternalTrigger.v1"] = "ExternalTrigger.v1"
+    data: ExternalTriggerData
+
+
+# --- Operator actions --------------------------------------------------------------------------
+
+
+class OperatorData(EnrollmentData):
+    note: str = ""
+
+
+class Stop(CommandEnvelope):
+    type: Literal["Stop.v1"] = "Stop.v1"
+    data: OperatorData
+
+
+class Unenroll(CommandEnvelope):
+    type: Literal["Unenroll.v1"] = "Unenroll.v1"
+    data: OperatorData
+
+
+class MarkFinished(CommandEnvelope):
+    type: Literal["MarkFinished.v1"] = "MarkFinished.v1"
+    data: OperatorData
+
+
+# Commands decided by one aggregate (BulkEnroll is fanned out first).
+ContactCommand = (
+    Enroll
+    | StepDue
+    | DeliveryReported
+    | ExpiryDue
+    | WaitTimeout
+    | ReplyDetected
+    | OpenDetected
+    | BounceDetected
+    | OptOut
+    | ExternalTrigger
+    | Stop
+    | Unenroll
+    | MarkFinished
+)
+Command = Annotated[ContactCommand | BulkEnroll, Field(discriminator="type")]
+COMMAND_TYPES: tuple[type[CommandEnvelope], ...] = (
+    Enroll,
+    BulkEnroll,
+    StepDue,
+    DeliveryReported,
+    ExpiryDue,
+    WaitTimeout,
+    ReplyDetected,
+    OpenDetected,
+    BounceDetected,
+    OptOut,
+    ExternalTrigger,
+    Stop,
+    Unenroll,
+    MarkFinished,
+)
+
+_command_adapter: TypeAdapter[ContactCommand | BulkEnroll] = TypeAdapter(Command)
+
+
+def parse_command(raw: bytes | str | dict[str, Any]) -> ContactCommand | BulkEnroll:
+    """Decode and validate; raises pydantic.ValidationError on schema-invalid input."""
+    if isinstance(raw, dict):
+        return _command_adapter.validate_python(raw)
+    return _command_adapter.validate_json(raw)

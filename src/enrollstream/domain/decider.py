@@ -1,0 +1,601 @@
+"""decide(command, state) -> Accepted(events) | Rejection: the business rules of the five documents.
+
+Pure: the only inputs are the command (with its time and lookups) and the state. Events are built
+one at a time and applied to a private working copy of the state, so each rule sees the effect of
+the events before it (versions, the queue release) and `evolve` is exercised on every output.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, cast
+
+from . import ids
+from .campaign import Channel, LineType, Model, ReEnrollment, ReplyAction, WhenInOtherCampaign
+from .commands import (
+    BounceDetected,
+    BounceType,
+    BulkEnroll,
+    ContactCommand,
+    DeliveryOutcome,
+    DeliveryReported,
+    Enroll,
+    EnrollSource,
+    ExpiryDue,
+    ExternalTrigger,
+    MarkFinished,
+    OpenDetected,
+    OptOut,
+    ReplyDetected,
+    StepDue,
+    Stop,
+    Unenroll,
+    WaitTimeout,
+)
+from .events import (
+    ContactEnrolled,
+    ContactEnrolledData,
+    ContactOptedOut,
+    ContactOptedOutData,
+    EnrollmentCompleted,
+    EnrollmentCompletedData,
+    EnrollmentExpired,
+    EnrollmentExpiredData,
+    EnrollmentFailed,
+    EnrollmentFailedData,
+    EnrollmentHandedOff,
+    EnrollmentHandedOffData,
+    EnrollmentQueued,
+    EnrollmentQueuedData,
+    EnrollmentReleased,
+    EnrollmentReleasedData,
+    EnrollmentSkipped,
+    EnrollmentSkippedData,
+    EnrollmentStopped,
+    EnrollmentStoppedData,
+    EnrollmentUnenrolled,
+    EnrollmentUnenrolledData,
+    Event,
+    EventEnvelope,
+    ExpiryScheduled,
+    ExpiryScheduledData,
+    MessageBounced,
+    MessageBouncedData,
+    MessageOpened,
+    MessageOpenedData,
+    ReplyReceived,
+    ReplyReceivedData,
+    StepBounced,
+    StepBouncedData,
+    StepDelivered,
+    StepDeliveredData,
+    StepDeliveryUnknown,
+    StepDeliveryUnknownData,
+    StepDispatched,
+    StepDispatchedData,
+    StepFailed,
+    StepFailedData,
+    StepScheduled,
+    StepScheduledData,
+    TriggerAwaited,
+    TriggerAwaitedData,
+    TriggerReceived,
+    TriggerReceivedData,
+)
+from .rejections import Accepted, Decision, Ignored, Rejection, RejectionCode
+from .schedule import due_at, resolve_time_zone
+from .state import ContactState, Enrollment, apply_in_place
+from .statuses import EnrollmentStatus, Outcome, SkipKind, StopReason
+
+E = TypeVar("E", bound=EventEnvelope)
+
+
+class _Emitter:
+    """Builds the events of one decision and keeps a working state up to date with them."""
+
+    def __init__(self, command: ContactCommand, state: ContactState) -> None:
+        self.command = command
+        self.now: datetime = command.issued_at
+        self.state = state.model_copy(deep=True)
+        self.events: list[Event] = []
+
+    def emit(self, cls: type[E], campaign_id: str | None, enrollment_id: str | None, data: Model) -> E:
+        event = cls.model_validate(
+            {
+                "event_id": ids.event_id(
+                    self.state.account_id, self.state.contact_id, self.command.command_id, len(self.events)
+                ),
+                "account_id": self.state.account_id,
+                "contact_id": self.state.contact_id,
+                "campaign_id": campaign_id,
+                "enrollment_id": enrollment_id,
+                "version": self.state.version + 1,
+                "occurred_at": self.now,
+                "causation_id": self.command.command_id,
+                "data": data,
+            }
+        )
+        self.events.append(cast(Event, event))
+        apply_in_place(self.state, cast(Event, event))
+        return event
+
+    def on(self, e: Enrollment, cls: type[E], data: Model) -> E:
+        return self.emit(cls, e.campaign_id, e.enrollment_id, data)
+
+    def enrollment(self, enrollment_id: str) -> Enrollment:
+        return self.state.enrollments[enrollment_id]
+
+
+_Outcome = Rejection | Ignored | None
+
+
+def decide(command: ContactCommand | BulkEnroll, state: ContactState) -> Decision:
+    if isinstance(command, BulkEnroll):
+        return Rejection(RejectionCode.UNSUPPORTED_COMMAND, "fan BulkEnroll out with fan_out_bulk_enroll")
+    if command.account_id != state.account_id or command.data.contact_id != state.contact_id:
+        return Rejection(RejectionCode.ACCOUNT_MISMATCH, "command is for another account/contact")
+    if state.has_processed(command.command_id):
+        return Accepted([], Ignored.DUPLICATE)
+    em = _Emitter(command, state)
+    outcome = _handle(command, em)
+    if isinstance(outcome, Rejection):
+        return outcome
+    if outcome is not None:
+        return Accepted([], outcome)
+    _release_queue(em)
+    return Accepted(em.events) if em.events else Accepted([], Ignored.STALE)
+
+
+def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
+    if isinstance(command, Enroll):
+        return _enroll(command, em)
+    e = em.state.enrollments.get(command.data.enrollment_id) if not isinstance(command, OptOut) else None
+    if isinstance(command, OptOut):
+        return _opt_out(command, em)
+    if e is None:
+        return Rejection(RejectionCode.ENROLLMENT_NOT_FOUND, "no such enrollment for this contact")
+    if isinstance(command, StepDue):
+        return _step_due(command, e, em)
+    if isinstance(command, DeliveryReported):
+        return _delivery_reported(command, e, em)
+    if isinstance(command, ReplyDetected):
+        return _reply(command, e, em)
+    if isinstance(command, OpenDetected):
+        first_open = e.opened_at is None
+        em.on(e, MessageOpened, MessageOpenedData(step_index=command.data.step_index, first_open=first_open))
+        return None
+    if isinstance(command, BounceDetected):
+        return _bounce(command, e, em)
+    if isinstance(command, ExternalTrigger):
+        return _trigger(command, e, em)
+    if isinstance(command, ExpiryDue):
+        return _expiry(e, em)
+    if isinstance(command, WaitTimeout):
+        return _wait_timeout(e, em)
+    return _operator(command, e, em)
+
+
+# --- Enrollment ---------------------------------------------------------------------------------
+
+
+def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
+    d, st = cmd.data, em.state
+    campaign = d.campaign
+    if campaign is None or campaign.account_id != cmd.account_id or campaign.campaign_id != d.campaign_id:
+        return Rejection(RejectionCode.CAMPAIGN_NOT_FOUND, f"campaign {d.campaign_id} not found")
+    contact = d.contact
+    if contact is None:
+        return Rejection(RejectionCode.CONTACT_NOT_FOUND, f"contact {d.contact_id} not found")
+    if campaign.status == "archived":
+        return Rejection(RejectionCode.CAMPAIGN_ARCHIVED, "archived campaigns take no new enrollments")
+    latest = st.latest_in(campaign.campaign_id)
+    sequence = latest.sequence + 1 if latest else 1
+    enrollment_id = ids.enrollment_id(st.account_id, st.contact_id, campaign.campaign_id, sequence)
+
+    def skip(kind: SkipKind, reason: str, **evidence: str) -> None:
+        em.emit(
+            EnrollmentSkipped,
+            campaign.campaign_id,
+            enrollment_id,
+            EnrollmentSkippedData(
+                kind=kind,
+                reason=reason,
+                evidence=evidence,
+                contact=contact,
+                campaign_version=campaign.version,
+                batch_number=d.batch_number,
+                source=d.source,
+                contact_import_id=d.contact_import_id,
+            ),
+        )
+
+    if latest and (not latest.status.is_terminal or campaign.re_enrollment is ReEnrollment.NEVER):
+        if d.source is EnrollSource.API:
+            return Rejection(
+                RejectionCode.CONTACT_ALREADY_ENROLLED,
+                "contact is already enrolled in this campaign",
+                {"enrollment_id": latest.enrollment_id, "status": latest.status.value},
+            )
+        skip(
+            SkipKind.ALREADY_ENROLLED,
+            "Already enrolled in this campaign",
+            enrollment_id=latest.enrollment_id,
+            status=latest.status.value,
+        )
+        return None
+    if st.opted_out or contact.opted_out:
+        skip(SkipKind.OPTED_OUT, "Contact has opted out", source="account" if st.opted_out else "contact")
+        return None
+    if campaign.unique_contacts and campaign.outreach_id:
+        sibling = next(
+            (
+                e
+                for e in st.enrollments.values()
+                if e.campaign.outreach_id == campaign.outreach_id and e.campaign_id != campaign.campaign_id
+            ),
+            None,
+        )
+        if sibling:
+            skip(
+                SkipKind.CROSS_CAMPAIGN_DUPLICATE,
+                "Already enrolled in another campaign in this outreach",
+                outreach_id=campaign.outreach_id,
+                sibling_campaign_id=sibling.campaign_id,
+                sibling_enrollment_id=sibling.enrollment_id,
+            )
+            return None
+    if campaign.uses(Channel.SMS):
+        if not contact.mobile:
+            skip(SkipKind.MISSING_ADDRESS, "No mobile number for an SMS step", channel="sms")
+            return None
+        if contact.line_type is LineType.LANDLINE:
+            skip(SkipKind.LANDLINE, "The number is a landline and cannot receive SMS", mobile=contact.mobile)
+            return None
+    if campaign.uses(Channel.EMAIL):
+        if not contact.email:
+            skip(SkipKind.MISSING_ADDRESS, "No email address for an email step", channel="email")
+            return None
+        if campaign.verify_email_mx:
+            if d.mx is None:
+                return Rejection(RejectionCode.MX_ANSWER_MISSING, "campaign verifies MX: send the MX answer")
+            if not d.mx.has_mx:
+                skip(
+                    SkipKind.MX_INVALID,
+                    "The email domain has no MX record",
+                    domain=d.mx.domain,
+                    checked_at=d.mx.checked_at.isoformat(),
+                    detail=d.mx.detail,
+                )
+                return None
+
+    em.emit(
+        ContactEnrolled,
+        campaign.campaign_id,
+        enrollment_id,
+        ContactEnrolledData(
+            campaign=campaign,
+            contact=contact,
+            mx=d.mx,
+            sequence=sequence,
+            batch_number=d.batch_number,
+            priority=d.priority,
+            source=d.source,
+            contact_import_id=d.contact_import_id,
+            time_zone=resolve_time_zone(contact.time_zone, campaign.time_zone),
+        ),
+    )
+    e = em.enrollment(enrollment_id)
+    if campaign.when_in_other_campaign is WhenInOtherCampaign.QUEUE:
+        ahead = [o for o in st.in_progress() if o.enrollment_id != enrollment_id]
+        if ahead:
+            em.on(
+                e,
+                EnrollmentQueued,
+                EnrollmentQueuedData(
+                    behind_enrollment_id=ahead[0].enrollment_id, behind_campaign_id=ahead[0].campaign_id
+                ),
+            )
+            return None
+    _start(e, em)
+    return None
+
+
+def _start(e: Enrollment, em: _Emitter) -> None:
+    """First move of a running enrollment: wait for the trigger (Auto-Match) or schedule step 1."""
+    if e.campaign.awaits_trigger:
+        timeout = e.campaign.trigger_timeout
+        em.on(e, TriggerAwaited, TriggerAwaitedData(timeout_at=em.now + timeout if timeout else None))
+    else:
+        _schedule(e, 0, 1, em.now + e.campaign.steps[0].delay, em)
+
+
+def _release_queue(em: _Emitter) -> None:
+    """Queued enrollments wait for "another campaign in progress"; release the oldest when none is."""
+    st = em.state
+    queued = st.queued()
+    if not queued or st.in_progress():
+        return
+    e = queued[0]
+    em.on(e, EnrollmentReleased, EnrollmentReleasedData(after_enrollment_id=e.queued_behind))
+    _start(em.enrollment(e.enrollment_id), em)
+
+
+# --- Steps --------------------------------------------------------------------------------------
+
+
+def _ref(e: Enrollment, step_index: int, attempt: int) -> dict[str, Any]:
+    return {"step_index": step_index, "attempt": attempt, "step_count": e.step_count}
+
+
+def _schedule(e: Enrollment, step_index: int, attempt: int, requested: datetime, em: _Emitter) -> None:
+    step = e.campaign.steps[step_index]
+    em.on(
+        e,
+        StepScheduled,
+        StepScheduledData(
+            **_ref(e, step_index, attempt),
+            due_at=due_at(requested, timedelta(0), step.window, e.time_zone),
+            requested_at=requested,
+            channel=step.channel,
+        ),
+    )
+
+
+def _step_due(cmd: StepDue, e: Enrollment, em: _Emitter) -> _Outcome:
+    d = cmd.data
+    current = e.scheduled
+    if (
+        e.status.is_terminal
+        or current is None
+        or (current.step_index, current.attempt)
+        != (
+            d.step_index,
+            d.attempt,
+        )
+    ):
+        return Ignored.STALE
+    # Paused: nothing is skipped; the scheduler fires the same StepDue again after resume.
+    if d.campaign_status == "paused" or (e.due_at is not None and em.now < e.due_at):
+        return Ignored.DEFERRED
+    step = e.campaign.steps[d.step_index]
+    to = (e.contact.email if step.channel is Channel.EMAIL else e.contact.mobile) or ""
+    em.on(
+        e,
+        StepDispatched,
+        StepDispatchedData(
+            **_ref(e, d.step_index, d.attempt),
+            message_id=ids.message_id(e.enrollment_id, d.step_index, d.attempt),
+            channel=step.channel,
+            to=to,
+            content=step.content,
+            contact_name=e.contact.name,
+        ),
+    )
+    return None
+
+
+def _responded_or(e: Enrollment, otherwise: Outcome) -> Outcome:
+    return Outcome.RESPONDED if e.replied_at is not None else otherwise
+
+
+def _delivery_reported(cmd: DeliveryReported, e: Enrollment, em: _Emitter) -> _Outcome:
+    d = cmd.data
+    attempt = e.in_flight
+    if attempt is None or (attempt.step_index, attempt.attempt) != (d.step_index, d.attempt):
+        return Ignored.STALE  # a second report for the same attempt, or for another one
+    running = not e.status.is_terminal  # ended while processing: record the outcome, go no further
+    ref = _ref(e, d.step_index, d.attempt)
+    can_retry = running and d.attempt < e.campaign.max_attempts
+    eid = e.enrollment_id
+    if d.outcome is DeliveryOutcome.SENT:
+        em.on(
+            e,
+            StepDelivered,
+            StepDeliveredData(
+                **ref,
+                message_id=attempt.message_id,
+                provider_message_id=d.provider_message_id,
+                detail=d.detail,
+            ),
+        )
+        if running:
+            _after_delivery(em.enrollment(eid), d.step_index, em)
+    elif d.outcome is DeliveryOutcome.UNKNOWN:
+        # Maybe sent: never resent automatically, so the sequence carries on as if it went out.
+        em.on(e, StepDeliveryUnknown, StepDeliveryUnknownData(**ref, detail=d.detail))
+        if running:
+            _after_delivery(em.enrollment(eid), d.step_index, em)
+    elif d.outcome is DeliveryOutcome.FAILED:
+        will_retry = can_retry and d.retryable
+        em.on(
+            e,
+            StepFailed,
+            StepFailedData(**ref, retryable=d.retryable, will_retry=will_retry, detail=d.detail),
+        )
+        _retry_or_fail(em.enrollment(eid), d.step_index, d.attempt, will_retry, running, d.detail, em)
+    else:
+        hard = (d.bounce_type or BounceType.HARD) is BounceType.HARD
+        will_retry = can_retry and not hard
+        em.on(
+            e,
+            StepBounced,
+            StepBouncedData(
+                **ref,
+                bounce_type=BounceType.HARD if hard else BounceType.SOFT,
+                will_retry=will_retry,
+                detail=d.detail,
+            ),
+        )
+        e = em.enrollment(eid)
+        if hard and running:
+            _end_stopped(e, StopReason.BOUNCED, em, note=d.detail)
+        elif not hard:
+            _retry_or_fail(e, d.step_index, d.attempt, will_retry, running, d.detail, em)
+    return None
+
+
+def _retry_or_fail(
+    e: Enrollment, step_index: int, attempt: int, will_retry: bool, running: bool, detail: str, em: _Emitter
+) -> None:
+    if will_retry:
+        _schedule(e, step_index, attempt + 1, em.now + e.campaign.retry_delay * attempt, em)
+    elif running:
+        em.on(e, EnrollmentFailed, EnrollmentFailedData(step_index=step_index, detail=detail))
+
+
+def _after_delivery(e: Enrollment, step_index: int, em: _Emitter) -> None:
+    if e.is_blast:  # seed 002: for blasts, Delivered is a terminal status
+        em.on(
+            e,
+            EnrollmentCompleted,
+            EnrollmentCompletedData(
+                status=EnrollmentStatus.DELIVERED, outcome=_responded_or(e, Outcome.NO_RESPONSE)
+            ),
+        )
+        return
+    expiry = e.campaign.expiry
+    if e.expires_at is None and expiry is not None:  # seed 002: expires N days after delivery
+        em.on(e, ExpiryScheduled, ExpiryScheduledData(expires_at=em.now + expiry, expiry=expiry))
+    following = step_index + 1
+    if following >= e.step_count:
+        em.on(
+            e,
+            EnrollmentCompleted,
+            EnrollmentCompletedData(
+                status=EnrollmentStatus.COMPLETED, outcome=_responded_or(e, Outcome.NO_RESPONSE)
+            ),
+        )
+        return
+    _schedule(e, following, 1, em.now + e.campaign.steps[following].delay, em)
+
+
+# --- Signals ------------------------------------------------------------------------------------
+
+
+def _reply(cmd: ReplyDetected, e: Enrollment, em: _Emitter) -> _Outcome:
+    replied_at = cmd.data.replied_at or em.now
+    hours = round((replied_at - e.sent_at).total_seconds() / 3600, 2) if e.sent_at else None
+    action = e.campaign.reply_action
+    running = not e.status.is_terminal
+    em.on(
+        e,
+        ReplyReceived,
+        ReplyReceivedData(
+            replied_at=replied_at,
+            hours_to_reply=hours,
+            reply_action=action,
+            first_reply=e.replied_at is None,
+            inbound_message_id=cmd.data.inbound_message_id,
+            excerpt=cmd.data.excerpt,
+        ),
+    )
+    e = em.enrollment(e.enrollment_id)
+    if running and action is ReplyAction.STOP:
+        _end_stopped(e, StopReason.REPLIED, em)
+    elif running and action is ReplyAction.HANDOFF:
+        em.on(
+            e,
+            EnrollmentHandedOff,
+            EnrollmentHandedOffData(outcome=Outcome.RESPONDED, step_in_flight=e.in_flight is not None),
+        )
+    return None
+
+
+def _bounce(cmd: BounceDetected, e: Enrollment, em: _Emitter) -> _Outcome:
+    d = cmd.data
+    em.on(
+        e,
+        MessageBounced,
+        MessageBouncedData(bounce_type=d.bounce_type, step_index=d.step_index, detail=d.detail),
+    )
+    e = em.enrollment(e.enrollment_id)
+    if d.bounce_type is BounceType.HARD and not e.status.is_terminal:
+        _end_stopped(e, StopReason.BOUNCED, em, note=d.detail)
+    return None
+
+
+def _opt_out(cmd: OptOut, em: _Emitter) -> _Outcome:
+    running = [e for e in em.state.enrollments.values() if not e.status.is_terminal]
+    if em.state.opted_out and not running:
+        return Ignored.STALE
+    if not em.state.opted_out:
+        em.emit(
+            ContactOptedOut, None, None, ContactOptedOutData(channel=cmd.data.channel, detail=cmd.data.detail)
+        )
+    for e in running:
+        _end_stopped(em.enrollment(e.enrollment_id), StopReason.OPTED_OUT, em, note=cmd.data.detail)
+    return None
+
+
+def _trigger(cmd: ExternalTrigger, e: Enrollment, em: _Emitter) -> _Outcome:
+    if e.status is not EnrollmentStatus.AWAITING_TRIGGER:
+        return Ignored.STALE
+    em.on(e, TriggerReceived, TriggerReceivedData(trigger=cmd.data.trigger, detail=cmd.data.detail))
+    e = em.enrollment(e.enrollment_id)
+    _schedule(e, 0, 1, em.now + e.campaign.steps[0].delay, em)
+    return None
+
+
+def _expiry(e: Enrollment, em: _Emitter) -> _Outcome:
+    if e.status.is_terminal or e.expires_at is None:
+        return Ignored.STALE
+    if em.now < e.expires_at:
+        return Ignored.DEFERRED
+    em.on(
+        e,
+        EnrollmentExpired,
+        EnrollmentExpiredData(
+            expires_at=e.expires_at,
+            outcome=_responded_or(e, Outcome.NO_RESPONSE),
+            step_in_flight=e.in_flight is not None,
+        ),
+    )
+    return None
+
+
+def _wait_timeout(e: Enrollment, em: _Emitter) -> _Outcome:
+    if e.status is not EnrollmentStatus.AWAITING_TRIGGER or e.wait_timeout_at is None:
+        return Ignored.STALE
+    if em.now < e.wait_timeout_at:
+        return Ignored.DEFERRED
+    _end_stopped(e, StopReason.TIMEOUT, em)
+    return None
+
+
+# --- Operator actions ---------------------------------------------------------------------------
+
+
+def _end_stopped(e: Enrollment, reason: StopReason, em: _Emitter, note: str = "") -> None:
+    em.on(
+        e,
+        EnrollmentStopped,
+        EnrollmentStoppedData(
+            reason=reason,
+            outcome=Outcome.RESPONDED if reason is StopReason.REPLIED else _responded_or(e, Outcome.STOPPED),
+            note=note,
+            step_in_flight=e.in_flight is not None,
+        ),
+    )
+
+
+def _operator(cmd: Stop | Unenroll | MarkFinished, e: Enrollment, em: _Emitter) -> _Outcome:
+    if e.status.is_terminal:  # seed 000: stopping or unenrolling is irreversible
+        return Rejection(
+            RejectionCode.INVALID_TRANSITION,
+            f"enrollment is {e.status.value}; {cmd.type.split('.')[0]} needs one that has not finished",
+            {"enrollment_id": e.enrollment_id, "status": e.status.value},
+        )
+    note = cmd.data.note
+    if isinstance(cmd, Stop):
+        _end_stopped(e, StopReason.MANUAL, em, note=note)
+    elif isinstance(cmd, MarkFinished):
+        _end_stopped(e, StopReason.MARKED_FINISHED, em, note=note)
+    else:
+        em.on(
+            e,
+            EnrollmentUnenrolled,
+            EnrollmentUnenrolledData(
+                outcome=_responded_or(e, Outcome.STOPPED), note=note, step_in_flight=e.in_flight is not None
+            ),
+        )
+    return None

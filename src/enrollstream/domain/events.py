@@ -1,0 +1,373 @@
+"""Events: past-tense business facts about one contact's enrollments, the source of truth.
+
+Every event records what the decision needed (campaign definition, contact facts, MX answer, due
+times), so `evolve` and the projectors never look anything up.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, Field, TypeAdapter
+
+from .campaign import CampaignDefinition, Channel, ContactFacts, Model, MxAnswer, ReplyAction, StepContent
+from .commands import BounceType, EnrollSource
+from .statuses import EnrollmentStatus, Outcome, SkipKind, StopReason
+
+
+class EventEnvelope(Model):
+    event_id: str
+    type: str
+    account_id: str
+    contact_id: str
+    campaign_id: str | None  # None only for contact-wide facts (ContactOptedOut)
+    enrollment_id: str | None
+    version: int = Field(ge=1)  # per aggregate, +1 per event
+    occurred_at: AwareDatetime
+    causation_id: str  # the command id
+
+
+# --- Enrollment ---------------------------------------------------------------------------------
+
+
+class ContactEnrolledData(Model):
+    campaign: CampaignDefinition  # the definition this enrollment runs under, forever
+    contact: ContactFacts
+    mx: MxAnswer | None = None
+    sequence: int = Field(ge=1)  # nth enrollment of this contact in this campaign
+    batch_number: int = 0
+    priority: bool = False
+    source: EnrollSource = EnrollSource.API
+    contact_import_id: str | None = None
+    time_zone: str  # the resolved send-window zone: contact's, else campaign's, else UTC
+
+
+class ContactEnrolled(EventEnvelope):
+    type: Literal["ContactEnrolled.v1"] = "ContactEnrolled.v1"
+    data: ContactEnrolledData
+
+
+class EnrollmentSkippedData(Model):
+    """No enrollment exists; enrollment_id is the one it would have had."""
+
+    kind: SkipKind
+    reason: str  # human readable, e.g. seed 001 "Already enrolled in another campaign in this outreach"
+    evidence: dict[str, str] = Field(default_factory=dict)
+    contact: ContactFacts | None = None
+    campaign_version: int | None = None
+    batch_number: int = 0
+    source: EnrollSource = EnrollSource.API
+    contact_import_id: str | None = None
+
+
+class EnrollmentSkipped(EventEnvelope):
+    type: Literal["EnrollmentSkipped.v1"] = "EnrollmentSkipped.v1"
+    data: EnrollmentSkippedData
+
+
+class EnrollmentQueuedData(Model):
+    behind_enrollment_id: str
+    behind_campaign_id: str
+
+
+class EnrollmentQueued(EventEnvelope):
+    type: Literal["EnrollmentQueued.v1"] = "EnrollmentQueued.v1"
+    data: EnrollmentQueuedData
+
+
+class EnrollmentReleasedData(Model):
+    after_enrollment_id: str | None = None  # the enrollment whose end released this one
+
+
+class EnrollmentReleased(EventEnvelope):
+    type: Literal["EnrollmentReleased.v1"] = "EnrollmentReleased.v1"
+    data: EnrollmentReleasedData
+
+
+class TriggerAwaitedData(Model):
+    timeout_at: AwareDatetime | None = None  # the scheduler fires WaitTimeout then
+
+
+class TriggerAwaited(EventEnvelope):
+    type: Literal["TriggerAwaited.v1"] = "TriggerAwaited.v1"
+    data: TriggerAwaitedData
+
+
+class TriggerReceivedData(Model):
+    trigger: str
+    detail: str = ""
+
+
+class TriggerReceived(EventEnvelope):
+    type: Literal["TriggerReceived.v1"] = "TriggerReceived.v1"
+    data: TriggerReceivedData
+
+
+# --- Steps --------------------------------------------------------------------------------------
+
+
+class StepRef(Model):
+    step_index: int = Field(ge=0)
+    attempt: int = Field(ge=1)
+    step_count: int = Field(ge=1)  # "Step 2 of 5" is step_index + 1 of step_count
+
+
+class StepScheduledData(StepRef):
+    due_at: AwareDatetime  # the scheduler fires StepDue(enrollment, step_index, attempt) then
+    requested_at: AwareDatetime  # before the send window moved it
+    channel: Channel
+
+
+class StepScheduled(EventEnvelope):
+    type: Literal["StepScheduled.v1"] = "StepScheduled.v1"
+    data: StepScheduledData
+
+
+class StepDispatchedData(StepRef):
+    """The dispatcher sends on this: everything it needs is here."""
+
+    message_id: str  # deterministic; the dispatcher makes it <message_id@its-domain>
+    channel: Channel
+    to: str
+    content: StepContent
+    contact_name: str = ""
+
+
+class StepDispatched(EventEnvelope):
+    type: Literal["StepDispatched.v1"] = "StepDispatched.v1"
+    data: StepDispatchedData
+
+
+class StepDeliveredData(StepRef):
+    message_id: str
+    provider_message_id: str | None = None
+    detail: str = ""
+
+
+class StepDelivered(EventEnvelope):
+    type: Literal["StepDelivered.v1"] = "StepDelivered.v1"
+    data: StepDeliveredData
+
+
+class StepFailedData(StepRef):
+    retryable: bool
+    will_retry: bool
+    detail: str = ""
+
+
+class StepFailed(EventEnvelope):
+    type: Literal["StepFailed.v1"] = "StepFailed.v1"
+    data: StepFailedData
+
+
+class StepBouncedData(StepRef):
+    """A synchronous bounce reported by the dispatcher for this attempt."""
+
+    bounce_type: BounceType
+    will_retry: bool
+    detail: str = ""
+
+
+class StepBounced(EventEnvelope):
+    type: Literal["StepBounced.v1"] = "StepBounced.v1"
+    data: StepBouncedData
+
+
+class StepDeliveryUnknownData(StepRef):
+    """Maybe sent, maybe not: by policy never resent; the sequence carries on."""
+
+    detail: str = ""
+
+
+class StepDeliveryUnknown(EventEnvelope):
+    type: Literal["StepDeliveryUnknown.v1"] = "StepDeliveryUnknown.v1"
+    data: StepDeliveryUnknownData
+
+
+class ExpiryScheduledData(Model):
+    expires_at: AwareDatetime  # the scheduler fires ExpiryDue then
+    expiry: timedelta
+
+
+class ExpiryScheduled(EventEnvelope):
+    type: Literal["ExpiryScheduled.v1"] = "ExpiryScheduled.v1"
+    data: ExpiryScheduledData
+
+
+# --- Engagement ---------------------------------------------------------------------------------
+
+
+class MessageOpenedData(Model):
+    step_index: int | None = None
+    first_open: bool
+
+
+class MessageOpened(EventEnvelope):
+    type: Literal["MessageOpened.v1"] = "MessageOpened.v1"
+    data: MessageOpenedData
+
+
+class ReplyReceivedData(Model):
+    replied_at: AwareDatetime
+    hours_to_reply: float | None  # from the first delivery (seed 001); None if nothing was sent
+    reply_action: ReplyAction  # the campaign's action; applied only if the enrollment was running
+    first_reply: bool
+    inbound_message_id: str | None = None
+    excerpt: str = ""
+
+
+class ReplyReceived(EventEnvelope):
+    type: Literal["ReplyReceived.v1"] = "ReplyReceived.v1"
+    data: ReplyReceivedData
+
+
+class MessageBouncedData(Model):
+    """A bounce learned later (provider webhook)."""
+
+    bounce_type: BounceType
+    step_index: int | None = None
+    detail: str = ""
+
+
+class MessageBounced(EventEnvelope):
+    type: Literal["MessageBounced.v1"] = "MessageBounced.v1"
+    data: MessageBouncedData
+
+
+class ContactOptedOutData(Model):
+    channel: str | None = None
+    detail: str = ""
+
+
+class ContactOptedOut(EventEnvelope):
+    """Contact-wide: campaign_id and enrollment_id are None."""
+
+    type: Literal["ContactOptedOut.v1"] = "ContactOptedOut.v1"
+    data: ContactOptedOutData
+
+
+# --- Endings ------------------------------------------------------------------------------------
+
+
+class EnrollmentStoppedData(Model):
+    reason: StopReason
+    outcome: Outcome
+    note: str = ""
+    step_in_flight: bool = False  # a send already processing still completes (seed 004)
+
+
+class EnrollmentStopped(EventEnvelope):
+    type: Literal["EnrollmentStopped.v1"] = "EnrollmentStopped.v1"
+    data: EnrollmentStoppedData
+
+
+class EnrollmentCompletedData(Model):
+    status: Literal[EnrollmentStatus.COMPLETED, EnrollmentStatus.DELIVERED]  # delivered: blasts
+    outcome: Outcome
+
+
+class EnrollmentCompleted(EventEnvelope):
+    type: Literal["EnrollmentCompleted.v1"] = "EnrollmentCompleted.v1"
+    data: EnrollmentCompletedData
+
+
+class EnrollmentFailedData(Model):
+    step_index: int | None = None
+    detail: str = ""
+
+
+class EnrollmentFailed(EventEnvelope):
+    type: Literal["EnrollmentFailed.v1"] = "EnrollmentFailed.v1"
+    data: EnrollmentFailedData
+
+
+class EnrollmentExpiredData(Model):
+    expires_at: AwareDatetime
+    outcome: Outcome
+    step_in_flight: bool = False
+
+
+class EnrollmentExpired(EventEnvelope):
+    type: Literal["EnrollmentExpired.v1"] = "EnrollmentExpired.v1"
+    data: EnrollmentExpiredData
+
+
+class EnrollmentHandedOffData(Model):
+    outcome: Outcome
+    step_in_flight: bool = False
+
+
+class EnrollmentHandedOff(EventEnvelope):
+    type: Literal["EnrollmentHandedOff.v1"] = "EnrollmentHandedOff.v1"
+    data: EnrollmentHandedOffData
+
+
+class EnrollmentUnenrolledData(Model):
+    outcome: Outcome
+    note: str = ""
+    step_in_flight: bool = False
+
+
+class EnrollmentUnenrolled(EventEnvelope):
+    type: Literal["EnrollmentUnenrolled.v1"] = "EnrollmentUnenrolled.v1"
+    data: EnrollmentUnenrolledData
+
+
+Event = (
+    ContactEnrolled
+    | EnrollmentSkipped
+    | EnrollmentQueued
+    | EnrollmentReleased
+    | TriggerAwaited
+    | TriggerReceived
+    | StepScheduled
+    | StepDispatched
+    | StepDelivered
+    | StepFailed
+    | StepBounced
+    | StepDeliveryUnknown
+    | ExpiryScheduled
+    | MessageOpened
+    | ReplyReceived
+    | MessageBounced
+    | ContactOptedOut
+    | EnrollmentStopped
+    | EnrollmentCompleted
+    | EnrollmentFailed
+    | EnrollmentExpired
+    | EnrollmentHandedOff
+    | EnrollmentUnenrolled
+)
+EVENT_TYPES: tuple[type[EventEnvelope], ...] = (
+    ContactEnrolled,
+    EnrollmentSkipped,
+    EnrollmentQueued,
+    EnrollmentReleased,
+    TriggerAwaited,
+    TriggerReceived,
+    StepScheduled,
+    StepDispatched,
+    StepDelivered,
+    StepFailed,
+    StepBounced,
+    StepDeliveryUnknown,
+    ExpiryScheduled,
+    MessageOpened,
+    ReplyReceived,
+    MessageBounced,
+    ContactOptedOut,
+    EnrollmentStopped,
+    EnrollmentCompleted,
+    EnrollmentFailed,
+    EnrollmentExpired,
+    EnrollmentHandedOff,
+    EnrollmentUnenrolled,
+)
+_event_adapter: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
+
+
+def parse_event(raw: bytes | str | dict[str, Any]) -> Event:
+    if isinstance(raw, dict):
+        return _event_adapter.validate_python(raw)
+    return _event_adapter.validate_json(raw)

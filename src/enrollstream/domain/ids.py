@@ -1,0 +1,29 @@
+"""Deterministic identifiers (sha256; uuid is forbidden in the domain), formatted like UUIDs so
+Postgres can store them in uuid columns."""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def stable_id(*parts: str | int) -> str:
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    # Shape it as an RFC 4122 version-8 (custom) UUID string.
+    h = digest[:32]
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
+
+
+def event_id(account_id: str, contact_id: str, causation_id: str, index: int) -> str:
+    """The index-th event decided for a command: redeciding the same command yields the same ids."""
+    return stable_id("event", account_id, contact_id, causation_id, index)
+
+
+def enrollment_id(account_id: str, contact_id: str, campaign_id: str, sequence: int) -> str:
+    """Re-enrollment after a finished one gets the next sequence number, hence a new id."""
+    return stable_id("enrollment", account_id, contact_id, campaign_id, sequence)
+
+
+def message_id(enrollment: str, step_index: int, attempt: int) -> str:
+    """Per (enrollment, step, attempt): the dispatcher's ledger key and Message-ID local part."""
+    return "es-" + stable_id("message", enrollment, step_index, attempt).replace("-", "")

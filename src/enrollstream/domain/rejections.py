@@ -1,0 +1,88 @@
+"""Decisions and command results: what `decide` answers and what the runtime publishes per command."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from .campaign import Model
+from .events import Event
+
+
+class RejectionCode(StrEnum):
+    """Stable codes (seed 001's error table and the lifecycle rules); never rename one."""
+
+    CAMPAIGN_NOT_FOUND = "campaign_not_found"  # unknown campaign or another account's
+    CONTACT_NOT_FOUND = "contact_not_found"
+    CONTACT_IMPORT_NOT_FOUND = "contact_import_not_found"  # the runtime's BulkEnroll lookup
+    CONTACT_ALREADY_ENROLLED = "contact_already_enrolled"
+    ENROLLMENT_NOT_FOUND = "enrollment_not_found"
+    INVALID_TRANSITION = "invalid_transition"  # e.g. stopping a finished enrollment
+    CAMPAIGN_ARCHIVED = "campaign_archived"  # archived campaigns take no new enrollments
+    MX_ANSWER_MISSING = "mx_answer_missing"  # the campaign verifies MX but no answer came along
+    ACCOUNT_MISMATCH = "account_mismatch"  # the command is for another aggregate
+    UNSUPPORTED_COMMAND = "unsupported_command"  # BulkEnroll must be fanned out first
+
+
+class Ignored(StrEnum):
+    """Why an accepted command produced no events."""
+
+    DUPLICATE = "duplicate"  # the command id was processed before
+    STALE = "stale"  # StepDue/report for a step or attempt that is not the current one
+    DEFERRED = "deferred"  # StepDue while the campaign is paused or before due: fire again later
+
+
+@dataclass(frozen=True)
+class Accepted:
+    events: list[Event]
+    ignored: Ignored | None = None  # set only when events is empty
+
+
+@dataclass(frozen=True)
+class Rejection:
+    code: RejectionCode
+    message: str
+    details: dict[str, str] = field(default_factory=dict)
+
+
+Decision = Accepted | Rejection
+
+
+class CommandResult(Model):
+    """Published by the runtime for every command it decided."""
+
+    command_id: str
+    command_type: str
+    account_id: str
+    contact_id: str
+    status: Literal["accepted", "rejected", "duplicate", "stale", "deferred"]
+    code: str | None = None
+    message: str = ""
+    event_ids: list[str] = Field(default_factory=list)
+    versions: list[int] = Field(default_factory=list)
+    enrollment_ids: list[str] = Field(default_factory=list)
+
+
+def command_result(
+    command_id: str, command_type: str, account_id: str, contact_id: str, decision: Decision
+) -> CommandResult:
+    base = {
+        "command_id": command_id,
+        "command_type": command_type,
+        "account_id": account_id,
+        "contact_id": contact_id,
+    }
+    if isinstance(decision, Rejection):
+        return CommandResult(**base, status="rejected", code=decision.code.value, message=decision.message)
+    if decision.ignored is not None:
+        return CommandResult(**base, status=decision.ignored.value, code=decision.ignored.value)
+    return CommandResult(
+        **base,
+        status="accepted",
+        event_ids=[e.event_id for e in decision.events],
+        versions=[e.version for e in decision.events],
+        enrollment_ids=sorted({e.enrollment_id for e in decision.events if e.enrollment_id}),
+    )

@@ -1,0 +1,270 @@
+"""The aggregate: one contact's enrollments across campaigns, and `evolve` to apply events to it.
+
+The runtime snapshots `ContactState` (model_dump_json) on a compacted topic and restores it with
+model_validate_json, so it must stay a plain pydantic model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .campaign import CampaignDefinition, CampaignKind, ContactFacts
+from .events import (
+    ContactEnrolled,
+    ContactOptedOut,
+    EnrollmentCompleted,
+    EnrollmentExpired,
+    EnrollmentFailed,
+    EnrollmentHandedOff,
+    EnrollmentQueued,
+    EnrollmentReleased,
+    EnrollmentSkipped,
+    EnrollmentStopped,
+    EnrollmentUnenrolled,
+    Event,
+    ExpiryScheduled,
+    MessageBounced,
+    MessageOpened,
+    ReplyReceived,
+    StepBounced,
+    StepDelivered,
+    StepDeliveryUnknown,
+    StepDispatched,
+    StepFailed,
+    StepScheduled,
+    TriggerAwaited,
+    TriggerReceived,
+)
+from .statuses import EnrollmentStatus, Outcome, Stage, StopReason
+
+# How many command ids the aggregate remembers for idempotency. A redelivered command older than
+# the last N commands of the same contact is decided again; that is harmless for StepDue and
+# DeliveryReported (matched on step/attempt), for Enroll (already enrolled) and for endings
+# (invalid_transition), so the bound trades a little for a small snapshot (~N * 60 bytes).
+PROCESSED_COMMAND_IDS_KEPT = 128
+
+
+class StateModel(BaseModel):
+    # Mutable on purpose: evolve works on a private deep copy and mutates it.
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class Attempt(StateModel):
+    step_index: int
+    attempt: int
+    message_id: str
+
+
+class Enrollment(StateModel):
+    enrollment_id: str
+    campaign_id: str
+    sequence: int
+    campaign: CampaignDefinition  # the version enrolled under
+    contact: ContactFacts
+    time_zone: str
+    batch_number: int = 0
+    priority: bool = False
+    enrolled_at: datetime
+    status: EnrollmentStatus = EnrollmentStatus.PENDING
+    stage: Stage = Stage.PENDING
+    stop_reason: StopReason | None = None
+    outcome: Outcome | None = None
+    queued_behind: str | None = None
+    # The step the scheduler will fire next (None when nothing is scheduled).
+    scheduled: Attempt | None = None
+    due_at: datetime | None = None
+    # The attempt handed to the dispatcher and not yet reported. Survives an ending: a send
+    # already processing still completes and its report is still recorded (seed 004).
+    in_flight: Attempt | None = None
+    delivered_steps: list[int] = Field(default_factory=list)
+    sent_at: datetime | None = None
+    last_sent_at: datetime | None = None
+    opened_at: datetime | None = None
+    replied_at: datetime | None = None
+    hours_to_reply: float | None = None
+    bounced_at: datetime | None = None
+    bounce_reason: str | None = None
+    expires_at: datetime | None = None
+    wait_timeout_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def step_count(self) -> int:
+        return len(self.campaign.steps)
+
+    @property
+    def is_blast(self) -> bool:
+        return self.campaign.kind is CampaignKind.BLAST
+
+
+class ContactState(StateModel):
+    account_id: str
+    contact_id: str
+    version: int = 0
+    opted_out: bool = False
+    opted_out_at: datetime | None = None
+    enrollments: dict[str, Enrollment] = Field(default_factory=dict)  # in enrollment order
+    processed_command_ids: list[str] = Field(default_factory=list)  # newest last, bounded
+
+    def enrollments_in(self, campaign_id: str) -> list[Enrollment]:
+        return [e for e in self.enrollments.values() if e.campaign_id == campaign_id]
+
+    def latest_in(self, campaign_id: str) -> Enrollment | None:
+        found = self.enrollments_in(campaign_id)
+        return found[-1] if found else None
+
+    def in_progress(self) -> list[Enrollment]:
+        return [e for e in self.enrollments.values() if e.status.is_in_progress]
+
+    def queued(self) -> list[Enrollment]:
+        return [e for e in self.enrollments.values() if e.status is EnrollmentStatus.QUEUED]
+
+    def has_processed(self, command_id: str) -> bool:
+        return command_id in self.processed_command_ids
+
+
+def initial_state(account_id: str, contact_id: str) -> ContactState:
+    return ContactState(account_id=account_id, contact_id=contact_id)
+
+
+def evolve(state: ContactState, event: Event) -> ContactState:
+    """Pure: returns a new state; the given one is untouched."""
+    new = state.model_copy(deep=True)
+    apply_in_place(new, event)
+    return new
+
+
+def fold(state: ContactState, events: Iterable[Event]) -> ContactState:
+    new = state.model_copy(deep=True)
+    for event in events:
+        apply_in_place(new, event)
+    return new
+
+
+def _remember(state: ContactState, command_id: str) -> None:
+    ids = state.processed_command_ids
+    if not ids or ids[-1] != command_id:
+        if command_id in ids:  # already known (e.g. replay): keep the list free of repeats
+            ids.remove(command_id)
+        ids.append(command_id)
+        del ids[:-PROCESSED_COMMAND_IDS_KEPT]
+
+
+def _finish(e: Enrollment, status: EnrollmentStatus, outcome: Outcome | None, at: datetime) -> None:
+    e.status = status
+    e.outcome = outcome
+    e.scheduled = None
+    e.due_at = None
+    e.wait_timeout_at = None
+    e.finished_at = at
+
+
+def _running_status(e: Enrollment) -> EnrollmentStatus:
+    return EnrollmentStatus.ACTIVE if e.delivered_steps or e.sent_at else EnrollmentStatus.PENDING
+
+
+def _close_attempt(e: Enrollment) -> None:
+    e.in_flight = None
+    if e.status is EnrollmentStatus.PROCESSING:
+        e.status = _running_status(e)
+
+
+def apply_in_place(state: ContactState, event: Event) -> None:
+    """Mutates `state`; only for copies owned by the caller (evolve, fold, the decider)."""
+    state.version = event.version
+    _remember(state, event.causation_id)
+    at = event.occurred_at
+    if isinstance(event, ContactEnrolled):
+        enrolled = event.data
+        state.enrollments[event.enrollment_id or ""] = Enrollment(
+            enrollment_id=event.enrollment_id or "",
+            campaign_id=event.campaign_id or "",
+            sequence=enrolled.sequence,
+            campaign=enrolled.campaign,
+            contact=enrolled.contact,
+            time_zone=enrolled.time_zone,
+            batch_number=enrolled.batch_number,
+            priority=enrolled.priority,
+            enrolled_at=at,
+        )
+        return
+    if isinstance(event, ContactOptedOut):
+        state.opted_out = True
+        state.opted_out_at = at
+        return
+    if isinstance(event, EnrollmentSkipped):
+        return  # a skip creates no enrollment; the projector records it
+    e = state.enrollments.get(event.enrollment_id or "")
+    if e is None:
+        return  # never produced by decide; ignoring keeps evolve total
+    if isinstance(event, EnrollmentQueued):
+        e.status = EnrollmentStatus.QUEUED
+        e.queued_behind = event.data.behind_enrollment_id
+    elif isinstance(event, EnrollmentReleased):
+        e.status = EnrollmentStatus.PENDING
+        e.queued_behind = None
+    elif isinstance(event, TriggerAwaited):
+        e.status = EnrollmentStatus.AWAITING_TRIGGER
+        e.wait_timeout_at = event.data.timeout_at
+    elif isinstance(event, TriggerReceived):
+        e.status = EnrollmentStatus.PENDING
+        e.wait_timeout_at = None
+    elif isinstance(event, StepScheduled):
+        e.scheduled = Attempt(step_index=event.data.step_index, attempt=event.data.attempt, message_id="")
+        e.due_at = event.data.due_at
+    elif isinstance(event, StepDispatched):
+        sent = event.data
+        e.in_flight = Attempt(step_index=sent.step_index, attempt=sent.attempt, message_id=sent.message_id)
+        e.scheduled = None
+        e.due_at = None
+        if not e.status.is_terminal:
+            e.status = EnrollmentStatus.PROCESSING
+    elif isinstance(event, StepDelivered):
+        _close_attempt(e)
+        e.delivered_steps.append(event.data.step_index)
+        e.sent_at = e.sent_at or at
+        e.last_sent_at = at
+        e.stage = e.stage.advanced_to(Stage.SENT)
+        if e.status is EnrollmentStatus.PENDING:
+            e.status = EnrollmentStatus.ACTIVE
+    elif isinstance(event, StepFailed | StepDeliveryUnknown):
+        _close_attempt(e)
+    elif isinstance(event, StepBounced):
+        _close_attempt(e)
+        if event.data.bounce_type == "hard":
+            e.stage = Stage.BOUNCED
+            e.bounced_at = e.bounced_at or at
+            e.bounce_reason = event.data.detail
+    elif isinstance(event, ExpiryScheduled):
+        e.expires_at = event.data.expires_at
+    elif isinstance(event, MessageOpened):
+        e.opened_at = e.opened_at or at
+        e.stage = e.stage.advanced_to(Stage.OPENED)
+    elif isinstance(event, ReplyReceived):
+        if e.replied_at is None:
+            e.replied_at = event.data.replied_at
+            e.hours_to_reply = event.data.hours_to_reply
+        e.stage = e.stage.advanced_to(Stage.REPLIED)
+        if e.outcome is not None:  # a reply after the end still counts as responded (seed 003)
+            e.outcome = Outcome.RESPONDED
+    elif isinstance(event, MessageBounced):
+        if event.data.bounce_type == "hard":
+            e.stage = Stage.BOUNCED
+            e.bounced_at = e.bounced_at or at
+            e.bounce_reason = event.data.detail
+    elif isinstance(event, EnrollmentStopped):
+        _finish(e, EnrollmentStatus.STOPPED, event.data.outcome, at)
+        e.stop_reason = event.data.reason
+    elif isinstance(event, EnrollmentCompleted):
+        _finish(e, EnrollmentStatus(event.data.status), event.data.outcome, at)
+    elif isinstance(event, EnrollmentFailed):
+        _finish(e, EnrollmentStatus.FAILED, None, at)
+    elif isinstance(event, EnrollmentExpired):
+        _finish(e, EnrollmentStatus.EXPIRED, event.data.outcome, at)
+    elif isinstance(event, EnrollmentHandedOff):
+        _finish(e, EnrollmentStatus.HANDED_OFF, event.data.outcome, at)
+    elif isinstance(event, EnrollmentUnenrolled):
+        _finish(e, EnrollmentStatus.UNENROLLED, event.data.outcome, at)
