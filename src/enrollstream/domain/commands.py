@@ -58,8 +58,8 @@ class EnrollSource(StrEnum):
 
 class EnrollData(ContactData):
     campaign_id: str = Field(min_length=1)
-    campaign: CampaignDefinition | None  # looked up by the runtime; None: unknown campaign
-    contact: ContactFacts | None  # looked up by the runtime; None: unknown contact
+    campaign: CampaignDefinition | None = None  # filled by the runtime from the campaigns topic
+    contact: ContactFacts | None = None  # from upstream; None: unknown contact
     mx: MxAnswer | None = None  # required when the campaign verifies MX and sends email
     batch_number: int = Field(default=0, ge=0)
     priority: bool = False  # first within its batch (seed 001 created_at 2000-01-01)
@@ -73,13 +73,13 @@ class Enroll(CommandEnvelope):
 
 
 class BulkContact(ContactData):
-    contact: ContactFacts | None
+    contact: ContactFacts | None = None
     mx: MxAnswer | None = None
 
 
 class BulkEnrollData(Model):
     campaign_id: str = Field(min_length=1)
-    campaign: CampaignDefinition | None
+    campaign: CampaignDefinition | None = None  # filled by the runtime
     contact_import_id: str = Field(min_length=1)
     batch_size: int = Field(default=50, ge=1)
     contacts: list[BulkContact]

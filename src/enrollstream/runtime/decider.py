@@ -34,8 +34,8 @@ from enrollstream.domain import (
     decide,
     fan_out_bulk_enroll,
     initial_state,
+    fold,
     parse_command,
-    to_integration_events,
 )
 from enrollstream.domain.rejections import Accepted, Rejection, RejectionCode
 from enrollstream.runtime.campaigns import CampaignCatalog
@@ -267,19 +267,11 @@ class DeciderService:
         decision = decide(command, state)
         result = command_result(command.command_id, command.type, command.account_id, command.contact_id, decision)
         if isinstance(decision, Accepted) and decision.events:
-            from enrollstream.domain import fold
-
             staged.states[key] = fold(state, decision.events)
             for event in decision.events:
                 await producer.send(
                     self.topics.events, encode(event), key=key_bytes(key), partition=owner.partition.partition
                 )
-                for public in to_integration_events(event):
-                    await producer.send(
-                        self.topics.integration_events,
-                        encode(public),
-                        key=key_bytes(event.enrollment_id or key),
-                    )
             await producer.send(
                 self.topics.aggregates,
                 encode(staged.states[key]),
