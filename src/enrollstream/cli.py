@@ -187,6 +187,30 @@ def worker_command(
     asyncio.run(run())
 
 
+@app.command("demo")
+@friendly_errors
+def demo_command(
+    contacts: int = typer.Option(300, min=10, max=5000, help="how many contacts to enroll"),
+    keep_stack: bool = typer.Option(False, help="leave the stack running afterwards"),
+) -> None:
+    """Bring the stack up, run the worker on a demo workload with progress, print what it did."""
+    from enrollstream.demo import print_report, run_demo
+
+    settings = load_settings()
+    with console.status("bringing the stack up (the first run fetches Kafka with Maven)..."):
+        state = local_stack.up(settings)
+    kafka, postgres = state.kafka, state.postgres
+    console.print(f"[bold]stack[/bold] Kafka {kafka.address} ({kafka.version or kafka.source}), "
+                  f"PostgreSQL {postgres.address.rsplit('@', 1)[-1]} ({postgres.version or postgres.source})")
+    try:
+        report = asyncio.run(run_demo(settings, state.endpoints, contacts, console))
+        print_report(report, console)
+    finally:
+        if state.started and not keep_stack:
+            local_stack.down(settings)
+            console.print(f"[bold]stack[/bold] stopped ({', '.join(state.started)})")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(app())
