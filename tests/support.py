@@ -46,7 +46,9 @@ async def read_until(
     try:
         while not done(records):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}: condition not met within {timeout}s; read {len(records)} records")
+                raise TimeoutError(
+                    f"{topic}: condition not met within {timeout}s; read {len(records)} records"
+                )
             batch = await consumer.getmany(timeout_ms=250)
             for partition_records in batch.values():
                 records.extend(partition_records)
@@ -55,7 +57,9 @@ async def read_until(
     return records
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
@@ -64,7 +68,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0
 
 
 @contextlib.asynccontextmanager
-async def running_worker(settings: Settings, roles: tuple[str, ...] = ("decider", "projector")) -> AsyncIterator[Worker]:
+async def running_worker(
+    settings: Settings, roles: tuple[str, ...] = ("decider", "projector")
+) -> AsyncIterator[Worker]:
     assert settings.kafka_bootstrap_servers and settings.database_url
     worker = Worker(settings, settings.kafka_bootstrap_servers, settings.database_url, roles)
     started = asyncio.Event()

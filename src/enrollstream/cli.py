@@ -24,7 +24,9 @@ from enrollstream.adapters.postgres.migrations import MigrationError, migrate
 from enrollstream.config import Settings, load_settings
 
 app = typer.Typer(help="enrollstream: event-sourced drip-campaign enrollments on Kafka and Postgres.")
-stack_app = typer.Typer(help="The local Kafka + PostgreSQL stack used by the demo, the tests and the benchmarks.")
+stack_app = typer.Typer(
+    help="The local Kafka + PostgreSQL stack used by the demo, the tests and the benchmarks."
+)
 app.add_typer(stack_app, name="stack")
 
 console = Console()
@@ -128,12 +130,16 @@ def topics_command() -> None:
     target = endpoints(settings)
     topics = Topics(settings.topic_prefix)
     created = asyncio.run(
-        ensure_topics(target.kafka_bootstrap_servers, topics, settings.partitions, settings.replication_factor)
+        ensure_topics(
+            target.kafka_bootstrap_servers, topics, settings.partitions, settings.replication_factor
+        )
     )
     table = Table("topic", "partitions", "config", "this call")
     for spec in topics.specs(settings.partitions):
         config = ", ".join(f"{k}={v}" for k, v in spec.config.items())
-        table.add_row(spec.name, str(spec.partitions), config, "created" if spec.name in created else "exists")
+        table.add_row(
+            spec.name, str(spec.partitions), config, "created" if spec.name in created else "exists"
+        )
     console.print(table)
 
 
@@ -175,7 +181,8 @@ def worker_command(
             await conn.close()
         if behind:
             raise MigrationError(
-                f"the database schema is behind ({len(behind)} pending migrations); run `enrollstream migrate`"
+                f"the database schema is behind ({len(behind)} pending migrations); "
+                "run `enrollstream migrate`"
             )
         worker = Worker(settings, target.kafka_bootstrap_servers, target.database_url, parse_roles(roles))
         loop = asyncio.get_running_loop()
@@ -200,8 +207,10 @@ def demo_command(
     with console.status("bringing the stack up (the first run fetches Kafka with Maven)..."):
         state = local_stack.up(settings)
     kafka, postgres = state.kafka, state.postgres
-    console.print(f"[bold]stack[/bold] Kafka {kafka.address} ({kafka.version or kafka.source}), "
-                  f"PostgreSQL {postgres.address.rsplit('@', 1)[-1]} ({postgres.version or postgres.source})")
+    console.print(
+        f"[bold]stack[/bold] Kafka {kafka.address} ({kafka.version or kafka.source}), "
+        f"PostgreSQL {postgres.address.rsplit('@', 1)[-1]} ({postgres.version or postgres.source})"
+    )
     try:
         report = asyncio.run(run_demo(settings, state.endpoints, contacts, console))
         print_report(report, console)

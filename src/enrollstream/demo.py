@@ -44,9 +44,21 @@ def demo_campaign() -> CampaignDefinition:
             "name": "Welcome sequence (demo)",
             "kind": "sequence",
             "steps": [
-                {"channel": "email", "delay": "PT2S", "content": {"subject": "Welcome", "body": "Hello {name}"}},
-                {"channel": "email", "delay": "PT4S", "content": {"subject": "Getting started", "body": "Tips"}},
-                {"channel": "email", "delay": "PT6S", "content": {"subject": "Still there?", "body": "Reply!"}},
+                {
+                    "channel": "email",
+                    "delay": "PT2S",
+                    "content": {"subject": "Welcome", "body": "Hello {name}"},
+                },
+                {
+                    "channel": "email",
+                    "delay": "PT4S",
+                    "content": {"subject": "Getting started", "body": "Tips"},
+                },
+                {
+                    "channel": "email",
+                    "delay": "PT6S",
+                    "content": {"subject": "Still there?", "body": "Reply!"},
+                },
             ],
             "reply_action": "stop",
         }
@@ -85,7 +97,12 @@ def demo_commands(contacts: int) -> list[tuple[str, bytes]]:
         enroll = _command(
             "Enroll.v1",
             contact_id,
-            {"campaign_id": "demo-welcome", "contact": facts, "batch_number": 1 + i // 50, "priority": i % 40 == 0},
+            {
+                "campaign_id": "demo-welcome",
+                "contact": facts,
+                "batch_number": 1 + i // 50,
+                "priority": i % 40 == 0,
+            },
         )
         out.append((aggregate_key(ACCOUNT, contact_id), json.dumps(enroll).encode()))
     # Seed 001's refusals: an enrollment for a campaign that does not exist, and enrolling twice.
@@ -190,14 +207,14 @@ async def _recreate_database(server_url: str, name: str) -> str:
     return f"{server_url.rpartition('/')[0]}/{name}"
 
 
-async def run_demo(settings: Settings, endpoints: stack.Endpoints, contacts: int, console: Console) -> DemoReport:
+async def run_demo(
+    settings: Settings, endpoints: stack.Endpoints, contacts: int, console: Console
+) -> DemoReport:
     started = time.monotonic()
     report = DemoReport()
     run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     topics = Topics(prefix=f"demo-{run_id}.")
-    demo_settings = settings.model_copy(
-        update={"topic_prefix": topics.prefix, "group_id": f"demo-{run_id}"}
-    )
+    demo_settings = settings.model_copy(update={"topic_prefix": topics.prefix, "group_id": f"demo-{run_id}"})
     bootstrap = endpoints.kafka_bootstrap_servers
     console.print(f"[bold]topics[/bold] under prefix {topics.prefix!r}, {settings.partitions} partitions")
     await ensure_topics(bootstrap, topics, settings.partitions, settings.replication_factor)
@@ -247,7 +264,9 @@ async def run_demo(settings: Settings, endpoints: stack.Endpoints, contacts: int
                 await asyncio.sleep(0.1)
             report.statuses = {
                 r["status"]: r["n"]
-                for r in await conn.fetch("select status, count(*) as n from enrollments group by 1 order by 1")
+                for r in await conn.fetch(
+                    "select status, count(*) as n from enrollments group by 1 order by 1"
+                )
             }
         finally:
             await conn.close()
@@ -263,7 +282,11 @@ async def run_demo(settings: Settings, endpoints: stack.Endpoints, contacts: int
 
 def _progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
     )
 
 

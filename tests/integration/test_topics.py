@@ -12,7 +12,9 @@ from enrollstream import stack
 from enrollstream.adapters.kafka.topics import TopicMismatchError, Topics, ensure_topics
 
 
-async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(endpoints: stack.Endpoints) -> None:
+async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(
+    endpoints: stack.Endpoints,
+) -> None:
     topics = Topics(prefix=f"boot-{uuid.uuid4().hex[:8]}.")
     first = await ensure_topics(endpoints.kafka_bootstrap_servers, topics, partitions=4)
     second = await ensure_topics(endpoints.kafka_bootstrap_servers, topics, partitions=4)

@@ -64,7 +64,11 @@ async def test_an_enroll_command_becomes_an_event_and_an_enrollments_row(
         events = [parse_event(r.value) for r in records]
         enrolled = next(e for e in events if e.type == "ContactEnrolled.v1")
         assert enrolled.causation_id == command_id
-        assert (enrolled.account_id, enrolled.contact_id, enrolled.campaign_id) == (account_id, "ada", "welcome")
+        assert (enrolled.account_id, enrolled.contact_id, enrolled.campaign_id) == (
+            account_id,
+            "ada",
+            "welcome",
+        )
         assert records[0].key == f"{account_id}/ada".encode()
         assert [e.version for e in events] == list(range(1, len(events) + 1))
 
@@ -75,7 +79,11 @@ async def test_an_enroll_command_becomes_an_event_and_an_enrollments_row(
         row = await fetch_one(settings.database_url, "select * from enrollments")
         assert row is not None
         assert row["enrollment_id"] == enrolled.enrollment_id
-        assert (row["contact_name"], row["email"], row["mobile"]) == ("Ada Lovelace", "ada@example.org", "+15550100")
+        assert (row["contact_name"], row["email"], row["mobile"]) == (
+            "Ada Lovelace",
+            "ada@example.org",
+            "+15550100",
+        )
         assert (row["batch_number"], row["priority"], row["total_steps"]) == (2, True, 2)
         assert row["status"] == "pending" and row["stage"] == "pending"
 

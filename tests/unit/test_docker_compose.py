@@ -35,7 +35,7 @@ def test_kafka_is_the_pinned_version_configured_for_transactions_on_one_node() -
         assert prop in SERVER_PROPERTIES
         name, value = prop.split("=")
         assert env["KAFKA_" + name.upper().replace(".", "_")] == value
-    assert "broker,controller" == env["KAFKA_PROCESS_ROLES"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
 
 
 def test_ports_are_published_on_loopback_only() -> None:

@@ -161,20 +161,33 @@ def _apply_change(row: EnrollmentRow, event: Event) -> EnrollmentRow:
         case StepFailed():
             return _status(row, EnrollmentStatus.ACTIVE) if event.data.will_retry else row
         case StepBounced():
-            row = replace(_stage(row, Stage.BOUNCED), bounced_at=row.bounced_at or at, bounce_reason=event.data.detail)
+            row = replace(
+                _stage(row, Stage.BOUNCED), bounced_at=row.bounced_at or at, bounce_reason=event.data.detail
+            )
             return _status(row, EnrollmentStatus.ACTIVE) if event.data.will_retry else row
         case MessageBounced():
-            return replace(_stage(row, Stage.BOUNCED), bounced_at=row.bounced_at or at, bounce_reason=event.data.detail)
+            return replace(
+                _stage(row, Stage.BOUNCED), bounced_at=row.bounced_at or at, bounce_reason=event.data.detail
+            )
         case MessageOpened():
             return replace(_stage(row, Stage.OPENED), opened_at=row.opened_at or at)
         case ReplyReceived():
             if row.replied_at is not None:
                 return row
-            hours = None if event.data.hours_to_reply is None else Decimal(str(round(event.data.hours_to_reply, 2)))
+            hours = (
+                None
+                if event.data.hours_to_reply is None
+                else Decimal(str(round(event.data.hours_to_reply, 2)))
+            )
             return replace(_stage(row, Stage.REPLIED), replied_at=event.data.replied_at, hours_to_reply=hours)
         case EnrollmentStopped():
-            return _finish(row, EnrollmentStatus.STOPPED, at, stop_reason=event.data.reason.value,
-                           outcome=event.data.outcome.value)
+            return _finish(
+                row,
+                EnrollmentStatus.STOPPED,
+                at,
+                stop_reason=event.data.reason.value,
+                outcome=event.data.outcome.value,
+            )
         case EnrollmentCompleted():
             return _finish(row, EnrollmentStatus(event.data.status), at, outcome=event.data.outcome.value)
         case EnrollmentFailed():

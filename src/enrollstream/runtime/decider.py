@@ -27,14 +27,15 @@ from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.domain import (
     BulkEnroll,
     CommandResult,
+    ContactCommand,
     ContactState,
     Enroll,
     aggregate_key,
     command_result,
     decide,
     fan_out_bulk_enroll,
-    initial_state,
     fold,
+    initial_state,
     parse_command,
 )
 from enrollstream.domain.rejections import Accepted, Rejection, RejectionCode
@@ -229,7 +230,11 @@ class DeciderService:
         producer = owner.producer
         value: bytes | None = record.value  # type: ignore[attr-defined]
         if value is None or len(value) > MAX_COMMAND_BYTES:
-            reason = "empty record" if value is None else f"record of {len(value)} bytes exceeds {MAX_COMMAND_BYTES}"
+            reason = (
+                "empty record"
+                if value is None
+                else f"record of {len(value)} bytes exceeds {MAX_COMMAND_BYTES}"
+            )
             await self._dead_letter(owner, staged, DeadLetter.of(record, reason))
             return
         try:
@@ -261,11 +266,15 @@ class DeciderService:
             return
 
         command = self._with_lookups(command)
-        state = staged.states.get(key) or owner.states.get(key) or initial_state(
-            command.account_id, command.contact_id
+        state = (
+            staged.states.get(key)
+            or owner.states.get(key)
+            or initial_state(command.account_id, command.contact_id)
         )
         decision = decide(command, state)
-        result = command_result(command.command_id, command.type, command.account_id, command.contact_id, decision)
+        result = command_result(
+            command.command_id, command.type, command.account_id, command.contact_id, decision
+        )
         if isinstance(decision, Accepted) and decision.events:
             staged.states[key] = fold(state, decision.events)
             for event in decision.events:
@@ -283,12 +292,14 @@ class DeciderService:
             log.info("command %s rejected: %s", command.command_id, decision.code.value)
         await self._send_result(owner, key, result)
 
-    def _with_lookups(self, command: object) -> object:
+    def _with_lookups(self, command: ContactCommand) -> ContactCommand:
         """The lookups that arrive with a command: the campaign definition, from the catalog."""
         if isinstance(command, Enroll) and command.data.campaign is None:
             campaign = self.catalog.get(command.data.campaign_id)
             if campaign is not None:
-                return command.model_copy(update={"data": command.data.model_copy(update={"campaign": campaign})})
+                return command.model_copy(
+                    update={"data": command.data.model_copy(update={"campaign": campaign})}
+                )
         return command
 
     async def _fan_out(self, owner: PartitionOwner, staged: _Staged, command: BulkEnroll) -> None:
@@ -302,7 +313,9 @@ class DeciderService:
         children = fan_out_bulk_enroll(command)
         for child in children:
             await owner.producer.send(
-                self.topics.commands, encode(child), key=key_bytes(aggregate_key(child.account_id, child.contact_id))
+                self.topics.commands,
+                encode(child),
+                key=key_bytes(aggregate_key(child.account_id, child.contact_id)),
             )
         result = CommandResult(
             command_id=command.command_id,
@@ -316,7 +329,10 @@ class DeciderService:
 
     async def _send_result(self, owner: PartitionOwner, key: str, result: CommandResult) -> None:
         await owner.producer.send(
-            self.topics.command_results, encode(result), key=key_bytes(key), partition=owner.partition.partition
+            self.topics.command_results,
+            encode(result),
+            key=key_bytes(key),
+            partition=owner.partition.partition,
         )
 
     async def _dead_letter(self, owner: PartitionOwner, staged: _Staged, letter: DeadLetter) -> None:

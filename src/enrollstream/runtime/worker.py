@@ -37,7 +37,9 @@ class Worker:
         unknown = set(self.roles) - set(ROLES)
         if unknown:
             raise ValueError(f"unknown roles: {', '.join(sorted(unknown))} (known: {', '.join(ROLES)})")
-        await ensure_topics(self.bootstrap, self.topics, self.settings.partitions, self.settings.replication_factor)
+        await ensure_topics(
+            self.bootstrap, self.topics, self.settings.partitions, self.settings.replication_factor
+        )
         catalog = CampaignCatalog(self.bootstrap, self.topics.campaigns)
         services: list[DeciderService | ProjectorService] = []
         if "decider" in self.roles:

@@ -145,7 +145,11 @@ def up(settings: Settings) -> StackState:
             else:
                 pid, pg = local_postgres.start_postgres(settings.stack_dir)
                 postgres = ServiceState(
-                    "local", pg.url, pid=pid, data_dir=str(pg.pgdata), version=local_postgres.postgres_version()
+                    "local",
+                    pg.url,
+                    pid=pid,
+                    data_dir=str(pg.pgdata),
+                    version=local_postgres.postgres_version(),
                 )
             started.append("postgres")
 

@@ -141,7 +141,9 @@ def start_kafka(cache_dir: Path, stack_dir: Path) -> tuple[int, KafkaProcessSpec
             check=False,
         )
     if fmt.returncode != 0:
-        raise StackError(f"formatting the KRaft log directory failed; see {spec.log_dir / 'kafka-format.log'}")
+        raise StackError(
+            f"formatting the KRaft log directory failed; see {spec.log_dir / 'kafka-format.log'}"
+        )
     out = (spec.log_dir / "kafka-stdout.log").open("w")
     proc = subprocess.Popen(
         [*jvm, "-XX:+UseG1GC", "kafka.Kafka", str(config)],

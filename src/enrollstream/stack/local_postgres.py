@@ -115,7 +115,17 @@ def start_postgres(stack_dir: Path) -> tuple[int, PostgresProcessSpec]:
         raise StackError(f"initdb failed; see {init_log}")
     options = f"-h 127.0.0.1 -p {spec.port} -k {spec.socket_dir} -c max_connections=200"
     ctl = subprocess.run(
-        [str(bin_dir / "pg_ctl"), "-D", str(spec.pgdata), "-l", str(spec.log_file), "-o", options, "-w", "start"],
+        [
+            str(bin_dir / "pg_ctl"),
+            "-D",
+            str(spec.pgdata),
+            "-l",
+            str(spec.log_file),
+            "-o",
+            options,
+            "-w",
+            "start",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -21,10 +22,8 @@ async def kafka_round_trip(bootstrap: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     await admin.start()
     try:
-        try:
+        with contextlib.suppress(TopicAlreadyExistsError):
             await admin.create_topics([NewTopic(READINESS_TOPIC, num_partitions=1, replication_factor=1)])
-        except TopicAlreadyExistsError:
-            pass
     finally:
         await admin.close()
     token = uuid.uuid4().bytes

@@ -30,7 +30,9 @@ class DeadLetter:
     headers: list[tuple[str, bytes]]
 
     @classmethod
-    def of(cls, record: Any, reason: str, error: BaseException | None = None, role: str = "decider") -> DeadLetter:
+    def of(
+        cls, record: Any, reason: str, error: BaseException | None = None, role: str = "decider"
+    ) -> DeadLetter:
         headers = [
             ("error.reason", reason.encode()),
             ("error.role", role.encode()),

@@ -122,7 +122,8 @@ async def ensure_topics(
             if actual.get(spec.name) != spec.partitions:
                 raise TopicMismatchError(
                     f"topic {spec.name} has {actual.get(spec.name)} partitions, this deployment expects "
-                    f"{spec.partitions} (ENROLLSTREAM_PARTITIONS); the partition count is fixed per deployment"
+                    f"{spec.partitions} (ENROLLSTREAM_PARTITIONS); "
+                    "the partition count is fixed per deployment"
                 )
         return created
     finally:
