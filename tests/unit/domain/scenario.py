@@ -242,6 +242,7 @@ def _flatten(items: Iterable[History]) -> list[Event | ContactCommand]:
 def play(state: ContactState, command: ContactCommand) -> ContactState:
     decision = decide(command, state)
     assert isinstance(decision, Accepted), f"{command.type} in the history was rejected: {decision}"
+    assert decision.events, f"{command.type} in the history changed nothing ({decision.ignored})"
     return fold(state, decision.events)
 
 
