@@ -223,3 +223,7 @@ def demo_command(
 def main() -> None:  # pragma: no cover - console entry point
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

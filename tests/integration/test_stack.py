@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from enrollstream import stack
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.config import Settings
+from enrollstream.stack import readiness
+from enrollstream.stack.processes import pid_alive
 
 
 async def test_a_record_goes_through_the_real_broker_transactionally(
@@ -61,3 +66,24 @@ def test_a_second_up_reuses_the_running_stack(endpoints: stack.Endpoints) -> Non
     assert again.endpoints == endpoints
     reported = stack.status(Settings())
     assert reported["kafka"]["ready"] and reported["postgres"]["ready"]
+
+
+def test_down_stops_what_up_started_and_leaves_no_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(stack_dir=tmp_path / "stack")
+    state = stack.up(settings)
+    try:
+        assert sorted(state.started) == ["kafka", "postgres"]
+        assert readiness.kafka_ready(state.kafka.address)
+        assert readiness.postgres_ready(state.postgres.address)
+        local_pids = [s.pid for s in (state.kafka, state.postgres) if s.source == "local"]
+        assert all(pid_alive(pid) for pid in local_pids)
+    finally:
+        stopped = stack.down(settings)
+    assert sorted(stopped) == ["kafka", "postgres"]
+    assert not any(pid_alive(pid) for pid in local_pids)
+    assert not readiness.postgres_ready(state.postgres.address)
+    assert stack.status(settings) == {}
