@@ -1,0 +1,156 @@
+"""The decider service against the real broker: bad input, refusals, restarts."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, header
+from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.config import Settings
+from enrollstream.domain import CampaignDefinition
+from enrollstream.runtime.campaigns import publish_campaign
+from tests.support import publish, read_until, running_worker
+
+ACCOUNT = "acct-a"
+
+
+def campaign(account_id: str = ACCOUNT, campaign_id: str = "welcome") -> CampaignDefinition:
+    return CampaignDefinition.model_validate(
+        {
+            "campaign_id": campaign_id,
+            "account_id": account_id,
+            "version": 1,
+            "steps": [{"channel": "email", "delay": "PT1H", "content": {"subject": "Hi", "body": "Hello"}}],
+        }
+    )
+
+
+def enroll(
+    contact_id: str, campaign_id: str = "welcome", account_id: str = ACCOUNT, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "command_id": extra.pop("command_id", f"cmd-{uuid.uuid4()}"),
+        "type": "Enroll.v1",
+        "account_id": account_id,
+        "issued_at": datetime(2026, 11, 22, 9, 0, tzinfo=UTC).isoformat(),
+        "actor": "test",
+        "data": {
+            "contact_id": contact_id,
+            "campaign_id": campaign_id,
+            "contact": {"name": contact_id.title(), "email": f"{contact_id}@example.org"},
+            **extra,
+        },
+    }
+
+
+async def send(settings: Settings, topics: Topics, command: dict[str, Any] | bytes, key: str) -> None:
+    assert settings.kafka_bootstrap_servers
+    value = command if isinstance(command, bytes) else json.dumps(command).encode()
+    await publish(settings.kafka_bootstrap_servers, topics.commands, value, key=key)
+
+
+def results_by_id(records: list[Any]) -> dict[str, dict[str, Any]]:
+    return {json.loads(r.value)["command_id"]: json.loads(r.value) for r in records}
+
+
+async def test_poison_pills_go_to_the_dead_letter_topic_and_the_partition_keeps_flowing(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    await publish_campaign(bootstrap, topics.campaigns, campaign())
+    key = f"{ACCOUNT}/ada"  # every record on one key, so on one partition, in this order
+    wrong_types = enroll("ada")
+    wrong_types["data"]["batch_number"] = "first"
+    unknown_type = {**enroll("ada"), "type": "Teleport.v1"}
+    oversized = json.dumps(enroll("ada", padding="x" * MAX_COMMAND_BYTES)).encode()
+    good = enroll("ada")
+    async with running_worker(settings, roles=("decider",)):
+        for bad in (b"{not json", wrong_types, unknown_type, oversized):
+            await send(settings, topics, bad, key)
+        await send(settings, topics, good, key)
+        letters = await read_until(bootstrap, topics.dead_letters, lambda rs: len(rs) >= 4)
+        results = await read_until(
+            bootstrap, topics.command_results, lambda rs: good["command_id"] in results_by_id(rs)
+        )
+    reasons = [header(r.headers, "error.reason") for r in letters]
+    assert reasons[:3] == ["not a valid command"] * 3
+    assert reasons[3] is not None and "exceeds" in reasons[3]
+    assert letters[0].value == b"{not json"  # the original bytes, kept
+    assert header(letters[1].headers, "error.class") == "ValidationError"
+    assert "batch_number" in (header(letters[1].headers, "error.message") or "")
+    assert {header(r.headers, "original.topic") for r in letters} == {topics.commands}
+    assert results_by_id(results)[good["command_id"]]["status"] == "accepted"
+
+
+async def test_refusals_get_a_result_with_a_stable_code(settings: Settings, topics: Topics) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    await publish_campaign(bootstrap, topics.campaigns, campaign())
+    await publish_campaign(bootstrap, topics.campaigns, campaign(account_id="acct-b", campaign_id="theirs"))
+    first = enroll("bob")
+    twice = enroll("bob")
+    unknown_campaign = enroll("carol", campaign_id="nope")
+    other_account = enroll("dave", campaign_id="theirs")  # acct-a must not touch acct-b's campaign
+    no_contact = enroll("erin")
+    no_contact["data"].pop("contact")
+    misrouted = enroll("frank")
+    async with running_worker(settings, roles=("decider",)):
+        for command in (first, twice, unknown_campaign, other_account, no_contact):
+            await send(settings, topics, command, f"{ACCOUNT}/{command['data']['contact_id']}")
+        await send(settings, topics, misrouted, f"{ACCOUNT}/someone-else")
+        wanted = {
+            c["command_id"] for c in (first, twice, unknown_campaign, other_account, no_contact, misrouted)
+        }
+        records = await read_until(
+            bootstrap, topics.command_results, lambda rs: wanted <= set(results_by_id(rs))
+        )
+    results = results_by_id(records)
+    assert results[first["command_id"]]["status"] == "accepted"
+    assert (results[twice["command_id"]]["status"], results[twice["command_id"]]["code"]) == (
+        "rejected",
+        "contact_already_enrolled",
+    )
+    assert results[unknown_campaign["command_id"]]["code"] == "campaign_not_found"
+    assert results[other_account["command_id"]]["code"] == "campaign_not_found"
+    assert results[no_contact["command_id"]]["code"] == "contact_not_found"
+    assert results[misrouted["command_id"]]["code"] == "account_mismatch"
+
+
+async def test_a_restarted_decider_restores_its_contacts_from_the_changelog(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    await publish_campaign(bootstrap, topics.campaigns, campaign())
+    first = enroll("grace")
+    async with running_worker(settings, roles=("decider",)):
+        await send(settings, topics, first, f"{ACCOUNT}/grace")
+        await read_until(
+            bootstrap, topics.command_results, lambda rs: first["command_id"] in results_by_id(rs)
+        )
+
+    # A new process knows nothing but what Kafka holds: the redelivered command is a duplicate, and a new
+    # enrollment of the same contact is refused because the aggregate was restored.
+    again = enroll("grace")
+    async with running_worker(settings, roles=("decider",)) as worker:
+        await send(settings, topics, first, f"{ACCOUNT}/grace")
+        await send(settings, topics, again, f"{ACCOUNT}/grace")
+        records = await read_until(
+            bootstrap, topics.command_results, lambda rs: again["command_id"] in results_by_id(rs)
+        )
+        assert worker.decider is not None
+        restored = sum(len(owner.states) for owner in worker.decider.owners.values())
+    statuses = [
+        json.loads(r.value)["status"]
+        for r in records
+        if json.loads(r.value)["command_id"] == first["command_id"]
+    ]
+    assert statuses == ["accepted", "duplicate"]
+    assert results_by_id(records)[again["command_id"]]["code"] == "contact_already_enrolled"
+    assert restored == 1
+    events = await read_until(bootstrap, topics.events, lambda rs: len(rs) >= 1)
+    assert all(json.loads(e.value)["causation_id"] == first["command_id"] for e in events)
