@@ -78,6 +78,12 @@ from .events import (
     TriggerReceived,
     parse_event,
 )
+from .integration import (
+    INTEGRATION_EVENT_TYPES,
+    AnyIntegrationEvent,
+    IntegrationEvent,
+    to_integration_events,
+)
 from .rejections import Accepted, CommandResult, Decision, Ignored, Rejection, RejectionCode, command_result
 from .state import PROCESSED_COMMAND_IDS_KEPT, ContactState, Enrollment, evolve, fold, initial_state
 from .statuses import EnrollmentStatus, Outcome, SkipKind, Stage, StopReason
@@ -85,8 +91,10 @@ from .statuses import EnrollmentStatus, Outcome, SkipKind, Stage, StopReason
 __all__ = [
     "COMMAND_TYPES",
     "EVENT_TYPES",
+    "INTEGRATION_EVENT_TYPES",
     "PROCESSED_COMMAND_IDS_KEPT",
     "Accepted",
+    "AnyIntegrationEvent",
     "BounceDetected",
     "BounceType",
     "BulkContact",
@@ -125,6 +133,7 @@ __all__ = [
     "ExpiryScheduled",
     "ExternalTrigger",
     "Ignored",
+    "IntegrationEvent",
     "LineType",
     "MarkFinished",
     "MessageBounced",
@@ -169,4 +178,5 @@ __all__ = [
     "initial_state",
     "parse_command",
     "parse_event",
+    "to_integration_events",
 ]

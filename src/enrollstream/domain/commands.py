@@ -296,11 +296,11 @@ COMMAND_TYPES: tuple[type[CommandEnvelope], ...] = (
     MarkFinished,
 )
 
-_command_adapter: TypeAdapter[ContactCommand | BulkEnroll] = TypeAdapter(Command)
+command_adapter: TypeAdapter[ContactCommand | BulkEnroll] = TypeAdapter(Command)
 
 
 def parse_command(raw: bytes | str | dict[str, Any]) -> ContactCommand | BulkEnroll:
     """Decode and validate; raises pydantic.ValidationError on schema-invalid input."""
     if isinstance(raw, dict):
-        return _command_adapter.validate_python(raw)
-    return _command_adapter.validate_json(raw)
+        return command_adapter.validate_python(raw)
+    return command_adapter.validate_json(raw)
