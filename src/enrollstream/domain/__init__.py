@@ -45,8 +45,11 @@ from .commands import (
     WaitTimeout,
     aggregate_key,
     batch_count,
+    delivery_report_command_id,
     fan_out_bulk_enroll,
     parse_command,
+    step_due_command_id,
+    timer_command_id,
 )
 from .decider import decide
 from .events import (
@@ -172,11 +175,14 @@ __all__ = [
     "batch_count",
     "command_result",
     "decide",
+    "delivery_report_command_id",
     "evolve",
     "fan_out_bulk_enroll",
     "fold",
     "initial_state",
     "parse_command",
     "parse_event",
+    "step_due_command_id",
+    "timer_command_id",
     "to_integration_events",
 ]
