@@ -45,8 +45,11 @@ from .commands import (
     WaitTimeout,
     aggregate_key,
     batch_count,
+    delivery_report_command_id,
     fan_out_bulk_enroll,
     parse_command,
+    step_due_command_id,
+    timer_command_id,
 )
 from .decider import decide
 from .events import (
@@ -78,6 +81,12 @@ from .events import (
     TriggerReceived,
     parse_event,
 )
+from .integration import (
+    INTEGRATION_EVENT_TYPES,
+    AnyIntegrationEvent,
+    IntegrationEvent,
+    to_integration_events,
+)
 from .rejections import Accepted, CommandResult, Decision, Ignored, Rejection, RejectionCode, command_result
 from .state import PROCESSED_COMMAND_IDS_KEPT, ContactState, Enrollment, evolve, fold, initial_state
 from .statuses import EnrollmentStatus, Outcome, SkipKind, Stage, StopReason
@@ -85,8 +94,10 @@ from .statuses import EnrollmentStatus, Outcome, SkipKind, Stage, StopReason
 __all__ = [
     "COMMAND_TYPES",
     "EVENT_TYPES",
+    "INTEGRATION_EVENT_TYPES",
     "PROCESSED_COMMAND_IDS_KEPT",
     "Accepted",
+    "AnyIntegrationEvent",
     "BounceDetected",
     "BounceType",
     "BulkContact",
@@ -125,6 +136,7 @@ __all__ = [
     "ExpiryScheduled",
     "ExternalTrigger",
     "Ignored",
+    "IntegrationEvent",
     "LineType",
     "MarkFinished",
     "MessageBounced",
@@ -163,10 +175,14 @@ __all__ = [
     "batch_count",
     "command_result",
     "decide",
+    "delivery_report_command_id",
     "evolve",
     "fan_out_bulk_enroll",
     "fold",
     "initial_state",
     "parse_command",
     "parse_event",
+    "step_due_command_id",
+    "timer_command_id",
+    "to_integration_events",
 ]

@@ -133,6 +133,22 @@ def batch_count(cmd: BulkEnroll) -> int:
 # --- Scheduler and dispatcher --------------------------------------------------------------------
 
 
+def step_due_command_id(enrollment_id: str, step_index: int, attempt: int) -> str:
+    """The scheduler's id for StepDue. Firing it again (e.g. after a pause) is safe: a deferred
+    StepDue records nothing, and a processed one is dropped as a duplicate."""
+    return f"step-due:{enrollment_id}:{step_index}:{attempt}"
+
+
+def timer_command_id(kind: Literal["expiry", "wait-timeout"], enrollment_id: str, due_at: datetime) -> str:
+    """The scheduler's id for ExpiryDue / WaitTimeout fired for a timer due at `due_at`."""
+    return f"{kind}:{enrollment_id}:{due_at.astimezone(UTC).isoformat()}"
+
+
+def delivery_report_command_id(message_id: str) -> str:
+    """The dispatcher's id for DeliveryReported: one report per attempt (message id)."""
+    return f"delivery:{message_id}"
+
+
 class StepDueData(EnrollmentData):
     step_index: int = Field(ge=0)
     attempt: int = Field(ge=1)
@@ -296,11 +312,11 @@ COMMAND_TYPES: tuple[type[CommandEnvelope], ...] = (
     MarkFinished,
 )
 
-_command_adapter: TypeAdapter[ContactCommand | BulkEnroll] = TypeAdapter(Command)
+command_adapter: TypeAdapter[ContactCommand | BulkEnroll] = TypeAdapter(Command)
 
 
 def parse_command(raw: bytes | str | dict[str, Any]) -> ContactCommand | BulkEnroll:
     """Decode and validate; raises pydantic.ValidationError on schema-invalid input."""
     if isinstance(raw, dict):
-        return _command_adapter.validate_python(raw)
-    return _command_adapter.validate_json(raw)
+        return command_adapter.validate_python(raw)
+    return command_adapter.validate_json(raw)

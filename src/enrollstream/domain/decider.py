@@ -474,7 +474,8 @@ def _after_delivery(e: Enrollment, step_index: int, em: _Emitter) -> None:
 
 def _reply(cmd: ReplyDetected, e: Enrollment, em: _Emitter) -> _Outcome:
     replied_at = cmd.data.replied_at or em.now
-    hours = round((replied_at - e.sent_at).total_seconds() / 3600, 2) if e.sent_at else None
+    # Seed 001 hours_to_reply: from the first delivery; never negative if clocks disagree.
+    hours = round(max((replied_at - e.sent_at).total_seconds(), 0) / 3600, 2) if e.sent_at else None
     action = e.campaign.reply_action
     running = not e.status.is_terminal
     em.on(

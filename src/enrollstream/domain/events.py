@@ -364,10 +364,10 @@ EVENT_TYPES: tuple[type[EventEnvelope], ...] = (
     EnrollmentHandedOff,
     EnrollmentUnenrolled,
 )
-_event_adapter: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
+event_adapter: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
 
 
 def parse_event(raw: bytes | str | dict[str, Any]) -> Event:
     if isinstance(raw, dict):
-        return _event_adapter.validate_python(raw)
-    return _event_adapter.validate_json(raw)
+        return event_adapter.validate_python(raw)
+    return event_adapter.validate_json(raw)

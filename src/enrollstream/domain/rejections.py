@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field
 
 from .campaign import Model
+from .commands import CommandEnvelope
 from .events import Event
 
 
@@ -66,14 +67,13 @@ class CommandResult(Model):
     enrollment_ids: list[str] = Field(default_factory=list)
 
 
-def command_result(
-    command_id: str, command_type: str, account_id: str, contact_id: str, decision: Decision
-) -> CommandResult:
+def command_result(command: CommandEnvelope, decision: Decision) -> CommandResult:
+    """The result the runtime publishes for a decided command (keyed like the command)."""
     base = {
-        "command_id": command_id,
-        "command_type": command_type,
-        "account_id": account_id,
-        "contact_id": contact_id,
+        "command_id": command.command_id,
+        "command_type": command.type,
+        "account_id": command.account_id,
+        "contact_id": command.contact_id,
     }
     if isinstance(decision, Rejection):
         return CommandResult(**base, status="rejected", code=decision.code.value, message=decision.message)
