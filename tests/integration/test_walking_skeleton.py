@@ -87,6 +87,13 @@ async def test_an_enroll_command_becomes_an_event_and_an_enrollments_row(
         assert (row["batch_number"], row["priority"], row["total_steps"]) == (2, True, 2)
         assert row["status"] == "pending" and row["stage"] == "pending"
 
+        # The public integration event for webhook relays, keyed by enrollment, committed with the event.
+        public = await read_until(bootstrap, topics.integration_events, lambda rs: len(rs) >= 1)
+        enrolled_public = json.loads(public[0].value)
+        assert enrolled_public["type"] == "enrollment.enrolled"
+        assert enrolled_public["source_event_id"] == enrolled.event_id
+        assert public[0].key == enrolled.enrollment_id.encode()
+
         results = await read_until(bootstrap, topics.command_results, lambda rs: len(rs) >= 1)
         result = json.loads(results[0].value)
         assert (result["command_id"], result["status"]) == (command_id, "accepted")

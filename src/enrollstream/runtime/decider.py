@@ -37,6 +37,7 @@ from enrollstream.domain import (
     fold,
     initial_state,
     parse_command,
+    to_integration_events,
 )
 from enrollstream.domain.rejections import Accepted, Rejection, RejectionCode
 from enrollstream.runtime.campaigns import CampaignCatalog
@@ -272,15 +273,20 @@ class DeciderService:
             or initial_state(command.account_id, command.contact_id)
         )
         decision = decide(command, state)
-        result = command_result(
-            command.command_id, command.type, command.account_id, command.contact_id, decision
-        )
+        result = command_result(command, decision)
         if isinstance(decision, Accepted) and decision.events:
             staged.states[key] = fold(state, decision.events)
             for event in decision.events:
                 await producer.send(
                     self.topics.events, encode(event), key=key_bytes(key), partition=owner.partition.partition
                 )
+                # Public events for webhook relays, in the same transaction: published iff the fact is.
+                for public in to_integration_events(event):
+                    await producer.send(
+                        self.topics.integration_events,
+                        encode(public),
+                        key=key_bytes(event.enrollment_id or key),
+                    )
             await producer.send(
                 self.topics.aggregates,
                 encode(staged.states[key]),
