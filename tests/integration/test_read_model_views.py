@@ -1,0 +1,71 @@
+"""The views behind the Enrollments page (seed 000) on the real database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+
+async def insert(
+    db: asyncpg.Connection, enrollment_id: str, status: str, next_at: datetime | None, **cols: object
+) -> None:
+    now = datetime.now(UTC)
+    row = {
+        "enrollment_id": enrollment_id,
+        "account_id": "a",
+        "contact_id": enrollment_id,
+        "campaign_id": "c",
+        "status": status,
+        "enrolled_at": now,
+        "next_execution_at": next_at,
+        "last_version": 1,
+        "updated_at": now,
+        **cols,
+    }
+    names = ", ".join(row)
+    params = ", ".join(f"${i}" for i in range(1, len(row) + 1))
+    await db.execute(f"insert into enrollments ({names}) values ({params})", *row.values())
+
+
+async def test_the_next_execution_indicator_and_the_step_label(db: asyncpg.Connection) -> None:
+    now = datetime.now(UTC)
+    await insert(db, "overdue", "active", now - timedelta(minutes=5), current_step=2, total_steps=5)
+    await insert(db, "soon", "active", now + timedelta(minutes=30))
+    await insert(db, "waiting", "pending", now + timedelta(hours=3))
+    await insert(db, "done", "completed", None, current_step=5, total_steps=5)
+    rows = {
+        r["enrollment_id"]: (r["next_execution_indicator"], r["step_label"])
+        for r in await db.fetch("select * from enrollment_table")
+    }
+    assert rows == {
+        "overdue": ("Overdue", "Step 2 of 5"),
+        "soon": ("Coming soon", None),
+        "waiting": ("Waiting", None),
+        "done": (None, "Step 5 of 5"),
+    }
+
+
+async def test_the_stats_cards_equal_counting_the_table(db: asyncpg.Connection) -> None:
+    statuses = [
+        "pending",
+        "active",
+        "active",
+        "processing",
+        "completed",
+        "delivered",
+        "stopped",
+        "failed",
+        "queued",
+        "expired",
+        "handed_off",
+        "unenrolled",
+        "awaiting_trigger",
+    ]
+    for i, status in enumerate(statuses):
+        await insert(db, f"e{i}", status, None)
+    cards = dict(await db.fetchrow("select * from campaign_stats where campaign_id = 'c'"))
+    assert cards["total"] == len(statuses) == await db.fetchval("select count(*) from enrollments")
+    assert (cards["active"], cards["processing"], cards["completed"]) == (3, 1, 2)
+    assert (cards["stopped"], cards["failed"], cards["queued"], cards["expired"]) == (1, 1, 1, 1)
+    assert (cards["handed_off"], cards["unenrolled"], cards["awaiting_trigger"]) == (1, 1, 1)
