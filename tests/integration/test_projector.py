@@ -114,3 +114,62 @@ async def test_a_batch_applied_twice_changes_nothing_and_checkpoints_only_move_f
     assert await count(
         database_url, f"select count(*) from projection_checkpoints where projection = '{PROJECTION}'"
     ) == len(batch)
+
+
+async def test_skips_and_the_timeline_answer_why(settings: Settings, topics: Topics) -> None:
+    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
+    assert bootstrap and database_url
+    await publish_campaign(bootstrap, topics.campaigns, campaign())
+    first = enroll("hedy")
+    bulk = {
+        "command_id": f"bulk-{uuid.uuid4()}",
+        "type": "BulkEnroll.v1",
+        "account_id": ACCOUNT,
+        "issued_at": datetime(2026, 11, 22, 10, 0, tzinfo=UTC).isoformat(),
+        "actor": "import",
+        "data": {
+            "campaign_id": "welcome",
+            "contact_import_id": "import-2",
+            "batch_size": 50,
+            "contacts": [
+                {"contact_id": "hedy", "contact": {"name": "Hedy", "email": "hedy@example.org"}},
+                {"contact_id": "ida", "contact": {"name": "Ida", "email": "ida@example.org"}},
+            ],
+        },
+    }
+    async with running_worker(settings):
+        await send(settings, topics, first, f"{ACCOUNT}/hedy")
+        await read_until(
+            bootstrap, topics.command_results, lambda rs: first["command_id"] in results_by_id(rs)
+        )
+        await publish(bootstrap, topics.commands, json.dumps(bulk).encode(), key=f"{ACCOUNT}/import-2")
+        events = await read_until(
+            bootstrap,
+            topics.events,
+            lambda rs: (
+                any(b'"EnrollmentSkipped.v1"' in r.value for r in rs) and any(b'"ida"' in r.value for r in rs)
+            ),
+        )
+
+        async def timeline_complete() -> bool:
+            return await count(database_url, "select count(*) from enrollment_timeline") >= len(events)
+
+        await eventually(timeline_complete, what="every event in the timeline")
+    conn = await asyncpg.connect(database_url)
+    try:
+        skip = await conn.fetchrow("select * from enrollment_skips")
+        why = await conn.fetch(
+            "select type, causation_id from enrollment_timeline where contact_id = 'hedy' order by version"
+        )
+    finally:
+        await conn.close()
+    assert (skip["contact_id"], skip["kind"], skip["email"]) == (
+        "hedy",
+        "already_enrolled",
+        "hedy@example.org",
+    )
+    assert skip["contact_import_id"] == "import-2"
+    assert why[0]["causation_id"] == first["command_id"] and why[0]["type"] == "ContactEnrolled.v1"
+    assert why[-1]["type"] == "EnrollmentSkipped.v1" and why[-1]["causation_id"].startswith(
+        bulk["command_id"]
+    )

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import astuple
+from decimal import Decimal
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -20,7 +22,7 @@ from pydantic import ValidationError
 
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import parse_event
-from enrollstream.domain.events import Event
+from enrollstream.domain.events import EnrollmentSkipped, Event, ReplyReceived
 from enrollstream.read_models import enrollments
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,8 @@ class ProjectorService:
             if not advance:
                 return 0
             await self._write_enrollments(conn, events)
+            await self._write_timeline(conn, events)
+            await self._write_skips_and_replies(conn, events)
             await conn.execute(
                 query("advance_checkpoints"),
                 PROJECTION,
@@ -143,6 +147,66 @@ class ProjectorService:
             columns=list(enrollments.COLUMNS),
         )
         await conn.execute(query("merge_enrollments_stage"))
+
+    async def _write_timeline(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        columns: list[list[object]] = [[] for _ in range(10)]
+        for e in events:
+            values = (
+                e.event_id,
+                e.account_id,
+                e.contact_id,
+                e.campaign_id,
+                e.enrollment_id,
+                e.version,
+                e.type,
+                e.occurred_at,
+                e.causation_id,
+                e.data.model_dump_json(),
+            )
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+        await conn.execute(query("insert_timeline"), *columns)
+
+    async def _write_skips_and_replies(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        skips = [e for e in events if isinstance(e, EnrollmentSkipped)]
+        if skips:
+            rows = [
+                (
+                    e.event_id,
+                    e.account_id,
+                    e.contact_id,
+                    e.campaign_id or "",
+                    e.data.kind.value,
+                    e.data.reason,
+                    e.data.contact.name if e.data.contact else None,
+                    e.data.contact.email if e.data.contact else None,
+                    e.data.batch_number,
+                    e.data.contact_import_id,
+                    json.dumps(e.data.evidence),
+                    e.occurred_at,
+                )
+                for e in skips
+            ]
+            await conn.execute(query("insert_skips"), *map(list, zip(*rows, strict=True)))
+        replies = [e for e in events if isinstance(e, ReplyReceived)]
+        if replies:
+            reply_rows = [
+                (
+                    e.event_id,
+                    e.account_id,
+                    e.contact_id,
+                    e.campaign_id or "",
+                    e.enrollment_id or "",
+                    e.data.replied_at,
+                    None if e.data.hours_to_reply is None else Decimal(str(round(e.data.hours_to_reply, 2))),
+                    e.data.first_reply,
+                    e.data.reply_action.value,
+                    e.data.inbound_message_id,
+                    e.data.excerpt,
+                )
+                for e in replies
+            ]
+            await conn.execute(query("insert_replies"), *map(list, zip(*reply_rows, strict=True)))
 
 
 class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]

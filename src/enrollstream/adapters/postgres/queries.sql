@@ -51,3 +51,26 @@ on conflict (enrollment_id) do update set
     last_version = excluded.last_version,
     updated_at = excluded.updated_at
  where enrollments.last_version < excluded.last_version;
+
+-- name: insert_timeline
+insert into enrollment_timeline
+    (event_id, account_id, contact_id, campaign_id, enrollment_id, version, type, occurred_at, causation_id, data)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
+                     $8::timestamptz[], $9::text[], $10::jsonb[])
+on conflict (event_id) do nothing;
+
+-- name: insert_skips
+insert into enrollment_skips
+    (event_id, account_id, contact_id, campaign_id, kind, reason, contact_name, email, batch_number,
+     contact_import_id, evidence, skipped_at)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::text[], $9::int[], $10::text[], $11::jsonb[], $12::timestamptz[])
+on conflict (event_id) do nothing;
+
+-- name: insert_replies
+insert into replies
+    (event_id, account_id, contact_id, campaign_id, enrollment_id, replied_at, hours_to_reply, first_reply,
+     reply_action, inbound_message_id, excerpt)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                     $7::numeric[], $8::bool[], $9::text[], $10::text[], $11::text[])
+on conflict (event_id) do nothing;
