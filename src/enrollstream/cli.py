@@ -194,6 +194,39 @@ def worker_command(
     asyncio.run(run())
 
 
+@app.command("replay")
+@friendly_errors
+def replay_command(
+    keep: bool = typer.Option(False, help="keep the rebuilt schema for inspection"),
+) -> None:
+    """Rebuild the read models from the events topic into fresh tables and compare them with the live ones."""
+    from enrollstream.runtime.replay import replay
+
+    settings = load_settings()
+    target = endpoints(settings)
+    topics = Topics(settings.topic_prefix)
+    with console.status("replaying the events topic into fresh tables..."):
+        report = asyncio.run(replay(target.kafka_bootstrap_servers, topics.events, target.database_url, keep))
+    table = Table("table", "live rows", "replayed rows", "only live", "only replayed", "equal")
+    for t in report.tables:
+        table.add_row(
+            t.table,
+            str(t.live_rows),
+            str(t.replayed_rows),
+            str(t.only_live),
+            str(t.only_replayed),
+            "yes" if t.equal else "NO",
+        )
+    console.print(table)
+    console.print(f"{report.events} events replayed" + (f" into schema {report.schema}" if keep else ""))
+    if report.live_lag:
+        console.print(
+            f"[yellow]the live projector is {report.live_lag} events behind; differences may be lag[/yellow]"
+        )
+    if not report.equal:
+        raise typer.Exit(code=1)
+
+
 @app.command("demo")
 @friendly_errors
 def demo_command(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple
 from decimal import Decimal
 
@@ -32,19 +32,33 @@ PROJECTION = "read_models"
 
 class ProjectorService:
     def __init__(
-        self, bootstrap: str, events_topic: str, database_url: str, group_id: str, *, max_batch: int = 2000
+        self,
+        bootstrap: str,
+        events_topic: str,
+        database_url: str,
+        group_id: str,
+        *,
+        max_batch: int = 2000,
+        schema: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = events_topic
         self.database_url = database_url
         self.group_id = f"{group_id}.projector"
         self.max_batch = max_batch
+        self.schema = schema  # None: the live read models; a name: a replay's fresh copy
         self._consumer: AIOKafkaConsumer | None = None
         self._pool: asyncpg.Pool | None = None
         self.applied_events = 0
 
+    async def open_pool(self) -> None:
+        settings = {"search_path": f'"{self.schema}"'} if self.schema else None
+        self._pool = await asyncpg.create_pool(
+            self.database_url, min_size=1, max_size=2, server_settings=settings
+        )
+
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
+        await self.open_pool()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
@@ -80,7 +94,7 @@ class ProjectorService:
         rows = await self._pool.fetch(query("read_checkpoints"), PROJECTION, self.topic)
         return {row["partition"]: row["next_offset"] for row in rows}
 
-    async def apply_batch(self, batch: dict[TopicPartition, Sequence[object]]) -> int:
+    async def apply_batch(self, batch: Mapping[TopicPartition, Sequence[object]]) -> int:
         """Fold one poll's records into the read models; returns how many events were applied."""
         assert self._pool is not None
         partitions = sorted(tp.partition for tp in batch)

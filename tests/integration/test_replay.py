@@ -1,0 +1,53 @@
+"""`replay` rebuilds the read models from the events topic and finds any difference from the live ones."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.config import Settings
+from enrollstream.runtime.campaigns import publish_campaign
+from enrollstream.runtime.replay import replay
+from tests.integration.test_decider_runtime import ACCOUNT, campaign, enroll, results_by_id, send
+from tests.support import eventually, read_until, running_worker
+
+
+async def test_a_rebuild_equals_the_live_projection_and_a_tampered_row_is_found(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
+    assert bootstrap and database_url
+    await publish_campaign(bootstrap, topics.campaigns, campaign())
+    commands = [enroll(f"r{i}") for i in range(6)] + [enroll("r0")]  # the last one: already enrolled
+    async with running_worker(settings) as worker:
+        for command in commands:
+            await send(settings, topics, command, f"{ACCOUNT}/{command['data']['contact_id']}")
+        await read_until(
+            bootstrap,
+            topics.command_results,
+            lambda rs: {c["command_id"] for c in commands} <= set(results_by_id(rs)),
+        )
+        assert worker.decider is not None
+        emitted = worker.decider.emitted_events
+
+        async def caught_up() -> bool:
+            assert worker.projector is not None
+            return worker.projector.applied_events >= emitted
+
+        await eventually(caught_up, what="the live projector caught up")
+
+    report = await replay(bootstrap, topics.events, database_url)
+    assert report.live_lag == 0
+    assert report.events == emitted
+    assert report.equal, report.tables
+    assert {t.table: t.live_rows for t in report.tables}["enrollments"] == 6
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("update enrollments set status = 'completed' where contact_id = 'r3'")
+    finally:
+        await conn.close()
+    tampered = await replay(bootstrap, topics.events, database_url)
+    assert not tampered.equal
+    enrollments = next(t for t in tampered.tables if t.table == "enrollments")
+    assert (enrollments.only_live, enrollments.only_replayed) == (1, 1)
