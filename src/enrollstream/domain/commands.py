@@ -166,6 +166,7 @@ class DeliveryOutcome(StrEnum):
     FAILED = "failed"
     BOUNCED = "bounced"
     UNKNOWN = "unknown"  # the ambiguous SMTP window: maybe sent; never resent automatically
+    ERROR = "error"  # a technical error on our side (template, configuration): seed 000 stop reason Error
 
 
 class BounceType(StrEnum):

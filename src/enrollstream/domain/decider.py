@@ -282,6 +282,7 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
             source=d.source,
             contact_import_id=d.contact_import_id,
             time_zone=resolve_time_zone(contact.time_zone, campaign.time_zone),
+            enrolled_by=cmd.actor,
         ),
     )
     e = em.enrollment(enrollment_id)
@@ -405,14 +406,19 @@ def _delivery_reported(cmd: DeliveryReported, e: Enrollment, em: _Emitter) -> _O
         em.on(e, StepDeliveryUnknown, StepDeliveryUnknownData(**ref, detail=d.detail))
         if running:
             _after_delivery(em.enrollment(eid), d.step_index, em)
-    elif d.outcome is DeliveryOutcome.FAILED:
+    elif d.outcome in (DeliveryOutcome.FAILED, DeliveryOutcome.ERROR):
         will_retry = can_retry and d.retryable
         em.on(
             e,
             StepFailed,
             StepFailedData(**ref, retryable=d.retryable, will_retry=will_retry, detail=d.detail),
         )
-        _retry_or_fail(em.enrollment(eid), d.step_index, d.attempt, will_retry, running, d.detail, em)
+        e = em.enrollment(eid)
+        if d.outcome is DeliveryOutcome.ERROR and running and not will_retry:
+            # Our side failed, not the contact's provider: seed 000 shows Stopped, reason Error.
+            _end_stopped(e, StopReason.ERROR, em, note=d.detail)
+        else:
+            _retry_or_fail(e, d.step_index, d.attempt, will_retry, running, d.detail, em)
     else:
         hard = (d.bounce_type or BounceType.HARD) is BounceType.HARD
         will_retry = can_retry and not hard

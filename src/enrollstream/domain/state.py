@@ -68,6 +68,7 @@ class Enrollment(StateModel):
     batch_number: int = 0
     priority: bool = False
     enrolled_at: datetime
+    enrolled_by: str = ""
     status: EnrollmentStatus = EnrollmentStatus.PENDING
     stage: Stage = Stage.PENDING
     stop_reason: StopReason | None = None
@@ -94,6 +95,14 @@ class Enrollment(StateModel):
     @property
     def step_count(self) -> int:
         return len(self.campaign.steps)
+
+    @property
+    def current_step(self) -> int | None:
+        """1-based step shown as "Step 2 of 5": in flight, else scheduled, else the last delivered."""
+        ref = self.in_flight or self.scheduled
+        if ref is not None:
+            return ref.step_index + 1
+        return max(self.delivered_steps) + 1 if self.delivered_steps else None
 
     @property
     def is_blast(self) -> bool:
@@ -189,6 +198,7 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             batch_number=enrolled.batch_number,
             priority=enrolled.priority,
             enrolled_at=at,
+            enrolled_by=enrolled.enrolled_by,
         )
         return
     if isinstance(event, ContactOptedOut):

@@ -116,7 +116,7 @@ def _command(data: st.DataObject, state: ContactState, now: Any, n: int) -> Cont
                 "step_index": step_index,
                 "attempt": attempt,
                 "outcome": data.draw(
-                    st.sampled_from(["sent", "sent", "sent", "failed", "bounced", "unknown"])
+                    st.sampled_from(["sent", "sent", "sent", "failed", "bounced", "unknown", "error"])
                 ),
                 "retryable": data.draw(st.booleans()),
                 "bounce_type": data.draw(st.sampled_from(["hard", "soft", None])),
