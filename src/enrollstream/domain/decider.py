@@ -84,7 +84,7 @@ from .events import (
 )
 from .rejections import Accepted, Decision, Ignored, Rejection, RejectionCode
 from .schedule import due_at, resolve_time_zone
-from .state import ContactState, Enrollment, apply_in_place
+from .state import ContactState, Enrollment, apply_in_place, owned_copy
 from .statuses import EnrollmentStatus, Outcome, SkipKind, StopReason
 
 E = TypeVar("E", bound=EventEnvelope)
@@ -96,7 +96,7 @@ class _Emitter:
     def __init__(self, command: ContactCommand, state: ContactState) -> None:
         self.command = command
         self.now: datetime = command.issued_at
-        self.state = state.model_copy(deep=True)
+        self.state = owned_copy(state)
         self.events: list[Event] = []
 
     def emit(self, cls: type[E], campaign_id: str | None, enrollment_id: str | None, data: Model) -> E:

@@ -53,6 +53,8 @@ class StateModel(BaseModel):
 
 
 class Attempt(StateModel):
+    # Never mutated once built (evolve assigns a new one), so copies of the state may share it.
+
     step_index: int
     attempt: int
     message_id: str
@@ -139,15 +141,32 @@ def initial_state(account_id: str, contact_id: str) -> ContactState:
     return ContactState(account_id=account_id, contact_id=contact_id)
 
 
+def owned_copy(state: ContactState) -> ContactState:
+    """A copy whose mutable parts are its own; frozen parts (campaign, contact, attempts) are shared.
+
+    Much cheaper than a deep copy, which would copy every campaign definition on every command.
+    """
+    new = state.model_copy()
+    new.processed_command_ids = list(state.processed_command_ids)
+    new.enrollments = {key: _owned_enrollment(e) for key, e in state.enrollments.items()}
+    return new
+
+
+def _owned_enrollment(e: Enrollment) -> Enrollment:
+    copy = e.model_copy()
+    copy.delivered_steps = list(e.delivered_steps)
+    return copy
+
+
 def evolve(state: ContactState, event: Event) -> ContactState:
     """Pure: returns a new state; the given one is untouched."""
-    new = state.model_copy(deep=True)
+    new = owned_copy(state)
     apply_in_place(new, event)
     return new
 
 
 def fold(state: ContactState, events: Iterable[Event]) -> ContactState:
-    new = state.model_copy(deep=True)
+    new = owned_copy(state)
     for event in events:
         apply_in_place(new, event)
     return new
