@@ -156,3 +156,11 @@ def test_integration_event_ids_are_stable() -> None:
 
 def test_ignored_reasons_are_the_result_statuses() -> None:
     assert {i.value for i in Ignored} <= {"duplicate", "stale", "deferred"}
+
+
+def test_given_accepts_recorded_events_as_history() -> None:
+    recorded = given().when(enroll()).events
+    from_events = given(*recorded).state
+    from_commands = given(enroll()).state
+    assert from_events.enrollments.keys() == from_commands.enrollments.keys()
+    assert from_events.version == 2
