@@ -58,8 +58,9 @@ class EnrollSource(StrEnum):
 
 class EnrollData(ContactData):
     campaign_id: str = Field(min_length=1)
-    campaign: CampaignDefinition | None  # looked up by the runtime; None: unknown campaign
-    contact: ContactFacts | None  # looked up by the runtime; None: unknown contact
+    # Upstream sends ids only; the runtime fills these in before deciding (None: not found).
+    campaign: CampaignDefinition | None = None
+    contact: ContactFacts | None = None
     mx: MxAnswer | None = None  # required when the campaign verifies MX and sends email
     batch_number: int = Field(default=0, ge=0)
     priority: bool = False  # first within its batch (seed 001 created_at 2000-01-01)
@@ -73,16 +74,16 @@ class Enroll(CommandEnvelope):
 
 
 class BulkContact(ContactData):
-    contact: ContactFacts | None
+    contact: ContactFacts | None = None
     mx: MxAnswer | None = None
 
 
 class BulkEnrollData(Model):
     campaign_id: str = Field(min_length=1)
-    campaign: CampaignDefinition | None
+    campaign: CampaignDefinition | None = None  # filled in by the runtime, like Enroll's
     contact_import_id: str = Field(min_length=1)
     batch_size: int = Field(default=50, ge=1)
-    contacts: list[BulkContact]
+    contacts: list[BulkContact] = Field(default_factory=list)  # the import, resolved by the runtime
 
 
 class BulkEnroll(CommandEnvelope):

@@ -164,3 +164,24 @@ def test_given_accepts_recorded_events_as_history() -> None:
     from_commands = given(enroll()).state
     assert from_events.enrollments.keys() == from_commands.enrollments.keys()
     assert from_events.version == 2
+
+
+def test_upstream_enroll_carries_ids_only_and_the_runtime_fills_in_the_lookups() -> None:
+    upstream = parse_command(
+        {
+            "command_id": "u-1",
+            "type": "Enroll.v1",
+            "account_id": ACCOUNT,
+            "issued_at": "2026-03-02T09:00:00Z",
+            "actor": "crm",
+            "data": {"contact_id": CONTACT, "campaign_id": "cmp-1", "batch_number": 1, "priority": True},
+        }
+    )
+    assert isinstance(upstream, Enroll) and upstream.data.campaign is None
+    from .scenario import campaign, contact
+
+    enriched = upstream.model_copy(
+        update={"data": upstream.data.model_copy(update={"campaign": campaign(), "contact": contact()})}
+    )
+    assert isinstance(decide(enriched, initial_state(ACCOUNT, CONTACT)), Accepted)
+    assert decide(upstream, initial_state(ACCOUNT, CONTACT)).code == "campaign_not_found"  # type: ignore[union-attr]
