@@ -149,9 +149,9 @@ def decide(command: ContactCommand | BulkEnroll, state: ContactState) -> Decisio
 def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
     if isinstance(command, Enroll):
         return _enroll(command, em)
-    e = em.state.enrollments.get(command.data.enrollment_id) if not isinstance(command, OptOut) else None
     if isinstance(command, OptOut):
         return _opt_out(command, em)
+    e = em.state.enrollments.get(command.data.enrollment_id)
     if e is None:
         return Rejection(RejectionCode.ENROLLMENT_NOT_FOUND, "no such enrollment for this contact")
     if isinstance(command, StepDue):
