@@ -112,6 +112,7 @@ def test_command_results_for_accepted_rejected_and_ignored_commands() -> None:
     assert command_result(command, decide(command, state)).status == "duplicate"
     rejected = command_result(enroll(), decide(enroll(), state))
     assert (rejected.status, rejected.code) == ("rejected", "contact_already_enrolled")
+    assert rejected.details["enrollment_id"] == accepted.enrollment_ids[0]
     stale = step_due(2)
     assert command_result(stale, decide(stale, state)).status == "stale"
 
