@@ -58,8 +58,11 @@ class EnrollSource(StrEnum):
 
 class EnrollData(ContactData):
     campaign_id: str = Field(min_length=1)
-    campaign: CampaignDefinition | None = None  # filled by the runtime from the campaigns topic
-    contact: ContactFacts | None = None  # from upstream; None: unknown contact
+    # The runtime fills the campaign in from the campaigns topic before deciding (None: not found).
+    campaign: CampaignDefinition | None = None
+    # The contact's facts as upstream knows them (this system keeps no contact directory); None means
+    # the contact is unknown: `contact_not_found`.
+    contact: ContactFacts | None = None
     mx: MxAnswer | None = None  # required when the campaign verifies MX and sends email
     batch_number: int = Field(default=0, ge=0)
     priority: bool = False  # first within its batch (seed 001 created_at 2000-01-01)
@@ -79,10 +82,10 @@ class BulkContact(ContactData):
 
 class BulkEnrollData(Model):
     campaign_id: str = Field(min_length=1)
-    campaign: CampaignDefinition | None = None  # filled by the runtime
+    campaign: CampaignDefinition | None = None  # filled in by the runtime, like Enroll's
     contact_import_id: str = Field(min_length=1)
     batch_size: int = Field(default=50, ge=1)
-    contacts: list[BulkContact]
+    contacts: list[BulkContact] = Field(default_factory=list)  # the import's contacts, from upstream
 
 
 class BulkEnroll(CommandEnvelope):
@@ -166,6 +169,7 @@ class DeliveryOutcome(StrEnum):
     FAILED = "failed"
     BOUNCED = "bounced"
     UNKNOWN = "unknown"  # the ambiguous SMTP window: maybe sent; never resent automatically
+    ERROR = "error"  # a technical error on our side (template, configuration): seed 000 stop reason Error
 
 
 class BounceType(StrEnum):

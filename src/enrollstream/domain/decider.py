@@ -84,7 +84,7 @@ from .events import (
 )
 from .rejections import Accepted, Decision, Ignored, Rejection, RejectionCode
 from .schedule import due_at, resolve_time_zone
-from .state import ContactState, Enrollment, apply_in_place
+from .state import ContactState, Enrollment, apply_in_place, owned_copy
 from .statuses import EnrollmentStatus, Outcome, SkipKind, StopReason
 
 E = TypeVar("E", bound=EventEnvelope)
@@ -96,7 +96,7 @@ class _Emitter:
     def __init__(self, command: ContactCommand, state: ContactState) -> None:
         self.command = command
         self.now: datetime = command.issued_at
-        self.state = state.model_copy(deep=True)
+        self.state = owned_copy(state)
         self.events: list[Event] = []
 
     def emit(self, cls: type[E], campaign_id: str | None, enrollment_id: str | None, data: Model) -> E:
@@ -149,9 +149,9 @@ def decide(command: ContactCommand | BulkEnroll, state: ContactState) -> Decisio
 def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
     if isinstance(command, Enroll):
         return _enroll(command, em)
-    e = em.state.enrollments.get(command.data.enrollment_id) if not isinstance(command, OptOut) else None
     if isinstance(command, OptOut):
         return _opt_out(command, em)
+    e = em.state.enrollments.get(command.data.enrollment_id)
     if e is None:
         return Rejection(RejectionCode.ENROLLMENT_NOT_FOUND, "no such enrollment for this contact")
     if isinstance(command, StepDue):
@@ -282,6 +282,7 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
             source=d.source,
             contact_import_id=d.contact_import_id,
             time_zone=resolve_time_zone(contact.time_zone, campaign.time_zone),
+            enrolled_by=cmd.actor,
         ),
     )
     e = em.enrollment(enrollment_id)
@@ -405,14 +406,19 @@ def _delivery_reported(cmd: DeliveryReported, e: Enrollment, em: _Emitter) -> _O
         em.on(e, StepDeliveryUnknown, StepDeliveryUnknownData(**ref, detail=d.detail))
         if running:
             _after_delivery(em.enrollment(eid), d.step_index, em)
-    elif d.outcome is DeliveryOutcome.FAILED:
+    elif d.outcome in (DeliveryOutcome.FAILED, DeliveryOutcome.ERROR):
         will_retry = can_retry and d.retryable
         em.on(
             e,
             StepFailed,
             StepFailedData(**ref, retryable=d.retryable, will_retry=will_retry, detail=d.detail),
         )
-        _retry_or_fail(em.enrollment(eid), d.step_index, d.attempt, will_retry, running, d.detail, em)
+        e = em.enrollment(eid)
+        if d.outcome is DeliveryOutcome.ERROR and running and not will_retry:
+            # Our side failed, not the contact's provider: seed 000 shows Stopped, reason Error.
+            _end_stopped(e, StopReason.ERROR, em, note=d.detail)
+        else:
+            _retry_or_fail(e, d.step_index, d.attempt, will_retry, running, d.detail, em)
     else:
         hard = (d.bounce_type or BounceType.HARD) is BounceType.HARD
         will_retry = can_retry and not hard

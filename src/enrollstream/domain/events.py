@@ -41,6 +41,7 @@ class ContactEnrolledData(Model):
     source: EnrollSource = EnrollSource.API
     contact_import_id: str | None = None
     time_zone: str  # the resolved send-window zone: contact's, else campaign's, else UTC
+    enrolled_by: str = ""  # the command's actor (seed 003: filter by enrolling user)
 
 
 class ContactEnrolled(EventEnvelope):

@@ -62,6 +62,7 @@ class CommandResult(Model):
     status: Literal["accepted", "rejected", "duplicate", "stale", "deferred"]
     code: str | None = None
     message: str = ""
+    details: dict[str, str] = Field(default_factory=dict)  # e.g. the existing enrollment_id
     event_ids: list[str] = Field(default_factory=list)
     versions: list[int] = Field(default_factory=list)
     enrollment_ids: list[str] = Field(default_factory=list)
@@ -76,7 +77,13 @@ def command_result(command: CommandEnvelope, decision: Decision) -> CommandResul
         "contact_id": command.contact_id,
     }
     if isinstance(decision, Rejection):
-        return CommandResult(**base, status="rejected", code=decision.code.value, message=decision.message)
+        return CommandResult(
+            **base,
+            status="rejected",
+            code=decision.code.value,
+            message=decision.message,
+            details=decision.details,
+        )
     if decision.ignored is not None:
         return CommandResult(**base, status=decision.ignored.value, code=decision.ignored.value)
     return CommandResult(

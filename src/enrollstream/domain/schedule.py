@@ -66,6 +66,18 @@ def due_at(after: datetime, delay: timedelta, window: SendWindow | None, time_zo
     return next_opening(after + delay, window, time_zone)
 
 
+COMING_SOON = timedelta(hours=1)
+
+
+def next_execution_indicator(due: datetime | None, now: datetime) -> str:
+    """Seed 000 Next Execution: Overdue / Coming soon (within the hour) / Waiting / — (nothing next)."""
+    if due is None:
+        return "—"
+    if due < now:
+        return "Overdue"
+    return "Coming soon" if due - now <= COMING_SOON else "Waiting"
+
+
 def dispatch_sort_key(batch_number: int, priority: bool, enrolled_at: datetime) -> tuple[int, datetime]:
     """Order in which the dispatcher takes enrollments: by batch, priority first within a batch."""
     return batch_number, PRIORITY_SORT_AT if priority else enrolled_at

@@ -53,6 +53,8 @@ class StateModel(BaseModel):
 
 
 class Attempt(StateModel):
+    # Never mutated once built (evolve assigns a new one), so copies of the state may share it.
+
     step_index: int
     attempt: int
     message_id: str
@@ -68,6 +70,7 @@ class Enrollment(StateModel):
     batch_number: int = 0
     priority: bool = False
     enrolled_at: datetime
+    enrolled_by: str = ""
     status: EnrollmentStatus = EnrollmentStatus.PENDING
     stage: Stage = Stage.PENDING
     stop_reason: StopReason | None = None
@@ -94,6 +97,14 @@ class Enrollment(StateModel):
     @property
     def step_count(self) -> int:
         return len(self.campaign.steps)
+
+    @property
+    def current_step(self) -> int | None:
+        """1-based step shown as "Step 2 of 5": in flight, else scheduled, else the last delivered."""
+        ref = self.in_flight or self.scheduled
+        if ref is not None:
+            return ref.step_index + 1
+        return max(self.delivered_steps) + 1 if self.delivered_steps else None
 
     @property
     def is_blast(self) -> bool:
@@ -130,15 +141,32 @@ def initial_state(account_id: str, contact_id: str) -> ContactState:
     return ContactState(account_id=account_id, contact_id=contact_id)
 
 
+def owned_copy(state: ContactState) -> ContactState:
+    """A copy whose mutable parts are its own; frozen parts (campaign, contact, attempts) are shared.
+
+    Much cheaper than a deep copy, which would copy every campaign definition on every command.
+    """
+    new = state.model_copy()
+    new.processed_command_ids = list(state.processed_command_ids)
+    new.enrollments = {key: _owned_enrollment(e) for key, e in state.enrollments.items()}
+    return new
+
+
+def _owned_enrollment(e: Enrollment) -> Enrollment:
+    copy = e.model_copy()
+    copy.delivered_steps = list(e.delivered_steps)
+    return copy
+
+
 def evolve(state: ContactState, event: Event) -> ContactState:
     """Pure: returns a new state; the given one is untouched."""
-    new = state.model_copy(deep=True)
+    new = owned_copy(state)
     apply_in_place(new, event)
     return new
 
 
 def fold(state: ContactState, events: Iterable[Event]) -> ContactState:
-    new = state.model_copy(deep=True)
+    new = owned_copy(state)
     for event in events:
         apply_in_place(new, event)
     return new
@@ -189,6 +217,7 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             batch_number=enrolled.batch_number,
             priority=enrolled.priority,
             enrolled_at=at,
+            enrolled_by=enrolled.enrolled_by,
         )
         return
     if isinstance(event, ContactOptedOut):

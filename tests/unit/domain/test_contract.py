@@ -112,6 +112,7 @@ def test_command_results_for_accepted_rejected_and_ignored_commands() -> None:
     assert command_result(command, decide(command, state)).status == "duplicate"
     rejected = command_result(enroll(), decide(enroll(), state))
     assert (rejected.status, rejected.code) == ("rejected", "contact_already_enrolled")
+    assert rejected.details["enrollment_id"] == accepted.enrollment_ids[0]
     stale = step_due(2)
     assert command_result(stale, decide(stale, state)).status == "stale"
 
@@ -156,3 +157,32 @@ def test_integration_event_ids_are_stable() -> None:
 
 def test_ignored_reasons_are_the_result_statuses() -> None:
     assert {i.value for i in Ignored} <= {"duplicate", "stale", "deferred"}
+
+
+def test_given_accepts_recorded_events_as_history() -> None:
+    recorded = given().when(enroll()).events
+    from_events = given(*recorded).state
+    from_commands = given(enroll()).state
+    assert from_events.enrollments.keys() == from_commands.enrollments.keys()
+    assert from_events.version == 2
+
+
+def test_upstream_enroll_carries_ids_only_and_the_runtime_fills_in_the_lookups() -> None:
+    upstream = parse_command(
+        {
+            "command_id": "u-1",
+            "type": "Enroll.v1",
+            "account_id": ACCOUNT,
+            "issued_at": "2026-03-02T09:00:00Z",
+            "actor": "crm",
+            "data": {"contact_id": CONTACT, "campaign_id": "cmp-1", "batch_number": 1, "priority": True},
+        }
+    )
+    assert isinstance(upstream, Enroll) and upstream.data.campaign is None
+    from .scenario import campaign, contact
+
+    enriched = upstream.model_copy(
+        update={"data": upstream.data.model_copy(update={"campaign": campaign(), "contact": contact()})}
+    )
+    assert isinstance(decide(enriched, initial_state(ACCOUNT, CONTACT)), Accepted)
+    assert decide(upstream, initial_state(ACCOUNT, CONTACT)).code == "campaign_not_found"  # type: ignore[union-attr]

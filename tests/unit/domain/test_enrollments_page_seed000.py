@@ -18,10 +18,12 @@ from .scenario import (
     HOUR,
     T0,
     campaign,
+    eid,
     enroll,
     ev,
     given,
     reply,
+    reported,
     sent,
     step_due,
     stop,
@@ -98,3 +100,31 @@ def test_next_execution_is_the_due_time_of_the_scheduled_step() -> None:
     result = given(enroll(), sent(0)[0]).when(sent(0)[1])
     assert result.events[-1].type == StepScheduled.model_fields["type"].default
     assert result.enrollment().due_at == T0 + DAY
+
+
+def test_error_a_technical_error_prevented_the_campaign_from_continuing() -> None:
+    from enrollstream.domain import StepFailed
+
+    result = given(enroll(), step_due(0)).when(reported("error", 0, detail="template variable missing"))
+    result.then(
+        ev(StepFailed, will_retry=False),
+        ev(EnrollmentStopped, reason="error", outcome="stopped", note="template variable missing"),
+    )
+
+
+def test_current_step_reads_step_n_of_m() -> None:
+    enrollment = given(enroll(), sent(0)).state.enrollments[eid()]
+    assert (enrollment.current_step, enrollment.step_count) == (2, 3)
+
+
+def test_next_execution_time_indicators() -> None:
+    from enrollstream.domain.schedule import next_execution_indicator
+
+    assert next_execution_indicator(T0 - HOUR, T0) == "Overdue"
+    assert next_execution_indicator(T0 + HOUR / 2, T0) == "Coming soon"
+    assert next_execution_indicator(T0 + DAY, T0) == "Waiting"
+    assert next_execution_indicator(None, T0) == "—"
+
+
+def test_the_enrolling_user_is_recorded() -> None:
+    assert given(enroll()).state.enrollments[eid()].enrolled_by == "test"

@@ -116,7 +116,7 @@ def _command(data: st.DataObject, state: ContactState, now: Any, n: int) -> Cont
                 "step_index": step_index,
                 "attempt": attempt,
                 "outcome": data.draw(
-                    st.sampled_from(["sent", "sent", "sent", "failed", "bounced", "unknown"])
+                    st.sampled_from(["sent", "sent", "sent", "failed", "bounced", "unknown", "error"])
                 ),
                 "retryable": data.draw(st.booleans()),
                 "bounce_type": data.draw(st.sampled_from(["hard", "soft", None])),
@@ -137,6 +137,23 @@ def _command(data: st.DataObject, state: ContactState, now: Any, n: int) -> Cont
     return command_adapter.validate_python({**base, "type": type_name, "data": payload})  # type: ignore[return-value]
 
 
+def _schema_validators() -> dict[str, Any]:
+    """Validators for the committed event schemas, when jsonschema is installed (not a dependency yet)."""
+    try:
+        import jsonschema
+    except ImportError:
+        return {}
+    rendered = schemas_gen.render()
+    return {
+        path.removeprefix("events/").removesuffix(".json"): jsonschema.Draft202012Validator(json.loads(text))
+        for path, text in rendered.items()
+        if path.startswith("events/")
+    }
+
+
+VALIDATORS = _schema_validators()
+
+
 def _lifecycle(state: ContactState) -> dict[str, tuple[str, str | None]]:
     return {k: (e.status.value, e.stop_reason) for k, e in state.enrollments.items()}
 
@@ -153,8 +170,10 @@ def test_random_command_sequences_keep_every_invariant(data: st.DataObject) -> N
         # Time moves forward; often far enough for the current step or expiry to be due.
         now = now + data.draw(st.sampled_from([timedelta(0), HOUR, HOUR, DAY, DAY, 3 * DAY, 8 * DAY]))
         command = _command(data, state, now, n)
+        before = state.model_dump_json()
         decision = decide(command, state)
         assert decide(command, state) == decision  # deterministic
+        assert state.model_dump_json() == before  # decide never mutates its input
         if isinstance(decision, Rejection):
             continue
         assert isinstance(decision, Accepted)
@@ -165,12 +184,15 @@ def test_random_command_sequences_keep_every_invariant(data: st.DataObject) -> N
         for index, event in enumerate(decision.events):
             assert event.version == state.version + index + 1  # versions increase by one
             after = evolve(after, event)  # never raises on decide's output
-            assert parse_event(event.model_dump_json()) == event  # the event matches its schema
+            assert parse_event(event.model_dump_json()) == event  # the event matches its model
+            if VALIDATORS:  # ... and the committed JSON Schema
+                VALIDATORS[event.type].validate(json.loads(event.model_dump_json()))
             for public in to_integration_events(event):
                 assert public.id not in integration_ids
                 integration_ids.add(public.id)
             if event.type == "StepDelivered.v1":
                 deliveries[(event.enrollment_id or "", event.data.step_index)] += 1  # type: ignore[union-attr]
+        assert state.model_dump_json() == before  # evolve never mutates its input
         state = after
         history.extend(decision.events)
         assert all(count == 1 for count in deliveries.values()), "a step was delivered twice"

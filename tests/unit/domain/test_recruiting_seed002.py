@@ -131,3 +131,9 @@ def test_opt_out_stops_queued_enrollments_too() -> None:
         "EnrollmentStopped.v1",
         "EnrollmentStopped.v1",
     ]
+
+
+def test_a_queued_enrollment_can_be_stopped_before_it_starts() -> None:
+    result = given(enroll(FIRST), enroll(SECOND)).when(stop(enrollment=eid("cmp-second")))
+    result.then(ev(EnrollmentStopped, reason="manual"))
+    assert result.enrollment(eid("cmp-first")).status == "pending"
