@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
@@ -43,6 +44,8 @@ from enrollstream.domain.rejections import Accepted, Rejection, RejectionCode
 from enrollstream.runtime.campaigns import CampaignCatalog
 
 log = logging.getLogger(__name__)
+
+EnrollLike = TypeVar("EnrollLike", Enroll, BulkEnroll)
 
 
 @dataclass
@@ -300,22 +303,20 @@ class DeciderService:
 
     def _with_lookups(self, command: ContactCommand) -> ContactCommand:
         """The lookups that arrive with a command: the campaign definition, from the catalog."""
-        if isinstance(command, Enroll) and command.data.campaign is None:
-            campaign = self.catalog.get(command.data.campaign_id)
-            if campaign is not None:
-                return command.model_copy(
-                    update={"data": command.data.model_copy(update={"campaign": campaign})}
-                )
-        return command
+        return self._with_campaign(command) if isinstance(command, Enroll) else command
+
+    def _with_campaign(self, command: EnrollLike) -> EnrollLike:
+        """Fill in the campaign definition upstream left out; None stays None (`campaign_not_found`)."""
+        if command.data.campaign is not None:
+            return command
+        campaign = self.catalog.get(command.data.campaign_id)
+        if campaign is None:
+            return command
+        return command.model_copy(update={"data": command.data.model_copy(update={"campaign": campaign})})
 
     async def _fan_out(self, owner: PartitionOwner, staged: _Staged, command: BulkEnroll) -> None:
         """BulkEnroll becomes one Enroll per contact, in this transaction, so exactly once."""
-        if command.data.campaign is None:
-            campaign = self.catalog.get(command.data.campaign_id)
-            if campaign is not None:
-                command = command.model_copy(
-                    update={"data": command.data.model_copy(update={"campaign": campaign})}
-                )
+        command = self._with_campaign(command)
         children = fan_out_bulk_enroll(command)
         for child in children:
             await owner.producer.send(
