@@ -9,6 +9,7 @@ import logging
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
+from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.records import encode
 from enrollstream.domain import CampaignDefinition
 
@@ -54,10 +55,8 @@ class CampaignCatalog:
         consumer = self._consumer
         assert consumer is not None, "start() the catalog first"
         async with self._lock:
-            end = (await consumer.end_offsets([self._partition]))[self._partition]
-            while await consumer.position(self._partition) < end:
-                batch = await consumer.getmany(self._partition, timeout_ms=200, max_records=1000)
-                for record in batch.get(self._partition, []):
+            async for batch in batches_to_end(consumer, [self._partition], timeout_ms=200):
+                for record in batch[self._partition]:
                     self._apply(record.key, record.value)
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:

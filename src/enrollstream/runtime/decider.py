@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError, ProducerFenced
 from pydantic import ValidationError
 
+from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, DeadLetter, encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.domain import (
@@ -178,10 +179,8 @@ class DeciderService:
         try:
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
-            end = (await consumer.end_offsets([tp]))[tp]
-            while await consumer.position(tp) < end:
-                batch = await consumer.getmany(tp, timeout_ms=500, max_records=5000)
-                for record in batch.get(tp, []):
+            async for batch in batches_to_end(consumer, [tp]):
+                for record in batch[tp]:
                     if record.key is None:
                         continue
                     if record.value is None:

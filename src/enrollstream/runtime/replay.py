@@ -7,7 +7,6 @@ same database, built by the same migrations and written by the same projector co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,6 +14,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.runtime.projector import ProjectorService
 
@@ -77,28 +77,16 @@ async def rebuild(
     try:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
         applied = 0
         offsets: dict[int, list[int]] = {tp.partition: [] for tp in partitions}
-        while await _behind(consumer, ends):
-            batch = await consumer.getmany(timeout_ms=500, max_records=projector.max_batch)
-            trimmed = {tp: [r for r in rs if r.offset < ends[tp]] for tp, rs in batch.items()}
-            trimmed = {tp: rs for tp, rs in trimmed.items() if rs}
-            if trimmed:
-                applied += await projector.apply_batch(trimmed)
-                for tp, records in trimmed.items():
-                    offsets[tp.partition].extend(r.offset for r in records)
+        async for batch in batches_to_end(consumer, partitions, max_records=projector.max_batch):
+            applied += await projector.apply_batch(batch)
+            for tp, records in batch.items():
+                offsets[tp.partition].extend(r.offset for r in records)
         return applied, offsets
     finally:
         await consumer.stop()
         await projector.stop()
-
-
-async def _behind(consumer: AIOKafkaConsumer, ends: Mapping[TopicPartition, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return True
-    return False
 
 
 async def partition_numbers(bootstrap: str, topic: str) -> list[int]:

@@ -1,0 +1,38 @@
+"""Reading assigned partitions up to where they end now (restores, the campaign table, replays)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+async def batches_to_end(
+    consumer: AIOKafkaConsumer,
+    partitions: Sequence[TopicPartition],
+    *,
+    max_records: int = 5000,
+    timeout_ms: int = 500,
+) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
+    """Yield batches from the consumer's positions up to the end offsets taken when called.
+
+    With `read_committed` the end is the last stable offset, and control records take offsets too,
+    so the loop follows positions rather than counting records. A record fetched beyond the end is not
+    yielded, and its partition is sought back to the end, so a later read still sees it.
+    """
+    ends = await consumer.end_offsets(list(partitions))
+    while True:
+        behind = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
+        if not behind:
+            return
+        fetched = await consumer.getmany(*behind, timeout_ms=timeout_ms, max_records=max_records)
+        batch: dict[TopicPartition, list[Any]] = {}
+        for tp, records in fetched.items():
+            kept = [record for record in records if record.offset < ends[tp]]
+            if len(kept) < len(records):
+                consumer.seek(tp, ends[tp])
+            if kept:
+                batch[tp] = kept
+        if batch:
+            yield batch
