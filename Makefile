@@ -36,6 +36,10 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration tests/acceptance
 
+## The crash suite: SIGKILL the workers at random while commands flow, then verify exactly-once (minutes).
+chaos: $(STAMP)
+	$(BIN)/enrollstream chaos
+
 schemas: $(STAMP)
 	$(BIN)/python -m enrollstream.schemas_gen --write
 

@@ -253,6 +253,25 @@ def demo_command(
             console.print(f"[bold]stack[/bold] stopped ({', '.join(state.started)})")
 
 
+@app.command("chaos")
+@friendly_errors
+def chaos_command(
+    kills: int = typer.Option(12, min=0, help="how many times the primary worker gets SIGKILL"),
+    commands: int = typer.Option(4000, min=1, help="how many numbered commands the driver publishes"),
+    contacts: int = typer.Option(400, min=10, help="over how many contacts"),
+    seconds: float = typer.Option(150.0, min=1.0, help="how long the driver spreads the commands over"),
+    seed: int = typer.Option(20261122, help="the workload's and the killer's random seed"),
+) -> None:
+    """Kill workers with SIGKILL while commands flow, then verify nothing was lost or done twice."""
+    from enrollstream.chaos import ChaosPlan
+    from enrollstream.chaos import main as chaos_main
+
+    plan = ChaosPlan(commands=commands, contacts=contacts, kills=kills, seconds=seconds, seed=seed)
+    code = chaos_main(plan, load_settings(), console)
+    if code:
+        raise typer.Exit(code=code)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(app())

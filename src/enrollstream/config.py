@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     group_id: str = "enrollstream"
+    # How soon the group notices a member that died without leaving (SIGKILL, lost host): its partitions
+    # wait this long before moving. The broker's group.min.session.timeout.ms (6 s) bounds it below.
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     # Where `stack up` keeps its processes' data, logs and state file.
     stack_dir: Path = Field(default_factory=lambda: _home_dir(".local", "state", "enrollstream", "stack"))
     # Where the Kafka jars and the Maven repository are cached (outside the checkout).

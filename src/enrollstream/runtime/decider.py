@@ -78,12 +78,16 @@ class DeciderService:
         catalog: CampaignCatalog,
         *,
         max_batch: int = 500,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.group_id = f"{group_id}.decider"
         self.catalog = catalog
         self.max_batch = max_batch
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self.owners: dict[TopicPartition, PartitionOwner] = {}
         self._lock = asyncio.Lock()  # a rebalance waits for the batch in flight to commit
         self._consumer: AIOKafkaConsumer | None = None
@@ -100,6 +104,8 @@ class DeciderService:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.max_batch,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
         )
         await self._consumer.start()
         self._consumer.subscribe([self.topics.commands], listener=_Rebalance(self))

@@ -39,6 +39,8 @@ class ProjectorService:
         group_id: str,
         *,
         max_batch: int = 2000,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
         schema: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap
@@ -46,6 +48,8 @@ class ProjectorService:
         self.database_url = database_url
         self.group_id = f"{group_id}.projector"
         self.max_batch = max_batch
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
         self.schema = schema  # None: the live read models; a name: a replay's fresh copy
         self._consumer: AIOKafkaConsumer | None = None
         self._pool: asyncpg.Pool | None = None
@@ -66,6 +70,8 @@ class ProjectorService:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.max_batch,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
         )
         await self._consumer.start()
         self._consumer.subscribe([self.topic], listener=_SeekToCheckpoints(self))

@@ -44,11 +44,23 @@ class Worker:
         services: list[DeciderService | ProjectorService] = []
         if "decider" in self.roles:
             await catalog.start()
-            self.decider = DeciderService(self.bootstrap, self.topics, self.settings.group_id, catalog)
+            self.decider = DeciderService(
+                self.bootstrap,
+                self.topics,
+                self.settings.group_id,
+                catalog,
+                session_timeout_ms=self.settings.session_timeout_ms,
+                heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            )
             services.append(self.decider)
         if "projector" in self.roles:
             self.projector = ProjectorService(
-                self.bootstrap, self.topics.events, self.database_url, self.settings.group_id
+                self.bootstrap,
+                self.topics.events,
+                self.database_url,
+                self.settings.group_id,
+                session_timeout_ms=self.settings.session_timeout_ms,
+                heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             )
             services.append(self.projector)
         try:
