@@ -17,10 +17,10 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalOperation, KafkaError
 from pydantic import ValidationError
 
 from enrollstream.adapters.kafka.reading import batches_to_end
@@ -93,10 +93,12 @@ class DeciderService:
         self._consumer: AIOKafkaConsumer | None = None
         self.processed_commands = 0
         self.emitted_events = 0
+        self.failure: BaseException | None = None  # from a rebalance callback
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        _expect_fencing_leftovers(asyncio.get_running_loop())
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
@@ -124,6 +126,8 @@ class DeciderService:
         assert consumer is not None, "start() the decider first"
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+            if self.failure is not None:
+                raise RuntimeError("the decider could not take over its partitions") from self.failure
             if not batch:
                 continue
             await self.catalog.catch_up()
@@ -212,28 +216,39 @@ class DeciderService:
                 self.group_id,
             )
             await producer.commit_transaction()
-        except ProducerFenced:
-            # Another process owns this partition now; it redoes everything we did not commit.
-            log.warning("decider fenced on %s; giving the partition up", tp)
-            self.owners.pop(tp, None)
-            await _close(producer)
-            return
-        except KafkaError:
-            # The transaction's fate is unknown: never retry blindly. A new producer with the same
-            # transactional id aborts it if it is still open; then re-read from the last commit.
-            log.exception("decider transaction on %s failed; re-creating its producer", tp)
-            await _close(producer)
-            owner.producer = await self._new_producer(tp)
-            owner.states = await self._restore(tp.partition)
-            consumer = self._consumer
-            assert consumer is not None
-            owner.next_offset = (await consumer.committed(tp)) or 0
-            consumer.seek(tp, owner.next_offset)
+        except (KafkaError, IllegalOperation) as exc:
+            # Fenced (ProducerFenced, or IllegalOperation once the fencing reached the producer in the
+            # background), or a failure that leaves the transaction's fate unknown: never retry blindly.
+            if not self._still_assigned(tp):
+                # A zombie: the group gave the partition to another process, whose producer fenced ours.
+                log.warning("decider lost %s (%s); giving it up", tp, type(exc).__name__)
+                self.owners.pop(tp, None)
+                await _close(producer)
+                return
+            # Still ours by the group's say. A new producer with the same transactional id aborts what
+            # is open (a zombie's, if one re-created our id); state and position are re-read from the
+            # last commit. A zombie learns at its next heartbeat that it lost the partition.
+            log.warning("decider transaction on %s failed (%r); re-creating its producer", tp, exc)
+            await self._recover(owner)
             return
         owner.states.update(staged.states)
         owner.next_offset = records[-1].offset + 1  # type: ignore[attr-defined]
         self.processed_commands += staged.commands
         self.emitted_events += staged.events
+
+    def _still_assigned(self, tp: TopicPartition) -> bool:
+        return self._consumer is not None and tp in self._consumer.assignment()
+
+    async def _recover(self, owner: PartitionOwner) -> None:
+        """New producer (fences the old one, aborts its open transaction), state and position re-read."""
+        tp = owner.partition
+        await _close(owner.producer)
+        owner.producer = await self._new_producer(tp)
+        owner.states = await self._restore(tp.partition)
+        consumer = self._consumer
+        assert consumer is not None
+        owner.next_offset = (await consumer.committed(tp)) or 0
+        consumer.seek(tp, owner.next_offset)
 
     async def _process_record(self, owner: PartitionOwner, staged: _Staged, record: object) -> None:
         producer = owner.producer
@@ -286,7 +301,10 @@ class DeciderService:
             staged.states[key] = fold(state, decision.events)
             for event in decision.events:
                 await producer.send(
-                    self.topics.events, encode(event), key=key_bytes(key), partition=owner.partition.partition
+                    self.topics.events,
+                    encode(event),
+                    key=key_bytes(key),
+                    partition=owner.partition.partition,
                 )
                 # Public events for webhook relays, in the same transaction: published iff the fact is.
                 for public in to_integration_events(event):
@@ -362,11 +380,47 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, service: DeciderService) -> None:
         self.service = service
 
+    # aiokafka logs a listener's exception and carries on without the partitions' owners, which would
+    # stall them silently; the run loop re-raises it instead, so the worker fails loudly.
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.service._revoked(set(revoked))
+        try:
+            await self.service._revoked(set(revoked))
+        except Exception as exc:
+            self.service.failure = exc
+            raise
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.service._assigned(set(assigned))
+        try:
+            await self.service._assigned(set(assigned))
+        except Exception as exc:
+            self.service.failure = exc
+            raise
+
+
+def _expect_fencing_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep the loop quiet about the futures a failed transaction leaves behind.
+
+    When a producer is fenced or its transaction fails, aiokafka fails its internal batch and waiter
+    futures, which nobody awaits: we handle the failure through the transaction. The default handler
+    would report each at garbage collection with a traceback (whose formatting, on Python 3.11, can
+    even break an `ast.parse` it interrupts). Anything else goes to the previous handler.
+    """
+    previous = loop.get_exception_handler()
+    if getattr(previous, "enrollstream_fencing", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), KafkaError) and "never retrieved" in context.get(
+            "message", ""
+        ):
+            log.debug("ignored a failed transaction's leftover future: %r", context["exception"])
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.enrollstream_fencing = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
 
 
 async def _close(producer: AIOKafkaProducer) -> None:
