@@ -24,6 +24,7 @@ COMPARED_TABLES: dict[str, str] = {
     "enrollment_timeline": "event_id",
     "enrollment_skips": "event_id",
     "replies": "event_id",
+    "campaign_stats": "account_id, campaign_id",
 }
 
 

@@ -26,31 +26,85 @@ select * from enrollments where enrollment_id = any($1::text[]);
 create temporary table enrollments_stage (like enrollments including defaults) on commit drop;
 
 -- name: merge_enrollments_stage
-insert into enrollments select * from enrollments_stage
-on conflict (enrollment_id) do update set
-    campaign_version = excluded.campaign_version,
-    contact_name = excluded.contact_name,
-    email = excluded.email,
-    mobile = excluded.mobile,
-    status = excluded.status,
-    stage = excluded.stage,
-    stop_reason = excluded.stop_reason,
-    outcome = excluded.outcome,
-    current_step = excluded.current_step,
-    total_steps = excluded.total_steps,
-    next_execution_at = excluded.next_execution_at,
-    batch_number = excluded.batch_number,
-    priority = excluded.priority,
-    sent_at = excluded.sent_at,
-    opened_at = excluded.opened_at,
-    replied_at = excluded.replied_at,
-    bounced_at = excluded.bounced_at,
-    bounce_reason = excluded.bounce_reason,
-    hours_to_reply = excluded.hours_to_reply,
-    completed_at = excluded.completed_at,
-    last_version = excluded.last_version,
-    updated_at = excluded.updated_at
- where enrollments.last_version < excluded.last_version;
+-- The staged rows into `enrollments` (only newer versions win), and the net status deltas of the rows
+-- actually written into `campaign_stats`, in one statement (see projections/0004 for why not a
+-- trigger). `before` reads the statement's snapshot: the old status of each staged row that exists.
+-- `written` is what the guarded upsert inserted or updated, with the new status. Sibling CTEs share
+-- the snapshot, so `before` never sees `written`'s effects.
+with before as (
+    select e.enrollment_id, e.account_id, e.campaign_id, e.status
+      from enrollments e
+      join enrollments_stage s using (enrollment_id)
+), written as (
+    insert into enrollments select * from enrollments_stage
+    on conflict (enrollment_id) do update set
+        campaign_version = excluded.campaign_version,
+        contact_name = excluded.contact_name,
+        email = excluded.email,
+        mobile = excluded.mobile,
+        status = excluded.status,
+        stage = excluded.stage,
+        stop_reason = excluded.stop_reason,
+        outcome = excluded.outcome,
+        current_step = excluded.current_step,
+        total_steps = excluded.total_steps,
+        next_execution_at = excluded.next_execution_at,
+        batch_number = excluded.batch_number,
+        priority = excluded.priority,
+        sent_at = excluded.sent_at,
+        opened_at = excluded.opened_at,
+        replied_at = excluded.replied_at,
+        bounced_at = excluded.bounced_at,
+        bounce_reason = excluded.bounce_reason,
+        hours_to_reply = excluded.hours_to_reply,
+        completed_at = excluded.completed_at,
+        last_version = excluded.last_version,
+        updated_at = excluded.updated_at
+     where enrollments.last_version < excluded.last_version
+    returning enrollment_id, account_id, campaign_id, status
+), delta as (
+    select account_id, campaign_id, status, sum(d) as d
+      from (select account_id, campaign_id, status, 1 as d from written
+            union all
+            select b.account_id, b.campaign_id, b.status, -1 from before b join written w using (enrollment_id)) x
+     group by account_id, campaign_id, status
+    having sum(d) <> 0
+)
+insert into campaign_stats as s
+    (account_id, campaign_id, total, pending, queued, awaiting_trigger, active, processing, delivered, completed, stopped, failed, expired, handed_off, unenrolled)
+select account_id,
+       campaign_id,
+       sum(d),
+       coalesce(sum(d) filter (where status = 'pending'), 0),
+       coalesce(sum(d) filter (where status = 'queued'), 0),
+       coalesce(sum(d) filter (where status = 'awaiting_trigger'), 0),
+       coalesce(sum(d) filter (where status = 'active'), 0),
+       coalesce(sum(d) filter (where status = 'processing'), 0),
+       coalesce(sum(d) filter (where status = 'delivered'), 0),
+       coalesce(sum(d) filter (where status = 'completed'), 0),
+       coalesce(sum(d) filter (where status = 'stopped'), 0),
+       coalesce(sum(d) filter (where status = 'failed'), 0),
+       coalesce(sum(d) filter (where status = 'expired'), 0),
+       coalesce(sum(d) filter (where status = 'handed_off'), 0),
+       coalesce(sum(d) filter (where status = 'unenrolled'), 0)
+  from delta
+ group by account_id, campaign_id
+ -- one lock order for every batch: concurrent projectors touching the same campaigns cannot deadlock
+ order by account_id, campaign_id
+on conflict (account_id, campaign_id) do update set
+    total = s.total + excluded.total,
+    pending = s.pending + excluded.pending,
+    queued = s.queued + excluded.queued,
+    awaiting_trigger = s.awaiting_trigger + excluded.awaiting_trigger,
+    active = s.active + excluded.active,
+    processing = s.processing + excluded.processing,
+    delivered = s.delivered + excluded.delivered,
+    completed = s.completed + excluded.completed,
+    stopped = s.stopped + excluded.stopped,
+    failed = s.failed + excluded.failed,
+    expired = s.expired + excluded.expired,
+    handed_off = s.handed_off + excluded.handed_off,
+    unenrolled = s.unenrolled + excluded.unenrolled;
 
 -- name: insert_timeline
 insert into enrollment_timeline
@@ -74,3 +128,39 @@ insert into replies
 select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
                      $7::numeric[], $8::bool[], $9::text[], $10::text[], $11::text[])
 on conflict (event_id) do nothing;
+
+-- name: campaign_stats_mismatches
+-- For verifiers (chaos tests, operators): every (account, campaign) whose counters in `campaign_stats`
+-- differ from counting `enrollments`, with both sides as JSON. No rows: the cards are right. A missing
+-- stats row and a row of zeros both mean "no enrollments". Counts the whole table: not for a page.
+with counted as (
+    select account_id,
+           campaign_id,
+           count(*) as total,
+           count(*) filter (where status = 'pending') as pending,
+           count(*) filter (where status = 'queued') as queued,
+           count(*) filter (where status = 'awaiting_trigger') as awaiting_trigger,
+           count(*) filter (where status = 'active') as active,
+           count(*) filter (where status = 'processing') as processing,
+           count(*) filter (where status = 'delivered') as delivered,
+           count(*) filter (where status = 'completed') as completed,
+           count(*) filter (where status = 'stopped') as stopped,
+           count(*) filter (where status = 'failed') as failed,
+           count(*) filter (where status = 'expired') as expired,
+           count(*) filter (where status = 'handed_off') as handed_off,
+           count(*) filter (where status = 'unenrolled') as unenrolled
+      from enrollments
+     group by account_id, campaign_id
+), stored as (
+    select * from campaign_stats where total <> 0 or (pending <> 0 or queued <> 0 or awaiting_trigger <> 0 or active <> 0 or processing <> 0 or delivered <> 0 or completed <> 0 or stopped <> 0 or failed <> 0 or expired <> 0 or handed_off <> 0 or unenrolled <> 0)
+)
+select coalesce(s.account_id, c.account_id) as account_id,
+       coalesce(s.campaign_id, c.campaign_id) as campaign_id,
+       to_jsonb(s) - 'account_id' - 'campaign_id' as stored,
+       to_jsonb(c) - 'account_id' - 'campaign_id' as counted
+  from stored s
+  full join counted c using (account_id, campaign_id)
+ where (s.total, s.pending, s.queued, s.awaiting_trigger, s.active, s.processing, s.delivered, s.completed, s.stopped, s.failed, s.expired, s.handed_off, s.unenrolled)
+       is distinct from
+       (c.total, c.pending, c.queued, c.awaiting_trigger, c.active, c.processing, c.delivered, c.completed, c.stopped, c.failed, c.expired, c.handed_off, c.unenrolled)
+ order by 1, 2;
