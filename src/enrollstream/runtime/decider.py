@@ -32,7 +32,9 @@ from enrollstream.domain import (
     ContactCommand,
     ContactState,
     Enroll,
+    accept_bulk_enroll,
     aggregate_key,
+    batch_count,
     command_result,
     decide,
     fan_out_bulk_enroll,
@@ -43,6 +45,7 @@ from enrollstream.domain import (
 )
 from enrollstream.domain.rejections import Accepted, Rejection, RejectionCode
 from enrollstream.runtime.campaigns import CampaignCatalog
+from enrollstream.runtime.contact_imports import ContactImportCatalog
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +80,14 @@ class DeciderService:
         group_id: str,
         catalog: CampaignCatalog,
         *,
+        imports: ContactImportCatalog | None = None,
         max_batch: int = 500,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.group_id = f"{group_id}.decider"
         self.catalog = catalog
+        self.imports = imports  # None: BulkEnroll must carry its contacts inline
         self.max_batch = max_batch
         self.owners: dict[TopicPartition, PartitionOwner] = {}
         self._lock = asyncio.Lock()  # a rebalance waits for the batch in flight to commit
@@ -121,6 +126,8 @@ class DeciderService:
             if not batch:
                 continue
             await self.catalog.catch_up()
+            if self.imports is not None:
+                await self.imports.catch_up()
             async with self._lock:
                 for tp, records in batch.items():
                     owner = self.owners.get(tp)
@@ -313,9 +320,28 @@ class DeciderService:
             return command
         return command.model_copy(update={"data": command.data.model_copy(update={"campaign": campaign})})
 
+    def _with_contacts(self, command: BulkEnroll) -> BulkEnroll:
+        """Fill in the import's contacts upstream left out; None stays None (`contact_import_not_found`)."""
+        if command.data.contacts is not None or self.imports is None:
+            return command
+        found = self.imports.get(command.account_id, command.data.contact_import_id)
+        if found is None:
+            return command
+        data = command.data.model_copy(update={"contacts": found.contacts})
+        return command.model_copy(update={"data": data})
+
     async def _fan_out(self, owner: PartitionOwner, staged: _Staged, command: BulkEnroll) -> None:
-        """BulkEnroll becomes one Enroll per contact, in this transaction, so exactly once."""
-        command = self._with_campaign(command)
+        """A BulkEnroll, checked, becomes one BulkEnrollAccepted event and one Enroll per contact, in this
+        transaction, so exactly once. A redelivered one yields the same event id and the same child ids:
+        the projector keeps the first parent row and the aggregates drop the children as duplicates."""
+        command = self._with_contacts(self._with_campaign(command))
+        decision = accept_bulk_enroll(command)
+        key = aggregate_key(command.account_id, "")
+        result = command_result(command, decision)
+        if isinstance(decision, Rejection):
+            log.info("bulk enroll %s rejected: %s", command.command_id, decision.code.value)
+            await self._send_result(owner, key, result)
+            return
         children = fan_out_bulk_enroll(command)
         for child in children:
             await owner.producer.send(
@@ -323,15 +349,23 @@ class DeciderService:
                 encode(child),
                 key=key_bytes(aggregate_key(child.account_id, child.contact_id)),
             )
-        result = CommandResult(
-            command_id=command.command_id,
-            command_type=command.type,
-            account_id=command.account_id,
-            contact_id="",
-            status="accepted",
-            message=f"fanned out to {len(children)} Enroll commands",
+        for event in decision.events:
+            await owner.producer.send(
+                self.topics.events, encode(event), key=key_bytes(key), partition=owner.partition.partition
+            )
+        staged.events += len(decision.events)
+        result = result.model_copy(
+            update={
+                "message": f"fanned out to {len(children)} Enroll commands",
+                "details": {
+                    "contact_import_id": command.data.contact_import_id,
+                    "contacts": str(len(children)),
+                    "batches": str(batch_count(command)),
+                    "batch_size": str(command.data.batch_size),
+                },
+            }
         )
-        await self._send_result(owner, f"{command.account_id}/", result)
+        await self._send_result(owner, key, result)
 
     async def _send_result(self, owner: PartitionOwner, key: str, result: CommandResult) -> None:
         await owner.producer.send(

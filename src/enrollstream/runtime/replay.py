@@ -25,6 +25,7 @@ COMPARED_TABLES: dict[str, str] = {
     "enrollment_skips": "event_id",
     "replies": "event_id",
     "campaign_stats": "account_id, campaign_id",
+    "bulk_enrollments": "bulk_enroll_id",
 }
 
 

@@ -59,7 +59,8 @@ with before as (
         hours_to_reply = excluded.hours_to_reply,
         completed_at = excluded.completed_at,
         last_version = excluded.last_version,
-        updated_at = excluded.updated_at
+        updated_at = excluded.updated_at,
+        bulk_enroll_id = excluded.bulk_enroll_id
      where enrollments.last_version < excluded.last_version
     returning enrollment_id, account_id, campaign_id, status
 ), delta as (
@@ -116,10 +117,20 @@ on conflict (event_id) do nothing;
 -- name: insert_skips
 insert into enrollment_skips
     (event_id, account_id, contact_id, campaign_id, kind, reason, contact_name, email, batch_number,
-     contact_import_id, evidence, skipped_at)
+     contact_import_id, evidence, skipped_at, bulk_enroll_id)
 select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::int[], $10::text[], $11::jsonb[], $12::timestamptz[])
+                     $8::text[], $9::int[], $10::text[], $11::jsonb[], $12::timestamptz[], $13::text[])
 on conflict (event_id) do nothing;
+
+-- name: insert_bulk_enrollments
+-- From BulkEnrollAccepted events. A redelivered BulkEnroll repeats the event (same event id, same
+-- command id): the first row stays, so a summary never counts a request twice.
+insert into bulk_enrollments
+    (bulk_enroll_id, event_id, account_id, campaign_id, campaign_version, contact_import_id, contacts,
+     batches, batch_size, requested_by, requested_at)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[],
+                     $8::int[], $9::int[], $10::text[], $11::timestamptz[])
+on conflict do nothing;
 
 -- name: insert_replies
 insert into replies
@@ -164,3 +175,7 @@ select coalesce(s.account_id, c.account_id) as account_id,
        is distinct from
        (c.total, c.pending, c.queued, c.awaiting_trigger, c.active, c.processing, c.delivered, c.completed, c.stopped, c.failed, c.expired, c.handed_off, c.unenrolled)
  order by 1, 2;
+
+-- name: bulk_enroll_summary
+-- Seed 001's bulk enroll answer for one BulkEnroll (by its command id), as far as it is projected.
+select * from bulk_enroll_summaries where account_id = $1 and bulk_enroll_id = $2;
