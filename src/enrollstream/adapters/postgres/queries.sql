@@ -179,3 +179,53 @@ select coalesce(s.account_id, c.account_id) as account_id,
 -- name: bulk_enroll_summary
 -- Seed 001's bulk enroll answer for one BulkEnroll (by its command id), as far as it is projected.
 select * from bulk_enroll_summaries where account_id = $1 and bulk_enroll_id = $2;
+
+-- name: force_custom_plans
+-- For the page queries below: their optional filters (`$n is null or ...`) need plans made for the
+-- values at hand. A cached generic plan would keep the `or` and could not use the filter's index.
+-- Transaction-local; the wrappers in read_side.py run it first.
+select set_config('plan_cache_mode', 'force_custom_plan', true);
+
+-- name: enrollments_page
+-- The Enrollments page (seed 000 / seed 001 GET .../enrollments): one campaign, filtered by status
+-- (any of $3), batch number ($4), current step ($5) and contact name ($6: case-insensitive substring;
+-- % and _ match themselves), in stable order (enrolled_at, enrollment_id), from after the keyset
+-- cursor ($7, $8) (null: the first page), at most $9 rows. Keyset rather than OFFSET: page 5,000 costs
+-- what page 1 costs, and rows moving between pages cannot repeat or vanish.
+-- Indexes (0002, 0006): enrollments_campaign_page, enrollments_campaign_status_page,
+-- enrollments_campaign_batch_page, enrollments_contact_name_trgm.
+select enrollment_id, contact_id, contact_name, email, mobile, status, stage, stop_reason, outcome,
+       current_step, total_steps, step_label, next_execution_at, next_execution_indicator, enrolled_at,
+       batch_number, priority, sent_at, opened_at, replied_at, bounced_at, bounce_reason, hours_to_reply
+  from enrollment_table
+ where account_id = $1
+   and campaign_id = $2
+   and ($3::text[] is null or status = any($3::text[]))
+   and ($4::int is null or batch_number = $4::int)
+   and ($5::int is null or current_step = $5::int)
+   and ($6::text is null
+        or contact_name ilike '%' || replace(replace(replace($6::text, '\', '\\'), '%', '\%'), '_', '\_') || '%')
+   and ($7::timestamptz is null or (enrolled_at, enrollment_id) > ($7::timestamptz, $8::text))
+ order by enrolled_at, enrollment_id
+ limit $9;
+
+-- name: campaign_replies
+-- Seed 001 GET /campaigns/:id/replies?limit=100: newest first, with hours_to_reply (from the first
+-- delivery) and who replied. Index: replies_campaign (0003), read backwards.
+select r.event_id, r.enrollment_id, r.contact_id, e.contact_name, e.email, r.replied_at, r.hours_to_reply,
+       r.first_reply, r.reply_action, r.inbound_message_id, r.excerpt
+  from replies r
+  left join enrollments e on e.enrollment_id = r.enrollment_id
+ where r.account_id = $1 and r.campaign_id = $2
+ order by r.replied_at desc, r.event_id desc
+ limit $3;
+
+-- name: campaign_skips
+-- Seed 001 GET /campaigns/:id/skips?kind=mx_invalid&limit=100 ($3 null: every kind), oldest first.
+-- Index: enrollment_skips_campaign_kind (0003).
+select event_id, contact_id, contact_name, email, kind, reason, evidence, batch_number, contact_import_id,
+       bulk_enroll_id, skipped_at
+  from enrollment_skips
+ where account_id = $1 and campaign_id = $2 and ($3::text is null or kind = $3::text)
+ order by skipped_at, event_id
+ limit $4;

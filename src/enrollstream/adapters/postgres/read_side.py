@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -84,3 +85,79 @@ async def bulk_enroll_summary(
         pending=row["pending"],
         complete=row["complete"],
     )
+
+
+# --- the pages ----------------------------------------------------------------------------------------
+
+PAGE_SIZE = 20  # seed 000: 20 contacts per page
+
+
+@dataclass(frozen=True)
+class EnrollmentFilter:
+    """The Enrollments page's filters; None means "any"."""
+
+    statuses: Sequence[str] | None = None  # e.g. ("pending", "active") for the Active card
+    batch_number: int | None = None
+    current_step: int | None = None  # 1-based, as "Step 2 of 5" shows it
+    name: str | None = None  # case-insensitive substring of the contact name
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """Where the next page starts: the last row's place in the page order."""
+
+    enrolled_at: datetime
+    enrollment_id: str
+
+
+@dataclass(frozen=True)
+class EnrollmentPage:
+    rows: list[dict[str, Any]]
+    next: PageCursor | None  # None: this was the last page
+
+
+async def enrollments_page(
+    conn: asyncpg.Connection,
+    account_id: str,
+    campaign_id: str,
+    where: EnrollmentFilter | None = None,
+    after: PageCursor | None = None,
+    limit: int = PAGE_SIZE,
+) -> EnrollmentPage:
+    """One page of a campaign's enrollments in (enrolled_at, enrollment_id) order, after `after`."""
+    where = where or EnrollmentFilter()
+    async with conn.transaction():
+        await conn.execute(query("force_custom_plans"))
+        records = await conn.fetch(
+            query("enrollments_page"),
+            account_id,
+            campaign_id,
+            None if where.statuses is None else list(where.statuses),
+            where.batch_number,
+            where.current_step,
+            where.name,
+            after.enrolled_at if after else None,
+            after.enrollment_id if after else None,
+            limit + 1,  # one more than asked: is there a next page?
+        )
+    rows = [dict(r) for r in records[:limit]]
+    more = len(records) > limit
+    cursor = PageCursor(rows[-1]["enrolled_at"], rows[-1]["enrollment_id"]) if more and rows else None
+    return EnrollmentPage(rows, cursor)
+
+
+async def campaign_replies(
+    conn: asyncpg.Connection, account_id: str, campaign_id: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Seed 001 `/replies`: newest first, each with hours_to_reply."""
+    return [dict(r) for r in await conn.fetch(query("campaign_replies"), account_id, campaign_id, limit)]
+
+
+async def campaign_skips(
+    conn: asyncpg.Connection, account_id: str, campaign_id: str, kind: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Seed 001 `/skips?kind=...`: oldest first; every kind when `kind` is None."""
+    async with conn.transaction():
+        await conn.execute(query("force_custom_plans"))
+        records = await conn.fetch(query("campaign_skips"), account_id, campaign_id, kind, limit)
+    return [{**dict(r), "evidence": _json(r["evidence"])} for r in records]
