@@ -229,3 +229,53 @@ select event_id, contact_id, contact_name, email, kind, reason, evidence, batch_
  where account_id = $1 and campaign_id = $2 and ($3::text is null or kind = $3::text)
  order by skipped_at, event_id
  limit $4;
+
+-- name: schema_catalog
+-- The schema as the catalogs see it, one (kind, name, definition) row per object of the current schema
+-- (the first on the search path), without the migration runner's own table: what `schema_dump` and the
+-- schema-equals-migrations test compare. Columns in order with type, nullability and default; every
+-- constraint, index, view, function, trigger, sequence and extension with its definition.
+with ns as (select oid from pg_namespace where nspname = current_schema()),
+rels as (
+    select c.oid, c.relname, c.relkind
+      from pg_class c
+     where c.relnamespace = (select oid from ns) and c.relname <> 'schema_migrations'
+)
+select kind, name, definition from (
+    select 'column' as kind,
+           r.relname || '.' || lpad(row_number() over (partition by r.oid order by a.attnum)::text, 3, '0')
+               || '.' || a.attname as name,
+           format_type(a.atttypid, a.atttypmod)
+               || case when a.attnotnull then ' not null' else ' null' end
+               || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+               || case when a.attgenerated <> '' then ' generated ' || a.attgenerated::text else '' end
+               || case when a.attidentity <> '' then ' identity ' || a.attidentity::text else '' end
+               as definition
+      from rels r
+      join pg_attribute a on a.attrelid = r.oid and a.attnum > 0 and not a.attisdropped
+      left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+     where r.relkind in ('r', 'p', 'v', 'm', 'f')
+    union all
+    select 'relation', r.relname, r.relkind::text from rels r where r.relkind <> 'i'
+    union all
+    select 'constraint', r.relname || '.' || con.conname, pg_get_constraintdef(con.oid)
+      from pg_constraint con join rels r on r.oid = con.conrelid
+    union all
+    select 'index', i.indexname, i.indexdef
+      from pg_indexes i where i.schemaname = current_schema() and i.tablename <> 'schema_migrations'
+    union all
+    select 'view', r.relname, pg_get_viewdef(r.oid) from rels r where r.relkind in ('v', 'm')
+    union all
+    select 'function', p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+           pg_get_functiondef(p.oid)
+      from pg_proc p
+     where p.pronamespace = (select oid from ns)
+       and not exists (select 1 from pg_depend dep where dep.objid = p.oid and dep.deptype = 'e')
+    union all
+    select 'trigger', r.relname || '.' || t.tgname, pg_get_triggerdef(t.oid)
+      from pg_trigger t join rels r on r.oid = t.tgrelid where not t.tgisinternal
+    union all
+    select 'extension', x.extname, n.nspname
+      from pg_extension x join pg_namespace n on n.oid = x.extnamespace where x.extname <> 'plpgsql'
+) catalog
+order by kind, name;
