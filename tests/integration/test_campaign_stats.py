@@ -13,7 +13,7 @@ from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.adapters.postgres.migrations import load_migrations, migrate
 from enrollstream.adapters.postgres.queries import query
-from enrollstream.adapters.postgres.read_side import campaign_stats_mismatches
+from enrollstream.adapters.postgres.read_side import campaign_stats_mismatches, recount_campaign_stats
 from enrollstream.config import Settings
 from enrollstream.domain import ids
 from enrollstream.domain.statuses import EnrollmentStatus
@@ -129,6 +129,9 @@ async def test_deltas_count_only_the_rows_the_version_guard_let_through(db: asyn
     assert [(m.account_id, m.campaign_id) for m in mismatches] == [("a", "c")]
     assert mismatches[0].stored["pending"] == 1 and mismatches[0].counted["pending"] == 0
     assert mismatches[0].counted["completed"] == 1
+    # ... and the repair: recount from the table.
+    assert await recount_campaign_stats(db) == 2
+    await assert_stats_equal_counting(db)
 
 
 # --- a realistic mixed workload through the real decider and projector ----------------------------

@@ -279,3 +279,40 @@ select kind, name, definition from (
       from pg_extension x join pg_namespace n on n.oid = x.extnamespace where x.extname <> 'plpgsql'
 ) catalog
 order by kind, name;
+
+-- name: lock_campaign_stats
+-- Before a recount: no projector batch may add deltas between the delete and the insert (they wait on
+-- this lock, then add their deltas to the recounted rows). Transaction-scoped.
+lock table campaign_stats in share row exclusive mode;
+
+-- name: clear_campaign_stats
+delete from campaign_stats;
+
+-- name: recount_campaign_stats
+-- Repair: recount every counter from `enrollments` (after `campaign_stats_mismatches` found drift, e.g.
+-- rows written behind the projector's back, or an old projector still running during a deploy of 0004).
+-- Run after lock_campaign_stats and clear_campaign_stats, in the same transaction (an insert cannot see
+-- a delete of the same statement); returns the number of campaigns recounted.
+with recounted as (
+    insert into campaign_stats
+        (account_id, campaign_id, total, pending, queued, awaiting_trigger, active, processing, delivered, completed, stopped, failed, expired, handed_off, unenrolled)
+    select account_id,
+           campaign_id,
+           count(*),
+           count(*) filter (where status = 'pending'),
+       count(*) filter (where status = 'queued'),
+       count(*) filter (where status = 'awaiting_trigger'),
+       count(*) filter (where status = 'active'),
+       count(*) filter (where status = 'processing'),
+       count(*) filter (where status = 'delivered'),
+       count(*) filter (where status = 'completed'),
+       count(*) filter (where status = 'stopped'),
+       count(*) filter (where status = 'failed'),
+       count(*) filter (where status = 'expired'),
+       count(*) filter (where status = 'handed_off'),
+       count(*) filter (where status = 'unenrolled')
+      from enrollments
+     group by account_id, campaign_id
+    returning 1
+)
+select count(*) from recounted;

@@ -38,6 +38,14 @@ async def campaign_stats_mismatches(conn: asyncpg.Connection) -> list[StatsMisma
     ]
 
 
+async def recount_campaign_stats(conn: asyncpg.Connection) -> int:
+    """Rebuild every counter from `enrollments` under a lock; returns how many campaigns it counted."""
+    async with conn.transaction():
+        await conn.execute(query("lock_campaign_stats"))
+        await conn.execute(query("clear_campaign_stats"))
+        return int(await conn.fetchval(query("recount_campaign_stats")))
+
+
 @dataclass(frozen=True)
 class SkippedContact:
     contact_id: str

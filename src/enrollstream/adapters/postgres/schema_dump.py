@@ -110,15 +110,22 @@ async def render(server_url: str) -> str:
     return normalise(stdout.decode(), migrations[-1].version)
 
 
-def _server_url() -> str:
+async def _render_somewhere(database_url: str | None) -> str:
+    """On the given server, else ENROLLSTREAM_DATABASE_URL's, else the local stack's (stopped again if
+    this call started it)."""
+    from enrollstream import stack
     from enrollstream.config import Settings
 
     settings = Settings()
-    if settings.database_url:
-        return settings.database_url
-    from enrollstream import stack
-
-    return stack.up(settings).endpoints.database_url
+    url = database_url or settings.database_url
+    if url:
+        return await render(url)
+    state = await asyncio.to_thread(stack.up, settings)
+    try:
+        return await render(state.endpoints.database_url)
+    finally:
+        if state.started:
+            await asyncio.to_thread(stack.down, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--check", action="store_true", help="exit 1 when projections/schema.sql is stale")
     parser.add_argument("--database-url", help="a server to make a scratch database on")
     args = parser.parse_args(argv)
-    text = asyncio.run(render(args.database_url or _server_url()))
+    text = asyncio.run(_render_somewhere(args.database_url))
     path = schema_file()
     if args.write:
         path.write_text(text)
