@@ -28,6 +28,7 @@ from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, DeadLetter, e
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.domain import (
     BulkEnroll,
+    BulkEnrollAccepted,
     CommandResult,
     ContactCommand,
     ContactState,
@@ -354,12 +355,13 @@ class DeciderService:
                 self.topics.events, encode(event), key=key_bytes(key), partition=owner.partition.partition
             )
         staged.events += len(decision.events)
+        contacts = sum(e.data.contacts for e in decision.events if isinstance(e, BulkEnrollAccepted))
         result = result.model_copy(
             update={
                 "message": f"fanned out to {len(children)} Enroll commands",
                 "details": {
                     "contact_import_id": command.data.contact_import_id,
-                    "contacts": str(len(children)),
+                    "contacts": str(contacts),
                     "batches": str(batch_count(command)),
                     "batch_size": str(command.data.batch_size),
                 },
