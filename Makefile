@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test check unit integration chaos bench stack-up stack-down schemas clean
+.PHONY: demo test check unit integration chaos bench stack-up stack-down schemas schema-sql clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ chaos: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -m enrollstream.schemas_gen --write
+
+## projections/schema.sql from the migrations (on ENROLLSTREAM_DATABASE_URL, else the local stack).
+schema-sql: $(STAMP)
+	$(BIN)/python -m enrollstream.adapters.postgres.schema_dump --write
 
 stack-up: $(STAMP)
 	$(BIN)/enrollstream stack up

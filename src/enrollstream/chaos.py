@@ -41,6 +41,7 @@ from enrollstream import stack
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.adapters.postgres.migrations import migrate
+from enrollstream.adapters.postgres.read_side import campaign_stats_mismatches
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition, ContactState, aggregate_key, fold, initial_state
 from enrollstream.domain.commands import child_command_id
@@ -491,24 +492,12 @@ async def _verify_projections(bootstrap: str, topics: Topics, database_url: str,
             )
     conn = await asyncpg.connect(database_url)
     try:
-        stats = await conn.fetch(_STATS_MISMATCHES)
+        stats = await campaign_stats_mismatches(conn)
     finally:
         await conn.close()
     report.projection_mismatches += len(stats)
-    for row in stats:
-        report.details.append(f"stats card differs from the count: {dict(row)}")
-
-
-# The stats cards against a count of the enrollments table, per campaign and status.
-_STATS_MISMATCHES = """
-with counted as (
-    select account_id, campaign_id, count(*) as total from enrollments group by 1, 2
-)
-select c.account_id, c.campaign_id, c.total, s.total as card_total
-from counted c
-full join campaign_stats s using (account_id, campaign_id)
-where c.total is distinct from s.total
-"""
+    for mismatch in stats:
+        report.details.append(f"stats card differs from the count: {mismatch}")
 
 
 async def _fresh_database(server_url: str, name: str) -> str:

@@ -19,6 +19,7 @@ from enrollstream.domain import (
     EVENT_TYPES,
     INTEGRATION_EVENT_TYPES,
     CommandResult,
+    ContactImport,
     ContactState,
 )
 from enrollstream.domain.commands import command_adapter
@@ -47,6 +48,8 @@ def render() -> dict[str, str]:
     schemas["envelopes/integration_event.json"] = integration_event_adapter.json_schema()
     schemas["envelopes/command_result.json"] = CommandResult.model_json_schema()
     schemas["envelopes/contact_state_snapshot.json"] = ContactState.model_json_schema()
+    # What upstream publishes on the contact-imports topic (BulkEnroll without inline contacts).
+    schemas["envelopes/contact_import.json"] = ContactImport.model_json_schema()
     return {path: json.dumps(schema, indent=2, sort_keys=True) + "\n" for path, schema in schemas.items()}
 
 

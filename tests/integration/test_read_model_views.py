@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from tests.integration.test_campaign_stats import stage_and_merge
+
 
 async def insert(
     db: asyncpg.Connection, enrollment_id: str, status: str, next_at: datetime | None, **cols: object
@@ -62,9 +64,11 @@ async def test_the_stats_cards_equal_counting_the_table(db: asyncpg.Connection) 
         "unenrolled",
         "awaiting_trigger",
     ]
-    for i, status in enumerate(statuses):
-        await insert(db, f"e{i}", status, None)
-    cards = dict(await db.fetchrow("select * from campaign_stats where campaign_id = 'c'"))
+    # Through the projector's write path: the counters are maintained by its upsert (projections/0004).
+    await stage_and_merge(
+        db, [{"enrollment_id": f"e{i}", "status": s, "last_version": 1} for i, s in enumerate(statuses)]
+    )
+    cards = dict(await db.fetchrow("select * from campaign_stats_cards where campaign_id = 'c'"))
     assert cards["total"] == len(statuses) == await db.fetchval("select count(*) from enrollments")
     assert (cards["active"], cards["processing"], cards["completed"]) == (3, 1, 2)
     assert (cards["stopped"], cards["failed"], cards["queued"], cards["expired"]) == (1, 1, 1, 1)

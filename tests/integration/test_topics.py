@@ -28,6 +28,7 @@ async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(
             "events",
             "aggregates-changelog",
             "campaigns",
+            "contact-imports",
             "command-results",
             "integration-events",
             "dead-letters",
@@ -42,10 +43,12 @@ async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(
         assert partitions[topics.commands] == 4
         assert partitions[topics.events] == 4
         assert partitions[topics.campaigns] == 1
+        assert partitions[topics.contact_imports] == 1
         configs = await admin.describe_configs(
             [
                 ConfigResource(ConfigResourceType.TOPIC, topics.events),
                 ConfigResource(ConfigResourceType.TOPIC, topics.aggregates),
+                ConfigResource(ConfigResourceType.TOPIC, topics.contact_imports),
             ]
         )
     finally:
@@ -56,6 +59,8 @@ async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(
             by_topic[resource[3]] = {entry[0]: entry[1] for entry in resource[4]}
     assert by_topic[topics.events]["retention.ms"] == "-1"
     assert by_topic[topics.aggregates]["cleanup.policy"] == "compact"
+    assert by_topic[topics.contact_imports]["cleanup.policy"] == "compact"
+    assert by_topic[topics.contact_imports]["max.message.bytes"] == str(8 * 1024 * 1024)
 
 
 async def test_a_partition_count_that_disagrees_with_the_deployment_is_a_clear_error(

@@ -29,6 +29,7 @@ from .commands import (
     Command,
     CommandEnvelope,
     ContactCommand,
+    ContactImport,
     DeliveryOutcome,
     DeliveryReported,
     Enroll,
@@ -51,9 +52,10 @@ from .commands import (
     step_due_command_id,
     timer_command_id,
 )
-from .decider import decide
+from .decider import accept_bulk_enroll, decide
 from .events import (
     EVENT_TYPES,
+    BulkEnrollAccepted,
     ContactEnrolled,
     ContactOptedOut,
     EnrollmentCompleted,
@@ -102,6 +104,7 @@ __all__ = [
     "BounceType",
     "BulkContact",
     "BulkEnroll",
+    "BulkEnrollAccepted",
     "CampaignDefinition",
     "CampaignKind",
     "CampaignStatus",
@@ -112,6 +115,7 @@ __all__ = [
     "ContactCommand",
     "ContactEnrolled",
     "ContactFacts",
+    "ContactImport",
     "ContactOptedOut",
     "ContactState",
     "Decision",
@@ -171,6 +175,7 @@ __all__ = [
     "WaitTimeout",
     "Weekday",
     "WhenInOtherCampaign",
+    "accept_bulk_enroll",
     "aggregate_key",
     "batch_count",
     "command_result",

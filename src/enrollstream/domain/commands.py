@@ -68,6 +68,7 @@ class EnrollData(ContactData):
     priority: bool = False  # first within its batch (seed 001 created_at 2000-01-01)
     source: EnrollSource = EnrollSource.API
     contact_import_id: str | None = None
+    bulk_enroll_id: str | None = None  # the BulkEnroll (command id) this child was fanned out from
 
 
 class Enroll(CommandEnvelope):
@@ -85,14 +86,25 @@ class BulkEnrollData(Model):
     campaign: CampaignDefinition | None = None  # filled in by the runtime, like Enroll's
     contact_import_id: str = Field(min_length=1)
     batch_size: int = Field(default=50, ge=1)
-    contacts: list[BulkContact] = Field(default_factory=list)  # the import's contacts, from upstream
+    # The import's contacts inline, or None: the runtime fills them in from the contact-imports catalog
+    # (unknown for the account: `contact_import_not_found`), like the campaign.
+    contacts: list[BulkContact] | None = None
 
 
 class BulkEnroll(CommandEnvelope):
-    """Not decided itself: the runtime fans it out with `fan_out_bulk_enroll`."""
+    """Not decided itself: `accept_bulk_enroll` checks it, `fan_out_bulk_enroll` fans it out."""
 
     type: Literal["BulkEnroll.v1"] = "BulkEnroll.v1"
     data: BulkEnrollData
+
+
+class ContactImport(Model):
+    """A contact import as upstream publishes it on the contact-imports topic (seed 001
+    `contact_import_id`): the contacts with their facts, in import order."""
+
+    contact_import_id: str = Field(min_length=1)
+    account_id: str = Field(min_length=1)
+    contacts: list[BulkContact] = Field(default_factory=list)
 
 
 def child_command_id(parent_command_id: str, contact_id: str) -> str:
@@ -123,14 +135,15 @@ def fan_out_bulk_enroll(cmd: BulkEnroll) -> list[Enroll]:
                 batch_number=i // data.batch_size + 1,
                 source=EnrollSource.BULK_IMPORT,
                 contact_import_id=data.contact_import_id,
+                bulk_enroll_id=cmd.command_id,
             ),
         )
-        for i, c in enumerate(data.contacts)
+        for i, c in enumerate(data.contacts or [])
     ]
 
 
 def batch_count(cmd: BulkEnroll) -> int:
-    return -(-len(cmd.data.contacts) // cmd.data.batch_size)
+    return -(-len(cmd.data.contacts or []) // cmd.data.batch_size)
 
 
 # --- Scheduler and dispatcher --------------------------------------------------------------------

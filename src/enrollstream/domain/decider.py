@@ -31,8 +31,11 @@ from .commands import (
     Stop,
     Unenroll,
     WaitTimeout,
+    batch_count,
 )
 from .events import (
+    BulkEnrollAccepted,
+    BulkEnrollAcceptedData,
     ContactEnrolled,
     ContactEnrolledData,
     ContactOptedOut,
@@ -146,6 +149,43 @@ def decide(command: ContactCommand | BulkEnroll, state: ContactState) -> Decisio
     return Accepted(em.events) if em.events else Accepted([], Ignored.STALE)
 
 
+def accept_bulk_enroll(command: BulkEnroll) -> Decision:
+    """Check a BulkEnroll whose lookups the runtime filled in; accepted, it is one BulkEnrollAccepted
+    event and the runtime fans it out with `fan_out_bulk_enroll`. Pure, like decide; it needs no state:
+    each child is decided by its contact's aggregate, which drops a redelivered child as a duplicate."""
+    d = command.data
+    campaign = d.campaign
+    if campaign is None or campaign.account_id != command.account_id or campaign.campaign_id != d.campaign_id:
+        return Rejection(RejectionCode.CAMPAIGN_NOT_FOUND, f"campaign {d.campaign_id} not found")
+    if campaign.status == "archived":
+        return Rejection(RejectionCode.CAMPAIGN_ARCHIVED, "archived campaigns take no new enrollments")
+    if d.contacts is None:
+        return Rejection(
+            RejectionCode.CONTACT_IMPORT_NOT_FOUND,
+            f"contact import {d.contact_import_id} not found",
+            {"contact_import_id": d.contact_import_id},
+        )
+    accepted = BulkEnrollAccepted(
+        event_id=ids.stable_id("bulk-enroll-accepted", command.account_id, command.command_id),
+        account_id=command.account_id,
+        contact_id="",
+        campaign_id=d.campaign_id,
+        enrollment_id=None,
+        version=1,
+        occurred_at=command.issued_at,
+        causation_id=command.command_id,
+        data=BulkEnrollAcceptedData(
+            contact_import_id=d.contact_import_id,
+            campaign_version=campaign.version,
+            batch_size=d.batch_size,
+            batches=batch_count(command),
+            contacts=len({c.contact_id for c in d.contacts}),
+            requested_by=command.actor,
+        ),
+    )
+    return Accepted([accepted])
+
+
 def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
     if isinstance(command, Enroll):
         return _enroll(command, em)
@@ -206,6 +246,7 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
                 batch_number=d.batch_number,
                 source=d.source,
                 contact_import_id=d.contact_import_id,
+                bulk_enroll_id=d.bulk_enroll_id,
             ),
         )
 
@@ -281,6 +322,7 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
             priority=d.priority,
             source=d.source,
             contact_import_id=d.contact_import_id,
+            bulk_enroll_id=d.bulk_enroll_id,
             time_zone=resolve_time_zone(contact.time_zone, campaign.time_zone),
             enrolled_by=cmd.actor,
         ),

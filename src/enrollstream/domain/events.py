@@ -40,6 +40,7 @@ class ContactEnrolledData(Model):
     priority: bool = False
     source: EnrollSource = EnrollSource.API
     contact_import_id: str | None = None
+    bulk_enroll_id: str | None = None  # the BulkEnroll (command id) this enrollment came from
     time_zone: str  # the resolved send-window zone: contact's, else campaign's, else UTC
     enrolled_by: str = ""  # the command's actor (seed 003: filter by enrolling user)
 
@@ -60,6 +61,7 @@ class EnrollmentSkippedData(Model):
     batch_number: int = 0
     source: EnrollSource = EnrollSource.API
     contact_import_id: str | None = None
+    bulk_enroll_id: str | None = None  # the BulkEnroll (command id) this skip came from
 
 
 class EnrollmentSkipped(EventEnvelope):
@@ -315,6 +317,28 @@ class EnrollmentUnenrolled(EventEnvelope):
     data: EnrollmentUnenrolledData
 
 
+# --- Bulk enrollment ------------------------------------------------------------------------------
+
+
+class BulkEnrollAcceptedData(Model):
+    contact_import_id: str
+    campaign_version: int
+    batch_size: int = Field(ge=1)
+    batches: int = Field(ge=0)
+    contacts: int = Field(ge=0)  # distinct contacts fanned out (a contact listed twice is enrolled once)
+    requested_by: str = ""  # the command's actor
+
+
+class BulkEnrollAccepted(EventEnvelope):
+    """A BulkEnroll was accepted and fanned out to one Enroll per contact (its children carry
+    `bulk_enroll_id`). Not about one contact: `contact_id` is empty, `enrollment_id` None, `version` 1;
+    evolve ignores it. A redelivered BulkEnroll yields the same event again (same `event_id`):
+    consumers keep the first."""
+
+    type: Literal["BulkEnrollAccepted.v1"] = "BulkEnrollAccepted.v1"
+    data: BulkEnrollAcceptedData
+
+
 Event = (
     ContactEnrolled
     | EnrollmentSkipped
@@ -339,6 +363,7 @@ Event = (
     | EnrollmentExpired
     | EnrollmentHandedOff
     | EnrollmentUnenrolled
+    | BulkEnrollAccepted
 )
 EVENT_TYPES: tuple[type[EventEnvelope], ...] = (
     ContactEnrolled,
@@ -364,6 +389,7 @@ EVENT_TYPES: tuple[type[EventEnvelope], ...] = (
     EnrollmentExpired,
     EnrollmentHandedOff,
     EnrollmentUnenrolled,
+    BulkEnrollAccepted,
 )
 event_adapter: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
 

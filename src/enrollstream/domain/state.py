@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .campaign import CampaignDefinition, CampaignKind, ContactFacts
 from .events import (
+    BulkEnrollAccepted,
     ContactEnrolled,
     ContactOptedOut,
     EnrollmentCompleted,
@@ -202,6 +203,8 @@ def _close_attempt(e: Enrollment) -> None:
 
 def apply_in_place(state: ContactState, event: Event) -> None:
     """Mutates `state`; only for copies owned by the caller (evolve, fold, the decider)."""
+    if isinstance(event, BulkEnrollAccepted):
+        return  # about a BulkEnroll, not this contact: no version, no command id to remember
     state.version = event.version
     _remember(state, event.causation_id)
     at = event.occurred_at

@@ -65,6 +65,7 @@ class EnrollmentRow:
     completed_at: datetime | None
     last_version: int
     updated_at: datetime
+    bulk_enroll_id: str | None = None  # the BulkEnroll this enrollment came from (migration 0005)
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EnrollmentRow))
@@ -122,6 +123,7 @@ def apply(row: EnrollmentRow | None, event: Event) -> EnrollmentRow | None:
             completed_at=None,
             last_version=event.version,
             updated_at=event.occurred_at,
+            bulk_enroll_id=data.bulk_enroll_id,
         )
     if row is None or event.version <= row.last_version:
         return row  # not ours, or already folded (a replay of an older event)

@@ -28,11 +28,14 @@ from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, DeadLetter, e
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.domain import (
     BulkEnroll,
+    BulkEnrollAccepted,
     CommandResult,
     ContactCommand,
     ContactState,
     Enroll,
+    accept_bulk_enroll,
     aggregate_key,
+    batch_count,
     command_result,
     decide,
     fan_out_bulk_enroll,
@@ -43,6 +46,7 @@ from enrollstream.domain import (
 )
 from enrollstream.domain.rejections import Accepted, Rejection, RejectionCode
 from enrollstream.runtime.campaigns import CampaignCatalog
+from enrollstream.runtime.contact_imports import ContactImportCatalog
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +81,7 @@ class DeciderService:
         group_id: str,
         catalog: CampaignCatalog,
         *,
+        imports: ContactImportCatalog | None = None,
         max_batch: int = 500,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
@@ -85,6 +90,7 @@ class DeciderService:
         self.topics = topics
         self.group_id = f"{group_id}.decider"
         self.catalog = catalog
+        self.imports = imports  # None: BulkEnroll must carry its contacts inline
         self.max_batch = max_batch
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -131,6 +137,8 @@ class DeciderService:
             if not batch:
                 continue
             await self.catalog.catch_up()
+            if self.imports is not None:
+                await self.imports.catch_up()
             async with self._lock:
                 for tp, records in batch.items():
                     owner = self.owners.get(tp)
@@ -337,9 +345,28 @@ class DeciderService:
             return command
         return command.model_copy(update={"data": command.data.model_copy(update={"campaign": campaign})})
 
+    def _with_contacts(self, command: BulkEnroll) -> BulkEnroll:
+        """Fill in the import's contacts upstream left out; None stays None (`contact_import_not_found`)."""
+        if command.data.contacts is not None or self.imports is None:
+            return command
+        found = self.imports.get(command.account_id, command.data.contact_import_id)
+        if found is None:
+            return command
+        data = command.data.model_copy(update={"contacts": found.contacts})
+        return command.model_copy(update={"data": data})
+
     async def _fan_out(self, owner: PartitionOwner, staged: _Staged, command: BulkEnroll) -> None:
-        """BulkEnroll becomes one Enroll per contact, in this transaction, so exactly once."""
-        command = self._with_campaign(command)
+        """A BulkEnroll, checked, becomes one BulkEnrollAccepted event and one Enroll per contact, in this
+        transaction, so exactly once. A redelivered one yields the same event id and the same child ids:
+        the projector keeps the first parent row and the aggregates drop the children as duplicates."""
+        command = self._with_contacts(self._with_campaign(command))
+        decision = accept_bulk_enroll(command)
+        key = aggregate_key(command.account_id, "")
+        result = command_result(command, decision)
+        if isinstance(decision, Rejection):
+            log.info("bulk enroll %s rejected: %s", command.command_id, decision.code.value)
+            await self._send_result(owner, key, result)
+            return
         children = fan_out_bulk_enroll(command)
         for child in children:
             await owner.producer.send(
@@ -347,15 +374,24 @@ class DeciderService:
                 encode(child),
                 key=key_bytes(aggregate_key(child.account_id, child.contact_id)),
             )
-        result = CommandResult(
-            command_id=command.command_id,
-            command_type=command.type,
-            account_id=command.account_id,
-            contact_id="",
-            status="accepted",
-            message=f"fanned out to {len(children)} Enroll commands",
+        for event in decision.events:
+            await owner.producer.send(
+                self.topics.events, encode(event), key=key_bytes(key), partition=owner.partition.partition
+            )
+        staged.events += len(decision.events)
+        contacts = sum(e.data.contacts for e in decision.events if isinstance(e, BulkEnrollAccepted))
+        result = result.model_copy(
+            update={
+                "message": f"fanned out to {len(children)} Enroll commands",
+                "details": {
+                    "contact_import_id": command.data.contact_import_id,
+                    "contacts": str(contacts),
+                    "batches": str(batch_count(command)),
+                    "batch_size": str(command.data.batch_size),
+                },
+            }
         )
-        await self._send_result(owner, f"{command.account_id}/", result)
+        await self._send_result(owner, key, result)
 
     async def _send_result(self, owner: PartitionOwner, key: str, result: CommandResult) -> None:
         await owner.producer.send(

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import parse_event
-from enrollstream.domain.events import EnrollmentSkipped, Event, ReplyReceived
+from enrollstream.domain.events import BulkEnrollAccepted, EnrollmentSkipped, Event, ReplyReceived
 from enrollstream.read_models import enrollments
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ class ProjectorService:
             await self._write_enrollments(conn, events)
             await self._write_timeline(conn, events)
             await self._write_skips_and_replies(conn, events)
+            await self._write_bulk_enrollments(conn, events)
             await conn.execute(
                 query("advance_checkpoints"),
                 PROJECTION,
@@ -204,6 +205,7 @@ class ProjectorService:
                     e.data.contact_import_id,
                     json.dumps(e.data.evidence),
                     e.occurred_at,
+                    e.data.bulk_enroll_id,
                 )
                 for e in skips
             ]
@@ -227,6 +229,28 @@ class ProjectorService:
                 for e in replies
             ]
             await conn.execute(query("insert_replies"), *map(list, zip(*reply_rows, strict=True)))
+
+    async def _write_bulk_enrollments(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        accepted = [e for e in events if isinstance(e, BulkEnrollAccepted)]
+        if not accepted:
+            return
+        rows = [
+            (
+                e.causation_id,
+                e.event_id,
+                e.account_id,
+                e.campaign_id or "",
+                e.data.campaign_version,
+                e.data.contact_import_id,
+                e.data.contacts,
+                e.data.batches,
+                e.data.batch_size,
+                e.data.requested_by,
+                e.occurred_at,
+            )
+            for e in accepted
+        ]
+        await conn.execute(query("insert_bulk_enrollments"), *map(list, zip(*rows, strict=True)))
 
 
 class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]

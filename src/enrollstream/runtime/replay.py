@@ -24,6 +24,8 @@ COMPARED_TABLES: dict[str, str] = {
     "enrollment_timeline": "event_id",
     "enrollment_skips": "event_id",
     "replies": "event_id",
+    "campaign_stats": "account_id, campaign_id",
+    "bulk_enrollments": "bulk_enroll_id",
 }
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.config import Settings
 from enrollstream.runtime.campaigns import CampaignCatalog
+from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
 from enrollstream.runtime.projector import ProjectorService
 
@@ -41,14 +42,17 @@ class Worker:
             self.bootstrap, self.topics, self.settings.partitions, self.settings.replication_factor
         )
         catalog = CampaignCatalog(self.bootstrap, self.topics.campaigns)
+        imports = ContactImportCatalog(self.bootstrap, self.topics.contact_imports)
         services: list[DeciderService | ProjectorService] = []
         if "decider" in self.roles:
             await catalog.start()
+            await imports.start()
             self.decider = DeciderService(
                 self.bootstrap,
                 self.topics,
                 self.settings.group_id,
                 catalog,
+                imports=imports,
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             )
@@ -80,6 +84,7 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await service.stop()
             await catalog.stop()
+            await imports.stop()
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from enrollstream.domain import (
+    Accepted,
     BulkEnroll,
+    BulkEnrollAccepted,
     ContactEnrolled,
     EnrollmentSkipped,
     MxAnswer,
+    Rejection,
     StepScheduled,
+    accept_bulk_enroll,
     batch_count,
+    evolve,
     fan_out_bulk_enroll,
+    initial_state,
 )
 from enrollstream.domain.events import ContactEnrolled as ContactEnrolledEvent
 
@@ -89,6 +96,16 @@ def test_bulk_enroll_skips_a_contact_that_is_already_enrolled() -> None:
     )
 
 
+def test_a_bulk_child_records_its_parent_on_the_skip_and_the_enrollment() -> None:
+    given(enroll()).when(enroll(source="bulk_import", bulk_enroll_id="bulk-9")).then(
+        ev(EnrollmentSkipped, kind="already_enrolled", bulk_enroll_id="bulk-9")
+    )
+    given().when(enroll(source="bulk_import", bulk_enroll_id="bulk-9")).then(
+        ev(ContactEnrolled, bulk_enroll_id="bulk-9"), ev(StepScheduled)
+    )
+    given().when(enroll()).then(ev(ContactEnrolled, bulk_enroll_id=None), ev(StepScheduled))
+
+
 def test_domain_without_mx_record_is_skipped_as_mx_invalid_when_verify_email_mx() -> None:
     result = given().when(enroll(campaign(verify_email_mx=True), mx=mx(False)))
     result.then(ev(EnrollmentSkipped, kind="mx_invalid"))
@@ -149,7 +166,8 @@ def test_an_edit_to_the_campaign_affects_new_enrollments_only() -> None:
     assert result.enrollment().step_count == 3
 
 
-def _bulk(n: int, batch_size: int) -> BulkEnroll:
+def _bulk(n: int | None, batch_size: int, **data: Any) -> BulkEnroll:
+    contacts = None if n is None else [{"contact_id": f"c-{i}", "contact": contact()} for i in range(n)]
     return BulkEnroll.model_validate(
         {
             "command_id": "bulk-1",
@@ -161,10 +179,51 @@ def _bulk(n: int, batch_size: int) -> BulkEnroll:
                 "campaign": campaign(),
                 "contact_import_id": "imp-1",
                 "batch_size": batch_size,
-                "contacts": [{"contact_id": f"c-{i}", "contact": contact()} for i in range(n)],
+                "contacts": contacts,
+                **data,
             },
         }
     )
+
+
+def test_an_accepted_bulk_enroll_is_one_event_with_its_batches_and_distinct_contacts() -> None:
+    bulk = _bulk(120, 50)
+    bulk = bulk.model_copy(
+        update={
+            "data": bulk.data.model_copy(
+                update={"contacts": [*(bulk.data.contacts or []), *(bulk.data.contacts or [])[:2]]}
+            )
+        }
+    )
+    decision = accept_bulk_enroll(bulk)
+    assert isinstance(decision, Accepted)
+    [accepted] = decision.events
+    assert isinstance(accepted, BulkEnrollAccepted)
+    assert (accepted.data.batches, accepted.data.batch_size, accepted.data.contacts) == (3, 50, 120)
+    assert (accepted.causation_id, accepted.campaign_id, accepted.contact_id) == ("bulk-1", CAMPAIGN, "")
+    assert accepted.data.contact_import_id == "imp-1" and accepted.occurred_at == T0
+    again = accept_bulk_enroll(bulk)
+    assert isinstance(again, Accepted) and again.events[0].event_id == accepted.event_id  # redelivery
+
+
+def test_a_bulk_enroll_without_its_import_or_campaign_is_refused_as_a_whole() -> None:
+    refused = accept_bulk_enroll(_bulk(None, 50))
+    assert isinstance(refused, Rejection) and refused.code == "contact_import_not_found"
+    assert refused.details == {"contact_import_id": "imp-1"}
+    no_campaign = accept_bulk_enroll(_bulk(3, 50, campaign=None))
+    assert isinstance(no_campaign, Rejection) and no_campaign.code == "campaign_not_found"
+    other = accept_bulk_enroll(_bulk(3, 50, campaign=campaign(account_id="someone-else")))
+    assert isinstance(other, Rejection) and other.code == "campaign_not_found"
+    archived = accept_bulk_enroll(_bulk(3, 50, campaign=campaign(status="archived")))
+    assert isinstance(archived, Rejection) and archived.code == "campaign_archived"
+    assert fan_out_bulk_enroll(_bulk(None, 50)) == []
+
+
+def test_evolve_ignores_a_bulk_enroll_accepted_event() -> None:
+    decision = accept_bulk_enroll(_bulk(2, 50))
+    assert isinstance(decision, Accepted)
+    state = initial_state(ACCOUNT, CONTACT)
+    assert evolve(state, decision.events[0]) == state
 
 
 def test_bulk_enroll_fans_out_one_enroll_per_contact_in_batches_numbered_from_1() -> None:
@@ -172,6 +231,7 @@ def test_bulk_enroll_fans_out_one_enroll_per_contact_in_batches_numbered_from_1(
     assert [c.data.batch_number for c in children] == [1, 1, 2, 2, 3]
     assert [c.data.contact_id for c in children] == [f"c-{i}" for i in range(5)]
     assert all(c.data.source == "bulk_import" and c.data.contact_import_id == "imp-1" for c in children)
+    assert all(c.data.bulk_enroll_id == "bulk-1" for c in children)
     assert batch_count(_bulk(5, 2)) == 3 and batch_count(_bulk(27, 50)) == 1
 
 

@@ -43,6 +43,10 @@ class Topics:
         return f"{self.prefix}campaigns"
 
     @property
+    def contact_imports(self) -> str:
+        return f"{self.prefix}contact-imports"
+
+    @property
     def command_results(self) -> str:
         return f"{self.prefix}command-results"
 
@@ -68,6 +72,13 @@ class Topics:
             TopicSpec(self.aggregates, partitions, compacted, "latest aggregate snapshot per contact"),
             # One partition: every decider reads the whole campaign table, in order of its versions.
             TopicSpec(self.campaigns, 1, compacted, "campaign definitions, latest version per campaign"),
+            # One partition, like campaigns: every decider reads the whole table. One import is one record.
+            TopicSpec(
+                self.contact_imports,
+                1,
+                {**compacted, "max.message.bytes": str(8 * 1024 * 1024)},
+                "contact imports (contacts with their facts) that BulkEnroll names, latest per import",
+            ),
             TopicSpec(self.command_results, partitions, week, "one result per command"),
             TopicSpec(self.integration_events, partitions, week, "public events for webhook relays"),
             TopicSpec(

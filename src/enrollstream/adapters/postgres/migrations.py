@@ -13,6 +13,8 @@ import asyncpg
 # pg_advisory_lock key: any constant shared by every process that migrates this database.
 MIGRATION_LOCK_KEY = 0x656E726F6C6C  # "enroll"
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# The whole schema in one generated file, next to the migrations but not one of them (schema_dump.py).
+SCHEMA_FILE = "schema.sql"
 
 
 @dataclass(frozen=True, order=True)
@@ -42,6 +44,8 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
     directory = directory or projections_dir()
     found: list[Migration] = []
     for path in sorted(directory.glob("*.sql")):
+        if path.name == SCHEMA_FILE:
+            continue
         match = _FILE_NAME.match(path.name)
         if match is None:
             raise MigrationError(f"{path.name}: migration files are named NNNN_lower_snake.sql")

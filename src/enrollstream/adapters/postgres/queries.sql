@@ -26,31 +26,86 @@ select * from enrollments where enrollment_id = any($1::text[]);
 create temporary table enrollments_stage (like enrollments including defaults) on commit drop;
 
 -- name: merge_enrollments_stage
-insert into enrollments select * from enrollments_stage
-on conflict (enrollment_id) do update set
-    campaign_version = excluded.campaign_version,
-    contact_name = excluded.contact_name,
-    email = excluded.email,
-    mobile = excluded.mobile,
-    status = excluded.status,
-    stage = excluded.stage,
-    stop_reason = excluded.stop_reason,
-    outcome = excluded.outcome,
-    current_step = excluded.current_step,
-    total_steps = excluded.total_steps,
-    next_execution_at = excluded.next_execution_at,
-    batch_number = excluded.batch_number,
-    priority = excluded.priority,
-    sent_at = excluded.sent_at,
-    opened_at = excluded.opened_at,
-    replied_at = excluded.replied_at,
-    bounced_at = excluded.bounced_at,
-    bounce_reason = excluded.bounce_reason,
-    hours_to_reply = excluded.hours_to_reply,
-    completed_at = excluded.completed_at,
-    last_version = excluded.last_version,
-    updated_at = excluded.updated_at
- where enrollments.last_version < excluded.last_version;
+-- The staged rows into `enrollments` (only newer versions win), and the net status deltas of the rows
+-- actually written into `campaign_stats`, in one statement (see projections/0004 for why not a
+-- trigger). `before` reads the statement's snapshot: the old status of each staged row that exists.
+-- `written` is what the guarded upsert inserted or updated, with the new status. Sibling CTEs share
+-- the snapshot, so `before` never sees `written`'s effects.
+with before as (
+    select e.enrollment_id, e.account_id, e.campaign_id, e.status
+      from enrollments e
+      join enrollments_stage s using (enrollment_id)
+), written as (
+    insert into enrollments select * from enrollments_stage
+    on conflict (enrollment_id) do update set
+        campaign_version = excluded.campaign_version,
+        contact_name = excluded.contact_name,
+        email = excluded.email,
+        mobile = excluded.mobile,
+        status = excluded.status,
+        stage = excluded.stage,
+        stop_reason = excluded.stop_reason,
+        outcome = excluded.outcome,
+        current_step = excluded.current_step,
+        total_steps = excluded.total_steps,
+        next_execution_at = excluded.next_execution_at,
+        batch_number = excluded.batch_number,
+        priority = excluded.priority,
+        sent_at = excluded.sent_at,
+        opened_at = excluded.opened_at,
+        replied_at = excluded.replied_at,
+        bounced_at = excluded.bounced_at,
+        bounce_reason = excluded.bounce_reason,
+        hours_to_reply = excluded.hours_to_reply,
+        completed_at = excluded.completed_at,
+        last_version = excluded.last_version,
+        updated_at = excluded.updated_at,
+        bulk_enroll_id = excluded.bulk_enroll_id
+     where enrollments.last_version < excluded.last_version
+    returning enrollment_id, account_id, campaign_id, status
+), delta as (
+    select account_id, campaign_id, status, sum(d) as d
+      from (select account_id, campaign_id, status, 1 as d from written
+            union all
+            select b.account_id, b.campaign_id, b.status, -1 from before b join written w using (enrollment_id)) x
+     group by account_id, campaign_id, status
+    having sum(d) <> 0
+)
+insert into campaign_stats as s
+    (account_id, campaign_id, total, pending, queued, awaiting_trigger, active, processing, delivered, completed, stopped, failed, expired, handed_off, unenrolled)
+select account_id,
+       campaign_id,
+       sum(d),
+       coalesce(sum(d) filter (where status = 'pending'), 0),
+       coalesce(sum(d) filter (where status = 'queued'), 0),
+       coalesce(sum(d) filter (where status = 'awaiting_trigger'), 0),
+       coalesce(sum(d) filter (where status = 'active'), 0),
+       coalesce(sum(d) filter (where status = 'processing'), 0),
+       coalesce(sum(d) filter (where status = 'delivered'), 0),
+       coalesce(sum(d) filter (where status = 'completed'), 0),
+       coalesce(sum(d) filter (where status = 'stopped'), 0),
+       coalesce(sum(d) filter (where status = 'failed'), 0),
+       coalesce(sum(d) filter (where status = 'expired'), 0),
+       coalesce(sum(d) filter (where status = 'handed_off'), 0),
+       coalesce(sum(d) filter (where status = 'unenrolled'), 0)
+  from delta
+ group by account_id, campaign_id
+ -- one lock order for every batch: concurrent projectors touching the same campaigns cannot deadlock
+ order by account_id, campaign_id
+on conflict (account_id, campaign_id) do update set
+    total = s.total + excluded.total,
+    pending = s.pending + excluded.pending,
+    queued = s.queued + excluded.queued,
+    awaiting_trigger = s.awaiting_trigger + excluded.awaiting_trigger,
+    active = s.active + excluded.active,
+    processing = s.processing + excluded.processing,
+    delivered = s.delivered + excluded.delivered,
+    completed = s.completed + excluded.completed,
+    stopped = s.stopped + excluded.stopped,
+    failed = s.failed + excluded.failed,
+    expired = s.expired + excluded.expired,
+    handed_off = s.handed_off + excluded.handed_off,
+    unenrolled = s.unenrolled + excluded.unenrolled;
 
 -- name: insert_timeline
 insert into enrollment_timeline
@@ -62,10 +117,20 @@ on conflict (event_id) do nothing;
 -- name: insert_skips
 insert into enrollment_skips
     (event_id, account_id, contact_id, campaign_id, kind, reason, contact_name, email, batch_number,
-     contact_import_id, evidence, skipped_at)
+     contact_import_id, evidence, skipped_at, bulk_enroll_id)
 select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                     $8::text[], $9::int[], $10::text[], $11::jsonb[], $12::timestamptz[])
+                     $8::text[], $9::int[], $10::text[], $11::jsonb[], $12::timestamptz[], $13::text[])
 on conflict (event_id) do nothing;
+
+-- name: insert_bulk_enrollments
+-- From BulkEnrollAccepted events. A redelivered BulkEnroll repeats the event (same event id, same
+-- command id): the first row stays, so a summary never counts a request twice.
+insert into bulk_enrollments
+    (bulk_enroll_id, event_id, account_id, campaign_id, campaign_version, contact_import_id, contacts,
+     batches, batch_size, requested_by, requested_at)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[], $7::int[],
+                     $8::int[], $9::int[], $10::text[], $11::timestamptz[])
+on conflict do nothing;
 
 -- name: insert_replies
 insert into replies
@@ -74,3 +139,180 @@ insert into replies
 select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
                      $7::numeric[], $8::bool[], $9::text[], $10::text[], $11::text[])
 on conflict (event_id) do nothing;
+
+-- name: campaign_stats_mismatches
+-- For verifiers (chaos tests, operators): every (account, campaign) whose counters in `campaign_stats`
+-- differ from counting `enrollments`, with both sides as JSON. No rows: the cards are right. A missing
+-- stats row and a row of zeros both mean "no enrollments". Counts the whole table: not for a page.
+with counted as (
+    select account_id,
+           campaign_id,
+           count(*) as total,
+           count(*) filter (where status = 'pending') as pending,
+           count(*) filter (where status = 'queued') as queued,
+           count(*) filter (where status = 'awaiting_trigger') as awaiting_trigger,
+           count(*) filter (where status = 'active') as active,
+           count(*) filter (where status = 'processing') as processing,
+           count(*) filter (where status = 'delivered') as delivered,
+           count(*) filter (where status = 'completed') as completed,
+           count(*) filter (where status = 'stopped') as stopped,
+           count(*) filter (where status = 'failed') as failed,
+           count(*) filter (where status = 'expired') as expired,
+           count(*) filter (where status = 'handed_off') as handed_off,
+           count(*) filter (where status = 'unenrolled') as unenrolled
+      from enrollments
+     group by account_id, campaign_id
+), stored as (
+    select * from campaign_stats where total <> 0 or (pending <> 0 or queued <> 0 or awaiting_trigger <> 0 or active <> 0 or processing <> 0 or delivered <> 0 or completed <> 0 or stopped <> 0 or failed <> 0 or expired <> 0 or handed_off <> 0 or unenrolled <> 0)
+)
+select coalesce(s.account_id, c.account_id) as account_id,
+       coalesce(s.campaign_id, c.campaign_id) as campaign_id,
+       to_jsonb(s) - 'account_id' - 'campaign_id' as stored,
+       to_jsonb(c) - 'account_id' - 'campaign_id' as counted
+  from stored s
+  full join counted c using (account_id, campaign_id)
+ where (s.total, s.pending, s.queued, s.awaiting_trigger, s.active, s.processing, s.delivered, s.completed, s.stopped, s.failed, s.expired, s.handed_off, s.unenrolled)
+       is distinct from
+       (c.total, c.pending, c.queued, c.awaiting_trigger, c.active, c.processing, c.delivered, c.completed, c.stopped, c.failed, c.expired, c.handed_off, c.unenrolled)
+ order by 1, 2;
+
+-- name: bulk_enroll_summary
+-- Seed 001's bulk enroll answer for one BulkEnroll (by its command id), as far as it is projected.
+select * from bulk_enroll_summaries where account_id = $1 and bulk_enroll_id = $2;
+
+-- name: force_custom_plans
+-- For the page queries below: their optional filters (`$n is null or ...`) need plans made for the
+-- values at hand. A cached generic plan would keep the `or` and could not use the filter's index.
+-- Transaction-local; the wrappers in read_side.py run it first.
+select set_config('plan_cache_mode', 'force_custom_plan', true);
+
+-- name: enrollments_page
+-- The Enrollments page (seed 000 / seed 001 GET .../enrollments): one campaign, filtered by status
+-- (any of $3), batch number ($4), current step ($5) and contact name ($6: case-insensitive substring;
+-- % and _ match themselves), in stable order (enrolled_at, enrollment_id), from after the keyset
+-- cursor ($7, $8) (null: the first page), at most $9 rows. Keyset rather than OFFSET: page 5,000 costs
+-- what page 1 costs, and rows moving between pages cannot repeat or vanish.
+-- Indexes (0002, 0006): enrollments_campaign_page, enrollments_campaign_status_page,
+-- enrollments_campaign_batch_page, enrollments_contact_name_trgm.
+select enrollment_id, contact_id, contact_name, email, mobile, status, stage, stop_reason, outcome,
+       current_step, total_steps, step_label, next_execution_at, next_execution_indicator, enrolled_at,
+       batch_number, priority, sent_at, opened_at, replied_at, bounced_at, bounce_reason, hours_to_reply
+  from enrollment_table
+ where account_id = $1
+   and campaign_id = $2
+   and ($3::text[] is null or status = any($3::text[]))
+   and ($4::int is null or batch_number = $4::int)
+   and ($5::int is null or current_step = $5::int)
+   and ($6::text is null
+        or contact_name ilike '%' || replace(replace(replace($6::text, '\', '\\'), '%', '\%'), '_', '\_') || '%')
+   and ($7::timestamptz is null or (enrolled_at, enrollment_id) > ($7::timestamptz, $8::text))
+ order by enrolled_at, enrollment_id
+ limit $9;
+
+-- name: campaign_replies
+-- Seed 001 GET /campaigns/:id/replies?limit=100: newest first, with hours_to_reply (from the first
+-- delivery) and who replied. Index: replies_campaign (0003), read backwards.
+select r.event_id, r.enrollment_id, r.contact_id, e.contact_name, e.email, r.replied_at, r.hours_to_reply,
+       r.first_reply, r.reply_action, r.inbound_message_id, r.excerpt
+  from replies r
+  left join enrollments e on e.enrollment_id = r.enrollment_id
+ where r.account_id = $1 and r.campaign_id = $2
+ order by r.replied_at desc, r.event_id desc
+ limit $3;
+
+-- name: campaign_skips
+-- Seed 001 GET /campaigns/:id/skips?kind=mx_invalid&limit=100 ($3 null: every kind), oldest first.
+-- Index: enrollment_skips_campaign_kind (0003).
+select event_id, contact_id, contact_name, email, kind, reason, evidence, batch_number, contact_import_id,
+       bulk_enroll_id, skipped_at
+  from enrollment_skips
+ where account_id = $1 and campaign_id = $2 and ($3::text is null or kind = $3::text)
+ order by skipped_at, event_id
+ limit $4;
+
+-- name: schema_catalog
+-- The schema as the catalogs see it, one (kind, name, definition) row per object of the current schema
+-- (the first on the search path), without the migration runner's own table: what `schema_dump` and the
+-- schema-equals-migrations test compare. Columns in order with type, nullability and default; every
+-- constraint, index, view, function, trigger, sequence and extension with its definition.
+with ns as (select oid from pg_namespace where nspname = current_schema()),
+rels as (
+    select c.oid, c.relname, c.relkind
+      from pg_class c
+     where c.relnamespace = (select oid from ns) and c.relname <> 'schema_migrations'
+)
+select kind, name, definition from (
+    select 'column' as kind,
+           r.relname || '.' || lpad(row_number() over (partition by r.oid order by a.attnum)::text, 3, '0')
+               || '.' || a.attname as name,
+           format_type(a.atttypid, a.atttypmod)
+               || case when a.attnotnull then ' not null' else ' null' end
+               || coalesce(' default ' || pg_get_expr(d.adbin, d.adrelid), '')
+               || case when a.attgenerated <> '' then ' generated ' || a.attgenerated::text else '' end
+               || case when a.attidentity <> '' then ' identity ' || a.attidentity::text else '' end
+               as definition
+      from rels r
+      join pg_attribute a on a.attrelid = r.oid and a.attnum > 0 and not a.attisdropped
+      left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+     where r.relkind in ('r', 'p', 'v', 'm', 'f')
+    union all
+    select 'relation', r.relname, r.relkind::text from rels r where r.relkind <> 'i'
+    union all
+    select 'constraint', r.relname || '.' || con.conname, pg_get_constraintdef(con.oid)
+      from pg_constraint con join rels r on r.oid = con.conrelid
+    union all
+    select 'index', i.indexname, i.indexdef
+      from pg_indexes i where i.schemaname = current_schema() and i.tablename <> 'schema_migrations'
+    union all
+    select 'view', r.relname, pg_get_viewdef(r.oid) from rels r where r.relkind in ('v', 'm')
+    union all
+    select 'function', p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+           pg_get_functiondef(p.oid)
+      from pg_proc p
+     where p.pronamespace = (select oid from ns)
+       and not exists (select 1 from pg_depend dep where dep.objid = p.oid and dep.deptype = 'e')
+    union all
+    select 'trigger', r.relname || '.' || t.tgname, pg_get_triggerdef(t.oid)
+      from pg_trigger t join rels r on r.oid = t.tgrelid where not t.tgisinternal
+    union all
+    select 'extension', x.extname, n.nspname
+      from pg_extension x join pg_namespace n on n.oid = x.extnamespace where x.extname <> 'plpgsql'
+) catalog
+order by kind, name;
+
+-- name: lock_campaign_stats
+-- Before a recount: no projector batch may add deltas between the delete and the insert (they wait on
+-- this lock, then add their deltas to the recounted rows). Transaction-scoped.
+lock table campaign_stats in share row exclusive mode;
+
+-- name: clear_campaign_stats
+delete from campaign_stats;
+
+-- name: recount_campaign_stats
+-- Repair: recount every counter from `enrollments` (after `campaign_stats_mismatches` found drift, e.g.
+-- rows written behind the projector's back, or an old projector still running during a deploy of 0004).
+-- Run after lock_campaign_stats and clear_campaign_stats, in the same transaction (an insert cannot see
+-- a delete of the same statement); returns the number of campaigns recounted.
+with recounted as (
+    insert into campaign_stats
+        (account_id, campaign_id, total, pending, queued, awaiting_trigger, active, processing, delivered, completed, stopped, failed, expired, handed_off, unenrolled)
+    select account_id,
+           campaign_id,
+           count(*),
+           count(*) filter (where status = 'pending'),
+       count(*) filter (where status = 'queued'),
+       count(*) filter (where status = 'awaiting_trigger'),
+       count(*) filter (where status = 'active'),
+       count(*) filter (where status = 'processing'),
+       count(*) filter (where status = 'delivered'),
+       count(*) filter (where status = 'completed'),
+       count(*) filter (where status = 'stopped'),
+       count(*) filter (where status = 'failed'),
+       count(*) filter (where status = 'expired'),
+       count(*) filter (where status = 'handed_off'),
+       count(*) filter (where status = 'unenrolled')
+      from enrollments
+     group by account_id, campaign_id
+    returning 1
+)
+select count(*) from recounted;

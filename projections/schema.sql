@@ -1,0 +1,409 @@
+-- enrollstream read models: the whole schema as migrations 0001..0006 build it. GENERATED: do not edit.
+-- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
+-- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
+-- Change the schema with a new migration in this directory, never here.
+
+--
+-- PostgreSQL database dump
+--
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET transaction_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+--
+-- Name: pg_trgm; Type: EXTENSION; Schema: -; Owner: -
+--
+
+CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: bulk_enrollments; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.bulk_enrollments (
+    bulk_enroll_id text NOT NULL,
+    event_id text NOT NULL,
+    account_id text NOT NULL,
+    campaign_id text NOT NULL,
+    campaign_version integer NOT NULL,
+    contact_import_id text NOT NULL,
+    contacts integer NOT NULL,
+    batches integer NOT NULL,
+    batch_size integer NOT NULL,
+    requested_by text DEFAULT ''::text NOT NULL,
+    requested_at timestamp with time zone NOT NULL
+);
+
+--
+-- Name: enrollment_skips; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.enrollment_skips (
+    event_id text NOT NULL,
+    account_id text NOT NULL,
+    contact_id text NOT NULL,
+    campaign_id text NOT NULL,
+    kind text NOT NULL,
+    reason text NOT NULL,
+    contact_name text,
+    email text,
+    batch_number integer DEFAULT 0 NOT NULL,
+    contact_import_id text,
+    evidence jsonb DEFAULT '{}'::jsonb NOT NULL,
+    skipped_at timestamp with time zone NOT NULL,
+    bulk_enroll_id text
+);
+
+--
+-- Name: enrollments; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.enrollments (
+    enrollment_id text NOT NULL,
+    account_id text NOT NULL,
+    contact_id text NOT NULL,
+    campaign_id text NOT NULL,
+    campaign_version integer,
+    contact_name text,
+    email text,
+    mobile text,
+    status text NOT NULL,
+    stage text DEFAULT 'pending'::text NOT NULL,
+    stop_reason text,
+    outcome text,
+    current_step integer,
+    total_steps integer,
+    next_execution_at timestamp with time zone,
+    enrolled_at timestamp with time zone NOT NULL,
+    batch_number integer DEFAULT 0 NOT NULL,
+    priority boolean DEFAULT false NOT NULL,
+    sent_at timestamp with time zone,
+    opened_at timestamp with time zone,
+    replied_at timestamp with time zone,
+    bounced_at timestamp with time zone,
+    bounce_reason text,
+    hours_to_reply numeric(10,2),
+    completed_at timestamp with time zone,
+    last_version bigint NOT NULL,
+    updated_at timestamp with time zone NOT NULL,
+    bulk_enroll_id text
+);
+
+--
+-- Name: bulk_enroll_summaries; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.bulk_enroll_summaries AS
+ SELECT b.bulk_enroll_id,
+    b.account_id,
+    b.campaign_id,
+    b.contact_import_id,
+    b.contacts,
+    b.batches,
+    b.batch_size,
+    b.requested_by,
+    b.requested_at,
+    COALESCE(e.enrolled, (0)::bigint) AS enrolled,
+    COALESCE(s.skipped, (0)::bigint) AS skipped,
+    COALESCE(s.skipped_list, '[]'::jsonb) AS skipped_list,
+    ((b.contacts - COALESCE(e.enrolled, (0)::bigint)) - COALESCE(s.skipped, (0)::bigint)) AS pending,
+    (((b.contacts - COALESCE(e.enrolled, (0)::bigint)) - COALESCE(s.skipped, (0)::bigint)) <= 0) AS complete
+   FROM ((public.bulk_enrollments b
+     LEFT JOIN LATERAL ( SELECT count(*) AS enrolled
+           FROM public.enrollments
+          WHERE (enrollments.bulk_enroll_id = b.bulk_enroll_id)) e ON (true))
+     LEFT JOIN LATERAL ( SELECT count(*) AS skipped,
+            jsonb_agg(jsonb_build_object('contact_id', enrollment_skips.contact_id, 'email', enrollment_skips.email, 'reason', enrollment_skips.reason, 'kind', enrollment_skips.kind) ORDER BY enrollment_skips.batch_number, enrollment_skips.skipped_at, enrollment_skips.contact_id) AS skipped_list
+           FROM public.enrollment_skips
+          WHERE (enrollment_skips.bulk_enroll_id = b.bulk_enroll_id)) s ON (true));
+
+--
+-- Name: campaign_stats; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.campaign_stats (
+    account_id text NOT NULL,
+    campaign_id text NOT NULL,
+    total bigint DEFAULT 0 NOT NULL,
+    pending bigint DEFAULT 0 NOT NULL,
+    queued bigint DEFAULT 0 NOT NULL,
+    awaiting_trigger bigint DEFAULT 0 NOT NULL,
+    active bigint DEFAULT 0 NOT NULL,
+    processing bigint DEFAULT 0 NOT NULL,
+    delivered bigint DEFAULT 0 NOT NULL,
+    completed bigint DEFAULT 0 NOT NULL,
+    stopped bigint DEFAULT 0 NOT NULL,
+    failed bigint DEFAULT 0 NOT NULL,
+    expired bigint DEFAULT 0 NOT NULL,
+    handed_off bigint DEFAULT 0 NOT NULL,
+    unenrolled bigint DEFAULT 0 NOT NULL
+);
+
+--
+-- Name: campaign_stats_cards; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.campaign_stats_cards AS
+ SELECT account_id,
+    campaign_id,
+    total,
+    (pending + active) AS active,
+    processing,
+    (completed + delivered) AS completed,
+    stopped,
+    failed,
+    queued,
+    awaiting_trigger,
+    expired,
+    handed_off,
+    unenrolled
+   FROM public.campaign_stats;
+
+--
+-- Name: enrollment_table; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.enrollment_table AS
+ SELECT enrollment_id,
+    account_id,
+    contact_id,
+    campaign_id,
+    campaign_version,
+    contact_name,
+    email,
+    mobile,
+    status,
+    stage,
+    stop_reason,
+    outcome,
+    current_step,
+    total_steps,
+    next_execution_at,
+    enrolled_at,
+    batch_number,
+    priority,
+    sent_at,
+    opened_at,
+    replied_at,
+    bounced_at,
+    bounce_reason,
+    hours_to_reply,
+    completed_at,
+    last_version,
+    updated_at,
+        CASE
+            WHEN ((current_step IS NOT NULL) AND (total_steps IS NOT NULL)) THEN ((('Step '::text || current_step) || ' of '::text) || total_steps)
+            ELSE NULL::text
+        END AS step_label,
+        CASE
+            WHEN (next_execution_at IS NULL) THEN NULL::text
+            WHEN (next_execution_at < now()) THEN 'Overdue'::text
+            WHEN (next_execution_at <= (now() + '01:00:00'::interval)) THEN 'Coming soon'::text
+            ELSE 'Waiting'::text
+        END AS next_execution_indicator
+   FROM public.enrollments e;
+
+--
+-- Name: enrollment_timeline; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.enrollment_timeline (
+    event_id text NOT NULL,
+    account_id text NOT NULL,
+    contact_id text NOT NULL,
+    campaign_id text,
+    enrollment_id text,
+    version bigint NOT NULL,
+    type text NOT NULL,
+    occurred_at timestamp with time zone NOT NULL,
+    causation_id text NOT NULL,
+    data jsonb NOT NULL
+);
+
+--
+-- Name: projection_checkpoints; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.projection_checkpoints (
+    projection text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT projection_checkpoints_next_offset_check CHECK ((next_offset >= 0))
+);
+
+--
+-- Name: replies; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.replies (
+    event_id text NOT NULL,
+    account_id text NOT NULL,
+    contact_id text NOT NULL,
+    campaign_id text NOT NULL,
+    enrollment_id text NOT NULL,
+    replied_at timestamp with time zone NOT NULL,
+    hours_to_reply numeric(10,2),
+    first_reply boolean NOT NULL,
+    reply_action text NOT NULL,
+    inbound_message_id text,
+    excerpt text DEFAULT ''::text NOT NULL
+);
+
+--
+-- Name: bulk_enrollments bulk_enrollments_event_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.bulk_enrollments
+    ADD CONSTRAINT bulk_enrollments_event_id_key UNIQUE (event_id);
+
+--
+-- Name: bulk_enrollments bulk_enrollments_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.bulk_enrollments
+    ADD CONSTRAINT bulk_enrollments_pkey PRIMARY KEY (bulk_enroll_id);
+
+--
+-- Name: campaign_stats campaign_stats_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.campaign_stats
+    ADD CONSTRAINT campaign_stats_pkey PRIMARY KEY (account_id, campaign_id);
+
+--
+-- Name: enrollment_skips enrollment_skips_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.enrollment_skips
+    ADD CONSTRAINT enrollment_skips_pkey PRIMARY KEY (event_id);
+
+--
+-- Name: enrollment_timeline enrollment_timeline_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.enrollment_timeline
+    ADD CONSTRAINT enrollment_timeline_pkey PRIMARY KEY (event_id);
+
+--
+-- Name: enrollments enrollments_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.enrollments
+    ADD CONSTRAINT enrollments_pkey PRIMARY KEY (enrollment_id);
+
+--
+-- Name: projection_checkpoints projection_checkpoints_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.projection_checkpoints
+    ADD CONSTRAINT projection_checkpoints_pkey PRIMARY KEY (projection, topic, partition);
+
+--
+-- Name: replies replies_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.replies
+    ADD CONSTRAINT replies_pkey PRIMARY KEY (event_id);
+
+--
+-- Name: bulk_enrollments_campaign; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX bulk_enrollments_campaign ON public.bulk_enrollments USING btree (campaign_id, requested_at);
+
+--
+-- Name: bulk_enrollments_import; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX bulk_enrollments_import ON public.bulk_enrollments USING btree (account_id, contact_import_id);
+
+--
+-- Name: campaign_stats_campaign; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX campaign_stats_campaign ON public.campaign_stats USING btree (campaign_id);
+
+--
+-- Name: enrollment_skips_bulk_enroll; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX enrollment_skips_bulk_enroll ON public.enrollment_skips USING btree (bulk_enroll_id) WHERE (bulk_enroll_id IS NOT NULL);
+
+--
+-- Name: enrollment_skips_campaign_kind; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX enrollment_skips_campaign_kind ON public.enrollment_skips USING btree (campaign_id, kind, skipped_at);
+
+--
+-- Name: enrollment_timeline_contact; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX enrollment_timeline_contact ON public.enrollment_timeline USING btree (account_id, contact_id, version);
+
+--
+-- Name: enrollment_timeline_enrollment; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX enrollment_timeline_enrollment ON public.enrollment_timeline USING btree (enrollment_id, version);
+
+--
+-- Name: enrollments_bulk_enroll; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX enrollments_bulk_enroll ON public.enrollments USING btree (bulk_enroll_id) WHERE (bulk_enroll_id IS NOT NULL);
+
+--
+-- Name: enrollments_campaign_batch_page; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX enrollments_campaign_batch_page ON public.enrollments USING btree (campaign_id, batch_number, enrolled_at, enrollment_id);
+
+--
+-- Name: enrollments_campaign_page; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX enrollments_campaign_page ON public.enrollments USING btree (campaign_id, enrolled_at, enrollment_id);
+
+--
+-- Name: enrollments_campaign_status_page; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX enrollments_campaign_status_page ON public.enrollments USING btree (campaign_id, status, enrolled_at, enrollment_id);
+
+--
+-- Name: enrollments_contact; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX enrollments_contact ON public.enrollments USING btree (account_id, contact_id);
+
+--
+-- Name: enrollments_contact_name_trgm; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX enrollments_contact_name_trgm ON public.enrollments USING gin (contact_name public.gin_trgm_ops);
+
+--
+-- Name: replies_campaign; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX replies_campaign ON public.replies USING btree (campaign_id, replied_at);
+
+--
+-- PostgreSQL database dump complete
+--

@@ -1,0 +1,171 @@
+"""Typed wrappers over the read side's named queries (`queries.sql`): what the pages and verifiers call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from enrollstream.adapters.postgres.queries import query
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class StatsMismatch:
+    account_id: str
+    campaign_id: str
+    stored: dict[str, int]  # the campaign_stats row ({} when there is none)
+    counted: dict[str, int]  # counting enrollments ({} when the campaign has none)
+
+
+async def campaign_stats_mismatches(conn: asyncpg.Connection) -> list[StatsMismatch]:
+    """Every campaign whose counters disagree with counting `enrollments`; [] when the cards are right."""
+    return [
+        StatsMismatch(
+            account_id=row["account_id"],
+            campaign_id=row["campaign_id"],
+            stored=_json(row["stored"]) or {},
+            counted=_json(row["counted"]) or {},
+        )
+        for row in await conn.fetch(query("campaign_stats_mismatches"))
+    ]
+
+
+async def recount_campaign_stats(conn: asyncpg.Connection) -> int:
+    """Rebuild every counter from `enrollments` under a lock; returns how many campaigns it counted."""
+    async with conn.transaction():
+        await conn.execute(query("lock_campaign_stats"))
+        await conn.execute(query("clear_campaign_stats"))
+        return int(await conn.fetchval(query("recount_campaign_stats")))
+
+
+@dataclass(frozen=True)
+class SkippedContact:
+    contact_id: str
+    email: str | None
+    reason: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class BulkEnrollSummary:
+    """Seed 001's `{enrolled, batches, batch_size, skipped: [...]}`, plus where the request stands."""
+
+    bulk_enroll_id: str
+    account_id: str
+    campaign_id: str
+    contact_import_id: str
+    contacts: int
+    batches: int
+    batch_size: int
+    requested_at: datetime
+    enrolled: int
+    skipped: list[SkippedContact]
+    pending: int  # children not decided or not projected yet (or refused: see their command results)
+    complete: bool
+
+
+async def bulk_enroll_summary(
+    conn: asyncpg.Connection, account_id: str, bulk_enroll_id: str
+) -> BulkEnrollSummary | None:
+    """None until the BulkEnroll's acceptance is projected (or when it was refused)."""
+    row = await conn.fetchrow(query("bulk_enroll_summary"), account_id, bulk_enroll_id)
+    if row is None:
+        return None
+    return BulkEnrollSummary(
+        bulk_enroll_id=row["bulk_enroll_id"],
+        account_id=row["account_id"],
+        campaign_id=row["campaign_id"],
+        contact_import_id=row["contact_import_id"],
+        contacts=row["contacts"],
+        batches=row["batches"],
+        batch_size=row["batch_size"],
+        requested_at=row["requested_at"],
+        enrolled=row["enrolled"],
+        skipped=[SkippedContact(**item) for item in _json(row["skipped_list"])],
+        pending=row["pending"],
+        complete=row["complete"],
+    )
+
+
+# --- the pages ----------------------------------------------------------------------------------------
+
+PAGE_SIZE = 20  # seed 000: 20 contacts per page
+
+
+@dataclass(frozen=True)
+class EnrollmentFilter:
+    """The Enrollments page's filters; None means "any"."""
+
+    statuses: Sequence[str] | None = None  # e.g. ("pending", "active") for the Active card
+    batch_number: int | None = None
+    current_step: int | None = None  # 1-based, as "Step 2 of 5" shows it
+    name: str | None = None  # case-insensitive substring of the contact name
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """Where the next page starts: the last row's place in the page order."""
+
+    enrolled_at: datetime
+    enrollment_id: str
+
+
+@dataclass(frozen=True)
+class EnrollmentPage:
+    rows: list[dict[str, Any]]
+    next: PageCursor | None  # None: this was the last page
+
+
+async def enrollments_page(
+    conn: asyncpg.Connection,
+    account_id: str,
+    campaign_id: str,
+    where: EnrollmentFilter | None = None,
+    after: PageCursor | None = None,
+    limit: int = PAGE_SIZE,
+) -> EnrollmentPage:
+    """One page of a campaign's enrollments in (enrolled_at, enrollment_id) order, after `after`."""
+    where = where or EnrollmentFilter()
+    async with conn.transaction():
+        await conn.execute(query("force_custom_plans"))
+        records = await conn.fetch(
+            query("enrollments_page"),
+            account_id,
+            campaign_id,
+            None if where.statuses is None else list(where.statuses),
+            where.batch_number,
+            where.current_step,
+            where.name,
+            after.enrolled_at if after else None,
+            after.enrollment_id if after else None,
+            limit + 1,  # one more than asked: is there a next page?
+        )
+    rows = [dict(r) for r in records[:limit]]
+    more = len(records) > limit
+    cursor = PageCursor(rows[-1]["enrolled_at"], rows[-1]["enrollment_id"]) if more and rows else None
+    return EnrollmentPage(rows, cursor)
+
+
+async def campaign_replies(
+    conn: asyncpg.Connection, account_id: str, campaign_id: str, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Seed 001 `/replies`: newest first, each with hours_to_reply."""
+    return [dict(r) for r in await conn.fetch(query("campaign_replies"), account_id, campaign_id, limit)]
+
+
+async def campaign_skips(
+    conn: asyncpg.Connection, account_id: str, campaign_id: str, kind: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """Seed 001 `/skips?kind=...`: oldest first; every kind when `kind` is None."""
+    async with conn.transaction():
+        await conn.execute(query("force_custom_plans"))
+        records = await conn.fetch(query("campaign_skips"), account_id, campaign_id, kind, limit)
+    return [{**dict(r), "evidence": _json(r["evidence"])} for r in records]
