@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -15,22 +14,22 @@ from tests.servers.dns import SOA_TTL, LocalDnsServer
 
 
 @pytest.fixture
-def dns_server() -> Iterator[LocalDnsServer]:
-    with LocalDnsServer() as server:
-        server.add("mail.test", "MX", "10 mx1.mail.test.", ttl=600)
-        server.add("mail.test", "MX", "20 mx2.mail.test.", ttl=600)
-        server.add("mail.test", "A", "192.0.2.10")
-        server.add("a-only.test", "A", "192.0.2.1")
-        server.add("nullmx.test", "MX", "0 .")
-        server.add("short.test", "MX", "10 mx.short.test.", ttl=30)
-        server.servfail("broken.test")
-        server.drop("silent.test")
-        yield server
+def dns_server(dns_server: LocalDnsServer) -> LocalDnsServer:
+    """The shared fixture's server, with this module's zone."""
+    dns_server.add("mail.test", "MX", "10 mx1.mail.test.", ttl=600)
+    dns_server.add("mail.test", "MX", "20 mx2.mail.test.", ttl=600)
+    dns_server.add("mail.test", "A", "192.0.2.10")
+    dns_server.add("a-only.test", "A", "192.0.2.1")
+    dns_server.add("nullmx.test", "MX", "0 .")
+    dns_server.add("short.test", "MX", "10 mx.short.test.", ttl=30)
+    dns_server.servfail("broken.test")
+    dns_server.drop("silent.test")
+    return dns_server
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock(manual_clock: ManualClock) -> ManualClock:
+    return manual_clock
 
 
 def verifier(server: LocalDnsServer, clock: ManualClock, timeout: float = 2.0) -> MxVerifier:
