@@ -16,6 +16,7 @@ import asyncio
 import email
 import email.policy
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -23,7 +24,7 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 
 class Behaviour(StrEnum):
@@ -31,6 +32,7 @@ class Behaviour(StrEnum):
     REJECT_RCPT = "reject_rcpt"  # 550 5.1.1 at RCPT
     DEFER_RCPT = "defer_rcpt"  # 451 4.3.0 at RCPT
     DROP_AT_RCPT = "drop_at_rcpt"  # close the connection instead of answering RCPT
+    DROP_AT_DATA = "drop_at_data"  # close the connection on the DATA command, before the 354
     REJECT_DATA = "reject_data"  # 554 5.7.1 after the content (recorded)
     DEFER_DATA = "defer_data"  # 451 4.3.0 after the content (recorded)
     DROP_AFTER_DATA = "drop_after_data"  # read the whole content (recorded), then drop without a reply
@@ -91,10 +93,28 @@ class _Handler:
         return f"250 2.0.0 Ok: queued as TEST{self.server.queued:05d}"
 
 
+class _RecordingSMTP(SMTP):  # type: ignore[misc]
+    def __init__(self, recorder: RecordingSmtpServer, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._recorder = recorder
+
+    async def smtp_DATA(self, arg: str) -> None:
+        rcpts = self.envelope.rcpt_tos if self.envelope is not None else []
+        if any(self._recorder.behaviour_for(r) is Behaviour.DROP_AT_DATA for r in rcpts):
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        await super().smtp_DATA(arg)
+
+
 class RecordingSmtpServer:
+    """`tls=(certfile, keyfile)`: offer and require STARTTLS. `credentials`: require AUTH PLAIN/LOGIN."""
+
     host = "127.0.0.1"
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[str, str] | None = None, credentials: dict[str, str] | None = None) -> None:
+        self._tls = tls
+        self._credentials = credentials
         self._lock = threading.Lock()
         self._behaviours: dict[str, Behaviour] = {}
         self._messages: list[ReceivedMessage] = []
@@ -141,11 +161,36 @@ class RecordingSmtpServer:
 
     async def _serve(self, sock: socket.socket) -> asyncio.Server:
         handler = _Handler(self)
+        options: dict[str, Any] = {}
+        if self._tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*self._tls)
+            options.update(tls_context=context, require_starttls=True)
+        if self._credentials is not None:
+            options.update(authenticator=self._authenticate, auth_required=True)
+            options.update(auth_require_tls=self._tls is not None)
 
         def factory() -> Any:
-            return SMTP(handler, hostname="mx.recording.test", ident="RecordingSmtpServer", timeout=30)
+            return _RecordingSMTP(
+                self,
+                handler,
+                hostname="mx.recording.test",
+                ident="RecordingSmtpServer",
+                timeout=30,
+                **options,
+            )
 
         return await asyncio.get_running_loop().create_server(factory, sock=sock)
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        assert self._credentials is not None
+        if isinstance(auth_data, LoginPassword):
+            login, password = auth_data.login.decode(), auth_data.password.decode()
+            if self._credentials.get(login) == password:
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
 
     async def _shutdown(self) -> None:
         self.released.set()

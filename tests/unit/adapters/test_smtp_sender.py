@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
+import ssl
 import time
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -110,6 +112,40 @@ async def test_a_drop_before_the_content_is_temporary(smtp_server: RecordingSmtp
     assert result.outcome is SendOutcome.TEMPORARY
     assert result.detail.startswith("rcpt:")
     assert smtp_server.messages == []
+
+
+async def test_a_drop_on_the_data_command_before_354_is_temporary(smtp_server: RecordingSmtpServer) -> None:
+    """The last moment before the content is handed over: still safe to retry."""
+    smtp_server.behave("edge@example.org", Behaviour.DROP_AT_DATA)
+    result = await sender_for(smtp_server).send(message("edge@example.org"))
+    assert result.outcome is SendOutcome.TEMPORARY
+    assert result.detail.startswith("data:")
+    assert smtp_server.messages == []
+
+
+async def test_starttls_and_auth_with_the_right_credentials_send(localhost_cert: tuple[str, str]) -> None:
+    with RecordingSmtpServer(tls=localhost_cert, credentials={"mailer": "s3cret"}) as server:
+        good = SmtpConfig(
+            host=server.host,
+            port=server.port,
+            starttls=True,
+            username="mailer",
+            password="s3cret",
+            tls_context=ssl.create_default_context(cafile=localhost_cert[0]),
+            timeout=5,
+        )
+        assert (await SmtpSender(good).send(message("ada@example.org"))).outcome is SendOutcome.SENT
+        wrong = dataclasses.replace(good, password="guess")
+        result = await SmtpSender(wrong).send(message("ada@example.org"))
+        assert result.outcome is SendOutcome.ERROR  # our credentials, not the contact's address
+        assert result.detail.startswith("auth:") and result.code == 535
+        anonymous = dataclasses.replace(good, username=None, password=None)
+        result = await SmtpSender(anonymous).send(message("ada@example.org"))
+        assert (result.outcome, result.code) == (SendOutcome.ERROR, 530)  # auth required at MAIL
+        untrusted = dataclasses.replace(good, tls_context=ssl.create_default_context())
+        result = await SmtpSender(untrusted).send(message("ada@example.org"))
+        assert result.outcome is SendOutcome.ERROR and result.detail.startswith("starttls:")
+        assert len(server.messages) == 1
 
 
 async def test_a_refused_connection_is_temporary() -> None:
