@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,8 @@ def localhost_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
     Clients trust it with `ssl.create_default_context(cafile=certfile)`.
     """
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
     folder: Path = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(

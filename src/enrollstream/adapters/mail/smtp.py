@@ -163,6 +163,7 @@ class SmtpSender:
                 return SendResult(SendOutcome.TEMPORARY, f"connect: {exc.code} {exc.message}", exc.code)
             return _classify(exc.code, exc.message, phase)
         except (SMTPServerDisconnected, SMTPTimeoutError, SMTPException, OSError) as exc:
+            smtp.close()  # after a timeout the dialogue is out of step: no QUIT, just hang up
             kind = "timeout" if isinstance(exc, TimeoutError) else "connection lost"
             detail = f"{phase}: {kind}: {exc}"
             if handed_over:
