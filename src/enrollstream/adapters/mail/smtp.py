@@ -30,7 +30,6 @@ from email.utils import getaddresses
 
 import aiosmtplib
 from aiosmtplib import (
-    SMTPAuthenticationError,
     SMTPException,
     SMTPNotSupported,
     SMTPResponseException,
@@ -132,7 +131,13 @@ class SmtpSender:
                     return SendResult(SendOutcome.ERROR, f"starttls: {exc}")  # never send in the clear
             if self.config.username is not None and self.config.password is not None:
                 phase = "auth"
-                await smtp.login(self.config.username, self.config.password)
+                try:
+                    await smtp.login(self.config.username, self.config.password)
+                except (SMTPServerDisconnected, SMTPTimeoutError):
+                    raise
+                except SMTPException as exc:  # refused, or no mechanism in common: our configuration
+                    code = exc.code if isinstance(exc, SMTPResponseException) else None
+                    return SendResult(SendOutcome.ERROR, f"auth: {exc}", code)
             phase = "mail"
             await smtp.mail(sender)
             phase = "rcpt"
@@ -154,8 +159,6 @@ class SmtpSender:
                     SendOutcome.SENT, f"{reply.code} {reply.message}", reply.code, reply.message
                 )
             return _classify(reply.code, reply.message, phase)
-        except SMTPAuthenticationError as exc:
-            return SendResult(SendOutcome.ERROR, f"auth: {exc.code} {exc.message}", exc.code)
         except SMTPNotSupported as exc:
             return SendResult(SendOutcome.ERROR, f"{phase}: {exc}")
         except SMTPResponseException as exc:
@@ -169,6 +172,9 @@ class SmtpSender:
             if handed_over:
                 return SendResult(SendOutcome.UNKNOWN, f"{detail} (after the content was handed over)")
             return SendResult(SendOutcome.TEMPORARY, detail)
+        except BaseException:  # cancelled: the ledger, not this call, knows whether content went out
+            smtp.close()
+            raise
         finally:
             await self._close(smtp)
 
