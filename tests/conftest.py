@@ -22,6 +22,9 @@ from enrollstream.config import Settings
 
 TEST_PARTITIONS = 3
 
+# Real SMTP and DNS servers on 127.0.0.1 (tests/servers): smtp_server, dns_server, manual_clock.
+pytest_plugins = ["tests.servers.fixtures"]
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

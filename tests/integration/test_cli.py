@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from enrollstream import stack
+from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.stack.processes import free_port
 
 CLI = [sys.executable, "-m", "enrollstream.cli"]
@@ -39,12 +40,13 @@ def test_topics_and_migrate_are_idempotent(endpoints: stack.Endpoints, empty_dat
         "ENROLLSTREAM_TOPIC_PREFIX": f"cli-{os.getpid()}-{free_port()}.",
         "ENROLLSTREAM_PARTITIONS": "2",
     }
+    expected = len(Topics().specs(2))  # every topic the contract names
     first = run("topics", env=env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("created") == 8  # seven topics and contact-imports
+    assert first.stdout.count("created") == expected
     second = run("topics", env=env)
     assert second.returncode == 0, second.stderr
-    assert "created" not in second.stdout and second.stdout.count("exists") == 8
+    assert "created" not in second.stdout and second.stdout.count("exists") == expected
 
     migrated = run("migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr

@@ -32,6 +32,7 @@ async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(
             "command-results",
             "integration-events",
             "dead-letters",
+            "outbound-sms",
         )
     }
 

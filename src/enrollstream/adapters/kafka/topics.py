@@ -58,6 +58,10 @@ class Topics:
     def dead_letters(self) -> str:
         return f"{self.prefix}dead-letters"
 
+    @property
+    def outbound_sms(self) -> str:
+        return f"{self.prefix}outbound-sms"
+
     def specs(self, partitions: int) -> list[TopicSpec]:
         compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)}
         week = {"retention.ms": str(7 * DAY_MS)}
@@ -87,6 +91,7 @@ class Topics:
                 {"retention.ms": str(30 * DAY_MS)},
                 "undecodable or invalid records, original bytes and the reason in headers",
             ),
+            TopicSpec(self.outbound_sms, partitions, week, "SMS for the gateway relay, keyed by recipient"),
         ]
 
 

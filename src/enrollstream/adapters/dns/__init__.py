@@ -1,0 +1,1 @@
+"""DNS lookups: MX verification before enrollment."""

@@ -1,0 +1,1 @@
+"""Email delivery: message building, one-click unsubscribe tokens and SMTP sending."""

@@ -1,0 +1,199 @@
+"""Building a step's email: template rendering, header-injection refusal, deterministic Message-ID,
+RFC 8058 one-click List-Unsubscribe.
+
+Templates use `{{ field }}` placeholders (with an optional fallback, `{{ first_name | there }}`),
+replaced in a single pass by plain string lookup: nothing is evaluated, and a value that itself looks
+like a placeholder is inserted literally. A placeholder with no value and no fallback raises
+`TemplateFieldMissing` rather than sending "Hi {{ first_name }}" to a real person.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, getaddresses
+from urllib.parse import quote
+
+from enrollstream.domain import ids
+from enrollstream.domain.events import StepDispatchedData
+
+from .unsubscribe import UnsubscribeClaims, sign_unsubscribe_token
+
+
+class HeaderInjectionRefused(ValueError):
+    """A header value carries CR, LF or another control / line-separator character."""
+
+
+class TemplateFieldMissing(ValueError):
+    """A template names a field that has no value and no fallback."""
+
+
+class InvalidAddress(ValueError):
+    pass
+
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*([^{}]*?)\s*)?\}\}")
+
+
+def render(template: str, fields: Mapping[str, str]) -> str:
+    """Replace `{{ name }}` / `{{ name | fallback }}`; single pass, no evaluation."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, fallback = match.group(1), match.group(2)
+        value = fields.get(name)
+        if value:
+            return value
+        if fallback is not None:
+            return fallback
+        if value is not None:
+            return value  # present but empty, and no fallback
+        raise TemplateFieldMissing(f"template field {name!r} has no value")
+
+    return _PLACEHOLDER.sub(replace, template)
+
+
+def check_header(name: str, value: str) -> str:
+    """Refuse control characters (CR, LF, NUL, TAB, DEL, C1) and Unicode line/paragraph separators."""
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            raise HeaderInjectionRefused(f"{name} header contains the control character {char!r}")
+    return value
+
+
+def _address(name: str, value: str) -> Address:
+    """One mailbox, `addr@domain` or `Display Name <addr@domain>`, after the injection check."""
+    check_header(name, value)
+    parsed = getaddresses([value])
+    if len(parsed) != 1:
+        raise InvalidAddress(f"{name}: {value!r} is not a single email address")
+    display, addr_spec = parsed[0]
+    if not addr_spec or addr_spec.count("@") != 1:
+        raise InvalidAddress(f"{name}: {value!r} is not a single email address")
+    try:
+        address = Address(display_name=display, addr_spec=addr_spec)
+    except (ValueError, IndexError) as exc:
+        raise InvalidAddress(f"{name}: {value!r}: {exc}") from exc
+    if not address.username or not address.domain or not addr_spec.isascii():
+        raise InvalidAddress(f"{name}: {value!r} is not an ASCII addr-spec")
+    return address
+
+
+def message_id_header(enrollment_id: str, step_index: int, attempt: int, domain: str) -> str:
+    """`<es-...@domain>`: the same (enrollment, step, attempt) always gets the same Message-ID."""
+    return f"<{ids.message_id(enrollment_id, step_index, attempt)}@{domain}>"
+
+
+@dataclass(frozen=True)
+class SenderIdentity:
+    """Who a campaign sends as, and where its unsubscribe links point."""
+
+    from_address: str  # "Acme Recruiting <jobs@acme.example>"
+    signing_key: bytes  # for unsubscribe tokens; rotate with `verify_unsubscribe_token(keys=...)`
+    reply_to: str | None = None
+    # One-click endpoint: the token is appended as a path segment, e.g. https://u.acme.example/u/<token>
+    unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None  # e.g. unsubscribe@acme.example; token in the subject
+    message_id_domain: str | None = None  # defaults to the From domain
+
+    def __post_init__(self) -> None:
+        _address("From", self.from_address)
+        if self.reply_to is not None:
+            _address("Reply-To", self.reply_to)
+        if self.unsubscribe_url is not None and not self.unsubscribe_url.startswith("https://"):
+            raise ValueError("the one-click unsubscribe URL must be https (RFC 8058)")
+        if self.unsubscribe_url is None and self.unsubscribe_mailto is None:
+            raise ValueError("a bulk sender needs an unsubscribe URL or mailto")
+
+    @property
+    def domain(self) -> str:
+        return self.message_id_domain or _address("From", self.from_address).domain
+
+
+@dataclass(frozen=True)
+class MessageRef:
+    """What identifies one attempt's message."""
+
+    account_id: str
+    contact_id: str
+    enrollment_id: str
+    step_index: int
+    attempt: int
+
+
+def list_unsubscribe(sender: SenderIdentity, claims: UnsubscribeClaims) -> str:
+    token = sign_unsubscribe_token(claims, sender.signing_key)
+    uris = []
+    if sender.unsubscribe_url is not None:
+        uris.append(f"<{sender.unsubscribe_url.rstrip('/')}/{token}>")
+    if sender.unsubscribe_mailto is not None:
+        uris.append(f"<mailto:{sender.unsubscribe_mailto}?subject={quote('unsubscribe ' + token)}>")
+    return ", ".join(uris)
+
+
+def build_message(
+    *,
+    sender: SenderIdentity,
+    ref: MessageRef,
+    to: str,
+    subject_template: str,
+    body_template: str,
+    fields: Mapping[str, str],
+    date: datetime,
+) -> EmailMessage:
+    """The step's message. Raises HeaderInjectionRefused, TemplateFieldMissing or InvalidAddress;
+    the dispatcher reports those as an `error` outcome (our side is wrong; resending won't help)."""
+    recipient = _address("To", to)
+    subject = check_header("Subject", render(subject_template, fields))
+    body = render(body_template, fields)
+
+    msg = EmailMessage()
+    msg["From"] = _address("From", sender.from_address)
+    msg["To"] = recipient
+    if sender.reply_to is not None:
+        msg["Reply-To"] = _address("Reply-To", sender.reply_to)
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = message_id_header(ref.enrollment_id, ref.step_index, ref.attempt, sender.domain)
+    claims = UnsubscribeClaims(ref.account_id, ref.contact_id, ref.enrollment_id)
+    msg["List-Unsubscribe"] = list_unsubscribe(sender, claims)
+    if sender.unsubscribe_url is not None:
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    cte = "7bit" if body.isascii() else "quoted-printable"
+    msg.set_content(body, charset="utf-8", cte=cte)
+    return msg
+
+
+def contact_fields(name: str, email: str) -> dict[str, str]:
+    """The template fields the domain knows about a contact: name, first_name, last_name, email."""
+    first, _, last = name.strip().partition(" ")
+    return {"name": name.strip(), "first_name": first, "last_name": last.strip(), "email": email}
+
+
+def build_step_message(
+    *,
+    sender: SenderIdentity,
+    account_id: str,
+    contact_id: str,
+    enrollment_id: str,
+    step: StepDispatchedData,
+    date: datetime,
+    extra_fields: Mapping[str, str] | None = None,
+) -> EmailMessage:
+    """The message for a StepDispatched event (email steps)."""
+    if step.message_id != ids.message_id(enrollment_id, step.step_index, step.attempt):
+        raise ValueError(f"StepDispatched message id {step.message_id} is not this attempt's")
+    fields = {**contact_fields(step.contact_name, step.to), **(extra_fields or {})}
+    return build_message(
+        sender=sender,
+        ref=MessageRef(account_id, contact_id, enrollment_id, step.step_index, step.attempt),
+        to=formataddr((step.contact_name, step.to)) if step.contact_name else step.to,
+        subject_template=step.content.subject or "",
+        body_template=step.content.body,
+        fields=fields,
+        date=date,
+    )

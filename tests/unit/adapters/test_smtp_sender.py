@@ -1,0 +1,179 @@
+"""SmtpSender against a real aiosmtpd server on 127.0.0.1: each outcome, by where the dialogue ended."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+import time
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+import pytest
+
+from enrollstream.adapters.mail.message import MessageRef, SenderIdentity, build_message
+from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender, data_payload
+from enrollstream.domain import ids
+from enrollstream.domain.delivery_policy import SendOutcome
+from tests.servers.smtp import Behaviour, RecordingSmtpServer
+
+SENDER = SenderIdentity(
+    from_address="Acme Recruiting <jobs@acme.example>",
+    signing_key=b"k" * 32,
+    unsubscribe_url="https://u.acme.example/unsubscribe",
+    unsubscribe_mailto="unsubscribe@acme.example",
+)
+
+
+def message(
+    to: str, attempt: int = 1, body: str = "Hello {{ first_name }},\n.\n..leading dots stay.\n"
+) -> EmailMessage:
+    return build_message(
+        sender=SENDER,
+        ref=MessageRef("acct", "contact", "enr-1", 0, attempt),
+        to=to,
+        subject_template="Hi {{ first_name }}",
+        body_template=body,
+        fields={"first_name": "Ada"},
+        date=datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+    )
+
+
+def sender_for(server: RecordingSmtpServer, timeout: float = 5.0) -> SmtpSender:
+    return SmtpSender(SmtpConfig(host=server.host, port=server.port, starttls=False, timeout=timeout))
+
+
+async def test_an_accepted_message_is_sent_with_its_headers_intact(smtp_server: RecordingSmtpServer) -> None:
+    result = await sender_for(smtp_server).send(message("ada@example.org"))
+    assert result.outcome is SendOutcome.SENT
+    assert result.code == 250
+    assert result.provider_message_id == "2.0.0 Ok: queued as TEST00001"
+
+    [received] = smtp_server.messages
+    assert received.mail_from == "jobs@acme.example"
+    assert received.rcpt_tos == ("ada@example.org",)
+    msg = received.message
+    assert msg["Message-ID"] == f"<{ids.message_id('enr-1', 0, 1)}@acme.example>"
+    assert msg["Subject"] == "Hi Ada"
+    assert str(msg["List-Unsubscribe"]).startswith("<https://u.acme.example/unsubscribe/")
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    # Dot-stuffing round-trips: a line of one dot and a line starting with dots arrive unchanged.
+    assert msg.get_content().replace("\r\n", "\n") == "Hello Ada,\n.\n..leading dots stay.\n"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "outcome", "code"),
+    [
+        (Behaviour.REJECT_RCPT, SendOutcome.BOUNCED, 550),
+        (Behaviour.DEFER_RCPT, SendOutcome.TEMPORARY, 451),
+        (Behaviour.REJECT_DATA, SendOutcome.BOUNCED, 554),
+        (Behaviour.DEFER_DATA, SendOutcome.TEMPORARY, 451),
+    ],
+)
+async def test_refusals_are_classified_by_their_reply_code(
+    smtp_server: RecordingSmtpServer, behaviour: Behaviour, outcome: SendOutcome, code: int
+) -> None:
+    smtp_server.behave("bob@example.org", behaviour)
+    result = await sender_for(smtp_server).send(message("bob@example.org"))
+    assert (result.outcome, result.code) == (outcome, code)
+    assert str(code) in result.detail
+    at_data = behaviour in (Behaviour.REJECT_DATA, Behaviour.DEFER_DATA)
+    assert len(smtp_server.messages) == (1 if at_data else 0)
+
+
+async def test_a_drop_after_the_content_is_unknown_and_is_not_retried(
+    smtp_server: RecordingSmtpServer,
+) -> None:
+    smtp_server.behave("eve@example.org", Behaviour.DROP_AFTER_DATA)
+    result = await sender_for(smtp_server).send(message("eve@example.org"))
+    assert result.outcome is SendOutcome.UNKNOWN
+    assert "after the content was handed over" in result.detail
+    # The server got the content exactly once, and the sender did not try again on its own.
+    [received] = smtp_server.received_for("eve@example.org")
+    assert received.message["Message-ID"] == f"<{ids.message_id('enr-1', 0, 1)}@acme.example>"
+    assert len(smtp_server.messages) == 1
+
+
+async def test_a_server_silent_after_the_content_times_out_as_unknown(
+    smtp_server: RecordingSmtpServer,
+) -> None:
+    smtp_server.behave("slow@example.org", Behaviour.HANG_AFTER_DATA)
+    started = time.monotonic()
+    result = await sender_for(smtp_server, timeout=0.5).send(message("slow@example.org"))
+    assert result.outcome is SendOutcome.UNKNOWN
+    assert "timeout" in result.detail
+    assert time.monotonic() - started < 5
+    assert len(smtp_server.received_for("slow@example.org")) == 1
+
+
+async def test_a_drop_before_the_content_is_temporary(smtp_server: RecordingSmtpServer) -> None:
+    smtp_server.behave("gone@example.org", Behaviour.DROP_AT_RCPT)
+    result = await sender_for(smtp_server).send(message("gone@example.org"))
+    assert result.outcome is SendOutcome.TEMPORARY
+    assert result.detail.startswith("rcpt:")
+    assert smtp_server.messages == []
+
+
+async def test_a_drop_on_the_data_command_before_354_is_temporary(smtp_server: RecordingSmtpServer) -> None:
+    """The last moment before the content is handed over: still safe to retry."""
+    smtp_server.behave("edge@example.org", Behaviour.DROP_AT_DATA)
+    result = await sender_for(smtp_server).send(message("edge@example.org"))
+    assert result.outcome is SendOutcome.TEMPORARY
+    assert result.detail.startswith("data:")
+    assert smtp_server.messages == []
+
+
+async def test_starttls_and_auth_with_the_right_credentials_send(localhost_cert: tuple[str, str]) -> None:
+    with RecordingSmtpServer(tls=localhost_cert, credentials={"mailer": "s3cret"}) as server:
+        good = SmtpConfig(
+            host=server.host,
+            port=server.port,
+            starttls=True,
+            username="mailer",
+            password="s3cret",
+            tls_context=ssl.create_default_context(cafile=localhost_cert[0]),
+            timeout=5,
+        )
+        assert (await SmtpSender(good).send(message("ada@example.org"))).outcome is SendOutcome.SENT
+        wrong = dataclasses.replace(good, password="guess")
+        result = await SmtpSender(wrong).send(message("ada@example.org"))
+        assert result.outcome is SendOutcome.ERROR  # our credentials, not the contact's address
+        assert result.detail.startswith("auth:") and result.code == 535
+        anonymous = dataclasses.replace(good, username=None, password=None)
+        result = await SmtpSender(anonymous).send(message("ada@example.org"))
+        assert (result.outcome, result.code) == (SendOutcome.ERROR, 530)  # auth required at MAIL
+        untrusted = dataclasses.replace(good, tls_context=ssl.create_default_context())
+        result = await SmtpSender(untrusted).send(message("ada@example.org"))
+        assert result.outcome is SendOutcome.ERROR and result.detail.startswith("starttls:")
+        assert len(server.messages) == 1
+
+
+async def test_a_refused_connection_is_temporary() -> None:
+    with socket.socket() as probe:  # a port nobody listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        result = await SmtpSender(SmtpConfig(host="127.0.0.1", port=port, starttls=False, timeout=2)).send(
+            message("ada@example.org")
+        )
+    assert result.outcome is SendOutcome.TEMPORARY
+    assert result.detail.startswith("connect:")
+
+
+async def test_starttls_required_but_not_offered_is_our_error(smtp_server: RecordingSmtpServer) -> None:
+    sender = SmtpSender(SmtpConfig(host=smtp_server.host, port=smtp_server.port, starttls=True, timeout=5))
+    result = await sender.send(message("ada@example.org"))
+    assert result.outcome is SendOutcome.ERROR
+    assert result.detail.startswith("starttls:")
+    assert smtp_server.messages == []  # nothing goes out in the clear
+
+
+async def test_a_message_without_one_recipient_is_an_error_before_connecting() -> None:
+    msg = message("ada@example.org")
+    del msg["To"]
+    result = await SmtpSender(SmtpConfig(host="127.0.0.1", port=1, starttls=False)).send(msg)
+    assert result.outcome is SendOutcome.ERROR
+
+
+def test_data_payload_normalises_line_endings_and_stuffs_dots() -> None:
+    assert data_payload(b"a\n.b\r\n..\rc\n") == b"a\r\n..b\r\n...\r\nc\r\n.\r\n"
+    assert data_payload(b"no newline at end") == b"no newline at end\r\n.\r\n"
