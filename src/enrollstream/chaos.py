@@ -45,7 +45,7 @@ from enrollstream.adapters.postgres.read_side import campaign_stats_mismatches
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition, ContactState, aggregate_key, fold, initial_state
 from enrollstream.domain.commands import child_command_id
-from enrollstream.domain.events import parse_event
+from enrollstream.domain.events import BulkEnrollAccepted, parse_event
 from enrollstream.domain.ids import enrollment_id
 from enrollstream.runtime.campaigns import publish_campaign
 from enrollstream.runtime.replay import partition_numbers, replay
@@ -452,6 +452,11 @@ async def _verify_events(bootstrap: str, topics: Topics, report: ChaosReport) ->
     events_by_key: dict[str, list[Any]] = {}
     async for _, record in _read_all(bootstrap, [topics.events]):
         event = parse_event(record.value)
+        if isinstance(event, BulkEnrollAccepted):
+            # Its own one-event aggregate, the BulkEnroll: once per BulkEnroll command, no snapshot.
+            bulk = versions.setdefault(f"{event.account_id}/bulk-enroll/{event.causation_id}", Counter())
+            bulk[event.version] += 1
+            continue
         key = aggregate_key(event.account_id, event.contact_id)
         versions.setdefault(key, Counter())[event.version] += 1
         events_by_key.setdefault(key, []).append(event)
