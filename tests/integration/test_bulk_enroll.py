@@ -164,8 +164,11 @@ async def test_an_unknown_import_is_contact_import_not_found_and_inline_contacts
         "inline-import",
         2,
         contacts=[
-            {"contact_id": f"i{i}", "contact": {"name": f"I {i}", "email": f"i{i}@example.org"}}
-            for i in range(3)
+            *(
+                {"contact_id": f"i{i}", "contact": {"name": f"I {i}", "email": f"i{i}@example.org"}}
+                for i in range(3)
+            ),
+            {"contact_id": "no-facts"},  # upstream knows nothing about this one: skipped, not pending
         ],
     )
     commands = (unknown, other_account, no_campaign, inline)
@@ -192,6 +195,7 @@ async def test_an_unknown_import_is_contact_import_not_found_and_inline_contacts
     assert results[inline["command_id"]]["status"] == "accepted"
     inline_summary = await summary_of(database_url, inline["command_id"])
     assert inline_summary is not None
-    assert (inline_summary.enrolled, inline_summary.batches, inline_summary.skipped) == (3, 2, [])
+    assert (inline_summary.enrolled, inline_summary.batches, inline_summary.pending) == (3, 2, 0)
+    assert [(s.contact_id, s.kind) for s in inline_summary.skipped] == [("no-facts", "contact_not_found")]
     for refused in (unknown, other_account, no_campaign):
         assert await summary_of(database_url, refused["command_id"]) is None

@@ -224,7 +224,7 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
     if campaign is None or campaign.account_id != cmd.account_id or campaign.campaign_id != d.campaign_id:
         return Rejection(RejectionCode.CAMPAIGN_NOT_FOUND, f"campaign {d.campaign_id} not found")
     contact = d.contact
-    if contact is None:
+    if contact is None and d.bulk_enroll_id is None:
         return Rejection(RejectionCode.CONTACT_NOT_FOUND, f"contact {d.contact_id} not found")
     if campaign.status == "archived":
         return Rejection(RejectionCode.CAMPAIGN_ARCHIVED, "archived campaigns take no new enrollments")
@@ -250,6 +250,11 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
             ),
         )
 
+    if contact is None:
+        # A bulk child is reported in its BulkEnroll's summary, so it is skipped rather than refused:
+        # a refusal leaves no event, and the summary would wait for it forever.
+        skip(SkipKind.CONTACT_NOT_FOUND, "Contact not found", contact_id=d.contact_id)
+        return None
     if latest and (not latest.status.is_terminal or campaign.re_enrollment is ReEnrollment.NEVER):
         if d.source is EnrollSource.API:
             return Rejection(

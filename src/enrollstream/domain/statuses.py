@@ -89,6 +89,7 @@ class SkipKind(StrEnum):
     OPTED_OUT = "opted_out"  # seed 003 "Omitted Opted Out"
     LANDLINE = "landline"  # seed 003 "Omitted Landline"
     MISSING_ADDRESS = "missing_address"  # no email for an email step / no mobile for an SMS step
+    CONTACT_NOT_FOUND = "contact_not_found"  # a bulk import's contact without its facts
 
 
 class Outcome(StrEnum):

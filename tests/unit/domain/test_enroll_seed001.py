@@ -82,6 +82,12 @@ def test_enroll_contact_with_unknown_contact_id_is_contact_not_found() -> None:
     given().when(enroll(contact=None)).then_rejected("contact_not_found")
 
 
+def test_a_bulk_child_without_contact_facts_is_skipped_so_its_summary_completes() -> None:
+    given().when(enroll(contact=None, source="bulk_import", bulk_enroll_id="bulk-9")).then(
+        ev(EnrollmentSkipped, kind="contact_not_found", bulk_enroll_id="bulk-9")
+    )
+
+
 def test_enroll_contact_for_an_already_enrolled_contact_is_contact_already_enrolled() -> None:
     given(enroll()).when(enroll()).then_rejected("contact_already_enrolled")
 
