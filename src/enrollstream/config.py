@@ -36,10 +36,24 @@ class Settings(BaseSettings):
     # wait this long before moving. The broker's group.min.session.timeout.ms (6 s) bounds it below.
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    # MX verification: nameservers as "host" or "host:port", comma-separated (empty: the system's
+    # resolv.conf), and the bound on one whole lookup. A lookup that times out enrolls unverified.
+    dns_nameservers: str = ""
+    dns_timeout_s: float = Field(default=3.0, gt=0)
     # Where `stack up` keeps its processes' data, logs and state file.
     stack_dir: Path = Field(default_factory=lambda: _home_dir(".local", "state", "enrollstream", "stack"))
     # Where the Kafka jars and the Maven repository are cached (outside the checkout).
     cache_dir: Path = Field(default_factory=lambda: _home_dir(".cache", "enrollstream"))
+
+
+def parse_nameservers(value: str) -> list[tuple[str, int]]:
+    """ "10.0.0.2, 127.0.0.1:5353" -> [("10.0.0.2", 53), ("127.0.0.1", 5353)]."""
+    out: list[tuple[str, int]] = []
+    for item in (part.strip() for part in value.split(",")):
+        if item:
+            host, _, port = item.rpartition(":") if ":" in item else (item, "", "53")
+            out.append((host, int(port)))
+    return out
 
 
 def load_settings() -> Settings:

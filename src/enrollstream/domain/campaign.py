@@ -157,3 +157,6 @@ class MxAnswer(Model):
     has_mx: bool
     checked_at: datetime
     detail: str = ""
+    # False when DNS gave no answer (timeout, SERVFAIL): that is no evidence the domain lacks MX, so
+    # the contact is enrolled unverified (never skipped as mx_invalid) and the answer is recorded.
+    answered: bool = True

@@ -304,7 +304,7 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
         if campaign.verify_email_mx:
             if d.mx is None:
                 return Rejection(RejectionCode.MX_ANSWER_MISSING, "campaign verifies MX: send the MX answer")
-            if not d.mx.has_mx:
+            if d.mx.answered and not d.mx.has_mx:
                 skip(
                     SkipKind.MX_INVALID,
                     "The email domain has no MX record",

@@ -17,22 +17,26 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalOperation, KafkaError
 from pydantic import ValidationError
 
+from enrollstream.adapters.dns.mx import MxLookupUnavailable, MxVerifier
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, DeadLetter, encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.domain import (
     BulkEnroll,
     BulkEnrollAccepted,
+    Channel,
     CommandResult,
     ContactCommand,
     ContactState,
     Enroll,
+    MxAnswer,
     accept_bulk_enroll,
     aggregate_key,
     batch_count,
@@ -63,6 +67,22 @@ class PartitionOwner:
     next_offset: int = 0
 
 
+# A record made ready for its transaction: the command with its lookups, or the dead letter it becomes.
+_Prepared = ContactCommand | BulkEnroll | DeadLetter
+
+
+def _needs_mx(command: Enroll) -> bool:
+    d = command.data
+    return (
+        d.mx is None
+        and d.campaign is not None
+        and d.campaign.verify_email_mx
+        and d.campaign.uses(Channel.EMAIL)
+        and d.contact is not None
+        and bool(d.contact.email)
+    )
+
+
 @dataclass
 class _Staged:
     """One batch's output for one partition, sent inside its transaction, applied after commit."""
@@ -82,6 +102,7 @@ class DeciderService:
         catalog: CampaignCatalog,
         *,
         imports: ContactImportCatalog | None = None,
+        mx: MxVerifier | None = None,
         max_batch: int = 500,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
@@ -90,6 +111,7 @@ class DeciderService:
         self.topics = topics
         self.group_id = f"{group_id}.decider"
         self.catalog = catalog
+        self.mx = mx  # MX answers for campaigns that verify them (None: such Enrolls are refused)
         self.imports = imports  # None: BulkEnroll must carry its contacts inline
         self.max_batch = max_batch
         self.session_timeout_ms = session_timeout_ms
@@ -215,10 +237,13 @@ class DeciderService:
         tp = owner.partition
         staged = _Staged()
         producer = owner.producer
+        # Parsing and lookups (the campaign, MX answers over DNS) happen before the transaction opens,
+        # so a slow DNS server never holds a transaction open.
+        prepared = await self._prepare(records)
         try:
             await producer.begin_transaction()
-            for record in records:
-                await self._process_record(owner, staged, record)
+            for record, item in prepared:
+                await self._process_record(owner, staged, record, item)
             await producer.send_offsets_to_transaction(
                 {tp: records[-1].offset + 1},  # type: ignore[attr-defined]
                 self.group_id,
@@ -258,22 +283,70 @@ class DeciderService:
         owner.next_offset = (await consumer.committed(tp)) or 0
         consumer.seek(tp, owner.next_offset)
 
-    async def _process_record(self, owner: PartitionOwner, staged: _Staged, record: object) -> None:
-        producer = owner.producer
-        value: bytes | None = record.value  # type: ignore[attr-defined]
-        if value is None or len(value) > MAX_COMMAND_BYTES:
-            reason = (
-                "empty record"
-                if value is None
-                else f"record of {len(value)} bytes exceeds {MAX_COMMAND_BYTES}"
+    async def _prepare(self, records: list[object]) -> list[tuple[object, _Prepared]]:
+        """Each record parsed (or its dead letter) with the lookups its command needs filled in."""
+        prepared: list[tuple[object, _Prepared]] = []
+        for record in records:
+            value: bytes | None = record.value  # type: ignore[attr-defined]
+            if value is None or len(value) > MAX_COMMAND_BYTES:
+                reason = (
+                    "empty record"
+                    if value is None
+                    else f"record of {len(value)} bytes exceeds {MAX_COMMAND_BYTES}"
+                )
+                prepared.append((record, DeadLetter.of(record, reason)))
+                continue
+            try:
+                command = parse_command(value)
+            except (ValidationError, ValueError) as exc:
+                prepared.append((record, DeadLetter.of(record, "not a valid command", exc)))
+                continue
+            prepared.append(
+                (record, self._with_campaign(command) if isinstance(command, Enroll) else command)
             )
-            await self._dead_letter(owner, staged, DeadLetter.of(record, reason))
+        return await self._with_mx_answers(prepared)
+
+    async def _with_mx_answers(
+        self, prepared: list[tuple[object, _Prepared]]
+    ) -> list[tuple[object, _Prepared]]:
+        """Enrolls in campaigns that verify MX get the answer for the contact's email domain, looked up
+        concurrently (the verifier caches and shares lookups). No verifier: the domain refuses them
+        with `mx_answer_missing`, explicitly."""
+        verifier = self.mx
+        wanted = [i for i, (_, item) in enumerate(prepared) if isinstance(item, Enroll) and _needs_mx(item)]
+        if verifier is None or not wanted:
+            return prepared
+        limit = asyncio.Semaphore(50)
+
+        async def answer(command: Enroll) -> MxAnswer:
+            email = command.data.contact.email if command.data.contact else ""
+            async with limit:
+                try:
+                    return await verifier.verify(email or "")
+                except MxLookupUnavailable as exc:
+                    # No answer is not "no MX": recorded as unanswered, and the contact is enrolled.
+                    return MxAnswer(
+                        domain=exc.domain, has_mx=False, checked_at=datetime.now(UTC), detail=str(exc),
+                        answered=False,
+                    )  # fmt: skip
+
+        enrolls = [prepared[i][1] for i in wanted]
+        answers = await asyncio.gather(*(answer(e) for e in enrolls if isinstance(e, Enroll)))
+        out = list(prepared)
+        for i, mx in zip(wanted, answers, strict=True):
+            record, command = out[i]
+            assert isinstance(command, Enroll)
+            out[i] = (record, command.model_copy(update={"data": command.data.model_copy(update={"mx": mx})}))
+        return out
+
+    async def _process_record(
+        self, owner: PartitionOwner, staged: _Staged, record: object, item: _Prepared
+    ) -> None:
+        producer = owner.producer
+        if isinstance(item, DeadLetter):
+            await self._dead_letter(owner, staged, item)
             return
-        try:
-            command = parse_command(value)
-        except (ValidationError, ValueError) as exc:
-            await self._dead_letter(owner, staged, DeadLetter.of(record, "not a valid command", exc))
-            return
+        command = item
         staged.commands += 1
 
         if isinstance(command, BulkEnroll):
@@ -297,7 +370,6 @@ class DeciderService:
             await self._send_result(owner, key, result)
             return
 
-        command = self._with_lookups(command)
         state = (
             staged.states.get(key)
             or owner.states.get(key)
@@ -331,10 +403,6 @@ class DeciderService:
         elif isinstance(decision, Rejection):
             log.info("command %s rejected: %s", command.command_id, decision.code.value)
         await self._send_result(owner, key, result)
-
-    def _with_lookups(self, command: ContactCommand) -> ContactCommand:
-        """The lookups that arrive with a command: the campaign definition, from the catalog."""
-        return self._with_campaign(command) if isinstance(command, Enroll) else command
 
     def _with_campaign(self, command: EnrollLike) -> EnrollLike:
         """Fill in the campaign definition upstream left out; None stays None (`campaign_not_found`)."""

@@ -7,9 +7,11 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
+from enrollstream.adapters.dns.mx import MxVerifier, Nameserver
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
-from enrollstream.config import Settings
+from enrollstream.config import Settings, parse_nameservers
 from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
@@ -53,6 +55,7 @@ class Worker:
                 self.settings.group_id,
                 catalog,
                 imports=imports,
+                mx=mx_verifier(self.settings),
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             )
@@ -88,6 +91,11 @@ class Worker:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+
+def mx_verifier(settings: Settings) -> MxVerifier:
+    nameservers = [Nameserver(host, port) for host, port in parse_nameservers(settings.dns_nameservers)]
+    return MxVerifier(lambda: datetime.now(UTC), nameservers or None, timeout=settings.dns_timeout_s)
 
 
 def parse_roles(value: str | Iterable[str] | None) -> tuple[str, ...]:

@@ -124,6 +124,12 @@ def test_domain_with_mx_record_is_enrolled_and_the_answer_is_recorded() -> None:
     result.then(ev(ContactEnrolled, mx=mx(True)), ev(StepScheduled))
 
 
+def test_a_dns_timeout_is_not_mx_invalid_the_contact_is_enrolled_unverified() -> None:
+    timeout = MxAnswer(domain="example.com", has_mx=False, checked_at=T0, detail="timeout", answered=False)
+    result = given().when(enroll(campaign(verify_email_mx=True), mx=timeout))
+    result.then(ev(ContactEnrolled, mx=timeout), ev(StepScheduled))
+
+
 def test_verify_email_mx_without_an_mx_answer_is_refused() -> None:
     given().when(enroll(campaign(verify_email_mx=True))).then_rejected("mx_answer_missing")
 
