@@ -39,7 +39,7 @@ from rich.console import Console
 
 from enrollstream import stack
 from enrollstream.adapters.kafka.reading import batches_to_end
-from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.adapters.kafka.topics import Topics, ensure_topics, partition_numbers
 from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.adapters.postgres.read_side import campaign_stats_mismatches
 from enrollstream.config import Settings
@@ -48,7 +48,7 @@ from enrollstream.domain.commands import child_command_id
 from enrollstream.domain.events import BulkEnrollAccepted, parse_event
 from enrollstream.domain.ids import enrollment_id
 from enrollstream.runtime.campaigns import publish_campaign
-from enrollstream.runtime.replay import partition_numbers, replay
+from enrollstream.runtime.replay import replay
 
 ACCOUNT = "chaos-account"
 CAMPAIGNS = ("chaos-a", "chaos-b")

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from enrollstream.adapters.kafka.reading import batches_to_end
+from enrollstream.adapters.kafka.topics import partition_numbers
 from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.runtime.projector import ProjectorService
 
@@ -89,16 +89,6 @@ async def rebuild(
     finally:
         await consumer.stop()
         await projector.stop()
-
-
-async def partition_numbers(bootstrap: str, topic: str) -> list[int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    return sorted(p["partition"] for p in described[0]["partitions"])
 
 
 async def compare(database_url: str, schema: str) -> list[TableComparison]:

@@ -144,3 +144,13 @@ async def ensure_topics(
         return created
     finally:
         await admin.close()
+
+
+async def partition_numbers(bootstrap: str, topic: str) -> list[int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for p in described[0]["partitions"])
