@@ -10,7 +10,8 @@ import sys
 import warnings
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import asyncpg
 import typer
@@ -22,6 +23,7 @@ from enrollstream import stack as local_stack
 from enrollstream.adapters.kafka.topics import TopicMismatchError, Topics, ensure_topics
 from enrollstream.adapters.postgres.migrations import MigrationError, migrate
 from enrollstream.config import Settings, load_settings
+from enrollstream.operations import OperatorError
 
 app = typer.Typer(help="enrollstream: event-sourced drip-campaign enrollments on Kafka and Postgres.")
 stack_app = typer.Typer(
@@ -51,10 +53,12 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
         _quiet_libraries()
         try:
             return func(*args, **kwargs)
-        except (local_stack.StackError, MigrationError, TopicMismatchError) as exc:
+        except (local_stack.StackError, MigrationError, TopicMismatchError, OperatorError) as exc:
             err.print(f"[red]error:[/red] {exc}")
-        except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            err.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError, LookupError) as exc:
+            said = str(exc)
+            name = type(exc).__name__
+            err.print(f"[red]error:[/red] {said if said.startswith(name) else f'{name}: {said}'}")
         raise typer.Exit(code=1)
 
     return wrapper
@@ -270,6 +274,284 @@ def chaos_command(
     code = chaos_main(plan, load_settings(), console)
     if code:
         raise typer.Exit(code=code)
+
+
+# --- operating it: campaigns, one contact, the pages, the dead letters -----------------------------
+
+campaign_app = typer.Typer(help="Campaign definitions (published to the compacted campaigns topic).")
+app.add_typer(campaign_app, name="campaign")
+dlq_app = typer.Typer(help="The dead-letter topic: what could not be processed, and why.")
+app.add_typer(dlq_app, name="dlq")
+
+ACCOUNT = typer.Option(..., "--account", "-a", envvar="ENROLLSTREAM_ACCOUNT", help="the account")
+
+
+def _topics(settings: Settings) -> Topics:
+    return Topics(settings.topic_prefix)
+
+
+@campaign_app.command("apply")
+@friendly_errors
+def campaign_apply(file: Annotated[Path, typer.Argument(help="a campaign definition, YAML or JSON")]) -> None:
+    """Validate a campaign definition and publish it (a new version replaces the old one)."""
+    from enrollstream.operations import load_campaign_file
+    from enrollstream.runtime.campaigns import publish_campaign
+
+    campaign = load_campaign_file(file)
+    settings = load_settings()
+    target = endpoints(settings)
+    asyncio.run(publish_campaign(target.kafka_bootstrap_servers, _topics(settings).campaigns, campaign))
+    console.print(
+        f"campaign {campaign.campaign_id!r} version {campaign.version} published for account "
+        f"{campaign.account_id!r}: {len(campaign.steps)} steps, status {campaign.status}"
+    )
+
+
+def _send(make: Callable[[Any], Any]) -> Any:
+    from enrollstream.client import EnrollstreamClient
+
+    settings = load_settings()
+    target = endpoints(settings)
+
+    async def run() -> Any:
+        async with EnrollstreamClient(
+            target.kafka_bootstrap_servers, settings.topic_prefix, actor="cli"
+        ) as c:
+            return await make(c)
+
+    return asyncio.run(run())
+
+
+def _print_result(result: Any) -> None:
+    if result.status in ("accepted", "duplicate"):
+        extra = f" enrollment {', '.join(result.enrollment_ids)}" if result.enrollment_ids else ""
+        console.print(f"{result.status}: {result.command_type} {result.command_id}{extra}")
+        return
+    code = f" ({result.code})" if result.code else ""
+    err.print(f"[red]{result.status}{code}:[/red] {result.message or result.command_type}")
+    raise typer.Exit(code=1)
+
+
+@app.command("enroll")
+@friendly_errors
+def enroll_command(
+    contact: str = typer.Argument(..., help="the contact id"),
+    campaign: str = typer.Argument(..., help="the campaign id"),
+    account: str = ACCOUNT,
+    name: str = typer.Option("", help="the contact's name"),
+    email: str | None = typer.Option(None, help="the contact's email address"),
+    mobile: str | None = typer.Option(None, help="the contact's mobile number"),
+    batch: int = typer.Option(0, min=0, help="batch number (seed 001)"),
+    priority: bool = typer.Option(False, help="first within its batch"),
+    timeout: float = typer.Option(30.0, help="seconds to wait for the result"),
+) -> None:
+    """Enroll one contact and wait for the result (seed 001 enroll_contact)."""
+    result = _send(
+        lambda c: c.enroll(
+            account, contact, campaign, name=name, email=email, mobile=mobile,
+            batch_number=batch, priority=priority, timeout=timeout,
+        )
+    )  # fmt: skip
+    _print_result(result)
+
+
+def _enrollment_of(account: str, contact: str, campaign: str | None, enrollment: str | None) -> str:
+    if enrollment:
+        return enrollment
+    if not campaign:
+        raise OperatorError("say which enrollment: --campaign CAMPAIGN or --enrollment ENROLLMENT_ID")
+    from enrollstream.adapters.postgres.read_side import latest_enrollment
+
+    target = endpoints(load_settings())
+
+    async def find() -> dict[str, Any] | None:
+        conn = await asyncpg.connect(target.database_url)
+        try:
+            return await latest_enrollment(conn, account, contact, campaign)
+        finally:
+            await conn.close()
+
+    found = asyncio.run(find())
+    if found is None:
+        raise OperatorError(
+            f"contact {contact!r} has no enrollment in campaign {campaign!r} (account {account!r})"
+        )
+    return str(found["enrollment_id"])
+
+
+def _operator_command(kind: str, contact: str, account: str, campaign: str | None, enrollment: str | None,
+                      note: str) -> None:  # fmt: skip
+    enrollment_id = _enrollment_of(account, contact, campaign, enrollment)
+    if kind == "stop":
+        _print_result(_send(lambda c: c.stop_enrollment(account, contact, enrollment_id, note=note)))
+    else:
+        _print_result(_send(lambda c: c.unenroll(account, contact, enrollment_id, note=note)))
+
+
+@app.command("stop")
+@friendly_errors
+def stop_command(
+    contact: str = typer.Argument(..., help="the contact id"),
+    account: str = ACCOUNT,
+    campaign: str | None = typer.Option(None, help="stop the contact's newest enrollment in this campaign"),
+    enrollment: str | None = typer.Option(None, help="the enrollment id"),
+    note: str = typer.Option("", help="why (kept in the timeline)"),
+) -> None:
+    """Stop an enrollment (seed 000): it ends as stopped, nothing more is sent."""
+    _operator_command("stop", contact, account, campaign, enrollment, note)
+
+
+@app.command("unenroll")
+@friendly_errors
+def unenroll_command(
+    contact: str = typer.Argument(..., help="the contact id"),
+    account: str = ACCOUNT,
+    campaign: str | None = typer.Option(None, help="unenroll from the newest enrollment in this campaign"),
+    enrollment: str | None = typer.Option(None, help="the enrollment id"),
+    note: str = typer.Option("", help="why (kept in the timeline)"),
+) -> None:
+    """Unenroll (seed 004): a step being processed completes, nothing after it is sent."""
+    _operator_command("unenroll", contact, account, campaign, enrollment, note)
+
+
+def _query(run: Callable[[asyncpg.Connection], Any]) -> Any:
+    target = endpoints(load_settings())
+
+    async def go() -> Any:
+        conn = await asyncpg.connect(target.database_url)
+        try:
+            return await run(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def _require_campaign(account: str, campaign: str) -> None:
+    from enrollstream.operations import known_campaign
+
+    settings = load_settings()
+    asyncio.run(
+        known_campaign(endpoints(settings).kafka_bootstrap_servers, _topics(settings), account, campaign)
+    )
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+@app.command("enrollments")
+@friendly_errors
+def enrollments_command(
+    campaign: str = typer.Argument(..., help="the campaign id"),
+    account: str = ACCOUNT,
+    status: Annotated[list[str] | None, typer.Option(help="only these statuses (repeatable)")] = None,
+    batch: int | None = typer.Option(None, help="only this batch number"),
+    step: int | None = typer.Option(None, help="only contacts at this step (1-based)"),
+    search: str | None = typer.Option(None, help="contact name contains (case-insensitive)"),
+    limit: int = typer.Option(20, min=1, max=1000, help="rows per page"),
+    after: str | None = typer.Option(None, help="the cursor printed under the previous page"),
+) -> None:
+    """The Enrollments page (seed 000): filter by status, batch and step, search by name, 20 per page."""
+    from datetime import datetime
+
+    from enrollstream.adapters.postgres.read_side import EnrollmentFilter, PageCursor, enrollments_page
+
+    _require_campaign(account, campaign)
+    cursor = None
+    if after:
+        when, _, enrollment_id = after.partition("/")
+        try:
+            cursor = PageCursor(datetime.fromisoformat(when), enrollment_id)
+        except ValueError:
+            raise OperatorError(f"not a page cursor: {after!r}") from None
+    where = EnrollmentFilter(statuses=status or None, batch_number=batch, current_step=step, name=search)
+    page = _query(lambda conn: enrollments_page(conn, account, campaign, where, cursor, limit))
+    table = Table("contact", "email", "mobile", "status", "stage", "step", "next execution", "enrolled",
+                  "batch", title=f"enrollments of {campaign}")  # fmt: skip
+    for row in page.rows:
+        indicator = row["next_execution_indicator"] or ""
+        table.add_row(
+            row["contact_name"] or row["contact_id"], row["email"] or "", row["mobile"] or "", row["status"],
+            row["stage"], row["step_label"] or "",
+            f"{_when(row['next_execution_at'])} {indicator}".strip(), _when(row["enrolled_at"]),
+            f"{row['batch_number']}{' (priority)' if row['priority'] else ''}",
+        )  # fmt: skip
+    console.print(table)
+    if page.next is not None:
+        console.print(f"next page: --after {page.next.enrolled_at.isoformat()}/{page.next.enrollment_id}")
+
+
+@app.command("stats")
+@friendly_errors
+def stats_command(
+    campaign: str = typer.Argument(..., help="the campaign id"), account: str = ACCOUNT
+) -> None:
+    """The stats cards of a campaign (seed 000): total, active, processing, completed, stopped, ..."""
+    from enrollstream.adapters.postgres.read_side import campaign_stats_card
+
+    _require_campaign(account, campaign)
+    cards = _query(lambda conn: campaign_stats_card(conn, account, campaign))
+    table = Table("card", "count", title=f"stats of {campaign}")
+    for card in ("total", "active", "processing", "completed", "stopped", "failed", "queued",
+                 "awaiting_trigger", "expired", "handed_off", "unenrolled"):  # fmt: skip
+        table.add_row(card.replace("_", " "), str(cards.get(card, 0)))
+    console.print(table)
+
+
+_TIMELINE_FIELDS = ("kind", "reason", "stop_reason", "step_index", "attempt", "outcome", "detail", "due_at")
+
+
+@app.command("timeline")
+@friendly_errors
+def timeline_command(
+    contact: str = typer.Argument(..., help="the contact id"), account: str = ACCOUNT
+) -> None:
+    """Every decision about a contact, in order, with the command that caused it: the answer to "why"."""
+    from enrollstream.adapters.postgres.read_side import contact_timeline
+
+    rows = _query(lambda conn: contact_timeline(conn, account, contact))
+    if not rows:
+        raise OperatorError(f"no events for contact {contact!r} in account {account!r}")
+    table = Table("when", "v", "event", "campaign", "what", "caused by", title=f"timeline of {contact}")
+    for row in rows:
+        data = row["data"] or {}
+        what = ", ".join(f"{k}={data[k]}" for k in _TIMELINE_FIELDS if data.get(k) not in (None, ""))
+        table.add_row(_when(row["occurred_at"]), str(row["version"]), row["type"].removesuffix(".v1"),
+                      row["campaign_id"] or "", what, row["causation_id"])  # fmt: skip
+    console.print(table)
+
+
+@dlq_app.command("list")
+@friendly_errors
+def dlq_list(limit: int = typer.Option(50, min=1, help="show the newest this many")) -> None:
+    """The dead letters, newest last: where each came from and why it could not be processed."""
+    from enrollstream.operations import dead_letters
+
+    settings = load_settings()
+    letters = asyncio.run(dead_letters(endpoints(settings).kafka_bootstrap_servers, _topics(settings)))
+    table = Table("id", "role", "reason", "from", "error", "bytes", title=f"{len(letters)} dead letters")
+    for letter in letters[-limit:]:
+        origin = f"{letter.original_topic}:{letter.original_partition}:{letter.original_offset}"
+        table.add_row(letter.id, letter.role, letter.reason, origin, letter.error[:60],
+                      str(len(letter.value or b"")))  # fmt: skip
+    console.print(table)
+
+
+@dlq_app.command("retry")
+@friendly_errors
+def dlq_retry(
+    ids: Annotated[list[str], typer.Argument(help="dead-letter ids (partition:offset) to retry")],
+) -> None:
+    """Publish dead letters to their original topic again, e.g. after the cause was fixed."""
+    from enrollstream.operations import retry_dead_letters
+
+    settings = load_settings()
+    retried = asyncio.run(
+        retry_dead_letters(endpoints(settings).kafka_bootstrap_servers, _topics(settings), ids)
+    )
+    for letter in retried:
+        console.print(f"retried {letter.id} to {letter.original_topic}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -64,6 +64,13 @@ class EnrollstreamClient:
         await self.stop()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # an unreachable broker: close what was opened, then say so
+            raise
+
+    async def _start(self) -> None:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=2
         )
@@ -75,7 +82,6 @@ class EnrollstreamClient:
         numbers = await partition_numbers(self.bootstrap, self.topics.command_results)
         partitions = [TopicPartition(self.topics.command_results, p) for p in numbers]
         if not partitions:
-            await self.stop()
             raise LookupError(f"topic {self.topics.command_results} not found: run `enrollstream topics`")
         self._results.assign(partitions)
         await self._results.seek_to_end(*partitions)

@@ -316,3 +316,22 @@ with recounted as (
     returning 1
 )
 select count(*) from recounted;
+
+-- name: latest_enrollment
+-- The contact's newest enrollment in a campaign (what `enrollstream stop/unenroll --campaign` acts on).
+select enrollment_id, status
+  from enrollments
+ where account_id = $1 and contact_id = $2 and campaign_id = $3
+ order by enrolled_at desc, enrollment_id desc
+ limit 1;
+
+-- name: campaign_stats_card
+-- Seed 000's stats cards for one campaign (a row of the campaign_stats_cards view; none: no enrollments).
+select * from campaign_stats_cards where account_id = $1 and campaign_id = $2;
+
+-- name: contact_timeline
+-- Every decision about one contact, in the order it was made, with its cause: the answer to "why".
+select t.occurred_at, t.version, t.type, t.campaign_id, t.enrollment_id, t.causation_id, t.data
+  from enrollment_timeline t
+ where t.account_id = $1 and t.contact_id = $2
+ order by t.version, t.event_id;

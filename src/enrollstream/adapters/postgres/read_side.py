@@ -169,3 +169,26 @@ async def campaign_skips(
         await conn.execute(query("force_custom_plans"))
         records = await conn.fetch(query("campaign_skips"), account_id, campaign_id, kind, limit)
     return [{**dict(r), "evidence": _json(r["evidence"])} for r in records]
+
+
+async def latest_enrollment(
+    conn: asyncpg.Connection, account_id: str, contact_id: str, campaign_id: str
+) -> dict[str, Any] | None:
+    row = await conn.fetchrow(query("latest_enrollment"), account_id, contact_id, campaign_id)
+    return None if row is None else dict(row)
+
+
+async def campaign_stats_card(conn: asyncpg.Connection, account_id: str, campaign_id: str) -> dict[str, int]:
+    """The stats cards (seed 000) of one campaign; all zero when it has no enrollments yet."""
+    row = await conn.fetchrow(query("campaign_stats_card"), account_id, campaign_id)
+    if row is None:
+        return {}
+    return {k: v for k, v in dict(row).items() if k not in ("account_id", "campaign_id")}
+
+
+async def contact_timeline(
+    conn: asyncpg.Connection, account_id: str, contact_id: str
+) -> list[dict[str, Any]]:
+    """Every event about the contact, oldest first, each with the command that caused it."""
+    rows = await conn.fetch(query("contact_timeline"), account_id, contact_id)
+    return [{**dict(r), "data": _json(r["data"])} for r in rows]

@@ -1,0 +1,146 @@
+"""What the operator commands of the CLI do, apart from printing: files, lookups, the dead letters."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from enrollstream.adapters.kafka.reading import batches_to_end
+from enrollstream.adapters.kafka.records import header
+from enrollstream.adapters.kafka.topics import Topics, partition_numbers
+from enrollstream.domain import CampaignDefinition
+from enrollstream.runtime.campaigns import CampaignCatalog
+
+
+class OperatorError(Exception):
+    """A failure the operator can fix, said in one line (unknown campaign, bad file, ...)."""
+
+
+def load_campaign_file(path: Path) -> CampaignDefinition:
+    """A campaign definition from YAML or JSON, validated against the model the decider uses."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise OperatorError(f"{path}: {exc.strerror or exc}") from None
+    try:
+        raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise OperatorError(f"{path}: not valid {kind}: {first_line}") from None
+    if not isinstance(raw, dict):
+        raise OperatorError(f"{path}: expected a mapping of campaign fields, got {type(raw).__name__}")
+    try:
+        return CampaignDefinition.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}"
+            for error in exc.errors()[:3]
+        )
+        more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+        raise OperatorError(f"{path}: not a valid campaign: {problems}{more}") from None
+
+
+async def known_campaign(
+    bootstrap: str, topics: Topics, account_id: str, campaign_id: str
+) -> CampaignDefinition:
+    """The campaign as the deciders know it; an unknown one (or another account's) is an OperatorError."""
+    catalog = CampaignCatalog(bootstrap, topics.campaigns)
+    await catalog.start()
+    try:
+        campaign = catalog.get(campaign_id)
+    finally:
+        await catalog.stop()
+    if campaign is None or campaign.account_id != account_id:
+        raise OperatorError(f"unknown campaign {campaign_id!r} for account {account_id!r}")
+    return campaign
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    role: str
+    error: str
+    original_topic: str
+    original_partition: str
+    original_offset: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+async def dead_letters(bootstrap: str, topics: Topics) -> list[DeadLetterRecord]:
+    """Every record of the dead-letter topic, oldest first per partition."""
+    names = await partition_numbers(bootstrap, topics.dead_letters)
+    partitions = [TopicPartition(topics.dead_letters, p) for p in names]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[DeadLetterRecord] = []
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        async for batch in batches_to_end(consumer, partitions):
+            for tp, records in batch.items():
+                out.extend(_letter(tp.partition, record) for record in records)
+    finally:
+        await consumer.stop()
+    return sorted(out, key=lambda letter: (letter.timestamp_ms, letter.partition, letter.offset))
+
+
+def _letter(partition: int, record: Any) -> DeadLetterRecord:
+    headers = record.headers
+    return DeadLetterRecord(
+        partition=partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+        key=record.key,
+        value=record.value,
+        reason=header(headers, "error.reason") or "",
+        role=header(headers, "error.role") or "",
+        error=header(headers, "error.message") or "",
+        original_topic=header(headers, "original.topic") or "",
+        original_partition=header(headers, "original.partition") or "",
+        original_offset=header(headers, "original.offset") or "",
+    )
+
+
+async def retry_dead_letters(bootstrap: str, topics: Topics, ids: list[str]) -> list[DeadLetterRecord]:
+    """Publish the chosen letters' original bytes to their original topic again (e.g. after a fix).
+
+    Retrying is safe to repeat: a command that was accepted once is a duplicate the second time.
+    """
+    letters = {letter.id: letter for letter in await dead_letters(bootstrap, topics)}
+    unknown = [i for i in ids if i not in letters]
+    if unknown:
+        raise OperatorError(f"no dead letter {', '.join(unknown)} (ids are partition:offset, see `dlq list`)")
+    chosen = [letters[i] for i in ids]
+    for letter in chosen:
+        if not letter.original_topic:
+            raise OperatorError(f"dead letter {letter.id} does not say which topic it came from")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for letter in chosen:
+            await producer.send_and_wait(
+                letter.original_topic,
+                letter.value,
+                key=letter.key,
+                headers=[("retry.of", f"{topics.dead_letters}:{letter.id}".encode())],
+            )
+    finally:
+        await producer.stop()
+    return chosen
