@@ -267,6 +267,7 @@ async def run_chaos(
         "ENROLLSTREAM_GROUP_ID": f"chaos-{run}",
         "ENROLLSTREAM_SESSION_TIMEOUT_MS": str(plan.session_timeout_ms),
         "ENROLLSTREAM_HEARTBEAT_INTERVAL_MS": "1000",
+        "ENROLLSTREAM_HTTP_PORT": "0",  # two workers on one host: any free port each
     }
     records = workload(plan, run)
     console.print(

@@ -171,11 +171,13 @@ def worker_command(
 ) -> None:
     """Run the worker roles until SIGTERM or Ctrl-C (then drain and commit)."""
     from enrollstream.adapters.postgres.migrations import pending_migrations
+    from enrollstream.observability import ObservabilityServer, Probe, configure_logging
     from enrollstream.runtime.worker import Worker, parse_roles
 
     settings = load_settings()
     target = endpoints(settings)
-    logging.getLogger("enrollstream").setLevel(logging.INFO)
+    configure_logging(settings.log_format)
+    log = logging.getLogger("enrollstream.worker")
 
     async def run() -> None:
         conn = await asyncpg.connect(target.database_url)
@@ -189,11 +191,34 @@ def worker_command(
                 "run `enrollstream migrate`"
             )
         worker = Worker(settings, target.kafka_bootstrap_servers, target.database_url, parse_roles(roles))
+        probe = Probe(
+            started=lambda: worker.ready,
+            stopping=worker.stop_event.is_set,
+            failed=lambda: worker.failure,
+        )
+        server = ObservabilityServer(probe, settings.http_host, settings.http_port)
         loop = asyncio.get_running_loop()
+
+        def give_up() -> None:
+            # Draining is bounded: a role stuck on an unreachable server must not keep the process.
+            log.error("did not drain within %ss of the stop signal; exiting", settings.shutdown_timeout_s)
+            os._exit(1)
+
+        def stop() -> None:
+            if not worker.stop_event.is_set():
+                log.info("stop signal: draining the batch in flight, then committing and closing")
+                worker.stop()
+                loop.call_later(settings.shutdown_timeout_s, give_up)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.stop)
-        console.print(f"worker running {', '.join(worker.roles)}; Ctrl-C to stop")
-        await worker.run()
+            loop.add_signal_handler(sig, stop)
+        await server.start()
+        try:
+            console.print(f"worker running {', '.join(worker.roles)}; Ctrl-C to stop", highlight=False)
+            await worker.run()
+        finally:
+            await server.stop()
+        log.info("worker stopped cleanly")
 
     asyncio.run(run())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,12 @@ class Settings(BaseSettings):
     # resolv.conf), and the bound on one whole lookup. A lookup that times out enrolls unverified.
     dns_nameservers: str = ""
     dns_timeout_s: float = Field(default=3.0, gt=0)
+    # The worker's /metrics, /healthz and /readyz (0: any free port, printed at start), its log format,
+    # and how long SIGTERM may take to drain before the process exits anyway.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=9464, ge=0, le=65535)
+    log_format: Literal["json", "text"] = "json"
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
     # Where `stack up` keeps its processes' data, logs and state file.
     stack_dir: Path = Field(default_factory=lambda: _home_dir(".local", "state", "enrollstream", "stack"))
     # Where the Kafka jars and the Maven repository are cached (outside the checkout).

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -24,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import IllegalOperation, KafkaError
 from pydantic import ValidationError
 
+from enrollstream import observability as metrics
 from enrollstream.adapters.dns.mx import MxLookupUnavailable, MxVerifier
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, DeadLetter, encode, key_bytes
@@ -91,6 +94,7 @@ class _Staged:
     commands: int = 0
     events: int = 0
     dead_letters: int = 0
+    results: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command type, status)
 
 
 class DeciderService:
@@ -250,6 +254,7 @@ class DeciderService:
             )
             await producer.commit_transaction()
         except (KafkaError, IllegalOperation) as exc:
+            metrics.TRANSACTIONS.labels("decider", "aborted").inc()
             # Fenced (ProducerFenced, or IllegalOperation once the fencing reached the producer in the
             # background), or a failure that leaves the transaction's fate unknown: never retry blindly.
             if not self._still_assigned(tp):
@@ -268,6 +273,16 @@ class DeciderService:
         owner.next_offset = records[-1].offset + 1  # type: ignore[attr-defined]
         self.processed_commands += staged.commands
         self.emitted_events += staged.events
+        # Counted once committed, so an aborted and redone batch is not counted twice.
+        metrics.TRANSACTIONS.labels("decider", "committed").inc()
+        metrics.BATCH_RECORDS.labels("decider").observe(len(records))
+        metrics.DEAD_LETTERS.labels("decider").inc(staged.dead_letters)
+        for (command_type, status), n in staged.results.items():
+            metrics.COMMANDS.labels(command_type, status).inc(n)
+        if self._consumer is not None:
+            metrics.record_lag(
+                "decider", tp.partition, self._consumer.last_stable_offset(tp), owner.next_offset
+            )
 
     def _still_assigned(self, tp: TopicPartition) -> bool:
         return self._consumer is not None and tp in self._consumer.assignment()
@@ -367,7 +382,7 @@ class DeciderService:
                 code=RejectionCode.ACCOUNT_MISMATCH.value,
                 message=f"record key {record_key!r} is not the command's aggregate key {key!r}",
             )
-            await self._send_result(owner, key, result)
+            await self._send_result(owner, staged, key, result)
             return
 
         state = (
@@ -375,10 +390,16 @@ class DeciderService:
             or owner.states.get(key)
             or initial_state(command.account_id, command.contact_id)
         )
+        started = time.perf_counter()
         decision = decide(command, state)
         result = command_result(command, decision)
         if isinstance(decision, Accepted) and decision.events:
             staged.states[key] = fold(state, decision.events)
+            metrics.DECIDE_SECONDS.observe(time.perf_counter() - started)
+            log.debug(
+                "command accepted",
+                extra={"command_id": command.command_id, "event_ids": [e.event_id for e in decision.events]},
+            )
             for event in decision.events:
                 await producer.send(
                     self.topics.events,
@@ -401,8 +422,11 @@ class DeciderService:
             )
             staged.events += len(decision.events)
         elif isinstance(decision, Rejection):
-            log.info("command %s rejected: %s", command.command_id, decision.code.value)
-        await self._send_result(owner, key, result)
+            log.info(
+                "command rejected",
+                extra={"command_id": command.command_id, "type": command.type, "code": decision.code.value},
+            )
+        await self._send_result(owner, staged, key, result)
 
     def _with_campaign(self, command: EnrollLike) -> EnrollLike:
         """Fill in the campaign definition upstream left out; None stays None (`campaign_not_found`)."""
@@ -432,8 +456,11 @@ class DeciderService:
         key = aggregate_key(command.account_id, "")
         result = command_result(command, decision)
         if isinstance(decision, Rejection):
-            log.info("bulk enroll %s rejected: %s", command.command_id, decision.code.value)
-            await self._send_result(owner, key, result)
+            log.info(
+                "bulk enroll rejected",
+                extra={"command_id": command.command_id, "type": command.type, "code": decision.code.value},
+            )
+            await self._send_result(owner, staged, key, result)
             return
         children = fan_out_bulk_enroll(command)
         for child in children:
@@ -459,9 +486,12 @@ class DeciderService:
                 },
             }
         )
-        await self._send_result(owner, key, result)
+        await self._send_result(owner, staged, key, result)
 
-    async def _send_result(self, owner: PartitionOwner, key: str, result: CommandResult) -> None:
+    async def _send_result(
+        self, owner: PartitionOwner, staged: _Staged, key: str, result: CommandResult
+    ) -> None:
+        staged.results[(result.command_type, result.status)] += 1
         await owner.producer.send(
             self.topics.command_results,
             encode(result),

@@ -20,6 +20,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
 
+from enrollstream import observability as metrics
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import parse_event
 from enrollstream.domain.events import BulkEnrollAccepted, EnrollmentSkipped, Event, ReplyReceived
@@ -90,7 +91,16 @@ class ProjectorService:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
             if batch:
-                await self.apply_batch(batch)
+                try:
+                    await self.apply_batch(batch)
+                except Exception:
+                    metrics.TRANSACTIONS.labels("projector", "aborted").inc()
+                    raise
+                metrics.TRANSACTIONS.labels("projector", "committed").inc()
+                metrics.BATCH_RECORDS.labels("projector").observe(sum(len(r) for r in batch.values()))
+                for tp, records in batch.items():
+                    end = consumer.last_stable_offset(tp)
+                    metrics.record_lag("projector", tp.partition, end, records[-1].offset + 1)
                 # Only for lag monitoring; the checkpoints in Postgres are the truth.
                 with contextlib.suppress(Exception):
                     await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})

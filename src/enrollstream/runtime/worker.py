@@ -31,6 +31,8 @@ class Worker:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     decider: DeciderService | None = None
     projector: ProjectorService | None = None
+    ready: bool = False  # every role started (readiness)
+    failure: str | None = None  # a role failed (health)
 
     @property
     def topics(self) -> Topics:
@@ -73,6 +75,7 @@ class Worker:
         try:
             for service in services:
                 await service.start()
+            self.ready = True
             if started is not None:
                 started.set()
             tasks = [asyncio.create_task(service.run(self.stop_event)) for service in services]
@@ -81,6 +84,7 @@ class Worker:
             await asyncio.gather(*tasks, return_exceptions=True)
             for task in done:
                 if task.exception() is not None:
+                    self.failure = repr(task.exception())
                     raise task.exception()  # type: ignore[misc]
         finally:
             for service in reversed(services):

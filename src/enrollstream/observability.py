@@ -1,0 +1,132 @@
+"""What an operator sees without reading code: Prometheus metrics, health and readiness, JSON logs.
+
+The metrics live in the default Prometheus registry, labelled by role, so one process running several
+roles (or several services in one test process) shares them. The HTTP server is aiohttp:
+
+- `GET /metrics`  Prometheus text format;
+- `GET /healthz`  200 while the process works (its event loop answers and no role has failed);
+- `GET /readyz`   200 once every role has started and until shutdown begins, else 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from pythonjsonlogger.json import JsonFormatter
+
+COMMANDS = Counter(
+    "enrollstream_commands", "Commands decided, by command type and result status", ["type", "status"]
+)
+DECIDE_SECONDS = Histogram(
+    "enrollstream_decide_seconds",
+    "Time to decide one command and fold its events (the pure part)",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1),
+)
+BATCH_RECORDS = Histogram(
+    "enrollstream_batch_records",
+    "Records per processed batch",
+    ["role"],
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+)
+TRANSACTIONS = Counter(
+    "enrollstream_transactions", "Batch transactions (Kafka or PostgreSQL) by outcome", ["role", "outcome"]
+)
+DEAD_LETTERS = Counter("enrollstream_dead_letters", "Records sent to the dead-letter topic", ["role"])
+CONSUMER_LAG = Gauge(
+    "enrollstream_consumer_lag",
+    "Records behind the partition's end after the last batch",
+    ["role", "partition"],
+)
+SENDS = Counter("enrollstream_sends", "Messages handed to a channel, by outcome", ["channel", "outcome"])
+DUE_TIMERS = Gauge("enrollstream_due_timers", "Timers due and not yet fired (the scheduler's backlog)")
+TIMER_LATENESS = Histogram(
+    "enrollstream_timer_lateness_seconds",
+    "How long after its due time a timer fired",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+def record_lag(role: str, partition: int, end: int | None, next_offset: int) -> None:
+    """`end` is the partition's last stable offset as the consumer last saw it (None: unknown yet)."""
+    if end is not None:
+        CONSUMER_LAG.labels(role, str(partition)).set(max(0, end - next_offset))
+
+
+@dataclass
+class Probe:
+    """What /healthz and /readyz answer from, set by the worker."""
+
+    started: Callable[[], bool]
+    stopping: Callable[[], bool]
+    failed: Callable[[], str | None]
+
+
+class ObservabilityServer:
+    def __init__(self, probe: Probe, host: str = "127.0.0.1", port: int = 9464) -> None:
+        self.probe = probe
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._health)
+        app.router.add_get("/readyz", self._ready)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:  # an ephemeral port: say which one
+            server = site._server
+            assert server is not None
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        logging.getLogger(__name__).info(
+            "metrics and health on http://%s:%d", self.host, self.port, extra={"port": self.port}
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _health(self, _: web.Request) -> web.Response:
+        failure = self.probe.failed()
+        if failure:
+            return web.json_response({"status": "failed", "reason": failure}, status=503)
+        return web.json_response({"status": "ok"})
+
+    async def _ready(self, _: web.Request) -> web.Response:
+        if self.probe.stopping():
+            return web.json_response({"status": "stopping"}, status=503)
+        if not self.probe.started():
+            return web.json_response({"status": "starting"}, status=503)
+        return web.json_response({"status": "ready"})
+
+
+def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
+    """JSON lines on stderr (the `extra` fields, such as command_id and event_ids, become keys), or text."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("enrollstream").setLevel(level)
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
