@@ -149,8 +149,9 @@ async def test_an_enrolled_contact_reaches_the_subscriber_signed_with_the_event_
             verify_signature(secret, signature, body, now=now)
 
 
+@pytest.mark.parametrize("consumers", [1, 3], ids=["one-consumer", "three-consumers"])
 async def test_a_failing_endpoint_holds_back_the_enrollments_later_events_until_it_succeeds(
-    settings: Settings, topics: Topics, receiver: RecordingWebhookServer
+    settings: Settings, topics: Topics, receiver: RecordingWebhookServer, consumers: int
 ) -> None:
     bootstrap = settings.kafka_bootstrap_servers
     assert bootstrap
@@ -161,9 +162,17 @@ async def test_a_failing_endpoint_holds_back_the_enrollments_later_events_until_
     receiver.respond = lambda path, event_id, attempt: 500 if event_id == first and attempt <= 2 else 200
     await subscribe(bootstrap, topics, account, receiver.url("/a"), SECRET_A)
     await publish_events(bootstrap, topics, events)
-    async with running_relay(relay_settings(settings, max_attempts=5)):
-        await receiver.wait_for(lambda rs: sum(r.status == 200 for r in rs) >= len(events))
-    got = receiver.at("/a")
+    # Another enrollment (maybe another partition) is delivered too, in its own order.
+    others = [sent_event(account, "enr-2", step) for step in range(2)]
+    await publish_events(bootstrap, topics, others)
+    config = relay_settings(settings, max_attempts=5).model_copy(update={"relay_consumers": consumers})
+    async with running_relay(config) as relay:
+        await receiver.wait_for(lambda rs: sum(r.status == 200 for r in rs) >= len(events) + len(others))
+        await _until(lambda: relay.delivered >= len(events) + len(others))
+    assert [r.event_id for r in receiver.at("/a") if r.event["enrollment_id"] == "enr-2"] == [
+        e.id for e in others
+    ]
+    got = [r for r in receiver.at("/a") if r.event["enrollment_id"] == "enr-1"]
     assert [(r.event_id, r.status) for r in got] == [
         (first, 500),
         (first, 500),
@@ -252,6 +261,28 @@ async def test_offsets_are_committed_after_delivery_so_a_restart_does_not_repeat
     async with running_relay(config):
         await receiver.wait_for(lambda rs: any(r.event_id == later.id for r in rs), timeout=60)
     assert sorted(ids_of(receiver.requests)) == sorted([*(e.id for e in first), later.id])  # no repeats
+
+
+async def test_a_relay_stopped_mid_retry_commits_nothing_and_the_next_one_delivers_the_event(
+    settings: Settings, topics: Topics, receiver: RecordingWebhookServer
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = f"acct-{uuid.uuid4().hex[:6]}"
+    await subscribe(bootstrap, topics, account, receiver.url("/a"), SECRET_A)
+    event = sent_event(account, "enr-1", 0)
+    receiver.respond = lambda path, event_id, attempt: 500
+    await publish_events(bootstrap, topics, [event])
+    config = relay_settings(settings, max_attempts=50)
+    async with running_relay(config) as relay:
+        await receiver.wait_for(lambda rs: len(rs) >= 2)
+        group = relay.group_id
+    assert await _committed_total(bootstrap, topics, group, settings.partitions) == 0
+    receiver.respond = lambda path, event_id, attempt: 200
+    async with running_relay(config):
+        await receiver.wait_for(lambda rs: any(r.status == 200 for r in rs), timeout=60)
+    assert {r.event_id for r in receiver.requests} == {event.id}
+    assert await _committed_total(bootstrap, topics, group, settings.partitions) == 1
 
 
 def test_retry_delays_grow_by_the_factor_up_to_the_cap() -> None:
