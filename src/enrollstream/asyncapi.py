@@ -15,6 +15,7 @@ from faststream.specification.asyncapi import AsyncAPI
 
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.adapters.sms import OutboundSms
+from enrollstream.adapters.webhooks.subscriptions import WebhookSubscription
 from enrollstream.domain import CampaignDefinition, CommandResult, ContactImport, ContactState
 from enrollstream.domain.commands import Command
 from enrollstream.domain.events import Event
@@ -27,6 +28,10 @@ COMMANDS = (
 )
 EVENTS = "Domain events, the source of truth, folded into the PostgreSQL read models."
 CAMPAIGNS = "Campaign definitions keyed campaign_id (compacted); every decider reads all of them."
+SUBSCRIPTIONS = "Webhook subscriber URLs and secrets per account (compacted), read by every relay."
+RELAY = (
+    "The reference webhook relay POSTs each public event, signed, in order per enrollment (docs/webhooks.md)."
+)
 IMPORTS = "Contact imports keyed account_id/import_id (compacted), which BulkEnroll refers to."
 
 
@@ -46,6 +51,13 @@ def describe(topics: Topics | None = None) -> KafkaBroker:
 
     @broker.subscriber(t.contact_imports, title="contact-import catalog", description=IMPORTS)
     async def contact_imports(contact_import: ContactImport) -> None: ...
+
+    @broker.subscriber(t.webhook_subscriptions, title="webhook subscriptions", description=SUBSCRIPTIONS)
+    async def subscriptions(subscription: WebhookSubscription) -> None: ...
+
+    @broker.subscriber(t.integration_events, group_id="enrollstream.webhook-relay", title="webhook relay",
+                       description=RELAY)  # fmt: skip
+    async def relay(event: AnyIntegrationEvent) -> None: ...
 
     publishers: list[tuple[str, Any, str]] = [
         (t.events, Event, "decider: domain events keyed account_id/contact_id, in its transaction"),

@@ -47,6 +47,20 @@ class Settings(BaseSettings):
     http_port: int = Field(default=9464, ge=0, le=65535)
     log_format: Literal["json", "text"] = "json"
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    # Webhook relay (role `relay`, docs/webhooks.md): its own consumer group on the integration-events topic.
+    relay_group_id: str | None = None  # default: `<group_id>.webhook-relay`
+    relay_consumers: int = Field(default=1, ge=1)  # consumers in this process; each owns some partitions
+    relay_request_timeout_s: float = Field(default=10.0, gt=0)
+    relay_max_attempts: int = Field(default=6, ge=1)  # per URL and event, the first try included
+    relay_retry_base_s: float = Field(default=1.0, ge=0)  # wait after the first failure
+    relay_retry_factor: float = Field(default=2.0, ge=1)  # each next wait is this much longer
+    relay_retry_max_s: float = Field(default=60.0, ge=0)  # no single wait longer than this
+    # One-click unsubscribe endpoint (role `unsubscribe`, RFC 8058).
+    unsubscribe_host: str = "127.0.0.1"
+    unsubscribe_port: int = Field(default=8025, ge=0, le=65535)  # 0: any free port
+    # Comma-separated token keys (>= 16 bytes each); the first is the one messages are signed with.
+    unsubscribe_keys: str = ""
+    unsubscribe_publish_timeout_s: float = Field(default=5.0, gt=0)
     # Where `stack up` keeps its processes' data, logs and state file.
     stack_dir: Path = Field(default_factory=lambda: _home_dir(".local", "state", "enrollstream", "stack"))
     # Where the Kafka jars and the Maven repository are cached (outside the checkout).
@@ -61,6 +75,10 @@ def parse_nameservers(value: str) -> list[tuple[str, int]]:
             host, _, port = item.rpartition(":") if ":" in item else (item, "", "53")
             out.append((host, int(port)))
     return out
+
+
+def unsubscribe_key_list(settings: Settings) -> list[bytes]:
+    return [key.strip().encode() for key in settings.unsubscribe_keys.split(",") if key.strip()]
 
 
 def load_settings() -> Settings:

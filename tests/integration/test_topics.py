@@ -33,6 +33,7 @@ async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(
             "integration-events",
             "dead-letters",
             "outbound-sms",
+            "webhook-subscriptions",
         )
     }
 
@@ -45,6 +46,7 @@ async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(
         assert partitions[topics.events] == 4
         assert partitions[topics.campaigns] == 1
         assert partitions[topics.contact_imports] == 1
+        assert partitions[topics.webhook_subscriptions] == 1
         configs = await admin.describe_configs(
             [
                 ConfigResource(ConfigResourceType.TOPIC, topics.events),

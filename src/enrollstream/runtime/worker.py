@@ -11,15 +11,20 @@ from datetime import UTC, datetime
 
 from enrollstream.adapters.dns.mx import MxVerifier, Nameserver
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
-from enrollstream.config import Settings, parse_nameservers
+from enrollstream.config import Settings, parse_nameservers, unsubscribe_key_list
 from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
 from enrollstream.runtime.projector import ProjectorService
+from enrollstream.runtime.unsubscribe_server import UnsubscribeServer
+from enrollstream.runtime.webhook_relay import WebhookRelayService
 
 log = logging.getLogger(__name__)
 
-ROLES = ("decider", "projector")
+ROLES = ("decider", "projector", "relay", "unsubscribe")
+# What runs when no roles are named. `relay` and `unsubscribe` are opt-in: the relay is a reference for
+# integrators and the unsubscribe role opens a port and needs token keys.
+DEFAULT_ROLES = ("decider", "projector")
 
 
 @dataclass
@@ -27,12 +32,14 @@ class Worker:
     settings: Settings
     bootstrap: str
     database_url: str
-    roles: tuple[str, ...] = ROLES
+    roles: tuple[str, ...] = DEFAULT_ROLES
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     decider: DeciderService | None = None
     projector: ProjectorService | None = None
     ready: bool = False  # every role started (readiness)
     failure: str | None = None  # a role failed (health)
+    relay: WebhookRelayService | None = None
+    unsubscribe: UnsubscribeServer | None = None
 
     @property
     def topics(self) -> Topics:
@@ -47,7 +54,7 @@ class Worker:
         )
         catalog = CampaignCatalog(self.bootstrap, self.topics.campaigns)
         imports = ContactImportCatalog(self.bootstrap, self.topics.contact_imports)
-        services: list[DeciderService | ProjectorService] = []
+        services: list[DeciderService | ProjectorService | WebhookRelayService | UnsubscribeServer] = []
         if "decider" in self.roles:
             await catalog.start()
             await imports.start()
@@ -72,6 +79,19 @@ class Worker:
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             )
             services.append(self.projector)
+        if "relay" in self.roles:
+            self.relay = WebhookRelayService.from_settings(self.settings, self.bootstrap)
+            services.append(self.relay)
+        if "unsubscribe" in self.roles:
+            self.unsubscribe = UnsubscribeServer(
+                self.bootstrap,
+                self.topics,
+                unsubscribe_key_list(self.settings),
+                host=self.settings.unsubscribe_host,
+                port=self.settings.unsubscribe_port,
+                publish_timeout_s=self.settings.unsubscribe_publish_timeout_s,
+            )
+            services.append(self.unsubscribe)
         try:
             for service in services:
                 await service.start()
@@ -104,6 +124,6 @@ def mx_verifier(settings: Settings) -> MxVerifier:
 
 def parse_roles(value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
-        return ROLES
+        return DEFAULT_ROLES
     items = value.split(",") if isinstance(value, str) else list(value)
     return tuple(item.strip() for item in items if item.strip())

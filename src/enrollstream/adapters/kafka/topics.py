@@ -62,6 +62,10 @@ class Topics:
     def outbound_sms(self) -> str:
         return f"{self.prefix}outbound-sms"
 
+    @property
+    def webhook_subscriptions(self) -> str:
+        return f"{self.prefix}webhook-subscriptions"
+
     def specs(self, partitions: int) -> list[TopicSpec]:
         compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)}
         week = {"retention.ms": str(7 * DAY_MS)}
@@ -92,6 +96,13 @@ class Topics:
                 "undecodable or invalid records, original bytes and the reason in headers",
             ),
             TopicSpec(self.outbound_sms, partitions, week, "SMS for the gateway relay, keyed by recipient"),
+            # One partition, like campaigns: every relay holds the whole table. Key `<account_id> <url>`.
+            TopicSpec(
+                self.webhook_subscriptions,
+                1,
+                compacted,
+                "webhook subscriptions (url, secret, active) per account, latest per key",
+            ),
         ]
 
 

@@ -1,0 +1,1 @@
+"""Outbound webhooks: request signing (and its verification for subscribers) and the subscriptions table."""
