@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     # wait this long before moving. The broker's group.min.session.timeout.ms (6 s) bounds it below.
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    # The scheduler role: how often it claims due timers, how many per claim, and how long a claim's
+    # lease lasts (a row whose command was deferred or went stale fires again after it).
+    scheduler_interval_ms: int = Field(default=500, ge=10)
+    scheduler_batch: int = Field(default=500, ge=1)
+    scheduler_lease_ms: int = Field(default=30_000, ge=100)
     # Where `stack up` keeps its processes' data, logs and state file.
     stack_dir: Path = Field(default_factory=lambda: _home_dir(".local", "state", "enrollstream", "stack"))
     # Where the Kafka jars and the Maven repository are cached (outside the checkout).

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.config import Settings
@@ -14,10 +15,16 @@ from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
 from enrollstream.runtime.projector import ProjectorService
+from enrollstream.runtime.scheduler import SchedulerService, utc_now
 
 log = logging.getLogger(__name__)
 
-ROLES = ("decider", "projector")
+ROLES = ("decider", "projector", "scheduler")
+# What runs when no roles are named. The scheduler is opt-in until the dispatcher exists: without it,
+# steps it fires would stay `processing`.
+DEFAULT_ROLES = ("decider", "projector")
+
+Service = DeciderService | ProjectorService | SchedulerService
 
 
 @dataclass
@@ -25,10 +32,12 @@ class Worker:
     settings: Settings
     bootstrap: str
     database_url: str
-    roles: tuple[str, ...] = ROLES
+    roles: tuple[str, ...] = DEFAULT_ROLES
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    clock: Callable[[], datetime] = utc_now  # the scheduler's "now"; tests inject a manual clock
     decider: DeciderService | None = None
     projector: ProjectorService | None = None
+    scheduler: SchedulerService | None = None
 
     @property
     def topics(self) -> Topics:
@@ -43,9 +52,10 @@ class Worker:
         )
         catalog = CampaignCatalog(self.bootstrap, self.topics.campaigns)
         imports = ContactImportCatalog(self.bootstrap, self.topics.contact_imports)
-        services: list[DeciderService | ProjectorService] = []
-        if "decider" in self.roles:
+        services: list[Service] = []
+        if "decider" in self.roles or "scheduler" in self.roles:
             await catalog.start()
+        if "decider" in self.roles:
             await imports.start()
             self.decider = DeciderService(
                 self.bootstrap,
@@ -67,6 +77,18 @@ class Worker:
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             )
             services.append(self.projector)
+        if "scheduler" in self.roles:
+            self.scheduler = SchedulerService(
+                self.bootstrap,
+                self.topics,
+                self.database_url,
+                catalog,
+                clock=self.clock,
+                interval_ms=self.settings.scheduler_interval_ms,
+                batch=self.settings.scheduler_batch,
+                lease_ms=self.settings.scheduler_lease_ms,
+            )
+            services.append(self.scheduler)
         try:
             for service in services:
                 await service.start()
@@ -92,6 +114,6 @@ class Worker:
 
 def parse_roles(value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
-        return ROLES
+        return DEFAULT_ROLES
     items = value.split(",") if isinstance(value, str) else list(value)
     return tuple(item.strip() for item in items if item.strip())
