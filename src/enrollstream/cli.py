@@ -163,7 +163,10 @@ def migrate_command() -> None:
 @app.command("worker")
 @friendly_errors
 def worker_command(
-    roles: str = typer.Option("decider,projector", help="comma-separated roles to run in this process"),
+    roles: str = typer.Option(
+        "decider,projector",
+        help="comma-separated roles to run in this process: decider, projector, scheduler",
+    ),
 ) -> None:
     """Run the worker roles until SIGTERM or Ctrl-C (then drain and commit)."""
     from enrollstream.adapters.postgres.migrations import pending_migrations

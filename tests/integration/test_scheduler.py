@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.adapters.postgres.queries import query
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition, StepDue, parse_command, parse_event, step_due_command_id
 from enrollstream.domain.commands import timer_command_id
@@ -408,3 +409,24 @@ async def test_the_worker_runs_the_scheduler_on_its_interval_with_the_injected_c
             lambda: _has_events(bootstrap, topics, "StepDispatched.v1", 1), what="the interval job fired"
         )
         assert worker.scheduler.published == 1
+
+
+async def test_the_claim_reads_the_partial_indexes_not_the_whole_table(db: asyncpg.Connection) -> None:
+    await db.execute(
+        """
+        insert into timers (enrollment_id, kind, account_id, contact_id, campaign_id, step_index, attempt,
+                            due_at, batch_number, priority, enrolled_at, claimed_until)
+        select 'e' || i, 'step_due', 'a', 'c' || i, 'camp' || (i % 50), 0, 1,
+               $1::timestamptz + make_interval(secs => i), i % 7, i % 13 = 0, $1::timestamptz,
+               case when i % 10 = 0 then $1::timestamptz + interval '1 day' end
+          from generate_series(1, 50000) i
+        """,
+        T0,
+    )
+    await db.execute("analyze timers")
+    now = T0 + timedelta(seconds=500)
+    plan = "\n".join(
+        r[0] for r in await db.fetch("explain " + query("claim_due_timers"), now, now + HOUR, ["camp1"], 500)
+    )
+    assert "timers_due_unclaimed" in plan and "timers_lease" in plan, plan
+    assert "Seq Scan on timers" not in plan, plan

@@ -353,9 +353,10 @@ on conflict (enrollment_id, kind) do update set
 -- The scheduler's claim: up to $4 due rows that no live lease holds, outside the paused campaigns ($3),
 -- leased until $2. Within a campaign in dispatch order: batch number, priority first, enrollment time.
 -- SKIP LOCKED: a concurrent claimer passes over the rows this one is taking instead of waiting for them,
--- and the lease keeps them from it once this transaction commits.
+-- and the lease keeps them from it once this transaction commits. The update finds the locked rows by
+-- ctid (stable while we hold their locks): a TID scan, never a join over the whole table.
 with due as (
-    select enrollment_id, kind
+    select ctid
       from timers
      where ((claimed_until is null and due_at <= $1) or (claimed_until < $1 and due_at <= $1))
        and campaign_id <> all($3::text[])
@@ -365,8 +366,7 @@ with due as (
 ), claimed as (
     update timers t
        set claimed_until = $2
-      from due
-     where t.enrollment_id = due.enrollment_id and t.kind = due.kind
+     where t.ctid = any(array(select ctid from due))
     returning t.*
 )
 select * from claimed
