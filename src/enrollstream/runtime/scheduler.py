@@ -77,6 +77,7 @@ class SchedulerService:
         self.lease = timedelta(milliseconds=lease_ms)
         self._pool: asyncpg.Pool | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._ticking = asyncio.Lock()  # held by a tick; stopping waits for the one in flight
         self.published = 0
 
     async def start(self) -> None:
@@ -112,6 +113,8 @@ class SchedulerService:
             await stop.wait()
         finally:
             scheduler.shutdown(wait=False)
+            async with self._ticking:  # let a tick in flight finish publishing before stop() closes
+                pass
 
     async def _job(self) -> None:
         # Keep claiming while claims come back full, so a backlog drains at the broker's pace.
@@ -120,6 +123,10 @@ class SchedulerService:
 
     async def tick(self, now: datetime) -> list[TimerCommand]:
         """Claim the rows due at `now` and publish their commands; returns them once acknowledged."""
+        async with self._ticking:
+            return await self._tick(now)
+
+    async def _tick(self, now: datetime) -> list[TimerCommand]:
         pool, producer = self._pool, self._producer
         assert pool is not None and producer is not None, "start() the scheduler first"
         await self.catalog.catch_up()  # a pause or resume published before this tick counts
