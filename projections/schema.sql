@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0006 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0007 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -265,6 +265,27 @@ CREATE TABLE public.replies (
 );
 
 --
+-- Name: timers; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.timers (
+    enrollment_id text NOT NULL,
+    kind text NOT NULL,
+    account_id text NOT NULL,
+    contact_id text NOT NULL,
+    campaign_id text NOT NULL,
+    step_index integer,
+    attempt integer,
+    due_at timestamp with time zone NOT NULL,
+    batch_number integer DEFAULT 0 NOT NULL,
+    priority boolean DEFAULT false NOT NULL,
+    enrolled_at timestamp with time zone NOT NULL,
+    claimed_until timestamp with time zone,
+    CONSTRAINT timers_check CHECK (((kind = 'step_due'::text) = ((step_index IS NOT NULL) AND (attempt IS NOT NULL)))),
+    CONSTRAINT timers_kind_check CHECK ((kind = ANY (ARRAY['step_due'::text, 'expiry'::text, 'wait_timeout'::text])))
+);
+
+--
 -- Name: bulk_enrollments bulk_enrollments_event_id_key; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -319,6 +340,13 @@ ALTER TABLE ONLY public.projection_checkpoints
 
 ALTER TABLE ONLY public.replies
     ADD CONSTRAINT replies_pkey PRIMARY KEY (event_id);
+
+--
+-- Name: timers timers_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.timers
+    ADD CONSTRAINT timers_pkey PRIMARY KEY (enrollment_id, kind);
 
 --
 -- Name: bulk_enrollments_campaign; Type: INDEX; Schema: public; Owner: -
@@ -403,6 +431,18 @@ CREATE INDEX enrollments_contact_name_trgm ON public.enrollments USING gin (cont
 --
 
 CREATE INDEX replies_campaign ON public.replies USING btree (campaign_id, replied_at);
+
+--
+-- Name: timers_due_unclaimed; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX timers_due_unclaimed ON public.timers USING btree (due_at) WHERE (claimed_until IS NULL);
+
+--
+-- Name: timers_lease; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX timers_lease ON public.timers USING btree (claimed_until) WHERE (claimed_until IS NOT NULL);
 
 --
 -- PostgreSQL database dump complete

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -69,10 +70,14 @@ async def eventually(
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    settings: Settings, roles: tuple[str, ...] = ("decider", "projector")
+    settings: Settings,
+    roles: tuple[str, ...] = ("decider", "projector"),
+    clock: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[Worker]:
     assert settings.kafka_bootstrap_servers and settings.database_url
     worker = Worker(settings, settings.kafka_bootstrap_servers, settings.database_url, roles)
+    if clock is not None:
+        worker.clock = clock
     started = asyncio.Event()
     task = asyncio.create_task(worker.run(started))
     waiter = asyncio.create_task(started.wait())

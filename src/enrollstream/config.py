@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # Comma-separated token keys (>= 16 bytes each); the first is the one messages are signed with.
     unsubscribe_keys: str = ""
     unsubscribe_publish_timeout_s: float = Field(default=5.0, gt=0)
+    # The scheduler role: how often it claims due timers, how many per claim, and how long a claim's
+    # lease lasts (a row whose command was deferred or went stale fires again after it).
+    scheduler_interval_ms: int = Field(default=500, ge=10)
+    scheduler_batch: int = Field(default=500, ge=1)
+    scheduler_lease_ms: int = Field(default=30_000, ge=100)
     # Where `stack up` keeps its processes' data, logs and state file.
     stack_dir: Path = Field(default_factory=lambda: _home_dir(".local", "state", "enrollstream", "stack"))
     # Where the Kafka jars and the Maven repository are cached (outside the checkout).

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.records import encode
 from enrollstream.domain import CampaignDefinition
+from enrollstream.domain.campaign import CampaignStatus
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ class CampaignCatalog:
 
     def get(self, campaign_id: str) -> CampaignDefinition | None:
         return self._campaigns.get(campaign_id)
+
+    def paused(self) -> list[str]:
+        """The ids of the campaigns whose latest definition is paused."""
+        return sorted(c.campaign_id for c in self._campaigns.values() if c.status is CampaignStatus.PAUSED)
 
     def __len__(self) -> int:
         return len(self._campaigns)

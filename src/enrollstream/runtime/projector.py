@@ -24,7 +24,7 @@ from enrollstream import observability as metrics
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import parse_event
 from enrollstream.domain.events import BulkEnrollAccepted, EnrollmentSkipped, Event, ReplyReceived
-from enrollstream.read_models import enrollments
+from enrollstream.read_models import enrollments, timers
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class ProjectorService:
                     advance[tp.partition] = offset + 1
             if not advance:
                 return 0
+            # Timers first: their fold reads the enrollments rows as they were before this batch.
+            await self._write_timers(conn, events)
             await self._write_enrollments(conn, events)
             await self._write_timeline(conn, events)
             await self._write_skips_and_replies(conn, events)
@@ -178,6 +180,27 @@ class ProjectorService:
             columns=list(enrollments.COLUMNS),
         )
         await conn.execute(query("merge_enrollments_stage"))
+
+    async def _write_timers(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        relevant = [e for e in events if timers.concerns_timers(e)]
+        if not relevant:
+            return
+        ids = sorted({e.enrollment_id for e in relevant if e.enrollment_id})
+        fold = timers.TimerFold(
+            {
+                record["enrollment_id"]: timers.EnrollmentInfo.from_row(dict(record))
+                for record in await conn.fetch(query("timer_enrollments"), ids)
+            }
+        )
+        for event in relevant:
+            fold.apply(event)
+        deletes = fold.deletes()
+        if deletes:
+            await conn.execute(query("delete_timers"), *map(list, zip(*deletes, strict=True)))
+        upserts = fold.upserts()
+        if upserts:
+            rows = [astuple(row) for row in upserts]
+            await conn.execute(query("upsert_timers"), *map(list, zip(*rows, strict=True)))
 
     async def _write_timeline(self, conn: asyncpg.Connection, events: list[Event]) -> None:
         columns: list[list[object]] = [[] for _ in range(10)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -16,15 +16,19 @@ from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
 from enrollstream.runtime.projector import ProjectorService
+from enrollstream.runtime.scheduler import SchedulerService, utc_now
 from enrollstream.runtime.unsubscribe_server import UnsubscribeServer
 from enrollstream.runtime.webhook_relay import WebhookRelayService
 
 log = logging.getLogger(__name__)
 
-ROLES = ("decider", "projector", "relay", "unsubscribe")
-# What runs when no roles are named. `relay` and `unsubscribe` are opt-in: the relay is a reference for
-# integrators and the unsubscribe role opens a port and needs token keys.
+ROLES = ("decider", "projector", "scheduler", "relay", "unsubscribe")
+# What runs when no roles are named. The others are opt-in: the scheduler until the dispatcher runs
+# with it (steps it fires would stay `processing`), the relay is a reference for integrators, and the
+# unsubscribe role opens a port and needs token keys.
 DEFAULT_ROLES = ("decider", "projector")
+
+Service = DeciderService | ProjectorService | SchedulerService | WebhookRelayService | UnsubscribeServer
 
 
 @dataclass
@@ -34,12 +38,14 @@ class Worker:
     database_url: str
     roles: tuple[str, ...] = DEFAULT_ROLES
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
+    clock: Callable[[], datetime] = utc_now  # the scheduler's "now"; tests inject a manual clock
     decider: DeciderService | None = None
     projector: ProjectorService | None = None
     ready: bool = False  # every role started (readiness)
     failure: str | None = None  # a role failed (health)
     relay: WebhookRelayService | None = None
     unsubscribe: UnsubscribeServer | None = None
+    scheduler: SchedulerService | None = None
 
     @property
     def topics(self) -> Topics:
@@ -54,9 +60,10 @@ class Worker:
         )
         catalog = CampaignCatalog(self.bootstrap, self.topics.campaigns)
         imports = ContactImportCatalog(self.bootstrap, self.topics.contact_imports)
-        services: list[DeciderService | ProjectorService | WebhookRelayService | UnsubscribeServer] = []
-        if "decider" in self.roles:
+        services: list[Service] = []
+        if "decider" in self.roles or "scheduler" in self.roles:
             await catalog.start()
+        if "decider" in self.roles:
             await imports.start()
             self.decider = DeciderService(
                 self.bootstrap,
@@ -79,6 +86,18 @@ class Worker:
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             )
             services.append(self.projector)
+        if "scheduler" in self.roles:
+            self.scheduler = SchedulerService(
+                self.bootstrap,
+                self.topics,
+                self.database_url,
+                catalog,
+                clock=self.clock,
+                interval_ms=self.settings.scheduler_interval_ms,
+                batch=self.settings.scheduler_batch,
+                lease_ms=self.settings.scheduler_lease_ms,
+            )
+            services.append(self.scheduler)
         if "relay" in self.roles:
             self.relay = WebhookRelayService.from_settings(self.settings, self.bootstrap)
             services.append(self.relay)

@@ -335,3 +335,65 @@ select t.occurred_at, t.version, t.type, t.campaign_id, t.enrollment_id, t.causa
   from enrollment_timeline t
  where t.account_id = $1 and t.contact_id = $2
  order by t.version, t.event_id;
+
+-- name: timer_enrollments
+-- What the timers fold needs of the enrollments a batch touches, read before the batch writes them:
+-- the dispatch order, whether the enrollment ended, and the last version folded (the idempotence guard).
+select enrollment_id, account_id, contact_id, campaign_id, batch_number, priority, enrolled_at,
+       last_version, status
+  from enrollments
+ where enrollment_id = any($1::text[]);
+
+-- name: delete_timers
+delete from timers t
+ using unnest($1::text[], $2::text[]) as d(enrollment_id, kind)
+ where t.enrollment_id = d.enrollment_id and t.kind = d.kind;
+
+-- name: upsert_timers
+-- A new timer of a kind replaces the old one (the next step, a retry) and is claimable at once.
+insert into timers as t
+    (enrollment_id, kind, account_id, contact_id, campaign_id, step_index, attempt, due_at, batch_number,
+     priority, enrolled_at)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
+                     $8::timestamptz[], $9::int[], $10::boolean[], $11::timestamptz[])
+on conflict (enrollment_id, kind) do update set
+    account_id = excluded.account_id,
+    contact_id = excluded.contact_id,
+    campaign_id = excluded.campaign_id,
+    step_index = excluded.step_index,
+    attempt = excluded.attempt,
+    due_at = excluded.due_at,
+    batch_number = excluded.batch_number,
+    priority = excluded.priority,
+    enrolled_at = excluded.enrolled_at,
+    claimed_until = null;
+
+-- name: claim_due_timers
+-- The scheduler's claim: up to $4 due rows that no live lease holds, outside the paused campaigns ($3),
+-- leased until $2. Within a campaign in dispatch order: batch number, priority first, enrollment time.
+-- SKIP LOCKED: a concurrent claimer passes over the rows this one is taking instead of waiting for them,
+-- and the lease keeps them from it once this transaction commits. The update finds the locked rows by
+-- ctid (stable while we hold their locks): a TID scan, never a join over the whole table.
+with due as (
+    select ctid
+      from timers
+     where ((claimed_until is null and due_at <= $1) or (claimed_until < $1 and due_at <= $1))
+       and campaign_id <> all($3::text[])
+     order by campaign_id, batch_number, priority desc, enrolled_at, enrollment_id, kind
+     limit $4
+       for update skip locked
+), claimed as (
+    update timers t
+       set claimed_until = $2
+     where t.ctid = any(array(select ctid from due))
+    returning t.*
+)
+select * from claimed
+ order by campaign_id, batch_number, priority desc, enrolled_at, enrollment_id, kind;
+
+-- name: release_timer_claims
+-- Hand back claims whose commands could not be published (only the lease this claim set).
+update timers t
+   set claimed_until = null
+  from unnest($1::text[], $2::text[]) as r(enrollment_id, kind)
+ where t.enrollment_id = r.enrollment_id and t.kind = r.kind and t.claimed_until = $3;
