@@ -51,8 +51,10 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
             raise MigrationError(f"{path.name}: migration files are named NNNN_lower_snake.sql")
         found.append(Migration(int(match.group(1)), match.group(2), path.read_text()))
     versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise MigrationError(f"migration versions must run 1..n without gaps, found {versions}")
+    # Numbers are unique and increasing; a gap is allowed, because branches reserve numbers and merge
+    # in any order (`migrate` applies whatever is not applied yet, in file order).
+    if len(set(versions)) != len(versions) or 0 in versions:
+        raise MigrationError(f"migration versions must be unique and start at 1, found {versions}")
     return found
 
 
