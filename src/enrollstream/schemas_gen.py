@@ -24,6 +24,7 @@ from enrollstream.domain import (
 )
 from enrollstream.domain.commands import command_adapter
 from enrollstream.domain.events import event_adapter
+from enrollstream.domain.inbound import InboundEmailReceived
 from enrollstream.domain.integration import integration_event_adapter
 
 SUBDIRS = ("commands", "events", "integration", "envelopes")
@@ -50,6 +51,8 @@ def render() -> dict[str, str]:
     schemas["envelopes/contact_state_snapshot.json"] = ContactState.model_json_schema()
     # What upstream publishes on the contact-imports topic (BulkEnroll without inline contacts).
     schemas["envelopes/contact_import.json"] = ContactImport.model_json_schema()
+    # What an inbound mail relay publishes on the inbound-email topic (reply detection).
+    schemas["envelopes/inbound_email.json"] = InboundEmailReceived.model_json_schema()
     return {path: json.dumps(schema, indent=2, sort_keys=True) + "\n" for path, schema in schemas.items()}
 
 

@@ -33,6 +33,7 @@ async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(
             "integration-events",
             "dead-letters",
             "outbound-sms",
+            "inbound-email",
         )
     }
 

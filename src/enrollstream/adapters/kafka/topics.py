@@ -62,6 +62,10 @@ class Topics:
     def outbound_sms(self) -> str:
         return f"{self.prefix}outbound-sms"
 
+    @property
+    def inbound_email(self) -> str:
+        return f"{self.prefix}inbound-email"
+
     def specs(self, partitions: int) -> list[TopicSpec]:
         compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)}
         week = {"retention.ms": str(7 * DAY_MS)}
@@ -92,6 +96,12 @@ class Topics:
                 "undecodable or invalid records, original bytes and the reason in headers",
             ),
             TopicSpec(self.outbound_sms, partitions, week, "SMS for the gateway relay, keyed by recipient"),
+            TopicSpec(
+                self.inbound_email,
+                partitions,
+                week,
+                "received email (InboundEmailReceived) for reply detection, keyed by account",
+            ),
         ]
 
 
