@@ -7,17 +7,28 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.config import Settings
 from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
+from enrollstream.runtime.dispatcher import DispatcherService
+from enrollstream.runtime.inbound import InboundService
 from enrollstream.runtime.projector import ProjectorService
 
 log = logging.getLogger(__name__)
 
-ROLES = ("decider", "projector")
+ROLES = ("decider", "projector", "dispatcher", "inbound")
+# What runs when no roles are named: the dispatcher needs SMTP and sender settings, so it is opt-in.
+DEFAULT_ROLES = ("decider", "projector")
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+    async def run(self, stop: asyncio.Event) -> None: ...
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -25,10 +36,12 @@ class Worker:
     settings: Settings
     bootstrap: str
     database_url: str
-    roles: tuple[str, ...] = ROLES
+    roles: tuple[str, ...] = DEFAULT_ROLES
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     decider: DeciderService | None = None
     projector: ProjectorService | None = None
+    dispatcher: DispatcherService | None = None
+    inbound: InboundService | None = None
 
     @property
     def topics(self) -> Topics:
@@ -43,7 +56,7 @@ class Worker:
         )
         catalog = CampaignCatalog(self.bootstrap, self.topics.campaigns)
         imports = ContactImportCatalog(self.bootstrap, self.topics.contact_imports)
-        services: list[DeciderService | ProjectorService] = []
+        services: list[Service] = []
         if "decider" in self.roles:
             await catalog.start()
             await imports.start()
@@ -67,6 +80,21 @@ class Worker:
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             )
             services.append(self.projector)
+        if "dispatcher" in self.roles:
+            self.dispatcher = DispatcherService.from_settings(
+                self.settings, self.bootstrap, self.database_url
+            )
+            services.append(self.dispatcher)
+        if "inbound" in self.roles:
+            self.inbound = InboundService(
+                self.bootstrap,
+                self.topics,
+                self.database_url,
+                self.settings.group_id,
+                session_timeout_ms=self.settings.session_timeout_ms,
+                heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            )
+            services.append(self.inbound)
         try:
             for service in services:
                 await service.start()
@@ -92,6 +120,6 @@ class Worker:
 
 def parse_roles(value: str | Iterable[str] | None) -> tuple[str, ...]:
     if value is None:
-        return ROLES
+        return DEFAULT_ROLES
     items = value.split(",") if isinstance(value, str) else list(value)
     return tuple(item.strip() for item in items if item.strip())
