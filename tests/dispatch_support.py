@@ -68,7 +68,12 @@ async def commands_of_type(bootstrap: str, topics: Topics, kind: str, count: int
 
 
 async def dispatch_steps(
-    settings: Settings, clock: ManualClock, account_id: str, contacts: dict[str, str], **campaign_kw: Any
+    settings: Settings,
+    clock: ManualClock,
+    account_id: str,
+    contacts: dict[str, str],
+    names: dict[str, str] | None = None,
+    **campaign_kw: Any,
 ) -> dict[str, str]:
     """Enroll each contact (id -> email) now and fire its first StepDue: contact id -> enrollment id,
     once every StepDispatched is on the events topic (the decider+projector worker must be running)."""
@@ -85,7 +90,10 @@ async def dispatch_steps(
             "data": {
                 "contact_id": contact_id,
                 "campaign_id": "outreach",
-                "contact": {"name": f"{contact_id.title()} Tester", "email": email},
+                "contact": {
+                    "name": (names or {}).get(contact_id, f"{contact_id.title()} Tester"),
+                    "email": email,
+                },
             },
         }
         await publish(

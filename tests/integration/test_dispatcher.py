@@ -104,7 +104,7 @@ async def _results_for(bootstrap: str, topics: Topics, command_id: str, count: i
     return matching(records)
 
 
-async def test_550_at_rcpt_stops_the_enrollment_as_bounced_and_451_is_a_retryable_failure(
+async def test_550_at_rcpt_bounces_451_is_retryable_and_a_header_injection_is_our_error(
     settings: Settings,
     topics: Topics,
     smtp_server: RecordingSmtpServer,
@@ -118,10 +118,14 @@ async def test_550_at_rcpt_stops_the_enrollment_as_bounced_and_451_is_a_retryabl
     account = _account()
     async with running_worker(settings):
         enrollments = await dispatch_steps(
-            settings, manual_clock, account, {"gone": "gone@example.org", "busy": "busy@example.org"}
+            settings,
+            manual_clock,
+            account,
+            {"gone": "gone@example.org", "busy": "busy@example.org", "eve": "eve@example.org"},
+            names={"eve": "Eve\r\nBcc: everyone@example.org"},
         )
         async with running(new_dispatcher(settings, smtp_server, manual_clock)):
-            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 2)
+            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 3)
             by_contact = {r["data"]["contact_id"]: r["data"] for r in reports}
             # (c) 550 at RCPT: a hard bounce, and the decider stops the enrollment with reason bounced
             assert by_contact["gone"]["outcome"] == "bounced"
@@ -131,21 +135,33 @@ async def test_550_at_rcpt_stops_the_enrollment_as_bounced_and_451_is_a_retryabl
             assert by_contact["busy"]["outcome"] == "failed"
             assert by_contact["busy"]["retryable"] is True
             assert by_contact["busy"]["detail"].startswith("rcpt: 451")
+            # A header injection through the contact's name: refused, reported as our error, not sent
+            assert by_contact["eve"]["outcome"] == "error"
+            assert "HeaderInjectionRefused" in by_contact["eve"]["detail"]
 
             def settled(es: list[object]) -> bool:
                 types = {(e.contact_id, e.type) for e in es}  # type: ignore[attr-defined]
-                return ("gone", "EnrollmentStopped.v1") in types and ("busy", "StepFailed.v1") in types
+                wanted = {
+                    ("gone", "EnrollmentStopped.v1"),
+                    ("busy", "StepFailed.v1"),
+                    ("eve", "EnrollmentStopped.v1"),
+                }
+                return wanted <= types
 
             decided = await events(bootstrap, topics, settled)
         stopped = [e for e in decided if e.type == "EnrollmentStopped.v1"]
-        assert [(e.enrollment_id, e.data.reason.value) for e in stopped] == [(enrollments["gone"], "bounced")]  # type: ignore[union-attr]
-        failed = next(e for e in decided if e.type == "StepFailed.v1")
+        assert {(e.enrollment_id, e.data.reason.value) for e in stopped} == {  # type: ignore[union-attr]
+            (enrollments["gone"], "bounced"),
+            (enrollments["eve"], "error"),
+        }
+        failed = next(e for e in decided if e.type == "StepFailed.v1" and e.contact_id == "busy")
         assert (failed.data.retryable, failed.data.will_retry) == (True, True)  # type: ignore[union-attr]
         retry = [e for e in decided if e.type == "StepScheduled.v1" and e.contact_id == "busy"]
         assert [e.data.attempt for e in retry] == [1, 2]  # type: ignore[union-attr]
         assert smtp_server.messages == []  # neither got as far as the content
         assert (await _ledger(db, enrollments["gone"]))["state"] == "bounced"
         assert (await _ledger(db, enrollments["busy"]))["state"] == "failed"
+        assert (await _ledger(db, enrollments["eve"]))["state"] == "error"
 
 
 async def test_a_drop_after_the_content_is_unknown_and_never_resent_even_after_a_restart(
