@@ -11,12 +11,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import pytest
+from pydantic import SecretStr
 
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.config import Settings
 from enrollstream.domain import ids
 from enrollstream.domain.commands import delivery_report_command_id
 from enrollstream.domain.delivery_policy import SendLimits
+from enrollstream.runtime.dispatcher import DispatcherService
 from tests.dispatch_support import (
     ONE_HOUR,
     commands_of_type,
@@ -272,3 +275,30 @@ def _at_least(value: Callable[[], int], count: int) -> Callable[[], Awaitable[bo
         return value() >= count
 
     return check
+
+
+async def test_the_worker_runs_the_dispatcher_role_from_settings(
+    settings: Settings, topics: Topics, smtp_server: RecordingSmtpServer, manual_clock: ManualClock
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    configured = settings.model_copy(
+        update={
+            "smtp_host": smtp_server.host,
+            "smtp_port": smtp_server.port,
+            "smtp_starttls": False,
+            "smtp_timeout": 5.0,
+            "sender_from": "Acme <hello@acme.example>",
+            "unsubscribe_url": "https://u.acme.example/u",
+            "unsubscribe_key": SecretStr("k" * 32),
+        }
+    )
+    with pytest.raises(ValueError, match="ENROLLSTREAM_SMTP_HOST"):
+        DispatcherService.from_settings(settings, bootstrap, "postgresql://unused")
+    async with running_worker(configured, roles=("decider", "projector", "dispatcher", "inbound")) as worker:
+        assert worker.dispatcher is not None and worker.inbound is not None
+        enrollments = await dispatch_steps(settings, manual_clock, _account(), {"wu": "wu@example.org"})
+        await events(bootstrap, topics, lambda es: any(e.type == "StepDelivered.v1" for e in es))
+    [received] = smtp_server.messages
+    assert received.message["From"] == "Acme <hello@acme.example>"
+    assert received.message["Message-ID"] == message_id_header(enrollments["wu"])
