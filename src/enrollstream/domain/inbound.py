@@ -8,15 +8,12 @@ turns a real reply into a `ReplyDetected` command.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import AwareDatetime, ConfigDict, Field
 
 from .campaign import Model
-
-_MSG_ID = re.compile(r"<[^<>\s]+>")
 
 
 class InboundEmailReceived(Model):
@@ -42,10 +39,27 @@ def referenced_message_ids(email: InboundEmailReceived) -> list[str]:
     found: list[str] = []
     sources = [email.in_reply_to or "", *reversed(email.references)]
     for source in sources:
-        for match in _MSG_ID.findall(source):
+        for match in _angle_ids(source):
             if match not in found:
                 found.append(match)
     return found
+
+
+def _angle_ids(text: str) -> list[str]:
+    """Every `<id>` in a header value (no whitespace or angle brackets inside); comments ignored."""
+    ids: list[str] = []
+    start = text.find("<")
+    while start != -1:
+        end = text.find(">", start + 1)
+        if end == -1:
+            break
+        inner = text[start + 1 : end]
+        if inner and "<" not in inner and not any(c.isspace() for c in inner):
+            ids.append(f"<{inner}>")
+            start = text.find("<", end + 1)
+        else:
+            start = text.find("<", start + 1)
+    return ids
 
 
 def auto_reply_reason(email: InboundEmailReceived) -> str | None:

@@ -29,3 +29,10 @@ def test_an_auto_reply_is_recognised_by_keyword_also_from_the_headers() -> None:
         "Auto-Submitted: auto-generated"
     )
     assert auto_reply_reason(_inbound("<m@x>", auto_submitted="auto-replied; owner-email=x")) is not None
+
+
+def test_ids_are_taken_from_angle_brackets_only() -> None:
+    email = _inbound(
+        "<m@x>", in_reply_to="junk <a b> <<c@x> text <d@x>", references=["no-brackets@x", "<e@x"]
+    )
+    assert referenced_message_ids(email) == ["<c@x>", "<d@x>"]
