@@ -33,7 +33,9 @@ IDENTITY = SenderIdentity(
 DOMAIN = "acme.example"
 
 
-def campaign(account_id: str, *, steps: int = 2, reply_action: str = "stop") -> CampaignDefinition:
+def campaign(
+    account_id: str, *, steps: int = 2, reply_action: str = "stop", channel: str = "email"
+) -> CampaignDefinition:
     return CampaignDefinition.model_validate(
         {
             "campaign_id": "outreach",
@@ -43,7 +45,7 @@ def campaign(account_id: str, *, steps: int = 2, reply_action: str = "stop") -> 
             "reply_action": reply_action,
             "steps": [
                 {
-                    "channel": "email",
+                    "channel": channel,
                     "delay": "PT0S" if i == 0 else "P1D",
                     "content": {"subject": f"Hi {{{{ first_name }}}} ({i + 1})", "body": "Hello {{ name }}"},
                 }
@@ -73,6 +75,7 @@ async def dispatch_steps(
     account_id: str,
     contacts: dict[str, str],
     names: dict[str, str] | None = None,
+    mobiles: dict[str, str] | None = None,
     **campaign_kw: Any,
 ) -> dict[str, str]:
     """Enroll each contact (id -> email) now and fire its first StepDue: contact id -> enrollment id,
@@ -93,6 +96,7 @@ async def dispatch_steps(
                 "contact": {
                     "name": (names or {}).get(contact_id, f"{contact_id.title()} Tester"),
                     "email": email,
+                    "mobile": (mobiles or {}).get(contact_id),
                 },
             },
         }

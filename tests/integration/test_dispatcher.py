@@ -302,3 +302,39 @@ async def test_the_worker_runs_the_dispatcher_role_from_settings(
     [received] = smtp_server.messages
     assert received.message["From"] == "Acme <hello@acme.example>"
     assert received.message["Message-ID"] == message_id_header(enrollments["wu"])
+
+
+async def test_an_sms_step_goes_to_the_outbound_sms_topic_once_keyed_by_its_message_id(
+    settings: Settings,
+    topics: Topics,
+    smtp_server: RecordingSmtpServer,
+    manual_clock: ManualClock,
+    db: asyncpg.Connection,
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = _account()
+    async with running_worker(settings):
+        enrollments = await dispatch_steps(
+            settings, manual_clock, account, {"sam": ""}, mobiles={"sam": "+15550100123"}, channel="sms"
+        )
+        eid = enrollments["sam"]
+        async with running(new_dispatcher(settings, smtp_server, manual_clock)):
+            [report] = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 1)
+        again = new_dispatcher(settings, smtp_server, manual_clock, group_id=f"{settings.group_id}-again")
+        async with running(again):
+            await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 2)
+            assert again.sends == 0
+        [sms] = await read_until(bootstrap, topics.outbound_sms, lambda rs: len(rs) >= 1)
+    body = json.loads(sms.value)
+    assert body["idempotency_key"] == ids.message_id(eid, 0, 1)
+    assert (body["to"], body["body"]) == ("+15550100123", "Hello Sam Tester")
+    assert report["data"]["outcome"] == "sent"
+    assert smtp_server.messages == []
+    row = await _ledger(db, eid)
+    assert (row["channel"], row["sender"], row["state"], row["message_id_header"]) == (
+        "sms",
+        "sms",
+        "sent",
+        None,
+    )
