@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0007 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0008 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -173,6 +173,35 @@ CREATE VIEW public.campaign_stats_cards AS
    FROM public.campaign_stats;
 
 --
+-- Name: delivery_ledger; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.delivery_ledger (
+    enrollment_id text NOT NULL,
+    step_index integer NOT NULL,
+    attempt integer NOT NULL,
+    message_id text NOT NULL,
+    message_id_header text,
+    account_id text NOT NULL,
+    contact_id text NOT NULL,
+    channel text NOT NULL,
+    sender text NOT NULL,
+    recipient text NOT NULL,
+    state text DEFAULT 'started'::text NOT NULL,
+    retryable boolean DEFAULT false NOT NULL,
+    detail text DEFAULT ''::text NOT NULL,
+    code integer,
+    provider_message_id text,
+    started_at timestamp with time zone NOT NULL,
+    finished_at timestamp with time zone,
+    reported boolean DEFAULT false NOT NULL,
+    reported_at timestamp with time zone,
+    CONSTRAINT delivery_ledger_attempt_check CHECK ((attempt >= 1)),
+    CONSTRAINT delivery_ledger_state_check CHECK ((state = ANY (ARRAY['started'::text, 'sent'::text, 'bounced'::text, 'failed'::text, 'unknown'::text, 'error'::text]))),
+    CONSTRAINT delivery_ledger_step_index_check CHECK ((step_index >= 0))
+);
+
+--
 -- Name: enrollment_table; Type: VIEW; Schema: public; Owner: -
 --
 
@@ -307,6 +336,27 @@ ALTER TABLE ONLY public.campaign_stats
     ADD CONSTRAINT campaign_stats_pkey PRIMARY KEY (account_id, campaign_id);
 
 --
+-- Name: delivery_ledger delivery_ledger_message_id_header_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.delivery_ledger
+    ADD CONSTRAINT delivery_ledger_message_id_header_key UNIQUE (message_id_header);
+
+--
+-- Name: delivery_ledger delivery_ledger_message_id_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.delivery_ledger
+    ADD CONSTRAINT delivery_ledger_message_id_key UNIQUE (message_id);
+
+--
+-- Name: delivery_ledger delivery_ledger_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.delivery_ledger
+    ADD CONSTRAINT delivery_ledger_pkey PRIMARY KEY (enrollment_id, step_index, attempt);
+
+--
 -- Name: enrollment_skips enrollment_skips_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -365,6 +415,12 @@ CREATE INDEX bulk_enrollments_import ON public.bulk_enrollments USING btree (acc
 --
 
 CREATE INDEX campaign_stats_campaign ON public.campaign_stats USING btree (campaign_id);
+
+--
+-- Name: delivery_ledger_sender_sends; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX delivery_ledger_sender_sends ON public.delivery_ledger USING btree (sender, started_at) WHERE (state = ANY (ARRAY['started'::text, 'sent'::text, 'unknown'::text]));
 
 --
 -- Name: enrollment_skips_bulk_enroll; Type: INDEX; Schema: public; Owner: -

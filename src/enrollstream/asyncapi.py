@@ -19,6 +19,7 @@ from enrollstream.adapters.webhooks.subscriptions import WebhookSubscription
 from enrollstream.domain import CampaignDefinition, CommandResult, ContactImport, ContactState
 from enrollstream.domain.commands import Command
 from enrollstream.domain.events import Event
+from enrollstream.domain.inbound import InboundEmailReceived
 from enrollstream.domain.integration import AnyIntegrationEvent
 
 PREFIX = "enrollstream."  # the default prefix; every topic name starts with the deployment's own
@@ -32,6 +33,8 @@ SUBSCRIPTIONS = "Webhook subscriber URLs and secrets per account (compacted), re
 RELAY = (
     "The reference webhook relay POSTs each public event, signed, in order per enrollment (docs/webhooks.md)."
 )
+INBOUND = "Received email keyed by account; replies are matched to sent Message-IDs (docs/delivery.md)."
+DISPATCH = "The dispatcher sends each StepDispatched (SMTP, or outbound-sms) and reports DeliveryReported."
 IMPORTS = "Contact imports keyed account_id/import_id (compacted), which BulkEnroll refers to."
 
 
@@ -58,6 +61,13 @@ def describe(topics: Topics | None = None) -> KafkaBroker:
     @broker.subscriber(t.integration_events, group_id="enrollstream.webhook-relay", title="webhook relay",
                        description=RELAY)  # fmt: skip
     async def relay(event: AnyIntegrationEvent) -> None: ...
+
+    @broker.subscriber(t.inbound_email, group_id="enrollstream.inbound", title="inbound replies",
+                       description=INBOUND)  # fmt: skip
+    async def inbound(email: InboundEmailReceived) -> None: ...
+
+    @broker.subscriber(t.events, group_id="enrollstream.dispatcher", title="dispatcher", description=DISPATCH)
+    async def dispatch(event: Event) -> None: ...
 
     publishers: list[tuple[str, Any, str]] = [
         (t.events, Event, "decider: domain events keyed account_id/contact_id, in its transaction"),

@@ -169,7 +169,7 @@ def migrate_command() -> None:
 def worker_command(
     roles: str = typer.Option(
         "decider,projector",
-        help="comma-separated roles: decider, projector, scheduler, relay, unsubscribe",
+        help="comma-separated roles: decider, projector, scheduler, dispatcher, inbound, relay, unsubscribe",
     ),
 ) -> None:
     """Run the worker roles until SIGTERM or Ctrl-C (then drain and commit)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -70,6 +70,29 @@ class Settings(BaseSettings):
     stack_dir: Path = Field(default_factory=lambda: _home_dir(".local", "state", "enrollstream", "stack"))
     # Where the Kafka jars and the Maven repository are cached (outside the checkout).
     cache_dir: Path = Field(default_factory=lambda: _home_dir(".cache", "enrollstream"))
+
+    # --- The dispatcher (docs/delivery.md) --------------------------------------------------------
+    # The SMTP relay every email step goes through (ENROLLSTREAM_SMTP_HOST, ..._PORT, ...).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = True  # upgrade with STARTTLS and refuse to send in the clear
+    smtp_implicit_tls: bool = False  # TLS from the first byte (465); excludes starttls
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout: float = Field(default=30.0, gt=0)
+    smtp_validate_certs: bool = True
+    smtp_envelope_from: str | None = None  # MAIL FROM (bounce address); default: the From address
+    # Who the steps are sent as (ENROLLSTREAM_SENDER_FROM="Acme <jobs@acme.example>").
+    sender_from: str | None = None
+    sender_reply_to: str | None = None
+    message_id_domain: str | None = None  # default: the From address's domain
+    # One-click unsubscribe (RFC 8058): https endpoint the token is appended to, and/or a mailto.
+    unsubscribe_url: str | None = None
+    unsubscribe_mailto: str | None = None
+    unsubscribe_key: SecretStr | None = None  # HMAC-SHA256 key, at least 16 bytes
+    # Per-sender limits over rolling windows (None: unlimited); over the limit the dispatcher waits.
+    sender_per_hour: int | None = Field(default=None, ge=1)
+    sender_per_day: int | None = Field(default=None, ge=1)
 
 
 def parse_nameservers(value: str) -> list[tuple[str, int]]:

@@ -34,6 +34,7 @@ async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(
             "dead-letters",
             "outbound-sms",
             "webhook-subscriptions",
+            "inbound-email",
         )
     }
 

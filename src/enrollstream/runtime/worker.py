@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from enrollstream.adapters.dns.mx import MxVerifier, Nameserver
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
@@ -15,6 +16,8 @@ from enrollstream.config import Settings, parse_nameservers, unsubscribe_key_lis
 from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
+from enrollstream.runtime.dispatcher import DispatcherService
+from enrollstream.runtime.inbound import InboundService
 from enrollstream.runtime.projector import ProjectorService
 from enrollstream.runtime.scheduler import SchedulerService, utc_now
 from enrollstream.runtime.unsubscribe_server import UnsubscribeServer
@@ -22,13 +25,17 @@ from enrollstream.runtime.webhook_relay import WebhookRelayService
 
 log = logging.getLogger(__name__)
 
-ROLES = ("decider", "projector", "scheduler", "relay", "unsubscribe")
-# What runs when no roles are named. The others are opt-in: the scheduler until the dispatcher runs
-# with it (steps it fires would stay `processing`), the relay is a reference for integrators, and the
-# unsubscribe role opens a port and needs token keys.
+ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound", "relay", "unsubscribe")
+# What runs when no roles are named. The others are opt-in: the scheduler and the dispatcher go
+# together and the dispatcher needs SMTP and sender settings, the relay is a reference for
+# integrators, and the unsubscribe role opens a port and needs token keys.
 DEFAULT_ROLES = ("decider", "projector")
 
-Service = DeciderService | ProjectorService | SchedulerService | WebhookRelayService | UnsubscribeServer
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+    async def run(self, stop: asyncio.Event) -> None: ...
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -46,6 +53,8 @@ class Worker:
     relay: WebhookRelayService | None = None
     unsubscribe: UnsubscribeServer | None = None
     scheduler: SchedulerService | None = None
+    dispatcher: DispatcherService | None = None
+    inbound: InboundService | None = None
 
     @property
     def topics(self) -> Topics:
@@ -111,6 +120,21 @@ class Worker:
                 publish_timeout_s=self.settings.unsubscribe_publish_timeout_s,
             )
             services.append(self.unsubscribe)
+        if "dispatcher" in self.roles:
+            self.dispatcher = DispatcherService.from_settings(
+                self.settings, self.bootstrap, self.database_url
+            )
+            services.append(self.dispatcher)
+        if "inbound" in self.roles:
+            self.inbound = InboundService(
+                self.bootstrap,
+                self.topics,
+                self.database_url,
+                self.settings.group_id,
+                session_timeout_ms=self.settings.session_timeout_ms,
+                heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            )
+            services.append(self.inbound)
         try:
             for service in services:
                 await service.start()

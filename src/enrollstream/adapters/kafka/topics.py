@@ -66,6 +66,10 @@ class Topics:
     def webhook_subscriptions(self) -> str:
         return f"{self.prefix}webhook-subscriptions"
 
+    @property
+    def inbound_email(self) -> str:
+        return f"{self.prefix}inbound-email"
+
     def specs(self, partitions: int) -> list[TopicSpec]:
         compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)}
         week = {"retention.ms": str(7 * DAY_MS)}
@@ -102,6 +106,12 @@ class Topics:
                 1,
                 compacted,
                 "webhook subscriptions (url, secret, active) per account, latest per key",
+            ),
+            TopicSpec(
+                self.inbound_email,
+                partitions,
+                week,
+                "received email (InboundEmailReceived) for reply detection, keyed by account",
             ),
         ]
 

@@ -1,0 +1,506 @@
+"""The dispatcher: StepDispatched events in, one send per attempt, DeliveryReported commands out.
+
+Per StepDispatched (read with `read_committed` in the consumer group `<group>.dispatcher`):
+
+1. The delivery ledger (Postgres, projections/0008) is asked about the attempt
+   (enrollment, step, attempt):
+   - no row: build the message, wait for the sender's rate limit, insert `started` and **commit it
+     before connecting**, send, record the outcome;
+   - a final row (sent / bounced / failed / unknown / error): nothing is sent; its report is
+     published again (the command id is deterministic, so the decider drops it as a duplicate);
+   - a `started` row: a crash happened somewhere inside that send. By policy (docs/delivery.md) it
+     is never sent again: the row becomes `unknown` and `unknown` is reported.
+2. The outcome goes to the commands topic as `DeliveryReported` (key `account/contact`, id
+   `delivery:<message id>`), and only after the broker acknowledged it is the ledger row marked
+   reported and the consumer offset committed. A crash anywhere repeats at most a report.
+
+Records are processed one at a time, in order. A sender over its rate limit makes this instance
+wait (on the injected clock and sleeper) before the next send: the other partitions this instance
+owns wait too. That is the simplest correct behaviour; more dispatcher instances spread partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import parseaddr
+from typing import Any, Protocol
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from pydantic import ValidationError
+
+from enrollstream.adapters.kafka.records import DeadLetter, encode, key_bytes
+from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.adapters.mail.message import (
+    HeaderInjectionRefused,
+    InvalidAddress,
+    SenderIdentity,
+    TemplateFieldMissing,
+    build_step_message,
+    contact_fields,
+    render,
+)
+from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender
+from enrollstream.adapters.postgres.queries import query
+from enrollstream.adapters.sms import OutboundSmsTopicChannel, SmsChannel
+from enrollstream.config import Settings
+from enrollstream.domain import aggregate_key, parse_event
+from enrollstream.domain.campaign import Channel
+from enrollstream.domain.commands import (
+    DeliveryOutcome,
+    DeliveryReported,
+    DeliveryReportedData,
+    delivery_report_command_id,
+)
+from enrollstream.domain.delivery_policy import (
+    SendLimits,
+    SendOutcome,
+    SendResult,
+    next_send_at,
+    report_fields,
+)
+from enrollstream.domain.events import StepDispatched
+
+log = logging.getLogger(__name__)
+
+SMS_SENDER = "sms"
+LEDGER = "ledger.sql"
+# A ledger state is the reported outcome; back to the transport's view for `report_fields`.
+_STATE_TO_SEND = {
+    DeliveryOutcome.SENT: SendOutcome.SENT,
+    DeliveryOutcome.BOUNCED: SendOutcome.BOUNCED,
+    DeliveryOutcome.FAILED: SendOutcome.TEMPORARY,
+    DeliveryOutcome.UNKNOWN: SendOutcome.UNKNOWN,
+    DeliveryOutcome.ERROR: SendOutcome.ERROR,
+}
+
+
+class EmailTransport(Protocol):
+    async def send(self, message: EmailMessage) -> SendResult: ...
+
+
+Clock = Callable[[], datetime]
+Sleeper = Callable[[float], Awaitable[None]]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Abandoned(Exception):
+    """Stopped, or the partition moved away, while waiting for the rate limit: nothing was started."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What one attempt sends, or why it cannot be sent."""
+
+    sender: str
+    recipient: str
+    message: EmailMessage | None = None
+    sms_body: str | None = None
+    message_id_header: str | None = None
+    unusable: SendResult | None = None
+
+
+class DispatcherService:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        database_url: str,
+        group_id: str,
+        *,
+        email: EmailTransport,
+        identity: SenderIdentity,
+        limits: SendLimits | None = None,
+        sms: SmsChannel | None = None,  # default: OutboundSmsTopicChannel on our producer
+        clock: Clock = utc_now,
+        sleep: Sleeper = asyncio.sleep,
+        max_batch: int = 100,
+        session_timeout_ms: int = 10_000,
+        heartbeat_interval_ms: int = 3_000,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.database_url = database_url
+        self.group_id = f"{group_id}.dispatcher"
+        self.email = email
+        self.identity = identity
+        self.limits = limits or SendLimits()
+        self.sms = sms
+        self.clock = clock
+        self.sleep = sleep
+        self.max_batch = max_batch
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._pool: asyncpg.Pool | None = None
+        self._stop = asyncio.Event()
+        # Held from the `started` insert to the recorded outcome: a revocation waits for it, so the
+        # next owner never finds a `started` row of a send that is still running here.
+        self._sending = asyncio.Lock()
+        # Counters for tests and logs.
+        self.sends = 0
+        self.reports = 0
+        self.rate_limited = 0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, bootstrap: str, database_url: str, **kwargs: Any
+    ) -> DispatcherService:
+        missing = [
+            name
+            for name, value in (
+                ("ENROLLSTREAM_SMTP_HOST", settings.smtp_host),
+                ("ENROLLSTREAM_SENDER_FROM", settings.sender_from),
+                ("ENROLLSTREAM_UNSUBSCRIBE_KEY", settings.unsubscribe_key),
+            )
+            if not value
+        ]
+        if missing:
+            raise ValueError(f"the dispatcher role needs {', '.join(missing)}")
+        assert settings.smtp_host and settings.sender_from and settings.unsubscribe_key
+        smtp = SmtpSender(
+            SmtpConfig(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                starttls=settings.smtp_starttls and not settings.smtp_implicit_tls,
+                implicit_tls=settings.smtp_implicit_tls,
+                username=settings.smtp_username,
+                password=settings.smtp_password.get_secret_value() if settings.smtp_password else None,
+                timeout=settings.smtp_timeout,
+                validate_certs=settings.smtp_validate_certs,
+                envelope_from=settings.smtp_envelope_from,
+            )
+        )
+        identity = SenderIdentity(
+            from_address=settings.sender_from,
+            signing_key=settings.unsubscribe_key.get_secret_value().encode(),
+            reply_to=settings.sender_reply_to,
+            unsubscribe_url=settings.unsubscribe_url,
+            unsubscribe_mailto=settings.unsubscribe_mailto,
+            message_id_domain=settings.message_id_domain,
+        )
+        limits = SendLimits(per_hour=settings.sender_per_hour, per_day=settings.sender_per_day)
+        return cls(
+            bootstrap,
+            Topics(settings.topic_prefix),
+            database_url,
+            settings.group_id,
+            email=smtp,
+            identity=identity,
+            limits=limits,
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            **kwargs,
+        )
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
+        )
+        await self._producer.start()
+        if self.sms is None:
+            self.sms = OutboundSmsTopicChannel(self._producer, self.topics, self.clock)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.max_batch,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
+        )
+        await self._consumer.start()
+        self._consumer.subscribe([self.topics.events], listener=_WaitForSends(self))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = self._consumer
+        assert consumer is not None, "start() the dispatcher first"
+        watcher = asyncio.create_task(_forward(stop, self._stop))
+        try:
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
+                for tp in sorted(batch, key=lambda tp: tp.partition):
+                    await self._process_partition(consumer, tp, batch[tp])
+        finally:
+            watcher.cancel()
+
+    async def _process_partition(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]
+    ) -> None:
+        done: int | None = None
+        for record in records:
+            if self._stop.is_set() or tp not in consumer.assignment():
+                break
+            try:
+                await self.handle(record, tp)
+            except _Abandoned:
+                break
+            done = record.offset + 1
+        if done is not None:
+            try:
+                await consumer.commit({tp: done})
+            except (CommitFailedError, KafkaError) as exc:  # a rebalance: the next owner re-reports
+                log.warning("dispatcher: commit of %s at %d failed: %s", tp, done, exc)
+        last = records[-1].offset + 1
+        if (done or records[0].offset) < last and tp in consumer.assignment():
+            consumer.seek(tp, done if done is not None else records[0].offset)  # read the rest again
+
+    # --- one record -----------------------------------------------------------------------------
+
+    async def handle(self, record: Any, tp: TopicPartition | None = None) -> None:
+        try:
+            event = parse_event(record.value or b"")
+        except (ValidationError, ValueError) as exc:
+            log.error("dispatcher: undecodable event at %s offset %s: dead-lettered", tp, record.offset)
+            await self._dead_letter(DeadLetter.of(record, "not a valid event", exc, role="dispatcher"))
+            return
+        if isinstance(event, StepDispatched):
+            await self.dispatch(event, tp)
+
+    async def dispatch(self, event: StepDispatched, tp: TopicPartition | None = None) -> None:
+        """Send the attempt once (or recall what happened to it) and report its outcome."""
+        assert self._pool is not None and event.enrollment_id is not None
+        d = event.data
+        key = (event.enrollment_id, d.step_index, d.attempt)
+        row = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
+        if row is None:
+            row = await self._attempt(event, tp)
+            if row is None:  # another instance inserted it between our read and our insert
+                row = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
+                assert row is not None
+        if row["state"] == "started":
+            log.warning(
+                "dispatcher: attempt %s (%s) was started at %s and has no outcome: a restart inside "
+                "the send; reported unknown, never resent",
+                key,
+                row["message_id"],
+                row["started_at"].isoformat(),
+            )
+            row = await self._finish(
+                key,
+                SendResult(
+                    SendOutcome.UNKNOWN,
+                    f"the attempt was started at {row['started_at'].isoformat()} and its outcome was "
+                    "never recorded (the dispatcher stopped inside the send); not resent by policy",
+                ),
+            )
+        await self._report(row)
+
+    async def _attempt(self, event: StepDispatched, tp: TopicPartition | None) -> Mapping[str, Any] | None:
+        """The first processing of an attempt: its final ledger row, or None if another instance
+        inserted the row first."""
+        assert self._pool is not None and event.enrollment_id is not None
+        d = event.data
+        key = (event.enrollment_id, d.step_index, d.attempt)
+        prepared = self._prepare(event)
+        values = (
+            *key,
+            d.message_id,
+            prepared.message_id_header,
+            event.account_id,
+            event.contact_id,
+            d.channel.value,
+            prepared.sender,
+            prepared.recipient,
+        )
+        if prepared.unusable is not None:
+            result = prepared.unusable
+            log.warning("dispatcher: attempt %s not sendable: %s", key, result.detail)
+            now = self.clock()
+            await self._pool.fetchval(
+                query("insert_final", LEDGER),
+                *values,
+                _state(result),
+                result.retryable,
+                result.detail,
+                result.code,
+                result.provider_message_id,
+                now,
+            )
+            final: Mapping[str, Any] | None = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
+            assert final is not None
+            return final
+        await self._sending.acquire()
+        try:  # _start hands the lock back to us held, also when it raises
+            if not await self._start(values, prepared.sender, tp):
+                return None
+            self.sends += 1
+            result = await self._send(prepared, d.message_id)
+            log.info("dispatcher: attempt %s -> %s (%s)", key, result.outcome.value, result.detail)
+            return await self._finish(key, result)
+        finally:
+            self._sending.release()
+
+    async def _start(self, values: tuple[Any, ...], sender: str, tp: TopicPartition | None) -> bool:
+        """Insert `started` once the sender's limits allow a send; False if the row exists already."""
+        assert self._pool is not None
+        windows = self.limits.windows
+        while True:
+            async with self._pool.acquire() as conn, conn.transaction():
+                now = self.clock()
+                at = now
+                if windows and sender != SMS_SENDER:
+                    await conn.execute(query("lock_sender", LEDGER), sender)
+                    since = now - max(w.window for w in windows)
+                    recent = await conn.fetch(query("sender_sends_since", LEDGER), sender, since)
+                    at = next_send_at([r["started_at"] for r in recent], now, self.limits)
+                if at <= now:
+                    inserted = await conn.fetchval(query("insert_started", LEDGER), *values, now)
+                    return inserted is not None
+            self.rate_limited += 1
+            log.info("dispatcher: sender %s is at its limit; the next send waits until %s", sender, at)
+            self._sending.release()
+            try:
+                await self._wait_until(at, tp)
+            finally:
+                await self._sending.acquire()
+
+    async def _wait_until(self, at: datetime, tp: TopicPartition | None) -> None:
+        while (remaining := (at - self.clock()).total_seconds()) > 0:
+            if self._stop.is_set():
+                raise _Abandoned
+            if tp is not None and self._consumer is not None and tp not in self._consumer.assignment():
+                raise _Abandoned
+            await self.sleep(min(remaining, 60.0))
+
+    def _prepare(self, event: StepDispatched) -> _Prepared:
+        d = event.data
+        assert event.enrollment_id is not None
+        if d.channel is Channel.SMS:
+            try:
+                body = render(d.content.body, contact_fields(d.contact_name, ""))
+            except TemplateFieldMissing as exc:
+                return _Prepared(SMS_SENDER, d.to, unusable=SendResult(SendOutcome.ERROR, f"template: {exc}"))
+            return _Prepared(SMS_SENDER, d.to, sms_body=body)
+        sender = parseaddr(self.identity.from_address)[1].lower()
+        try:
+            message = build_step_message(
+                sender=self.identity,
+                account_id=event.account_id,
+                contact_id=event.contact_id,
+                enrollment_id=event.enrollment_id,
+                step=d,
+                date=self.clock(),
+            )
+        except (HeaderInjectionRefused, TemplateFieldMissing, InvalidAddress, ValueError) as exc:
+            kind = type(exc).__name__
+            return _Prepared(sender, d.to, unusable=SendResult(SendOutcome.ERROR, f"message: {kind}: {exc}"))
+        return _Prepared(sender, d.to, message=message, message_id_header=str(message["Message-ID"]))
+
+    async def _send(self, prepared: _Prepared, message_id: str) -> SendResult:
+        if prepared.message is not None:
+            return await self.email.send(prepared.message)
+        assert self.sms is not None and prepared.sms_body is not None
+        return await self.sms.send(prepared.recipient, prepared.sms_body, message_id)
+
+    async def _finish(self, key: tuple[str, int, int], result: SendResult) -> Mapping[str, Any]:
+        assert self._pool is not None
+        row: Mapping[str, Any] | None = await self._pool.fetchrow(
+            query("finish", LEDGER),
+            *key,
+            _state(result),
+            result.retryable,
+            result.detail,
+            result.code,
+            result.provider_message_id,
+            self.clock(),
+        )
+        if row is None:  # no longer `started`: someone else recorded an outcome first; theirs stands
+            row = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
+            log.warning("dispatcher: attempt %s already had the outcome %s", key, row and row["state"])
+        assert row is not None
+        return row
+
+    async def _report(self, row: Mapping[str, Any]) -> None:
+        """Publish the row's DeliveryReported and wait for the broker's ack; then mark it reported."""
+        assert self._producer is not None and self._pool is not None
+        state = DeliveryOutcome(row["state"])
+        fields = report_fields(
+            SendResult(_STATE_TO_SEND[state], row["detail"], row["code"], row["provider_message_id"])
+        )
+        command = DeliveryReported(
+            command_id=delivery_report_command_id(row["message_id"]),
+            account_id=row["account_id"],
+            issued_at=row["finished_at"],  # from the ledger: a re-report is the same command
+            actor="dispatcher",
+            data=DeliveryReportedData.model_validate(
+                {
+                    "contact_id": row["contact_id"],
+                    "enrollment_id": row["enrollment_id"],
+                    "step_index": row["step_index"],
+                    "attempt": row["attempt"],
+                    **fields,
+                }
+            ),
+        )
+        await self._producer.send_and_wait(
+            self.topics.commands,
+            encode(command),
+            key=key_bytes(aggregate_key(row["account_id"], row["contact_id"])),
+        )
+        self.reports += 1
+        await self._pool.execute(
+            query("mark_reported", LEDGER),
+            row["enrollment_id"],
+            row["step_index"],
+            row["attempt"],
+            self.clock(),
+        )
+
+    async def _dead_letter(self, letter: DeadLetter) -> None:
+        assert self._producer is not None
+        await self._producer.send_and_wait(
+            self.topics.dead_letters, letter.value, key=letter.key, headers=letter.headers
+        )
+
+
+def _state(result: SendResult) -> str:
+    """The ledger state (= the reported outcome) of a result."""
+    outcome = report_fields(result)["outcome"]
+    assert isinstance(outcome, DeliveryOutcome)
+    return outcome.value
+
+
+async def _forward(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+class _WaitForSends(ConsumerRebalanceListener):  # type: ignore[misc]
+    """A partition is handed over only when no send of ours is between `started` and its outcome."""
+
+    def __init__(self, service: DispatcherService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        async with self.service._sending:
+            return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None

@@ -1,0 +1,340 @@
+"""The dispatcher against the real broker, the real database, the real decider and a real SMTP server:
+one send per attempt, outcomes reported as DeliveryReported, restarts that never send twice, and
+per-sender rate limits on the injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from pydantic import SecretStr
+
+from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.config import Settings
+from enrollstream.domain import ids
+from enrollstream.domain.commands import delivery_report_command_id
+from enrollstream.domain.delivery_policy import SendLimits
+from enrollstream.runtime.dispatcher import DispatcherService
+from tests.dispatch_support import (
+    ONE_HOUR,
+    commands_of_type,
+    dispatch_steps,
+    events,
+    message_id_header,
+    new_dispatcher,
+    running,
+)
+from tests.servers.clock import ManualClock
+from tests.servers.smtp import Behaviour, RecordingSmtpServer
+from tests.support import eventually, read_until, running_worker
+
+
+def _account() -> str:
+    return f"acct-{uuid.uuid4().hex[:6]}"
+
+
+async def _ledger(db: asyncpg.Connection, enrollment_id: str) -> asyncpg.Record:
+    row = await db.fetchrow(
+        "select * from delivery_ledger where enrollment_id = $1 and step_index = 0 and attempt = 1",
+        enrollment_id,
+    )
+    assert row is not None
+    return row
+
+
+async def test_a_step_is_sent_once_with_our_headers_and_a_second_dispatcher_only_reports_again(
+    settings: Settings,
+    topics: Topics,
+    smtp_server: RecordingSmtpServer,
+    manual_clock: ManualClock,
+    db: asyncpg.Connection,
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = _account()
+    async with running_worker(settings):
+        enrollments = await dispatch_steps(settings, manual_clock, account, {"ada": "ada@example.org"})
+        eid = enrollments["ada"]
+        async with running(new_dispatcher(settings, smtp_server, manual_clock)) as first:
+            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 1)
+            assert first.sends == 1
+        # (a) exactly one email, with our Message-ID and one-click unsubscribe headers
+        [received] = smtp_server.messages
+        assert received.rcpt_tos == ("ada@example.org",)
+        message = received.message
+        assert message["Message-ID"] == message_id_header(eid)
+        assert message["List-Unsubscribe"].startswith("<https://u.acme.example/u/")
+        assert "mailto:unsubscribe@acme.example" in message["List-Unsubscribe"]
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert message["Subject"] == "Hi Ada (1)"
+        [report] = reports
+        message_id = ids.message_id(eid, 0, 1)
+        assert report["command_id"] == delivery_report_command_id(message_id)
+        assert report["data"]["outcome"] == "sent"
+        assert report["data"]["provider_message_id"].startswith("2.0.0 Ok: queued as TEST")
+        delivered = await events(bootstrap, topics, lambda es: any(e.type == "StepDelivered.v1" for e in es))
+        assert [e.enrollment_id for e in delivered if e.type == "StepDelivered.v1"] == [eid]
+        row = await _ledger(db, eid)
+        assert (row["state"], row["reported"], row["message_id"]) == ("sent", True, message_id)
+        assert row["message_id_header"] == message_id_header(eid)
+        assert row["started_at"] == manual_clock() and row["finished_at"] == manual_clock()
+
+        # (b) the same StepDispatched again, through a dispatcher that reads the topic from scratch
+        again = new_dispatcher(settings, smtp_server, manual_clock, group_id=f"{settings.group_id}-again")
+        async with running(again):
+            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 2)
+            assert again.sends == 0
+        assert len(smtp_server.messages) == 1
+        assert reports[1] == reports[0]  # the same command, byte for byte equal in meaning
+        results = await _results_for(bootstrap, topics, report["command_id"], 2)
+        assert [r["status"] for r in results] == ["accepted", "duplicate"]
+        # The duplicate's result is committed with whatever it decided (nothing), so this is final.
+        final = await events(bootstrap, topics, lambda es: any(e.type == "StepDelivered.v1" for e in es))
+        assert sum(e.type == "StepDelivered.v1" for e in final) == 1
+
+
+async def _results_for(bootstrap: str, topics: Topics, command_id: str, count: int) -> list[dict[str, Any]]:
+    def matching(records: list[Any]) -> list[dict[str, Any]]:
+        parsed = [json.loads(r.value) for r in records]
+        return [p for p in parsed if p["command_id"] == command_id]
+
+    records = await read_until(bootstrap, topics.command_results, lambda rs: len(matching(rs)) >= count)
+    return matching(records)
+
+
+async def test_550_at_rcpt_bounces_451_is_retryable_and_a_header_injection_is_our_error(
+    settings: Settings,
+    topics: Topics,
+    smtp_server: RecordingSmtpServer,
+    manual_clock: ManualClock,
+    db: asyncpg.Connection,
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    smtp_server.behave("gone@example.org", Behaviour.REJECT_RCPT)
+    smtp_server.behave("busy@example.org", Behaviour.DEFER_RCPT)
+    account = _account()
+    async with running_worker(settings):
+        enrollments = await dispatch_steps(
+            settings,
+            manual_clock,
+            account,
+            {"gone": "gone@example.org", "busy": "busy@example.org", "eve": "eve@example.org"},
+            names={"eve": "Eve\r\nBcc: everyone@example.org"},
+        )
+        async with running(new_dispatcher(settings, smtp_server, manual_clock)):
+            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 3)
+            by_contact = {r["data"]["contact_id"]: r["data"] for r in reports}
+            # (c) 550 at RCPT: a hard bounce, and the decider stops the enrollment with reason bounced
+            assert by_contact["gone"]["outcome"] == "bounced"
+            assert by_contact["gone"]["bounce_type"] == "hard"
+            assert by_contact["gone"]["detail"].startswith("rcpt: 550")
+            # (d) 451: failed, retryable; the decider schedules attempt 2
+            assert by_contact["busy"]["outcome"] == "failed"
+            assert by_contact["busy"]["retryable"] is True
+            assert by_contact["busy"]["detail"].startswith("rcpt: 451")
+            # A header injection through the contact's name: refused, reported as our error, not sent
+            assert by_contact["eve"]["outcome"] == "error"
+            assert "HeaderInjectionRefused" in by_contact["eve"]["detail"]
+
+            def settled(es: list[object]) -> bool:
+                types = {(e.contact_id, e.type) for e in es}  # type: ignore[attr-defined]
+                wanted = {
+                    ("gone", "EnrollmentStopped.v1"),
+                    ("busy", "StepFailed.v1"),
+                    ("eve", "EnrollmentStopped.v1"),
+                }
+                return wanted <= types
+
+            decided = await events(bootstrap, topics, settled)
+        stopped = [e for e in decided if e.type == "EnrollmentStopped.v1"]
+        assert {(e.enrollment_id, e.data.reason.value) for e in stopped} == {  # type: ignore[union-attr]
+            (enrollments["gone"], "bounced"),
+            (enrollments["eve"], "error"),
+        }
+        failed = next(e for e in decided if e.type == "StepFailed.v1" and e.contact_id == "busy")
+        assert (failed.data.retryable, failed.data.will_retry) == (True, True)  # type: ignore[union-attr]
+        retry = [e for e in decided if e.type == "StepScheduled.v1" and e.contact_id == "busy"]
+        assert [e.data.attempt for e in retry] == [1, 2]  # type: ignore[union-attr]
+        assert smtp_server.messages == []  # neither got as far as the content
+        assert (await _ledger(db, enrollments["gone"]))["state"] == "bounced"
+        assert (await _ledger(db, enrollments["busy"]))["state"] == "failed"
+        assert (await _ledger(db, enrollments["eve"]))["state"] == "error"
+
+
+async def test_a_drop_after_the_content_is_unknown_and_never_resent_even_after_a_restart(
+    settings: Settings,
+    topics: Topics,
+    smtp_server: RecordingSmtpServer,
+    manual_clock: ManualClock,
+    db: asyncpg.Connection,
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    smtp_server.behave("maybe@example.org", Behaviour.DROP_AFTER_DATA)
+    account = _account()
+    async with running_worker(settings):
+        enrollments = await dispatch_steps(settings, manual_clock, account, {"maybe": "maybe@example.org"})
+        async with running(new_dispatcher(settings, smtp_server, manual_clock)):
+            [report] = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 1)
+        assert report["data"]["outcome"] == "unknown"
+        assert "after the content was handed over" in report["data"]["detail"]
+        assert len(smtp_server.received_for("maybe@example.org")) == 1
+        # Restart from scratch (a new group reads every StepDispatched again): nothing is resent.
+        again = new_dispatcher(settings, smtp_server, manual_clock, group_id=f"{settings.group_id}-restart")
+        async with running(again):
+            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 2)
+            assert again.sends == 0
+        assert reports[1]["command_id"] == reports[0]["command_id"]
+        assert len(smtp_server.received_for("maybe@example.org")) == 1
+        decided = await events(
+            bootstrap, topics, lambda es: any(e.type == "StepDeliveryUnknown.v1" for e in es)
+        )
+        assert sum(e.type == "StepDeliveryUnknown.v1" for e in decided) == 1
+        assert (await _ledger(db, enrollments["maybe"]))["state"] == "unknown"
+
+
+async def test_an_attempt_started_before_a_crash_is_reported_unknown_and_not_sent(
+    settings: Settings,
+    topics: Topics,
+    smtp_server: RecordingSmtpServer,
+    manual_clock: ManualClock,
+    db: asyncpg.Connection,
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = _account()
+    async with running_worker(settings):
+        enrollments = await dispatch_steps(settings, manual_clock, account, {"cy": "cy@example.org"})
+        eid = enrollments["cy"]
+        # What a dispatcher that died inside the send leaves behind: `started`, no outcome.
+        started_at = manual_clock() - ONE_HOUR
+        await db.execute(
+            """insert into delivery_ledger (enrollment_id, step_index, attempt, message_id, message_id_header,
+                   account_id, contact_id, channel, sender, recipient, state, started_at)
+               values ($1, 0, 1, $2, $3, $4, 'cy', 'email', 'jobs@acme.example', 'cy@example.org',
+                       'started', $5)""",
+            eid,
+            ids.message_id(eid, 0, 1),
+            message_id_header(eid),
+            account,
+            started_at,
+        )
+        async with running(new_dispatcher(settings, smtp_server, manual_clock)) as dispatcher:
+            [report] = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 1)
+            assert dispatcher.sends == 0
+        assert report["data"]["outcome"] == "unknown"
+        assert "never recorded" in report["data"]["detail"]
+        assert smtp_server.messages == []
+        row = await _ledger(db, eid)
+        assert (row["state"], row["reported"], row["started_at"]) == ("unknown", True, started_at)
+        await events(bootstrap, topics, lambda es: any(e.type == "StepDeliveryUnknown.v1" for e in es))
+
+
+async def test_a_sender_over_its_hourly_limit_waits_for_the_clock(
+    settings: Settings,
+    topics: Topics,
+    smtp_server: RecordingSmtpServer,
+    manual_clock: ManualClock,
+    db: asyncpg.Connection,
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = _account()
+    contacts = {"p1": "p1@example.org", "p2": "p2@example.org", "p3": "p3@example.org"}
+    t0 = manual_clock()
+    async with running_worker(settings):
+        await dispatch_steps(settings, manual_clock, account, contacts)
+        dispatcher = new_dispatcher(settings, smtp_server, manual_clock, limits=SendLimits(per_hour=2))
+        async with running(dispatcher):
+            await eventually(
+                _at_least(lambda: len(smtp_server.messages), 2), what="two sends within the limit"
+            )
+            await eventually(_at_least(lambda: dispatcher.rate_limited, 1), what="the third send to wait")
+            manual_clock.advance(ONE_HOUR - _SECOND)  # not yet: the window still holds two sends
+            await asyncio.sleep(0.5)  # a few turns of the dispatcher's wait loop on the manual clock
+            assert len(smtp_server.messages) == 2
+            manual_clock.advance(_SECOND)
+            await eventually(_at_least(lambda: len(smtp_server.messages), 3), what="the third send")
+            await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 3)
+        started = sorted(r["started_at"] for r in await db.fetch("select started_at from delivery_ledger"))
+        assert started == [t0, t0, t0 + ONE_HOUR]
+        assert len(smtp_server.messages) == 3
+
+
+_SECOND = ONE_HOUR / 3600
+
+
+def _at_least(value: Callable[[], int], count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return value() >= count
+
+    return check
+
+
+async def test_the_worker_runs_the_dispatcher_role_from_settings(
+    settings: Settings, topics: Topics, smtp_server: RecordingSmtpServer, manual_clock: ManualClock
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    configured = settings.model_copy(
+        update={
+            "smtp_host": smtp_server.host,
+            "smtp_port": smtp_server.port,
+            "smtp_starttls": False,
+            "smtp_timeout": 5.0,
+            "sender_from": "Acme <hello@acme.example>",
+            "unsubscribe_url": "https://u.acme.example/u",
+            "unsubscribe_key": SecretStr("k" * 32),
+        }
+    )
+    with pytest.raises(ValueError, match="ENROLLSTREAM_SMTP_HOST"):
+        DispatcherService.from_settings(settings, bootstrap, "postgresql://unused")
+    async with running_worker(configured, roles=("decider", "projector", "dispatcher", "inbound")) as worker:
+        assert worker.dispatcher is not None and worker.inbound is not None
+        enrollments = await dispatch_steps(settings, manual_clock, _account(), {"wu": "wu@example.org"})
+        await events(bootstrap, topics, lambda es: any(e.type == "StepDelivered.v1" for e in es))
+    [received] = smtp_server.messages
+    assert received.message["From"] == "Acme <hello@acme.example>"
+    assert received.message["Message-ID"] == message_id_header(enrollments["wu"])
+
+
+async def test_an_sms_step_goes_to_the_outbound_sms_topic_once_keyed_by_its_message_id(
+    settings: Settings,
+    topics: Topics,
+    smtp_server: RecordingSmtpServer,
+    manual_clock: ManualClock,
+    db: asyncpg.Connection,
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = _account()
+    async with running_worker(settings):
+        enrollments = await dispatch_steps(
+            settings, manual_clock, account, {"sam": ""}, mobiles={"sam": "+15550100123"}, channel="sms"
+        )
+        eid = enrollments["sam"]
+        async with running(new_dispatcher(settings, smtp_server, manual_clock)):
+            [report] = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 1)
+        again = new_dispatcher(settings, smtp_server, manual_clock, group_id=f"{settings.group_id}-again")
+        async with running(again):
+            await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 2)
+            assert again.sends == 0
+        [sms] = await read_until(bootstrap, topics.outbound_sms, lambda rs: len(rs) >= 1)
+    body = json.loads(sms.value)
+    assert body["idempotency_key"] == ids.message_id(eid, 0, 1)
+    assert (body["to"], body["body"]) == ("+15550100123", "Hello Sam Tester")
+    assert report["data"]["outcome"] == "sent"
+    assert smtp_server.messages == []
+    row = await _ledger(db, eid)
+    assert (row["channel"], row["sender"], row["state"], row["message_id_header"]) == (
+        "sms",
+        "sms",
+        "sent",
+        None,
+    )
