@@ -86,10 +86,10 @@ class Settings(BaseSettings):
     sender_from: str | None = None
     sender_reply_to: str | None = None
     message_id_domain: str | None = None  # default: the From address's domain
-    # One-click unsubscribe (RFC 8058): https endpoint the token is appended to, and/or a mailto.
+    # One-click unsubscribe (RFC 8058): https endpoint the token is appended to, and/or a mailto; the
+    # tokens are signed with the first of ENROLLSTREAM_UNSUBSCRIBE_KEYS (see the unsubscribe role).
     unsubscribe_url: str | None = None
     unsubscribe_mailto: str | None = None
-    unsubscribe_key: SecretStr | None = None  # HMAC-SHA256 key, at least 16 bytes
     # Per-sender limits over rolling windows (None: unlimited); over the limit the dispatcher waits.
     sender_per_hour: int | None = Field(default=None, ge=1)
     sender_per_day: int | None = Field(default=None, ge=1)

@@ -12,7 +12,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from pydantic import SecretStr
 
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.config import Settings
@@ -290,7 +289,7 @@ async def test_the_worker_runs_the_dispatcher_role_from_settings(
             "smtp_timeout": 5.0,
             "sender_from": "Acme <hello@acme.example>",
             "unsubscribe_url": "https://u.acme.example/u",
-            "unsubscribe_key": SecretStr("k" * 32),
+            "unsubscribe_keys": "k" * 32,
         }
     )
     with pytest.raises(ValueError, match="ENROLLSTREAM_SMTP_HOST"):

@@ -49,7 +49,7 @@ from enrollstream.adapters.mail.message import (
 from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.adapters.sms import OutboundSmsTopicChannel, SmsChannel
-from enrollstream.config import Settings
+from enrollstream.config import Settings, unsubscribe_key_list
 from enrollstream.domain import aggregate_key, parse_event
 from enrollstream.domain.campaign import Channel
 from enrollstream.domain.commands import (
@@ -161,13 +161,15 @@ class DispatcherService:
             for name, value in (
                 ("ENROLLSTREAM_SMTP_HOST", settings.smtp_host),
                 ("ENROLLSTREAM_SENDER_FROM", settings.sender_from),
-                ("ENROLLSTREAM_UNSUBSCRIBE_KEY", settings.unsubscribe_key),
+                ("ENROLLSTREAM_UNSUBSCRIBE_KEYS", unsubscribe_key_list(settings)),
             )
             if not value
         ]
         if missing:
             raise ValueError(f"the dispatcher role needs {', '.join(missing)}")
-        assert settings.smtp_host and settings.sender_from and settings.unsubscribe_key
+        assert settings.smtp_host and settings.sender_from
+        # The unsubscribe endpoint accepts every listed key; messages are signed with the first one.
+        signing_key = unsubscribe_key_list(settings)[0]
         smtp = SmtpSender(
             SmtpConfig(
                 host=settings.smtp_host,
@@ -183,7 +185,7 @@ class DispatcherService:
         )
         identity = SenderIdentity(
             from_address=settings.sender_from,
-            signing_key=settings.unsubscribe_key.get_secret_value().encode(),
+            signing_key=signing_key,
             reply_to=settings.sender_reply_to,
             unsubscribe_url=settings.unsubscribe_url,
             unsubscribe_mailto=settings.unsubscribe_mailto,
