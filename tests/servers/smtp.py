@@ -37,6 +37,7 @@ class Behaviour(StrEnum):
     DEFER_DATA = "defer_data"  # 451 4.3.0 after the content (recorded)
     DROP_AFTER_DATA = "drop_after_data"  # read the whole content (recorded), then drop without a reply
     HANG_AFTER_DATA = "hang_after_data"  # read the whole content (recorded), then never reply
+    HOLD_AFTER_DATA = "hold_after_data"  # read the content (recorded), 250 only once the test releases it
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ class _Handler:
             assert server.transport is not None
             server.transport.abort()
             return "250 2.0.0 never sent: the connection is gone"
-        if behaviour is Behaviour.HANG_AFTER_DATA:
+        if behaviour is Behaviour.HOLD_AFTER_DATA:
+            hold = self.server.hold_for(envelope.rcpt_tos[0])
+            await asyncio.get_running_loop().run_in_executor(None, hold.wait, 60)
+        elif behaviour is Behaviour.HANG_AFTER_DATA:
             await self.server.released.wait()  # until the server stops
             return "421 4.3.0 shutting down"
         self.server.queued += 1
@@ -124,12 +128,21 @@ class RecordingSmtpServer:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self.released = asyncio.Event()  # bound to the server's loop on first use there
+        self._holds: dict[str, threading.Event] = {}
 
     # --- configuration and observations -----------------------------------------------------------
 
     def behave(self, recipient: str, behaviour: Behaviour) -> None:
         with self._lock:
             self._behaviours[recipient.lower()] = behaviour
+
+    def hold_for(self, recipient: str) -> threading.Event:
+        with self._lock:
+            return self._holds.setdefault(recipient.lower(), threading.Event())
+
+    def release(self, recipient: str) -> None:
+        """Let a HOLD_AFTER_DATA message of this recipient get its 250."""
+        self.hold_for(recipient).set()
 
     def behaviour_for(self, address: str) -> Behaviour:
         with self._lock:
@@ -194,6 +207,9 @@ class RecordingSmtpServer:
 
     async def _shutdown(self) -> None:
         self.released.set()
+        with self._lock:
+            for hold in self._holds.values():
+                hold.set()
         if self._server is not None:
             self._server.close()
         current = asyncio.current_task()

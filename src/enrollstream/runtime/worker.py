@@ -122,7 +122,7 @@ class Worker:
             services.append(self.unsubscribe)
         if "dispatcher" in self.roles:
             self.dispatcher = DispatcherService.from_settings(
-                self.settings, self.bootstrap, self.database_url
+                self.settings, self.bootstrap, self.database_url, clock=self.clock
             )
             services.append(self.dispatcher)
         if "inbound" in self.roles:
