@@ -35,12 +35,14 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 
 from enrollstream import stack
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics, partition_numbers
 from enrollstream.adapters.postgres.migrations import migrate
+from enrollstream.adapters.postgres.queries import query
 from enrollstream.adapters.postgres.read_side import campaign_stats_mismatches
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition, ContactState, aggregate_key, fold, initial_state
@@ -48,7 +50,9 @@ from enrollstream.domain.commands import child_command_id
 from enrollstream.domain.events import BulkEnrollAccepted, parse_event
 from enrollstream.domain.ids import enrollment_id
 from enrollstream.runtime.campaigns import publish_campaign
+from enrollstream.runtime.projector import PROJECTION
 from enrollstream.runtime.replay import replay
+from enrollstream.smtp_sink import SmtpSink
 
 ACCOUNT = "chaos-account"
 CAMPAIGNS = ("chaos-a", "chaos-b")
@@ -66,6 +70,8 @@ class ChaosPlan:
     # A killed worker holds its partitions until the group's session times out: keep that short.
     session_timeout_ms: int = 6_000
     settle_timeout: float = 180.0  # bound on waiting for the last worker to decide and project all
+    # Run the scheduler and the dispatcher too, sending every step to a local SMTP sink.
+    sends: bool = True
 
 
 @dataclass
@@ -75,16 +81,24 @@ class ChaosReport:
     lost: int = 0
     duplicate_events: int = 0
     projection_mismatches: int = 0
+    duplicate_sends: int = 0  # a step delivered to the SMTP server more than once (or without a ledger row)
+    unknown_sends: int = 0  # sends caught in the ambiguous window by a kill: reported unknown, never resent
     details: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return self.lost == 0 and self.duplicate_events == 0 and self.projection_mismatches == 0
+        return (
+            self.lost == 0
+            and self.duplicate_events == 0
+            and self.projection_mismatches == 0
+            and self.duplicate_sends == 0
+        )
 
     def line(self) -> str:
         return (
             f"chaos: kills={self.kills} commands={self.commands} lost={self.lost} "
-            f"duplicate_events={self.duplicate_events} projection_mismatches={self.projection_mismatches}"
+            f"duplicate_events={self.duplicate_events} projection_mismatches={self.projection_mismatches} "
+            f"duplicate_sends={self.duplicate_sends} unknown_sends={self.unknown_sends}"
         )
 
 
@@ -126,9 +140,8 @@ def workload(plan: ChaosPlan, run: str) -> list[Published]:
     rng = random.Random(plan.seed)
     contacts = [f"ch{j:05d}" for j in range(plan.contacts)]
     kinds = {
-        "Enroll.v1": 34,
-        "StepDue.v1": 14,
-        "DeliveryReported.v1": 10,
+        # StepDue, ExpiryDue and DeliveryReported come from the scheduler and the dispatcher, not upstream.
+        "Enroll.v1": 40,
         "OpenDetected.v1": 8,
         "ReplyDetected.v1": 8,
         "Stop.v1": 7,
@@ -136,7 +149,6 @@ def workload(plan: ChaosPlan, run: str) -> list[Published]:
         "BounceDetected.v1": 4,
         "OptOut.v1": 3,
         "MarkFinished.v1": 2,
-        "ExpiryDue.v1": 1,
         "BulkEnroll.v1": 1,
         "poison": 4,
     }
@@ -200,9 +212,10 @@ def workload(plan: ChaosPlan, run: str) -> list[Published]:
 class WorkerProcess:
     """`enrollstream worker` in a child process with this run's settings; logs to a file."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, roles: str) -> None:
         self.name = name
         self.env = env
+        self.roles = roles
         self.log_path = log_dir / f"{name}.log"
         self.process: asyncio.subprocess.Process | None = None
 
@@ -210,7 +223,15 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "enrollstream", "worker", env=self.env, stdout=log, stderr=log
+                sys.executable,
+                "-m",
+                "enrollstream",
+                "worker",
+                "--roles",
+                self.roles,
+                env=self.env,
+                stdout=log,
+                stderr=log,
             )
         finally:
             log.close()
@@ -268,33 +289,71 @@ async def run_chaos(
         "ENROLLSTREAM_SESSION_TIMEOUT_MS": str(plan.session_timeout_ms),
         "ENROLLSTREAM_HEARTBEAT_INTERVAL_MS": "1000",
         "ENROLLSTREAM_HTTP_PORT": "0",  # two workers on one host: any free port each
+        "ENROLLSTREAM_SCHEDULER_INTERVAL_MS": "200",
+        "ENROLLSTREAM_SMTP_STARTTLS": "false",
+        "ENROLLSTREAM_SMTP_TIMEOUT": "10",
+        "ENROLLSTREAM_SENDER_FROM": "Chaos <chaos@chaos.example>",
+        "ENROLLSTREAM_UNSUBSCRIBE_URL": "https://u.chaos.example/u",
+        "ENROLLSTREAM_UNSUBSCRIBE_KEYS": "chaos-unsubscribe-key-0123456789",
     }
+    roles = "decider,projector,scheduler,dispatcher" if plan.sends else "decider,projector"
+    sink = SmtpSink()
+    env["ENROLLSTREAM_SMTP_HOST"], env["ENROLLSTREAM_SMTP_PORT"] = sink.host, str(sink.port)
     records = workload(plan, run)
     console.print(
         f"chaos run {run}: {len(records)} commands over {plan.contacts} contacts, "
         f"{plan.kills} kills, {plan.partitions} partitions; logs in {log_dir}"
     )
     report = ChaosReport(commands=len(records))
-    primary = WorkerProcess("primary", env, log_dir)
-    second = WorkerProcess("second", env, log_dir)
+    primary = WorkerProcess("primary", env, log_dir, roles)
+    second = WorkerProcess("second", env, log_dir, roles)
     rng = random.Random(plan.seed + 1)
-    await primary.start()
-    try:
-        published = asyncio.create_task(drive(bootstrap, topics.commands, records, plan.seconds))
-        killer = asyncio.create_task(_kill_repeatedly(primary, plan, rng, report, console))
-        joiner = asyncio.create_task(_join_and_leave(second, plan, console))
-        await asyncio.gather(published, killer, joiner)
-        if not primary.running:
-            await primary.start()
-        console.print("driver done; waiting for the last worker to decide and project everything")
-        await settle(bootstrap, topics, database_url, records, plan.settle_timeout)
-    finally:
-        await primary.terminate()
-        await second.terminate()
-    await verify(bootstrap, topics, database_url, records, report)
+    with sink:
+        await primary.start()
+        try:
+            await _run(
+                plan,
+                bootstrap,
+                topics,
+                database_url,
+                env["ENROLLSTREAM_GROUP_ID"],
+                records,
+                primary,
+                second,
+                rng,
+                report,
+                console,
+            )
+        finally:
+            await primary.terminate()
+            await second.terminate()
+        await verify(bootstrap, topics, database_url, records, report, sink if plan.sends else None)
     for line in report.details:
         console.print(line)
     return report
+
+
+async def _run(
+    plan: ChaosPlan,
+    bootstrap: str,
+    topics: Topics,
+    database_url: str,
+    group_id: str,
+    records: list[Published],
+    primary: WorkerProcess,
+    second: WorkerProcess,
+    rng: random.Random,
+    report: ChaosReport,
+    console: Console,
+) -> None:
+    published = asyncio.create_task(drive(bootstrap, topics.commands, records, plan.seconds))
+    killer = asyncio.create_task(_kill_repeatedly(primary, plan, rng, report, console))
+    joiner = asyncio.create_task(_join_and_leave(second, plan, console))
+    await asyncio.gather(published, killer, joiner)
+    if not primary.running:
+        await primary.start()
+    console.print("driver done; waiting for the last worker to decide, send and project everything")
+    await settle(bootstrap, topics, database_url, records, plan.settle_timeout, group_id=group_id)
 
 
 async def drive(bootstrap: str, topic: str, records: list[Published], seconds: float) -> None:
@@ -336,17 +395,37 @@ async def _join_and_leave(worker: WorkerProcess, plan: ChaosPlan, console: Conso
 
 
 async def settle(
-    bootstrap: str, topics: Topics, database_url: str, records: list[Published], timeout: float
+    bootstrap: str,
+    topics: Topics,
+    database_url: str,
+    records: list[Published],
+    timeout: float,
+    group_id: str | None = None,
 ) -> None:
-    """Until every command has a result (or dead letter) and the projector has reached the events' end."""
+    """Until every command has a result (or dead letter), no step is due or being sent, and the
+    projector has reached the events' end: twice in a row, a second apart, so nothing is in flight."""
     expected = sum(1 + len(r.children) for r in records)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    quiet = 0
+    while time.monotonic() < deadline and quiet < 2:
         decided = await _count_to_end(bootstrap, [topics.command_results, topics.dead_letters])
-        if decided >= expected and await _projector_caught_up(bootstrap, topics.events, database_url):
-            return
+        still = (
+            decided >= expected
+            and (group_id is None or await _decider_caught_up(bootstrap, topics.commands, group_id))
+            and await _projector_caught_up(bootstrap, topics.events, database_url)
+            and not await _sends_in_flight(database_url)
+        )
+        quiet = quiet + 1 if still else 0
         await asyncio.sleep(1.0)
     # Not settled: the verifier reports what is missing rather than hiding it.
+
+
+async def _sends_in_flight(database_url: str) -> bool:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return bool(await conn.fetchval(query("chaos_sends_in_flight")))
+    finally:
+        await conn.close()
 
 
 async def _count_to_end(bootstrap: str, topic_names: list[str]) -> int:
@@ -357,24 +436,50 @@ async def _count_to_end(bootstrap: str, topic_names: list[str]) -> int:
 
 
 async def _projector_caught_up(bootstrap: str, events_topic: str, database_url: str) -> bool:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        numbers = await partition_numbers(bootstrap, events_topic)
-        partitions = [TopicPartition(events_topic, p) for p in numbers]
-        ends = await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch(
-            "select partition, next_offset from projection_checkpoints where topic = $1", events_topic
-        )
+        rows = await conn.fetch(query("read_checkpoints"), PROJECTION, events_topic)
     finally:
         await conn.close()
-    done = {row["partition"]: row["next_offset"] for row in rows}
-    # With read_committed the end is the last stable offset; a commit marker may sit at the very end.
-    return all(done.get(tp.partition, 0) >= end - 1 for tp, end in ends.items())
+    return await _nothing_after(
+        bootstrap, events_topic, {row["partition"]: row["next_offset"] for row in rows}
+    )
+
+
+async def _decider_caught_up(bootstrap: str, commands_topic: str, group_id: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(f"{group_id}.decider")
+    finally:
+        await admin.close()
+    offsets = {tp.partition: meta.offset for tp, meta in committed.items() if tp.topic == commands_topic}
+    return await _nothing_after(bootstrap, commands_topic, offsets)
+
+
+async def _nothing_after(bootstrap: str, topic: str, positions: dict[int, int]) -> bool:
+    """Whether no committed record sits at or after the given positions (absent: from the start).
+
+    Read, not computed from end offsets: transaction markers take offsets too, so only reading tells a
+    marker from an unprocessed record."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in await partition_numbers(bootstrap, topic)]
+        consumer.assign(partitions)
+        for tp in partitions:
+            if tp.partition in positions:
+                consumer.seek(tp, positions[tp.partition])
+            else:
+                await consumer.seek_to_beginning(tp)
+        async for batch in batches_to_end(consumer, partitions):
+            if any(batch.values()):
+                return False
+        return True
+    finally:
+        await consumer.stop()
 
 
 async def _read_all(bootstrap: str, topic_names: list[str]) -> AsyncIterator[tuple[str, Any]]:
@@ -401,11 +506,55 @@ async def _read_all(bootstrap: str, topic_names: list[str]) -> AsyncIterator[tup
 
 
 async def verify(
-    bootstrap: str, topics: Topics, database_url: str, records: list[Published], report: ChaosReport
+    bootstrap: str,
+    topics: Topics,
+    database_url: str,
+    records: list[Published],
+    report: ChaosReport,
+    sink: SmtpSink | None = None,
 ) -> None:
     await _verify_results(bootstrap, topics, records, report)
     await _verify_events(bootstrap, topics, report)
     await _verify_projections(bootstrap, topics, database_url, report)
+    if sink is not None:
+        await _verify_sends(database_url, sink, report)
+
+
+async def _verify_sends(database_url: str, sink: SmtpSink, report: ChaosReport) -> None:
+    """Each step reached the SMTP server at most once, and only with a ledger row written before it."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        ledger = await conn.fetch(query("chaos_ledger"))
+    finally:
+        await conn.close()
+    step_of = {row["message_id_header"]: (row["enrollment_id"], row["step_index"]) for row in ledger}
+    received = sink.message_id_counts()
+    per_step: Counter[tuple[str, int]] = Counter()
+    for message_id, n in received.items():
+        step = step_of.get(message_id)
+        if step is None:
+            report.duplicate_sends += n
+            report.details.append(f"sent without a ledger row: {message_id} ({n}x)")
+            continue
+        per_step[step] += n
+    twice = {key: n for key, n in per_step.items() if n > 1}
+    report.duplicate_sends += sum(n - 1 for n in twice.values())
+    for (enrollment, index), n in list(twice.items())[:5]:
+        report.details.append(f"step {index} of {enrollment} reached the SMTP server {n} times")
+    states = Counter(row["state"] for row in ledger)
+    report.unknown_sends = states["unknown"]
+    lost = [
+        row["message_id_header"]
+        for row in ledger
+        if row["state"] == "sent" and not received[row["message_id_header"]]
+    ]
+    report.lost += len(lost)
+    if lost:
+        report.details.append(f"{len(lost)} sends recorded as sent that the SMTP server never received")
+    report.details.append(
+        f"sends: {sum(received.values())} messages received by the SMTP sink; ledger "
+        + ", ".join(f"{state}={n}" for state, n in sorted(states.items()))
+    )
 
 
 async def _verify_results(

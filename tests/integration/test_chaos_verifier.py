@@ -37,7 +37,7 @@ async def test_the_verifier_counts_lost_commands_duplicate_events_and_projection
     records = workload(ChaosPlan(commands=150, contacts=20, seed=7), run="verifier")
     async with running_worker(settings):
         await drive(bootstrap, topics.commands, records, seconds=0.5)
-        await settle(bootstrap, topics, database_url, records, timeout=60)
+        await settle(bootstrap, topics, database_url, records, timeout=60, group_id=settings.group_id)
 
     clean = ChaosReport(commands=len(records))
     await verify(bootstrap, topics, database_url, records, clean)
@@ -78,7 +78,8 @@ def test_the_workload_is_seeded_and_covers_every_kind_of_input() -> None:
     first, again = workload(plan, run="r"), workload(plan, run="r")
     assert first == again
     kinds = {r.value.split(b'"type": "')[1].split(b'"')[0].decode() for r in first if r.command_id}
-    assert {"Enroll.v1", "BulkEnroll.v1", "StepDue.v1", "DeliveryReported.v1", "Stop.v1"} <= kinds
+    assert {"Enroll.v1", "BulkEnroll.v1", "Stop.v1", "Unenroll.v1", "OptOut.v1", "ReplyDetected.v1"} <= kinds
+    assert not kinds & {"StepDue.v1", "DeliveryReported.v1"}, "the scheduler and dispatcher issue those"
     assert any(r.command_id is None for r in first), "some poison pills"
     assert any(r.children for r in first), "some fanned-out children"
     other = workload(dataclasses.replace(plan, seed=plan.seed + 1), run="r")

@@ -60,7 +60,7 @@ async def test_a_second_worker_takes_partitions_and_gives_them_back_losing_and_r
 
     async with running_worker(settings) as first:
         await drive(bootstrap, topics.commands, thirds[0], seconds=0.5)
-        await settle(bootstrap, topics, database_url, thirds[0], timeout=60)
+        await settle(bootstrap, topics, database_url, thirds[0], timeout=60, group_id=settings.group_id)
         assert _owned(first) == everything
 
         async with running_worker(settings) as second:
@@ -71,7 +71,9 @@ async def test_a_second_worker_takes_partitions_and_gives_them_back_losing_and_r
 
             await eventually(split, timeout=60, what="the partitions split between the two workers")
             await drive(bootstrap, topics.commands, thirds[1], seconds=0.5)
-            await settle(bootstrap, topics, database_url, thirds[0] + thirds[1], timeout=60)
+            await settle(
+                bootstrap, topics, database_url, thirds[0] + thirds[1], timeout=60, group_id=settings.group_id
+            )
             assert second.decider is not None and second.decider.processed_commands > 0
 
         async def first_owns_all() -> bool:
@@ -79,7 +81,7 @@ async def test_a_second_worker_takes_partitions_and_gives_them_back_losing_and_r
 
         await eventually(first_owns_all, timeout=60, what="the first worker taking every partition back")
         await drive(bootstrap, topics.commands, thirds[2], seconds=0.5)
-        await settle(bootstrap, topics, database_url, records, timeout=60)
+        await settle(bootstrap, topics, database_url, records, timeout=60, group_id=settings.group_id)
 
     report = ChaosReport(commands=len(records))
     await verify(bootstrap, topics, database_url, records, report)

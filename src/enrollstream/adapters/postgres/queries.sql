@@ -397,3 +397,14 @@ update timers t
    set claimed_until = null
   from unnest($1::text[], $2::text[]) as r(enrollment_id, kind)
  where t.enrollment_id = r.enrollment_id and t.kind = r.kind and t.claimed_until = $3;
+
+-- name: chaos_sends_in_flight
+-- The crash suite waits for quiet: a step still due, or a send the dispatcher has not reported yet.
+select exists (select 1 from timers where kind = 'step_due')
+    or exists (select 1 from delivery_ledger where not reported);
+
+-- name: chaos_ledger
+-- The crash suite's view of the delivery ledger: which step each sent Message-ID belongs to.
+select enrollment_id, step_index, attempt, message_id_header, state
+  from delivery_ledger
+ where channel = 'email';
