@@ -12,14 +12,17 @@ per-contact figure of the size before, are not run (and say so).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
 from bench import workload
 from bench.common import Result, Sizes, median, produce, run_id
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.domain import CampaignDefinition, ContactState
 
 TARGET = "1M contacts restored < 30 s, < 1 KiB resident per contact"
 
@@ -61,6 +64,28 @@ async def _child(bootstrap: str, topics: Topics, mode: str) -> dict[str, Any]:
     return result
 
 
+def heap_per_contact(sample: int = 2_000, *, share_campaigns: bool = False) -> int:
+    """Python heap held per restored ContactState (tracemalloc, in process, parsed from memory): a check
+    on the RSS figure, and what sharing one CampaignDefinition per campaign would save."""
+    template = workload.template_snapshot().model_dump_json()
+    values = [workload.snapshot_bytes(template, i)[1] for i in range(sample)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        states = [ContactState.model_validate_json(v) for v in values]
+        if share_campaigns:
+            shared: dict[str, CampaignDefinition] = {}
+            for state in states:
+                for e in state.enrollments.values():
+                    e.campaign = shared.setdefault(e.campaign.campaign_id, e.campaign)
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del states
+    return round(held / sample)
+
+
 async def scenario(bootstrap: str, sizes: Sizes, say: Callable[[str], None]) -> Result:
     template = workload.template_snapshot()
     snapshot_bytes = len(template.model_dump_json())
@@ -95,6 +120,7 @@ async def scenario(bootstrap: str, sizes: Sizes, say: Callable[[str], None]) -> 
             "restore_seconds": round(seconds, 3),
             "restore_runs": [round(r["seconds"], 3) for r in restores],
             "raw_read_seconds": round(median([r["seconds"] for r in raws]), 3),
+            "raw_read_runs": [round(r["seconds"], 3) for r in raws],
             "contacts_per_s": round(contacts / seconds),
             "rss_bytes_per_contact": round(per_contact),
             "rss_delta_mib": round(per_contact * contacts / 2**20, 1),
@@ -118,10 +144,13 @@ async def scenario(bootstrap: str, sizes: Sizes, say: Callable[[str], None]) -> 
         baseline=last["raw_read_seconds"],
         baseline_name="reading the same changelog partition to its end, nothing parsed (ratio: times slower)",
         runs=last["restore_runs"],
+        baseline_runs=last["raw_read_runs"],
         target_met=met,
         params={
             "headline_contacts": largest,
             "sizes": per_size,
+            "tracemalloc_bytes_per_contact": heap_per_contact(),
+            "tracemalloc_bytes_per_contact_campaigns_shared": heap_per_contact(share_campaigns=True),
             "memory_method": "RSS delta (VmRSS) around DeciderService._restore(0) in a fresh subprocess, "
             "after gc, states kept",
             "snapshot": f"ContactState, {len(template.enrollments)} enrollments, {snapshot_bytes} bytes JSON",
