@@ -133,9 +133,14 @@ async def scenario(bootstrap: str, sizes: Sizes, say: Callable[[str], None]) -> 
         raise RuntimeError("no restore size could run")
     largest = last["contacts"]
     million = per_size.get("1000000", {})
-    met = None
-    if million.get("status") == "measured":
-        met = million["restore_seconds"] < 30 and million["rss_bytes_per_contact"] < 1024
+    # Memory per contact is a per-contact target: any size over 1 KiB misses it; so does a 1M that could
+    # not run for want of memory. Otherwise the 1M row decides; without one (quick mode), time is open.
+    measured = [s for s in per_size.values() if s["status"] == "measured"]
+    met: bool | None = None
+    if any(s["rss_bytes_per_contact"] >= 1024 for s in measured) or million.get("status") == "not_run":
+        met = False
+    elif million.get("status") == "measured":
+        met = million["restore_seconds"] < 30
     return Result(
         status="measured",
         unit="s",
