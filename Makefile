@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test check unit integration chaos bench stack-up stack-down schemas schema-sql clean
+.PHONY: demo test check unit integration chaos bench bench-quick stack-up stack-down schemas schema-sql clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ integration: $(STAMP)
 ## The crash suite: SIGKILL the workers at random while commands flow, then verify exactly-once (minutes).
 chaos: $(STAMP)
 	$(BIN)/enrollstream chaos
+
+## Benchmarks (docs/benchmarks.md): each role against its raw baseline in one run; writes bench/results.json.
+## Brings the local stack up (or reuses it) and stops what it started. Full sizes take several minutes.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+## The CI smoke of the same harness: small sizes, under two minutes.
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
 
 schemas: $(STAMP)
 	$(BIN)/python -m enrollstream.schemas_gen --write

@@ -1,0 +1,164 @@
+"""What the scenarios share: the result shape, timing helpers, fresh topics and databases."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+SCENARIOS = ("decider", "projector", "scheduler", "end_to_end", "restore", "broker")
+
+
+@dataclass
+class Sizes:
+    """How big each scenario runs; `quick` is the CI smoke, `full` the figures we publish."""
+
+    mode: str
+    reps: int = 3
+    decider_commands: int = 30_000
+    decider_warmup: int = 2_000
+    decider_max_batch: int = 500
+    partitions: int = 6
+    projector_events: int = 100_000
+    projector_warmup: int = 4_000
+    restore_contacts: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    restore_reps_above_100k: int = 1
+    broker_records: int = 1_000_000
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            mode="quick",
+            decider_commands=3_000,
+            decider_warmup=500,
+            projector_events=6_000,
+            projector_warmup=1_000,
+            restore_contacts=(10_000,),
+            broker_records=100_000,
+        )
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(mode="full")
+
+
+@dataclass
+class Result:
+    """One scenario's row: the figure, the raw baseline measured in the same run, and the target."""
+
+    status: str  # measured | not_run
+    unit: str
+    target: str
+    value: float | None = None
+    baseline: float | None = None
+    baseline_name: str | None = None
+    reason: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    runs: list[float] = field(default_factory=list)
+    baseline_runs: list[float] = field(default_factory=list)
+    target_met: bool | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline
+
+    def as_json(self, mode: str) -> dict[str, Any]:
+        ratio = self.ratio
+        return {
+            "status": self.status,
+            "mode": mode,
+            "value": _round(self.value),
+            "unit": self.unit,
+            "baseline": _round(self.baseline),
+            "baseline_name": self.baseline_name,
+            "ratio": None if ratio is None else round(ratio, 3),
+            "target": self.target,
+            "target_met": self.target_met,
+            "reason": self.reason,
+            "runs": [_round(v) for v in self.runs],
+            "baseline_runs": [_round(v) for v in self.baseline_runs],
+            "params": self.params,
+        }
+
+
+def not_run(unit: str, target: str, reason: str, **params: Any) -> Result:
+    return Result(status="not_run", unit=unit, target=target, reason=reason, params=params)
+
+
+def _round(value: float | None) -> float | None:
+    if value is None:
+        return None
+    return round(value, 4) if abs(value) < 100 else round(value, 1)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def run_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+class Stopwatch:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.started = clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+
+async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], **kw: Any) -> None:
+    """Plain idempotent producer, acks=all, futures gathered at the end: the set-up, not the measurement."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=20,
+        max_batch_size=256 * 1024,
+        max_request_size=8 * 1024 * 1024,
+        **kw,
+    )
+    await producer.start()
+    try:
+        pending = []
+        for i, (key, value) in enumerate(records):
+            pending.append(await producer.send(topic, value, key=key))
+            if i % 20_000 == 19_999:
+                for fut in pending:
+                    await fut
+                pending.clear()
+        for fut in pending:
+            await fut
+    finally:
+        await producer.stop()
+
+
+def database_url_for(server_url: str, database: str) -> str:
+    base, _, _ = server_url.rpartition("/")
+    return f"{base}/{database}"
+
+
+async def fresh_database(server_url: str, name: str) -> str:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'create database "{name}"')
+    finally:
+        await conn.close()
+    return database_url_for(server_url, name)
+
+
+async def drop_database(server_url: str, name: str) -> None:
+    conn = await asyncpg.connect(server_url)
+    try:
+        await conn.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await conn.close()

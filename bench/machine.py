@@ -1,0 +1,73 @@
+"""The machine a run happened on, for the output and results.json."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+import asyncpg
+
+
+def _cpuinfo() -> tuple[str, int]:
+    model, count = platform.processor() or "unknown", 0
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    count += 1
+    except OSError:
+        pass
+    return model, count or (os.cpu_count() or 0)
+
+
+def _meminfo(field: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+async def describe(database_url: str, kafka_version: str | None) -> dict[str, Any]:
+    model, cpus = _cpuinfo()
+    conn = await asyncpg.connect(database_url)
+    try:
+        postgres = await conn.fetchval("show server_version")
+    finally:
+        await conn.close()
+    total = _meminfo("MemTotal")
+    return {
+        "cpu_model": model,
+        "cpus": cpus,
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus,
+        "ram_gib": round(total / 2**30, 1) if total else None,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "kafka": kafka_version,
+        "postgres": postgres,
+        "aiokafka": _version("aiokafka"),
+        "asyncpg": _version("asyncpg"),
+        "pydantic": _version("pydantic"),
+        "load_average_at_start": load_average(),
+    }

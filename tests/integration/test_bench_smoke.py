@@ -1,0 +1,52 @@
+"""The benchmark harness runs: its decider and projector scenarios at tiny sizes, and the shape of
+results.json. Nothing here looks at a timing (benchmarks report, they never gate)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.common import SCENARIOS, Sizes
+from bench.run import run_scenarios, table
+from rich.console import Console
+
+from enrollstream import stack
+from enrollstream.config import Settings
+
+FIELDS = {"status", "mode", "value", "unit", "baseline", "ratio", "target", "params", "reason", "runs"}
+
+
+async def test_quick_bench_decider_and_projector_write_results_json(
+    endpoints: stack.Endpoints, tmp_path: Path
+) -> None:
+    sizes = Sizes.quick()
+    sizes.reps = 1
+    sizes.decider_commands, sizes.decider_warmup = 300, 50
+    sizes.projector_events, sizes.projector_warmup = 400, 100
+    console = Console(file=(tmp_path / "bench.log").open("w"), width=160)
+    results = await run_scenarios(
+        endpoints, Settings(), sizes, ("decider", "projector", "scheduler", "end_to_end"), console=console
+    )
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    loaded = json.loads(path.read_text())
+
+    assert loaded["mode"] == "quick"
+    assert {"cpu_model", "cpus", "ram_gib", "python", "postgres"} <= set(loaded["machine"])
+    for name in SCENARIOS:
+        assert set(loaded[name]) >= FIELDS, name
+    for name in ("decider", "projector"):
+        row = loaded[name]
+        assert row["status"] == "measured", row
+        assert row["value"] > 0 and row["baseline"] > 0
+        assert abs(row["ratio"] - row["value"] / row["baseline"]) < 0.01
+        assert len(row["runs"]) == 1 and len(row["baseline_runs"]) == 1
+        assert row["target"] and row["target_met"] in (True, False)
+    assert loaded["decider"]["unit"] == "commands/s" and loaded["decider"]["params"]["commands"] == 300
+    assert loaded["projector"]["unit"] == "events/s" and loaded["projector"]["params"]["events"] == 400
+    for name in ("scheduler", "end_to_end"):
+        assert loaded[name]["status"] == "not_run" and "issue 5" in loaded[name]["reason"]
+        assert loaded[name]["value"] is None
+    for name in ("restore", "broker"):
+        assert loaded[name]["status"] == "not_run"  # not selected here
+    console.print(table(loaded))  # the table renders from what was written
