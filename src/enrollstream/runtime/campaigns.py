@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from enrollstream.adapters.kafka.reading import batches_to_end
+from enrollstream.adapters.kafka.compacted_table import CompactedTable
 from enrollstream.adapters.kafka.records import encode
 from enrollstream.domain import CampaignDefinition
 from enrollstream.domain.campaign import CampaignStatus
@@ -17,7 +16,7 @@ from enrollstream.domain.campaign import CampaignStatus
 log = logging.getLogger(__name__)
 
 
-class CampaignCatalog:
+class CampaignCatalog(CompactedTable):
     """Latest definition per campaign id, by version.
 
     `catch_up()` reads up to the topic's current end, so a campaign published before a command is
@@ -26,11 +25,8 @@ class CampaignCatalog:
     """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
-        self._partition = TopicPartition(topic, 0)
+        super().__init__(bootstrap, topic)
         self._campaigns: dict[str, CampaignDefinition] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._lock = asyncio.Lock()
 
     def get(self, campaign_id: str) -> CampaignDefinition | None:
         return self._campaigns.get(campaign_id)
@@ -41,28 +37,6 @@ class CampaignCatalog:
 
     def __len__(self) -> int:
         return len(self._campaigns)
-
-    async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, isolation_level="read_committed", enable_auto_commit=False
-        )
-        await self._consumer.start()
-        self._consumer.assign([self._partition])
-        await self._consumer.seek_to_beginning(self._partition)
-        await self.catch_up()
-
-    async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-
-    async def catch_up(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None, "start() the catalog first"
-        async with self._lock:
-            async for batch in batches_to_end(consumer, [self._partition], timeout_ms=200):
-                for record in batch[self._partition]:
-                    self._apply(record.key, record.value)
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:  # a tombstone: the campaign was deleted

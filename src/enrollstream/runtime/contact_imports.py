@@ -8,14 +8,13 @@ known, and one that is not is `contact_import_not_found`, deterministically.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from enrollstream.adapters.kafka.reading import batches_to_end
+from enrollstream.adapters.kafka.compacted_table import CompactedTable
 from enrollstream.adapters.kafka.records import encode
 from enrollstream.domain import ContactImport
 
@@ -31,47 +30,20 @@ def import_key(account_id: str, contact_import_id: str) -> str:
     return f"{account_id}/{contact_import_id}"
 
 
-class ContactImportCatalog:
+class ContactImportCatalog(CompactedTable):
     """Latest import per (account, import id); a tombstone (null value) removes one."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
-        self._partition = TopicPartition(topic, 0)
+        super().__init__(
+            bootstrap, topic, max_partition_fetch_bytes=MAX_IMPORT_BYTES, fetch_max_bytes=MAX_IMPORT_BYTES * 2
+        )
         self._imports: dict[str, ContactImport] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._lock = asyncio.Lock()
 
     def get(self, account_id: str, contact_import_id: str) -> ContactImport | None:
         return self._imports.get(import_key(account_id, contact_import_id))
 
     def __len__(self) -> int:
         return len(self._imports)
-
-    async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            max_partition_fetch_bytes=MAX_IMPORT_BYTES,
-            fetch_max_bytes=MAX_IMPORT_BYTES * 2,
-        )
-        await self._consumer.start()
-        self._consumer.assign([self._partition])
-        await self._consumer.seek_to_beginning(self._partition)
-        await self.catch_up()
-
-    async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-
-    async def catch_up(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None, "start() the catalog first"
-        async with self._lock:
-            async for batch in batches_to_end(consumer, [self._partition], timeout_ms=200):
-                for record in batch[self._partition]:
-                    self._apply(record.key, record.value)
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:

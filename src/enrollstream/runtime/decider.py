@@ -208,6 +208,9 @@ class DeciderService:
             enable_idempotence=True,
             acks="all",
             linger_ms=5,
+            # A batch of commands writes events, ~3 KiB snapshots, results and public events: with the
+            # default 16 KiB batches every few sends would wait for a batch to drain.
+            max_batch_size=512 * 1024,
         )
         await producer.start()  # init_transactions: bumps the epoch, aborts a zombie's open transaction
         return producer

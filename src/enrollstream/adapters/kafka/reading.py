@@ -14,6 +14,7 @@ async def batches_to_end(
     *,
     max_records: int = 5000,
     timeout_ms: int = 500,
+    ends_from: AIOKafkaConsumer | None = None,
 ) -> AsyncIterator[dict[TopicPartition, list[Any]]]:
     """Yield batches from the consumer's positions up to the end offsets taken when called.
 
@@ -21,7 +22,9 @@ async def batches_to_end(
     so the loop follows positions rather than counting records. A record fetched beyond the end is not
     yielded, and its partition is sought back to the end, so a later read still sees it.
     """
-    ends = await consumer.end_offsets(list(partitions))
+    # `ends_from`: another consumer (same isolation level) to ask, so the question does not wait behind
+    # this consumer's own fetch in flight.
+    ends = await (ends_from or consumer).end_offsets(list(partitions))
     while True:
         behind = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
         if not behind:

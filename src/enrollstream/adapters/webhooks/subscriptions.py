@@ -7,14 +7,13 @@ delivery, so a subscription published before an event is used for it. A tombston
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from enrollstream.adapters.kafka.reading import batches_to_end
+from enrollstream.adapters.kafka.compacted_table import CompactedTable
 
 log = logging.getLogger(__name__)
 
@@ -36,41 +35,16 @@ def subscription_key(account_id: str, url: str) -> str:
     return f"{account_id} {url}"  # a URL has no spaces: the last space splits the key
 
 
-class WebhookSubscriptionCatalog:
+class WebhookSubscriptionCatalog(CompactedTable):
     """The active subscriptions per account, from the compacted subscriptions topic."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
-        self._bootstrap = bootstrap
-        self._partition = TopicPartition(topic, 0)
+        super().__init__(bootstrap, topic)
         self._by_key: dict[str, WebhookSubscription] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._lock = asyncio.Lock()
 
     def for_account(self, account_id: str) -> list[WebhookSubscription]:
         found = [s for s in self._by_key.values() if s.account_id == account_id and s.active]
         return sorted(found, key=lambda s: s.url)
-
-    async def start(self) -> None:
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, isolation_level="read_committed", enable_auto_commit=False
-        )
-        await self._consumer.start()
-        self._consumer.assign([self._partition])
-        await self._consumer.seek_to_beginning(self._partition)
-        await self.catch_up()
-
-    async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-
-    async def catch_up(self) -> None:
-        consumer = self._consumer
-        assert consumer is not None, "start() the catalog first"
-        async with self._lock:
-            async for batch in batches_to_end(consumer, [self._partition], timeout_ms=200):
-                for record in batch[self._partition]:
-                    self._apply(record.key, record.value)
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if value is None:
