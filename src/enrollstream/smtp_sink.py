@@ -4,8 +4,9 @@ what it needs to check delivery (recipient, subject, Message-ID). Not for produc
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.policy import default as default_policy
 from typing import Any
@@ -20,6 +21,7 @@ class SunkMessage:
     recipient: str
     subject: str
     message_id: str
+    received_at: float = field(default_factory=time.time)  # wall clock, when its DATA was accepted
 
 
 class _Handler:

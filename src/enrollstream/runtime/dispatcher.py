@@ -14,9 +14,9 @@ Per StepDispatched (read with `read_committed` in the consumer group `<group>.di
    `delivery:<message id>`), and only after the broker acknowledged it is the ledger row marked
    reported and the consumer offset committed. A crash anywhere repeats at most a report.
 
-Records are processed one at a time, in order. A sender over its rate limit makes this instance
-wait (on the injected clock and sleeper) before the next send: the other partitions this instance
-owns wait too. That is the simplest correct behaviour; more dispatcher instances spread partitions.
+Records are processed one at a time, in order, per partition; partitions go side by side. A sender
+over its rate limit makes the partition at hand wait (on the injected clock and sleeper) before the
+next send; the instance's next poll waits for every partition of the batch.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class DispatcherService:
     # --- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
+        self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=8)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
         )
@@ -247,8 +247,11 @@ class DispatcherService:
         try:
             while not self._stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
-                for tp in sorted(batch, key=lambda tp: tp.partition):
-                    await self._process_partition(consumer, tp, batch[tp])
+                # Partitions side by side, each in order: one slow SMTP exchange holds back only its own
+                # partition, and the sends of a batch overlap (each opens its own connection).
+                await asyncio.gather(
+                    *(self._process_partition(consumer, tp, records) for tp, records in batch.items())
+                )
         finally:
             watcher.cancel()
 
