@@ -598,5 +598,6 @@ def print_report(report: DemoReport, console: Console) -> None:
     verdict = "ok" if report.ok else "FAILED"
     console.print(
         f"demo: {verdict} contacts={report.contacts} emails={report.sink_received} failed_checks={failed} "
-        f"seconds={report.seconds:.1f}"
+        f"seconds={report.seconds:.1f}",
+        highlight=False,
     )
