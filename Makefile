@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/enrollstream demo
 
-## The same demo short (1-second delays, 40 contacts), as the acceptance suite runs it.
+## The same demo short (delays of 1-2 seconds, 40 contacts), as the acceptance suite runs it.
 demo-quick: $(STAMP)
 	$(BIN)/enrollstream demo --quick --contacts 40
 

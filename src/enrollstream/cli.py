@@ -263,7 +263,7 @@ def replay_command(
 @friendly_errors
 def demo_command(
     contacts: int = typer.Option(300, min=10, max=5000, help="how many contacts to enroll"),
-    quick: bool = typer.Option(False, help="1-second delays between steps: the CI run of the demo"),
+    quick: bool = typer.Option(False, help="delays of 1-2 seconds between steps: the CI run of the demo"),
     database: str = typer.Option("enrollstream_demo", help="the database the demo (re)creates for itself"),
     keep_stack: bool = typer.Option(False, help="leave the stack running afterwards"),
 ) -> None:
