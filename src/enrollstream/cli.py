@@ -273,20 +273,28 @@ def demo_command(
 
     plan = DemoPlan.quick(contacts, database) if quick else DemoPlan(contacts=contacts, database=database)
     settings = load_settings()
-    with console.status("bringing the stack up (the first run fetches Kafka with Maven)..."):
-        state = local_stack.up(settings)
-    kafka, postgres = state.kafka, state.postgres
-    console.print(
-        f"[bold]stack[/bold] Kafka {kafka.address} ({kafka.version or kafka.source}), "
-        f"PostgreSQL {postgres.address.rsplit('@', 1)[-1]} ({postgres.version or postgres.source})"
-    )
+    if settings.kafka_bootstrap_servers and settings.database_url:
+        # Servers from the environment: nothing to start, and the local stack's state file is left
+        # alone (an `up` would record these as the stack, and its `down` would then stop nothing).
+        servers = local_stack.Endpoints(settings.kafka_bootstrap_servers, settings.database_url)
+        started: list[str] = []
+        console.print("[bold]stack[/bold] Kafka and PostgreSQL from KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL")
+    else:
+        with console.status("bringing the stack up (the first run fetches Kafka with Maven)..."):
+            state = local_stack.up(settings)
+        servers, started = state.endpoints, state.started
+        kafka, postgres = state.kafka, state.postgres
+        console.print(
+            f"[bold]stack[/bold] Kafka {kafka.address} ({kafka.version or kafka.source}), "
+            f"PostgreSQL {postgres.address.rsplit('@', 1)[-1]} ({postgres.version or postgres.source})"
+        )
     try:
-        report = asyncio.run(run_demo(settings, state.endpoints, plan, console))
+        report = asyncio.run(run_demo(settings, servers, plan, console))
         print_report(report, console)
     finally:
-        if state.started and not keep_stack:
+        if started and not keep_stack:
             local_stack.down(settings)
-            console.print(f"[bold]stack[/bold] stopped ({', '.join(state.started)})")
+            console.print(f"[bold]stack[/bold] stopped ({', '.join(started)})")
     if not report.ok:
         raise typer.Exit(code=1)
 

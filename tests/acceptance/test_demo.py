@@ -17,6 +17,7 @@ import uuid
 import asyncpg
 
 from enrollstream import stack
+from enrollstream.config import Settings
 
 CONTACTS = 40
 
@@ -33,6 +34,10 @@ def test_the_quick_demo_sends_replies_bounces_skips_and_unenrolls_and_its_summar
     endpoints: stack.Endpoints,
 ) -> None:
     database = f"demo_test_{uuid.uuid4().hex[:10]}"
+    # With servers from the environment the demo starts nothing and leaves the local stack's record
+    # alone: were it overwritten, the session's `stack down` would stop nothing and leave servers behind.
+    record = Settings().stack_dir / "stack.json"
+    before = record.read_text() if record.exists() else None
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap_servers,
@@ -48,6 +53,7 @@ def test_the_quick_demo_sends_replies_bounces_skips_and_unenrolls_and_its_summar
     finally:
         asyncio.run(_drop(endpoints.database_url, database))
     output = result.stdout + result.stderr
+    assert (record.read_text() if record.exists() else None) == before
     assert result.returncode == 0, output
     assert "Traceback" not in output, output
     line = re.search(r"^demo: (\w+) contacts=(\d+) emails=(\d+) failed_checks=(\d+)", result.stdout, re.M)
