@@ -263,26 +263,40 @@ def replay_command(
 @friendly_errors
 def demo_command(
     contacts: int = typer.Option(300, min=10, max=5000, help="how many contacts to enroll"),
+    quick: bool = typer.Option(False, help="delays of 1-2 seconds between steps: the CI run of the demo"),
+    database: str = typer.Option("enrollstream_demo", help="the database the demo (re)creates for itself"),
     keep_stack: bool = typer.Option(False, help="leave the stack running afterwards"),
 ) -> None:
-    """Bring the stack up, run the worker on a demo workload with progress, print what it did."""
-    from enrollstream.demo import print_report, run_demo
+    """A three-step email campaign for a few hundred contacts, live, with replies, a bounce, an
+    unenroll and an MX skip; then a summary that checks itself (non-zero exit on any mismatch)."""
+    from enrollstream.demo import DemoPlan, print_report, run_demo
 
+    plan = DemoPlan.quick(contacts, database) if quick else DemoPlan(contacts=contacts, database=database)
     settings = load_settings()
-    with console.status("bringing the stack up (the first run fetches Kafka with Maven)..."):
-        state = local_stack.up(settings)
-    kafka, postgres = state.kafka, state.postgres
-    console.print(
-        f"[bold]stack[/bold] Kafka {kafka.address} ({kafka.version or kafka.source}), "
-        f"PostgreSQL {postgres.address.rsplit('@', 1)[-1]} ({postgres.version or postgres.source})"
-    )
+    if settings.kafka_bootstrap_servers and settings.database_url:
+        # Servers from the environment: nothing to start, and the local stack's state file is left
+        # alone (an `up` would record these as the stack, and its `down` would then stop nothing).
+        servers = local_stack.Endpoints(settings.kafka_bootstrap_servers, settings.database_url)
+        started: list[str] = []
+        console.print("[bold]stack[/bold] Kafka and PostgreSQL from KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL")
+    else:
+        with console.status("bringing the stack up (the first run fetches Kafka with Maven)..."):
+            state = local_stack.up(settings)
+        servers, started = state.endpoints, state.started
+        kafka, postgres = state.kafka, state.postgres
+        console.print(
+            f"[bold]stack[/bold] Kafka {kafka.address} ({kafka.version or kafka.source}), "
+            f"PostgreSQL {postgres.address.rsplit('@', 1)[-1]} ({postgres.version or postgres.source})"
+        )
     try:
-        report = asyncio.run(run_demo(settings, state.endpoints, contacts, console))
+        report = asyncio.run(run_demo(settings, servers, plan, console))
         print_report(report, console)
     finally:
-        if state.started and not keep_stack:
+        if started and not keep_stack:
             local_stack.down(settings)
-            console.print(f"[bold]stack[/bold] stopped ({', '.join(state.started)})")
+            console.print(f"[bold]stack[/bold] stopped ({', '.join(started)})")
+    if not report.ok:
+        raise typer.Exit(code=1)
 
 
 @app.command("chaos")

@@ -408,3 +408,23 @@ select exists (select 1 from timers where kind = 'step_due')
 select enrollment_id, step_index, attempt, message_id_header, state
   from delivery_ledger
  where channel = 'email';
+
+-- name: demo_progress
+-- What `enrollstream demo` watches and checks for one campaign ($1 account, $2 campaign): enrollments by
+-- status and by stop reason, email ledger rows by state, StepDelivered events projected into the
+-- timeline, replies, and contacts skipped for a domain without MX. Small tables, a demo's sizes.
+select (select coalesce(jsonb_object_agg(status, n), '{}')
+          from (select status, count(*) as n from enrollments
+                 where account_id = $1 and campaign_id = $2 group by 1) s) as statuses,
+       (select coalesce(jsonb_object_agg(stop_reason, n), '{}')
+          from (select stop_reason, count(*) as n from enrollments
+                 where account_id = $1 and campaign_id = $2 and stop_reason is not null group by 1) s)
+           as stop_reasons,
+       (select coalesce(jsonb_object_agg(state, n), '{}')
+          from (select state, count(*) as n from delivery_ledger
+                 where account_id = $1 and channel = 'email' group by 1) s) as ledger,
+       (select count(*) from enrollment_timeline
+         where account_id = $1 and campaign_id = $2 and type = 'StepDelivered.v1') as delivered_events,
+       (select count(*) from replies where account_id = $1 and campaign_id = $2) as replies,
+       (select count(*) from enrollment_skips
+         where account_id = $1 and campaign_id = $2 and kind = 'mx_invalid') as mx_skips;
