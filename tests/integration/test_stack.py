@@ -87,3 +87,15 @@ def test_down_stops_what_up_started_and_leaves_no_process(
     assert not any(pid_alive(pid) for pid in local_pids)
     assert not readiness.postgres_ready(state.postgres.address)
     assert stack.status(settings) == {}
+
+
+def test_servers_from_the_environment_do_not_overwrite_the_record_of_the_running_stack(
+    endpoints: stack.Endpoints,
+) -> None:
+    before = stack.status(Settings())
+    from_env = Settings(
+        kafka_bootstrap_servers=endpoints.kafka_bootstrap_servers, database_url=endpoints.database_url
+    )
+    state = stack.up(from_env)
+    assert state.started == [] and state.kafka.source == state.postgres.source == "env"
+    assert stack.status(Settings()) == before, "`stack down` must still find what the stack runs"

@@ -154,7 +154,17 @@ def up(settings: Settings) -> StackState:
             started.append("postgres")
 
         state = StackState(kafka, postgres, logs=str(settings.stack_dir / "logs"), started=started)
-        _write_state(settings, state)
+        # A service from the environment is not ours to record over the one this stack runs: keep that
+        # record, so `stack down` still finds and stops it.
+        kept_kafka = (
+            previous.kafka if previous and kafka.source == "env" and previous.kafka.source != "env" else kafka
+        )
+        kept_postgres = (
+            previous.postgres
+            if previous and postgres.source == "env" and previous.postgres.source != "env"
+            else postgres
+        )
+        _write_state(settings, StackState(kept_kafka, kept_postgres, logs=state.logs, started=started))
         try:
             readiness.wait_kafka_ready(kafka.address)
             readiness.wait_postgres_ready(postgres.address)
