@@ -30,6 +30,10 @@ class Sizes:
     restore_contacts: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     restore_reps_above_100k: int = 1
     broker_records: int = 1_000_000
+    scheduler_burst: int = 100_000
+    scheduler_steady_seconds: int = 10
+    end_to_end_rate: int = 200
+    end_to_end_seconds: int = 30
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -41,6 +45,9 @@ class Sizes:
             projector_warmup=1_000,
             restore_contacts=(10_000,),
             broker_records=100_000,
+            scheduler_burst=10_000,
+            scheduler_steady_seconds=3,
+            end_to_end_seconds=5,
         )
 
     @classmethod

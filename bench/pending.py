@@ -97,8 +97,8 @@ async def _run_scheduler(
 
 
 async def scheduler(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[[str], None]) -> Result:
-    burst = 100_000 if sizes.mode == "full" else 10_000
-    rate, seconds = 2_000, (10 if sizes.mode == "full" else 3)
+    burst = sizes.scheduler_burst
+    rate, seconds = 2_000, sizes.scheduler_steady_seconds
     burst_runs: list[float] = []
     lateness: list[float] = []
     for rep in range(sizes.reps):
@@ -157,7 +157,7 @@ def _campaign() -> CampaignDefinition:
 
 
 async def end_to_end(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[[str], None]) -> Result:
-    rate, seconds = 200, (30 if sizes.mode == "full" else 5)
+    rate, seconds = sizes.end_to_end_rate, sizes.end_to_end_seconds
     p99_runs: list[float] = []
     latencies: list[float] = []
     for rep in range(sizes.reps):

@@ -23,6 +23,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+from prometheus_client import REGISTRY
 
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.config import Settings
@@ -59,6 +60,16 @@ def onboarding(status: str = "active", version: int = 1) -> CampaignDefinition:
             ],
         }
     )  # fmt: skip
+
+
+def sends(outcome: str) -> float:
+    return (
+        REGISTRY.get_sample_value("enrollstream_sends_total", {"channel": "email", "outcome": outcome}) or 0.0
+    )
+
+
+def fired_timers() -> float:
+    return REGISTRY.get_sample_value("enrollstream_timer_lateness_seconds_count") or 0.0
 
 
 def email_of(contact: str) -> str:
@@ -136,7 +147,6 @@ async def test_a_three_step_sequence_for_fifty_contacts_with_a_reply_a_bounce_an
     dns_server.add("example.org", "MX", "10 mx.example.org.")
     dns_server.add("nomx.test", "A", "192.0.2.7")
     smtp_server.behave(email_of(BOUNCER), Behaviour.REJECT_RCPT)
-    smtp_server.behave(email_of(UNENROLLED), Behaviour.HOLD_AFTER_DATA)
     configured = settings.model_copy(
         update={
             "dns_nameservers": f"127.0.0.1:{dns_server.port}",
@@ -152,6 +162,8 @@ async def test_a_three_step_sequence_for_fifty_contacts_with_a_reply_a_bounce_an
     )
     await publish_campaign(bootstrap, topics.campaigns, onboarding())
     everyone = [*ORDINARY, REPLIER, BOUNCER, UNENROLLED, NO_MX]
+    sent_before, bounced_before, fired_before = sends("sent"), sends("bounced"), fired_timers()
+    unknown_before = sends("unknown")
 
     async with running_worker(configured, roles=ROLES, clock=manual_clock) as worker:
         for contact in everyone:
@@ -189,6 +201,7 @@ async def test_a_three_step_sequence_for_fifty_contacts_with_a_reply_a_bounce_an
         await events_of(bootstrap, topics, lambda es: has(es, REPLIER, "EnrollmentStopped.v1"))
 
         # Step 2 falls due; the leaver's email is held at the server while the leaver unenrolls.
+        smtp_server.behave(email_of(UNENROLLED), Behaviour.HOLD_AFTER_DATA)
         manual_clock.advance(timedelta(seconds=10))
         await wait_for(
             "the leaver's step 2 at the server", lambda: len(subjects(smtp_server, UNENROLLED)) == 2
@@ -234,6 +247,11 @@ async def test_a_three_step_sequence_for_fifty_contacts_with_a_reply_a_bounce_an
     assert subjects(smtp_server, REPLIER) == ["Step 1"]
     assert subjects(smtp_server, UNENROLLED) == ["Step 1", "Step 2"]
     assert subjects(smtp_server, BOUNCER) == [] and subjects(smtp_server, NO_MX) == []
+    # The operator sees the same on /metrics: sends by outcome, and every fired timer's lateness.
+    assert sends("sent") - sent_before == len(smtp_server.messages) == 50 * 3 + 1 + 2
+    assert sends("unknown") - unknown_before == 0
+    assert sends("bounced") - bounced_before == 1
+    assert fired_timers() - fired_before >= len(smtp_server.messages) + 1
     message_ids = Counter(str(m.message["Message-ID"]) for m in smtp_server.messages)
     assert max(message_ids.values()) == 1, "no message was sent twice"
     assert all(

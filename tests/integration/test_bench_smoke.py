@@ -23,6 +23,8 @@ async def test_quick_bench_decider_and_projector_write_results_json(
     sizes.reps = 1
     sizes.decider_commands, sizes.decider_warmup = 300, 50
     sizes.projector_events, sizes.projector_warmup = 400, 100
+    sizes.scheduler_burst, sizes.scheduler_steady_seconds = 300, 1
+    sizes.end_to_end_rate, sizes.end_to_end_seconds = 20, 1
     console = Console(file=(tmp_path / "bench.log").open("w"), width=160)
     results = await run_scenarios(
         endpoints, Settings(), sizes, ("decider", "projector", "scheduler", "end_to_end"), console=console
@@ -45,8 +47,11 @@ async def test_quick_bench_decider_and_projector_write_results_json(
     assert loaded["decider"]["unit"] == "commands/s" and loaded["decider"]["params"]["commands"] == 300
     assert loaded["projector"]["unit"] == "events/s" and loaded["projector"]["params"]["events"] == 400
     for name in ("scheduler", "end_to_end"):
-        assert loaded[name]["status"] == "not_run" and "issue 5" in loaded[name]["reason"]
-        assert loaded[name]["value"] is None
+        assert loaded[name]["status"] == "measured", loaded[name]
+        assert loaded[name]["value"] > 0 and loaded[name]["target_met"] in (True, False)
+    assert loaded["scheduler"]["params"]["timers_at_once"] == 300
+    assert loaded["scheduler"]["params"]["lateness_p99_s"] >= loaded["scheduler"]["params"]["lateness_p50_s"]
+    assert loaded["end_to_end"]["params"]["enrollments_per_s"] == 20
     for name in ("restore", "broker"):
         assert loaded[name]["status"] == "not_run"  # not selected here
     console.print(table(loaded))  # the table renders from what was written

@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 
+from enrollstream import observability as metrics
 from enrollstream.adapters.kafka.records import DeadLetter, encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.adapters.mail.message import (
@@ -440,6 +441,7 @@ class DispatcherService:
             row = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
             log.warning("dispatcher: attempt %s already had the outcome %s", key, row and row["state"])
         assert row is not None
+        metrics.SENDS.labels(row["channel"], row["state"]).inc()
         return row
 
     async def _report(self, row: Mapping[str, Any]) -> None:

@@ -428,3 +428,7 @@ select (select coalesce(jsonb_object_agg(status, n), '{}')
        (select count(*) from replies where account_id = $1 and campaign_id = $2) as replies,
        (select count(*) from enrollment_skips
          where account_id = $1 and campaign_id = $2 and kind = 'mx_invalid') as mx_skips;
+
+-- name: count_due_timers
+-- The scheduler's backlog gauge: timers due at $1 and not held by a live claim.
+select count(*) from timers where due_at <= $1 and (claimed_until is null or claimed_until < $1);
