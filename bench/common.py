@@ -33,7 +33,7 @@ class Sizes:
     scheduler_burst: int = 100_000
     scheduler_steady_seconds: int = 10
     end_to_end_rate: int = 200
-    end_to_end_seconds: int = 30
+    end_to_end_seconds: int = 15
 
     @classmethod
     def quick(cls) -> Sizes:
