@@ -94,6 +94,27 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class _InFlight:
+    """How many sends are between `started` and their outcome; `idle()` waits until none are."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self._count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self._count -= 1
+        if self._count == 0:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        await self._idle.wait()
+
+
 class _Abandoned(Exception):
     """Stopped, or the partition moved away, while waiting for the rate limit: nothing was started."""
 
@@ -145,9 +166,10 @@ class DispatcherService:
         self._producer: AIOKafkaProducer | None = None
         self._pool: asyncpg.Pool | None = None
         self._stop = asyncio.Event()
-        # Held from the `started` insert to the recorded outcome: a revocation waits for it, so the
-        # next owner never finds a `started` row of a send that is still running here.
-        self._sending = asyncio.Lock()
+        # Sends between their `started` insert and their recorded outcome: a revocation waits until there
+        # are none, so the next owner never finds a `started` row of a send still running here. Sends of
+        # different partitions overlap (a lock here would make one instance send one message at a time).
+        self._in_flight = _InFlight()
         # Counters for tests and logs.
         self.sends = 0
         self.reports = 0
@@ -352,8 +374,8 @@ class DispatcherService:
             final: Mapping[str, Any] | None = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
             assert final is not None
             return final
-        await self._sending.acquire()
-        try:  # _start hands the lock back to us held, also when it raises
+        self._in_flight.enter()
+        try:  # _start leaves us counted in flight, also when it raises
             if not await self._start(values, prepared.sender, tp):
                 return None
             self.sends += 1
@@ -361,7 +383,7 @@ class DispatcherService:
             log.info("dispatcher: attempt %s -> %s (%s)", key, result.outcome.value, result.detail)
             return await self._finish(key, result)
         finally:
-            self._sending.release()
+            self._in_flight.leave()
 
     async def _start(self, values: tuple[Any, ...], sender: str, tp: TopicPartition | None) -> bool:
         """Insert `started` once the sender's limits allow a send; False if the row exists already."""
@@ -381,11 +403,11 @@ class DispatcherService:
                     return inserted is not None
             self.rate_limited += 1
             log.info("dispatcher: sender %s is at its limit; the next send waits until %s", sender, at)
-            self._sending.release()
+            self._in_flight.leave()  # nothing started yet: a revocation need not wait for this one
             try:
                 await self._wait_until(at, tp)
             finally:
-                await self._sending.acquire()
+                self._in_flight.enter()
 
     async def _wait_until(self, at: datetime, tp: TopicPartition | None) -> None:
         while (remaining := (at - self.clock()).total_seconds()) > 0:
@@ -506,8 +528,7 @@ class _WaitForSends(ConsumerRebalanceListener):  # type: ignore[misc]
         self.service = service
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self.service._sending:
-            return None
+        await self.service._in_flight.idle()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         return None
