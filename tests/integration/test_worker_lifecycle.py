@@ -75,8 +75,14 @@ class WorkerProcess:
         raise TimeoutError(f"the worker did not report its port: {self.lines[-5:]}")
 
     async def wait(self, timeout: float) -> int:
+        """The exit code; a process still running after `timeout` is killed (never left behind)."""
         assert self.process is not None
-        code = await asyncio.wait_for(self.process.wait(), timeout)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+            raise
         assert self._reader is not None
         await self._reader
         return code
