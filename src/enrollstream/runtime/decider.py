@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from enrollstream import observability as metrics
 from enrollstream.adapters.dns.mx import MxLookupUnavailable, MxVerifier
-from enrollstream.adapters.kafka.reading import batches_to_end
+from enrollstream.adapters.kafka.reading import batches_to_end, group_consumer
 from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, DeadLetter, encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.domain import (
@@ -131,12 +131,9 @@ class DeciderService:
 
     async def start(self) -> None:
         _expect_fencing_leftovers(asyncio.get_running_loop())
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        self._consumer = group_consumer(
+            self.bootstrap,
+            self.group_id,
             max_poll_records=self.max_batch,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,

@@ -36,6 +36,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 
 from enrollstream import observability as metrics
+from enrollstream.adapters.kafka.reading import group_consumer
 from enrollstream.adapters.kafka.records import DeadLetter, encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.adapters.mail.message import (
@@ -238,12 +239,9 @@ class DispatcherService:
         await self._producer.start()
         if self.sms is None:
             self.sms = OutboundSmsTopicChannel(self._producer, self.topics, self.clock)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        self._consumer = group_consumer(
+            self.bootstrap,
+            self.group_id,
             max_poll_records=self.max_batch,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,

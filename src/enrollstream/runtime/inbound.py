@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 
+from enrollstream.adapters.kafka.reading import group_consumer
 from enrollstream.adapters.kafka.records import DeadLetter, encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.adapters.postgres.queries import query
@@ -75,13 +76,10 @@ class InboundService:
             bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True
         )
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = group_consumer(
+            self.bootstrap,
+            self.group_id,
             self.topics.inbound_email,
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             max_poll_records=self.max_batch,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,

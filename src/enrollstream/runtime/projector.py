@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from pydantic import ValidationError
 
 from enrollstream import observability as metrics
+from enrollstream.adapters.kafka.reading import group_consumer
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import parse_event
 from enrollstream.domain.events import BulkEnrollAccepted, EnrollmentSkipped, Event, ReplyReceived
@@ -68,12 +69,9 @@ class ProjectorService:
 
     async def start(self) -> None:
         await self.open_pool()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=self.group_id,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
+        self._consumer = group_consumer(
+            self.bootstrap,
+            self.group_id,
             max_poll_records=self.max_batch,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,

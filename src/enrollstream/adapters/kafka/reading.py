@@ -39,3 +39,26 @@ async def batches_to_end(
                 batch[tp] = kept
         if batch:
             yield batch
+
+
+def group_consumer(
+    bootstrap: str,
+    group_id: str,
+    *topics: str,
+    max_poll_records: int,
+    session_timeout_ms: int,
+    heartbeat_interval_ms: int,
+) -> AIOKafkaConsumer:
+    """A worker role's consumer: committed records only, offsets committed by the role itself
+    (in a transaction, in Postgres, or after its side effect), from the start when the group is new."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_poll_records,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+    )
