@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaProducer
 
 SCENARIOS = ("decider", "projector", "scheduler", "end_to_end", "restore", "broker")
@@ -147,25 +146,3 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, 
             await fut
     finally:
         await producer.stop()
-
-
-def database_url_for(server_url: str, database: str) -> str:
-    base, _, _ = server_url.rpartition("/")
-    return f"{base}/{database}"
-
-
-async def fresh_database(server_url: str, name: str) -> str:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'create database "{name}"')
-    finally:
-        await conn.close()
-    return database_url_for(server_url, name)
-
-
-async def drop_database(server_url: str, name: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'drop database if exists "{name}" with (force)')
-    finally:
-        await conn.close()

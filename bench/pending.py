@@ -22,8 +22,9 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import Result, Sizes, drop_database, fresh_database, median, run_id
+from bench.common import Result, Sizes, median, run_id
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.adapters.postgres.databases import create_database, drop_database
 from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition
@@ -43,7 +44,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def _migrated(server_url: str, name: str) -> str:
-    url = await fresh_database(server_url, name)
+    url = await create_database(server_url, name)
     conn = await asyncpg.connect(url)
     try:
         await migrate(conn)

@@ -41,6 +41,7 @@ from rich.console import Console
 from enrollstream import stack
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics, partition_numbers
+from enrollstream.adapters.postgres.databases import create_database
 from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.adapters.postgres.read_side import campaign_stats_mismatches
@@ -268,7 +269,7 @@ async def run_chaos(
     topics = Topics(prefix=f"chaos-{run}.")
     bootstrap = endpoints.kafka_bootstrap_servers
     await ensure_topics(bootstrap, topics, plan.partitions)
-    database_url = await _fresh_database(endpoints.database_url, f"chaos_{run}")
+    database_url = await create_database(endpoints.database_url, f"chaos_{run}")
     conn = await asyncpg.connect(database_url)
     try:
         await migrate(conn)
@@ -653,24 +654,6 @@ async def _verify_projections(bootstrap: str, topics: Topics, database_url: str,
     report.projection_mismatches += len(stats)
     for mismatch in stats:
         report.details.append(f"stats card differs from the count: {mismatch}")
-
-
-async def _fresh_database(server_url: str, name: str) -> str:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'create database "{name}"')
-    finally:
-        await conn.close()
-    return f"{server_url.rpartition('/')[0]}/{name}"
-
-
-async def drop_database(server_url: str, database_url: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        name = database_url.rpartition("/")[2]
-        await conn.execute(f'drop database if exists "{name}" with (force)')
-    finally:
-        await conn.close()
 
 
 def main(plan: ChaosPlan, settings: Settings, console: Console) -> int:

@@ -39,6 +39,7 @@ from rich.table import Table
 
 from enrollstream import stack
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.adapters.postgres.databases import create_database
 from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.adapters.postgres.read_side import (
@@ -238,16 +239,6 @@ async def _follow(
         raise TimeoutError(f"only {seen} of {expected} commands were decided within {timeout:.0f}s")
 
 
-async def _recreate_database(server_url: str, name: str) -> str:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(f'drop database if exists "{name}" with (force)')
-        await conn.execute(f'create database "{name}"')
-    finally:
-        await conn.close()
-    return f"{server_url.rpartition('/')[0]}/{name}"
-
-
 @dataclass
 class Snapshot:
     """One look at the read side, what the live view shows and the summary checks."""
@@ -416,7 +407,7 @@ async def run_demo(
     say("\n[bold]1. Setting up[/bold]: fresh topics and database for this run, a local mail server and DNS")
     await ensure_topics(bootstrap, topics, settings.partitions, settings.replication_factor)
     say(f"   topics under the prefix {topics.prefix!r}, {settings.partitions} partitions")
-    database_url = await _recreate_database(endpoints.database_url, plan.database)
+    database_url = await create_database(endpoints.database_url, plan.database, replace=True)
     conn = await asyncpg.connect(database_url)
     try:
         applied = await migrate(conn)
