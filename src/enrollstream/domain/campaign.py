@@ -179,7 +179,7 @@ class CampaignDefinition(Model):
 
     @property
     def queues(self) -> bool:
-        return self.when_in_other_campaign is WhenInOtherCampaign.QUEUE
+        return self.when_in_other_campaign == WhenInOtherCampaign.QUEUE
 
     def queues_with(self, other: CampaignDefinition) -> bool:
         """Seed 002 "another campaign currently in progress": both queue, in the same queue group."""

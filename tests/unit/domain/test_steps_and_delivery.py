@@ -6,7 +6,6 @@ from enrollstream.domain import (
     EnrollmentCompleted,
     EnrollmentFailed,
     EnrollmentStopped,
-    ExpiryScheduled,
     Ignored,
     StepBounced,
     StepDelivered,

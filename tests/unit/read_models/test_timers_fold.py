@@ -86,7 +86,10 @@ def test_a_wait_timeout_timer_lives_while_the_trigger_is_awaited() -> None:
 
 def test_events_already_folded_change_nothing() -> None:
     events = decided(
-        enroll(campaign(kind="multi_module")), step_due(), reported("sent"), expiry_due(T0 + timedelta(days=8))
+        enroll(campaign(kind="multi_module")),
+        step_due(),
+        reported("sent"),
+        expiry_due(T0 + timedelta(days=8)),
     )
     last = events[-1].version
     known = {eid(): EnrollmentInfo(ACCOUNT, CONTACT, "cmp-1", 0, False, T0, last_version=last, ended=True)}
