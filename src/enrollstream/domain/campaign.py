@@ -168,6 +168,12 @@ class CampaignDefinition(Model):
                 raise ValueError(f"{name} must be positive (say never for no expiry)")
         return self
 
+    @model_validator(mode="after")
+    def _queue_settings_need_the_queue(self) -> CampaignDefinition:
+        if not self.queues and (self.queue_group is not None or self.queue_timeout is not None):
+            raise ValueError("queue_group and queue_timeout need when_in_other_campaign: queue")
+        return self
+
     @property
     def expiry(self) -> timedelta | None:
         """How long after the first delivery an enrollment expires; None: never."""

@@ -6,6 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from enrollstream.domain import (
     ContactEnrolled,
     EnrollmentExpired,
@@ -93,7 +96,7 @@ def test_a_campaign_can_override_or_disable_expiry() -> None:
 
 def test_an_expiry_scheduled_under_the_old_default_is_cancelled_for_a_drip() -> None:
     # Enrolled before expiry was per kind: every sequence got 7 days at its first delivery.
-    old_default = ev(ExpiryScheduled).cls.model_validate(
+    old_default = ExpiryScheduled.model_validate(
         {
             "event_id": "old-expiry",
             "account_id": "acc-1",
@@ -231,5 +234,9 @@ def test_a_queued_enrollment_times_out_when_its_definition_says_so() -> None:
     )
 
 
-def test_the_kinds_are_explicit() -> None:
+def test_the_kinds_are_explicit_and_queue_settings_need_the_queue() -> None:
     assert {k.value for k in CampaignKind} == {"blast", "sequence", "multi_module"}
+    with pytest.raises(ValidationError, match="queue_timeout need when_in_other_campaign: queue"):
+        campaign(queue_timeout=DAY)
+    with pytest.raises(ValidationError, match="must be positive"):
+        campaign(kind="multi_module", expiry_after_delivery=timedelta(0))
