@@ -1,4 +1,5 @@
-"""Issue 11 item 4 end to end: time a campaign spends paused does not count toward its expiry.
+"""Issue 11 items 4 and 10 end to end: time a campaign spends paused does not count toward its expiry,
+and a queued enrollment waits only behind queueing campaigns, with its timeout fired as a timer row.
 
 Every role a sequence needs runs against the real broker, database and SMTP server; the scheduler and
 the dispatcher read the test's ManualClock, so the campaign is paused for nineteen days in no time.
@@ -218,3 +219,34 @@ async def test_an_expiry_never_overtakes_a_step_that_was_due_before_it(
     async with scheduler(settings, topics, manual_clock) as sched:
         fired = await sched.tick(T0 + 8 * DAY)
     assert [type(c) for c in fired] == [StepDue, ExpiryDue]
+
+
+async def test_a_queued_enrollment_times_out_through_its_timer_row_and_never_waits_behind_a_drip(
+    settings: Settings, topics: Topics, manual_clock: ManualClock
+) -> None:
+    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
+    assert bootstrap and database_url
+    drip = modules(campaign_id="drip", kind="sequence")
+    first = modules(campaign_id="first", when_in_other_campaign="queue")
+    second = modules(campaign_id="second", when_in_other_campaign="queue", queue_timeout="P1D")
+    for definition in (drip, first, second):
+        await publish_campaign(bootstrap, topics.campaigns, definition)
+    async with running_worker(settings, roles=("decider", "projector")):
+        for campaign_id in ("drip", "first", "second"):
+            cmd = dict(enroll("quinn", T0), command_id=f"enroll-quinn-{campaign_id}")
+            cmd["data"] = dict(cmd["data"], campaign_id=campaign_id)
+            await send(settings, topics, cmd)
+        [wait] = await wait_for_timers(database_url, 1, kind="wait_timeout")
+        assert wait["campaign_id"] == "second" and wait["due_at"] == T0 + DAY
+        async with scheduler(settings, topics, manual_clock) as sched:
+            early = await sched.tick(T0 + DAY - timedelta(seconds=1))  # the steps of the drip and the first
+            assert sorted(c.type for c in early) == ["StepDue.v1", "StepDue.v1"]
+            fired = [c for c in await sched.tick(T0 + DAY) if c.type == "WaitTimeout.v1"]
+        assert [c.data.enrollment_id for c in fired] == [wait["enrollment_id"]]
+        history = await events(bootstrap, topics, lambda es: count(es, "EnrollmentStopped.v1") == 1)
+        await wait_for_timers(database_url, 0, kind="wait_timeout")
+    [stopped] = [e for e in history if e.type == "EnrollmentStopped.v1"]
+    assert (stopped.campaign_id, stopped.data.reason) == ("second", "timeout")  # type: ignore[union-attr]
+    assert count(history, "EnrollmentQueued.v1") == 1  # the second waited behind the first, not the drip
+    [queued] = [e for e in history if e.type == "EnrollmentQueued.v1"]
+    assert queued.data.behind_campaign_id == "first"  # type: ignore[union-attr]
