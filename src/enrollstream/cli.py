@@ -9,6 +9,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -335,18 +336,58 @@ def _topics(settings: Settings) -> Topics:
 @campaign_app.command("apply")
 @friendly_errors
 def campaign_apply(file: Annotated[Path, typer.Argument(help="a campaign definition, YAML or JSON")]) -> None:
-    """Validate a campaign definition and publish it (a new version replaces the old one)."""
-    from enrollstream.operations import load_campaign_file
-    from enrollstream.runtime.campaigns import publish_campaign
+    """Validate a campaign definition and publish it (a new version replaces the old one).
+
+    Publishing status paused pauses the campaign, active resumes it; the pause history is kept."""
+    from enrollstream.operations import apply_campaign, load_campaign_file
 
     campaign = load_campaign_file(file)
     settings = load_settings()
     target = endpoints(settings)
-    asyncio.run(publish_campaign(target.kafka_bootstrap_servers, _topics(settings).campaigns, campaign))
+    campaign = asyncio.run(
+        apply_campaign(target.kafka_bootstrap_servers, _topics(settings), campaign, datetime.now(UTC))
+    )
     console.print(
         f"campaign {campaign.campaign_id!r} version {campaign.version} published for account "
         f"{campaign.account_id!r}: {len(campaign.steps)} steps, status {campaign.status}"
     )
+
+
+def _set_status(account: str, campaign_id: str, status: str) -> None:
+    from enrollstream.domain import CampaignStatus
+    from enrollstream.operations import set_campaign_status
+
+    settings = load_settings()
+    target = endpoints(settings)
+    campaign = asyncio.run(
+        set_campaign_status(
+            target.kafka_bootstrap_servers,
+            _topics(settings),
+            account,
+            campaign_id,
+            CampaignStatus(status),
+            datetime.now(UTC),
+        )
+    )
+    console.print(f"campaign {campaign.campaign_id!r} version {campaign.version}: status {campaign.status}")
+
+
+@campaign_app.command("pause")
+@friendly_errors
+def campaign_pause(
+    campaign: str = typer.Argument(..., help="the campaign id"), account: str = ACCOUNT
+) -> None:
+    """Pause a campaign: due steps wait, and the paused time does not count toward expiry or timeouts."""
+    _set_status(account, campaign, "paused")
+
+
+@campaign_app.command("resume")
+@friendly_errors
+def campaign_resume(
+    campaign: str = typer.Argument(..., help="the campaign id"), account: str = ACCOUNT
+) -> None:
+    """Resume a paused campaign: every step that came due meanwhile is sent, in order."""
+    _set_status(account, campaign, "active")
 
 
 def _send(make: Callable[[Any], Any]) -> Any:

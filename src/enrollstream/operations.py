@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,8 @@ from pydantic import ValidationError
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.records import header
 from enrollstream.adapters.kafka.topics import Topics, partition_numbers
-from enrollstream.domain import CampaignDefinition
-from enrollstream.runtime.campaigns import CampaignCatalog
+from enrollstream.domain import CampaignDefinition, CampaignStatus, with_pause_history
+from enrollstream.runtime.campaigns import CampaignCatalog, publish_campaign
 
 
 class OperatorError(Exception):
@@ -60,6 +61,41 @@ async def known_campaign(
     if campaign is None or campaign.account_id != account_id:
         raise OperatorError(f"unknown campaign {campaign_id!r} for account {account_id!r}")
     return campaign
+
+
+async def _latest(bootstrap: str, topics: Topics, campaign_id: str) -> CampaignDefinition | None:
+    catalog = CampaignCatalog(bootstrap, topics.campaigns)
+    await catalog.start()
+    try:
+        return catalog.get(campaign_id)
+    finally:
+        await catalog.stop()
+
+
+async def apply_campaign(
+    bootstrap: str, topics: Topics, campaign: CampaignDefinition, at: datetime
+) -> CampaignDefinition:
+    """Publish `campaign` as of `at`, keeping the pause history of the version it replaces (a pause is
+    opened or closed when the status changes): paused time must not count toward expiry or timeouts."""
+    previous = await _latest(bootstrap, topics, campaign.campaign_id)
+    if previous is not None and previous.account_id != campaign.account_id:
+        raise OperatorError(f"campaign {campaign.campaign_id!r} belongs to another account")
+    published = with_pause_history(previous, campaign, at)
+    await publish_campaign(bootstrap, topics.campaigns, published)
+    return published
+
+
+async def set_campaign_status(
+    bootstrap: str, topics: Topics, account_id: str, campaign_id: str, status: CampaignStatus, at: datetime
+) -> CampaignDefinition:
+    """Pause, resume (active) or archive a known campaign: its next version with `status`, as of `at`."""
+    previous = await known_campaign(bootstrap, topics, account_id, campaign_id)
+    if previous.status is status:
+        raise OperatorError(f"campaign {campaign_id!r} is already {status.value}")
+    changed = previous.model_copy(update={"status": status, "version": previous.version + 1})
+    published = with_pause_history(previous, changed, at)
+    await publish_campaign(bootstrap, topics.campaigns, published)
+    return published
 
 
 @dataclass(frozen=True)

@@ -171,3 +171,36 @@ async def test_dead_letters_are_listed_with_their_reason_and_can_be_retried(
     assert letters[1].value == b"{broken json"
     nonsense = await cli("dlq", "retry", "9:999", env=env)
     assert nonsense.code == 1 and nonsense.one_error_line and "no dead letter 9:999" in nonsense.err
+
+
+async def test_pause_and_resume_publish_new_versions_that_keep_the_pause_history(
+    settings: Settings, topics: Topics, tmp_path: Path
+) -> None:
+    from enrollstream.runtime.campaigns import CampaignCatalog
+
+    env = cli_env(settings)
+    campaign = tmp_path / "welcome.yaml"
+    campaign.write_text(CAMPAIGN_YAML)
+    assert (await cli("campaign", "apply", str(campaign), env=env)).code == 0
+    paused = await cli("campaign", "pause", "welcome", env=env)
+    assert paused.code == 0, paused.err
+    assert "'welcome' version 2: status paused" in paused.out
+    again = await cli("campaign", "pause", "welcome", env=env)
+    assert again.code == 1 and again.one_error_line and "already paused" in again.err
+    resumed = await cli("campaign", "resume", "welcome", env=env)
+    assert resumed.code == 0, resumed.err
+    assert "'welcome' version 3: status active" in resumed.out
+    # Re-applying the file (version 4) keeps the history the operators' pauses left.
+    campaign.write_text(CAMPAIGN_YAML.replace("version: 1", "version: 4"))
+    assert (await cli("campaign", "apply", str(campaign), env=env)).code == 0
+
+    assert settings.kafka_bootstrap_servers
+    catalog = CampaignCatalog(settings.kafka_bootstrap_servers, topics.campaigns)
+    await catalog.start()
+    try:
+        latest = catalog.get("welcome")
+    finally:
+        await catalog.stop()
+    assert latest is not None and (latest.version, latest.status) == (4, "active")
+    [pause] = latest.pauses
+    assert pause.ended_at is not None and pause.ended_at >= pause.started_at

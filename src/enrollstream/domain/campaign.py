@@ -7,13 +7,17 @@ again. An enrollment keeps the definition it was enrolled under: editing a campa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-# Seed 002: "By default, multi-message campaigns expire 7 days after delivery."
-DEFAULT_SEQUENCE_EXPIRY = timedelta(days=7)
+# Seed 002: "By default, multi-message campaigns expire 7 days after delivery." That is the default of
+# seed 002's kind of campaign (CampaignKind.MULTI_MODULE) only; a drip never expires unless it says so.
+DEFAULT_MULTI_MODULE_EXPIRY = timedelta(days=7)
+NEVER: Literal["never"] = "never"
 
 
 class Model(BaseModel):
@@ -28,8 +32,13 @@ class Channel(StrEnum):
 
 
 class CampaignKind(StrEnum):
-    BLAST = "blast"  # a single message; terminal at delivery (seed 002)
-    SEQUENCE = "sequence"  # several steps; completes after the last one
+    BLAST = "blast"  # a single message; terminal at delivery (seed 002); never expires
+    # A drip: several steps, completes after the last one. Never expires between steps unless its
+    # definition sets `expiry_after_delivery`.
+    SEQUENCE = "sequence"
+    # Seed 002's "multi-module campaign": delivered, and the candidate must complete it. Expires 7 days
+    # after the first delivery unless its definition sets another `expiry_after_delivery` (or "never").
+    MULTI_MODULE = "multi_module"
 
 
 class ReplyAction(StrEnum):
@@ -39,8 +48,10 @@ class ReplyAction(StrEnum):
 
 
 class WhenInOtherCampaign(StrEnum):
-    QUEUE = "queue"  # seed 002 "Queued": wait until the other campaign finishes
-    PARALLEL = "parallel"
+    # Seed 002 "Queued": at most one enrollment of the queueing campaigns (of one `queue_group`) is in
+    # progress per contact; the others wait for it to end, oldest first.
+    QUEUE = "queue"
+    PARALLEL = "parallel"  # neither waits nor is waited for
 
 
 class ReEnrollment(StrEnum):
@@ -52,6 +63,24 @@ class CampaignStatus(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"  # due steps wait and run after resume; nothing is skipped
     ARCHIVED = "archived"  # no new enrollments; existing ones run to their end
+
+
+class Pause(Model):
+    """A time the campaign was paused (`ended_at` None: paused now). Kept on the definition by whoever
+    pauses and resumes (`with_pause_history`) so that expiry and wait timeouts can leave it out."""
+
+    started_at: AwareDatetime
+    ended_at: AwareDatetime | None = None
+
+
+def paused_between(pauses: Iterable[Pause], start: datetime, end: datetime) -> timedelta:
+    """How much of [start, end) the campaign spent paused (an open pause counts up to `end`)."""
+    total = timedelta(0)
+    for pause in pauses:
+        overlap = min(end, pause.ended_at or end) - max(start, pause.started_at)
+        if overlap > timedelta(0):
+            total += overlap
+    return total
 
 
 class Weekday(StrEnum):
@@ -105,9 +134,16 @@ class CampaignDefinition(Model):
     unique_contacts: bool = False  # with outreach_id: skip contacts enrolled in a sibling
     reply_action: ReplyAction = ReplyAction.STOP
     verify_email_mx: bool = False
-    # None: 7 days for sequences, never for blasts. Measured from the first delivery.
-    expiry_after_delivery: timedelta | None = None
+    # Measured from the first delivery, not counting time the campaign was paused. A duration, "never",
+    # or None: the kind's default (7 days for multi_module, never for sequence; blasts never expire).
+    expiry_after_delivery: timedelta | Literal["never"] | None = None
     when_in_other_campaign: WhenInOtherCampaign = WhenInOtherCampaign.PARALLEL
+    # With when_in_other_campaign=queue: which queueing campaigns exclude each other (None: the default
+    # group). A queued enrollment waits only behind in-progress enrollments of its group.
+    queue_group: str | None = None
+    # With when_in_other_campaign=queue: stop a queued enrollment with reason "timeout" once it has waited
+    # this long (paused time not counted). None: wait for as long as it takes.
+    queue_timeout: timedelta | None = None
     re_enrollment: ReEnrollment = ReEnrollment.NEVER
     time_zone: str | None = None  # fallback when the contact has none; then UTC
     # Seed 002 Auto-Match: wait for an external trigger before the first step.
@@ -115,6 +151,8 @@ class CampaignDefinition(Model):
     trigger_timeout: timedelta | None = None  # stop with reason "timeout" when exceeded
     max_attempts: int = Field(default=3, ge=1)  # per step, for retryable failures
     retry_delay: timedelta = timedelta(minutes=15)  # multiplied by the attempt number
+    # When the campaign was paused, oldest first; maintained by `with_pause_history`, not by hand.
+    pauses: list[Pause] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _blast_has_one_step(self) -> CampaignDefinition:
@@ -122,14 +160,53 @@ class CampaignDefinition(Model):
             raise ValueError("a blast has exactly one step")
         return self
 
+    @model_validator(mode="after")
+    def _durations_positive(self) -> CampaignDefinition:
+        for name in ("expiry_after_delivery", "queue_timeout", "trigger_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, timedelta) and value <= timedelta(0):
+                raise ValueError(f"{name} must be positive (say never for no expiry)")
+        return self
+
+    @model_validator(mode="after")
+    def _queue_settings_need_the_queue(self) -> CampaignDefinition:
+        if not self.queues and (self.queue_group is not None or self.queue_timeout is not None):
+            raise ValueError("queue_group and queue_timeout need when_in_other_campaign: queue")
+        return self
+
     @property
     def expiry(self) -> timedelta | None:
-        if self.kind is CampaignKind.BLAST:
+        """How long after the first delivery an enrollment expires; None: never."""
+        if self.kind is CampaignKind.BLAST or self.expiry_after_delivery == NEVER:
             return None
-        return self.expiry_after_delivery or DEFAULT_SEQUENCE_EXPIRY
+        if isinstance(self.expiry_after_delivery, timedelta):
+            return self.expiry_after_delivery
+        return DEFAULT_MULTI_MODULE_EXPIRY if self.kind is CampaignKind.MULTI_MODULE else None
+
+    @property
+    def queues(self) -> bool:
+        return self.when_in_other_campaign == WhenInOtherCampaign.QUEUE
+
+    def queues_with(self, other: CampaignDefinition) -> bool:
+        """Seed 002 "another campaign currently in progress": both queue, in the same queue group."""
+        return self.queues and other.queues and self.queue_group == other.queue_group
 
     def uses(self, channel: Channel) -> bool:
         return any(step.channel is channel for step in self.steps)
+
+
+def with_pause_history(
+    previous: CampaignDefinition | None, new: CampaignDefinition, at: datetime
+) -> CampaignDefinition:
+    """`new` as it is to be published at `at`: the pause history of the definition it replaces carried
+    over, a pause opened if it pauses the campaign, the open one closed if it resumes it."""
+    pauses = list(previous.pauses if previous is not None else new.pauses)
+    paused_now = bool(pauses) and pauses[-1].ended_at is None
+    if new.status is CampaignStatus.PAUSED and not paused_now:
+        pauses.append(Pause(started_at=at))
+    elif new.status is not CampaignStatus.PAUSED and paused_now:
+        pauses[-1] = Pause(started_at=pauses[-1].started_at, ended_at=max(at, pauses[-1].started_at))
+    return new.model_copy(update={"pauses": pauses})
 
 
 class LineType(StrEnum):

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, TypeAdapter, field_validator
 
-from .campaign import CampaignDefinition, CampaignStatus, ContactFacts, Model, MxAnswer
+from .campaign import CampaignDefinition, CampaignStatus, ContactFacts, Model, MxAnswer, Pause
 
 
 def aggregate_key(account_id: str, contact_id: str) -> str:
@@ -205,14 +205,23 @@ class DeliveryReported(CommandEnvelope):
     data: DeliveryReportedData
 
 
+class TimerData(EnrollmentData):
+    # The campaign's pause history as the scheduler knows it when it fires the timer: paused time does
+    # not count toward expiry or a wait timeout, so a timer that ran out only because of a pause is
+    # extended instead. Recorded in the command, so deciding it again decides the same.
+    campaign_pauses: list[Pause] = Field(default_factory=list)
+
+
 class ExpiryDue(CommandEnvelope):
     type: Literal["ExpiryDue.v1"] = "ExpiryDue.v1"
-    data: EnrollmentData
+    data: TimerData
 
 
 class WaitTimeout(CommandEnvelope):
+    """A wait ran out: for the external trigger (Auto-Match) or in the queue (`queue_timeout`)."""
+
     type: Literal["WaitTimeout.v1"] = "WaitTimeout.v1"
-    data: EnrollmentData
+    data: TimerData
 
 
 # --- Signals from the contact and the outside world ---------------------------------------------

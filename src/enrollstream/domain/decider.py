@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from . import ids
-from .campaign import Channel, LineType, Model, ReEnrollment, ReplyAction, WhenInOtherCampaign
+from .campaign import Channel, LineType, Model, Pause, ReEnrollment, ReplyAction, paused_between
 from .commands import (
     BounceDetected,
     BounceType,
@@ -60,6 +60,8 @@ from .events import (
     EnrollmentUnenrolledData,
     Event,
     EventEnvelope,
+    ExpiryCancelled,
+    ExpiryCancelledData,
     ExpiryScheduled,
     ExpiryScheduledData,
     MessageBounced,
@@ -84,6 +86,8 @@ from .events import (
     TriggerAwaitedData,
     TriggerReceived,
     TriggerReceivedData,
+    WaitTimeoutExtended,
+    WaitTimeoutExtendedData,
 )
 from .rejections import Accepted, Decision, Ignored, Rejection, RejectionCode
 from .schedule import due_at, resolve_time_zone
@@ -209,9 +213,9 @@ def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
     if isinstance(command, ExternalTrigger):
         return _trigger(command, e, em)
     if isinstance(command, ExpiryDue):
-        return _expiry(e, em)
+        return _expiry(command, e, em)
     if isinstance(command, WaitTimeout):
-        return _wait_timeout(e, em)
+        return _wait_timeout(command, e, em)
     return _operator(command, e, em)
 
 
@@ -333,17 +337,23 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
         ),
     )
     e = em.enrollment(enrollment_id)
-    if campaign.when_in_other_campaign is WhenInOtherCampaign.QUEUE:
-        ahead = [o for o in st.in_progress() if o.enrollment_id != enrollment_id]
-        if ahead:
-            em.on(
-                e,
-                EnrollmentQueued,
-                EnrollmentQueuedData(
-                    behind_enrollment_id=ahead[0].enrollment_id, behind_campaign_id=ahead[0].campaign_id
-                ),
-            )
-            return None
+    # Seed 002 "queued due to another campaign currently in progress": only a campaign that queues too,
+    # in the same queue group, holds it back; parallel campaigns neither wait nor are waited for.
+    ahead = [
+        o for o in st.in_progress() if o.enrollment_id != enrollment_id and campaign.queues_with(o.campaign)
+    ]
+    if ahead:
+        timeout = campaign.queue_timeout
+        em.on(
+            e,
+            EnrollmentQueued,
+            EnrollmentQueuedData(
+                behind_enrollment_id=ahead[0].enrollment_id,
+                behind_campaign_id=ahead[0].campaign_id,
+                timeout_at=em.now + timeout if timeout else None,
+            ),
+        )
+        return None
     _start(e, em)
     return None
 
@@ -358,14 +368,16 @@ def _start(e: Enrollment, em: _Emitter) -> None:
 
 
 def _release_queue(em: _Emitter) -> None:
-    """Queued enrollments wait for "another campaign in progress"; release the oldest when none is."""
+    """A queued enrollment waits while an enrollment of its queue group is in progress; release the
+    oldest of each group that has none (the released one is then in progress and holds the rest)."""
     st = em.state
-    queued = st.queued()
-    if not queued or st.in_progress():
-        return
-    e = queued[0]
-    em.on(e, EnrollmentReleased, EnrollmentReleasedData(after_enrollment_id=e.queued_behind))
-    _start(em.enrollment(e.enrollment_id), em)
+    for e in st.queued():
+        if e.status is not EnrollmentStatus.QUEUED:
+            continue
+        if any(o.campaign.queues_with(e.campaign) for o in st.in_progress()):
+            continue
+        em.on(e, EnrollmentReleased, EnrollmentReleasedData(after_enrollment_id=e.queued_behind))
+        _start(em.enrollment(e.enrollment_id), em)
 
 
 # --- Steps --------------------------------------------------------------------------------------
@@ -508,7 +520,11 @@ def _after_delivery(e: Enrollment, step_index: int, em: _Emitter) -> None:
         return
     expiry = e.campaign.expiry
     if e.expires_at is None and expiry is not None:  # seed 002: expires N days after delivery
-        em.on(e, ExpiryScheduled, ExpiryScheduledData(expires_at=em.now + expiry, expiry=expiry))
+        em.on(
+            e,
+            ExpiryScheduled,
+            ExpiryScheduledData(expires_at=em.now + expiry, expiry=expiry, counted_from=em.now),
+        )
     following = step_index + 1
     if following >= e.step_count:
         em.on(
@@ -590,11 +606,29 @@ def _trigger(cmd: ExternalTrigger, e: Enrollment, em: _Emitter) -> _Outcome:
     return None
 
 
-def _expiry(e: Enrollment, em: _Emitter) -> _Outcome:
+def _expiry(cmd: ExpiryDue, e: Enrollment, em: _Emitter) -> _Outcome:
     if e.status.is_terminal or e.expires_at is None:
         return Ignored.STALE
-    if em.now < e.expires_at:
-        return Ignored.DEFERRED
+    expiry = e.campaign.expiry
+    if expiry is None:  # scheduled under the old 7-day default for every sequence; the definition has none
+        em.on(
+            e,
+            ExpiryCancelled,
+            ExpiryCancelledData(expires_at=e.expires_at, reason="the campaign's definition sets no expiry"),
+        )
+        return None
+    expiry = e.expiry or expiry
+    counted_from = e.expiry_counted_from or e.expires_at - expiry
+    deadline, paused = _not_counting_pauses(counted_from, expiry, cmd.data.campaign_pauses, em.now)
+    if em.now < deadline:
+        if deadline <= e.expires_at:
+            return Ignored.DEFERRED
+        em.on(
+            e,
+            ExpiryScheduled,
+            ExpiryScheduledData(expires_at=deadline, expiry=expiry, counted_from=counted_from, paused=paused),
+        )
+        return None
     em.on(
         e,
         EnrollmentExpired,
@@ -607,12 +641,35 @@ def _expiry(e: Enrollment, em: _Emitter) -> _Outcome:
     return None
 
 
-def _wait_timeout(e: Enrollment, em: _Emitter) -> _Outcome:
-    if e.status is not EnrollmentStatus.AWAITING_TRIGGER or e.wait_timeout_at is None:
+def _not_counting_pauses(
+    start: datetime, length: timedelta, pauses: list[Pause], now: datetime
+) -> tuple[datetime, timedelta]:
+    """When a clock of `length` started at `start` runs out if the campaign's paused time up to `now`
+    does not count, and that paused time."""
+    paused = paused_between(pauses, start, now)
+    return start + length + paused, paused
+
+
+_WAITS = {
+    EnrollmentStatus.AWAITING_TRIGGER: "waited for the trigger longer than the campaign's trigger_timeout",
+    EnrollmentStatus.QUEUED: "waited in the queue longer than the campaign's queue_timeout",
+}
+
+
+def _wait_timeout(cmd: WaitTimeout, e: Enrollment, em: _Emitter) -> _Outcome:
+    if e.status not in _WAITS or e.wait_timeout_at is None:
         return Ignored.STALE
-    if em.now < e.wait_timeout_at:
-        return Ignored.DEFERRED
-    _end_stopped(e, StopReason.TIMEOUT, em)
+    deadline, paused = e.wait_timeout_at, timedelta(0)
+    if e.wait_started_at is not None and e.wait_timeout is not None:
+        deadline, paused = _not_counting_pauses(
+            e.wait_started_at, e.wait_timeout, cmd.data.campaign_pauses, em.now
+        )
+    if em.now < deadline:
+        if deadline <= e.wait_timeout_at:
+            return Ignored.DEFERRED
+        em.on(e, WaitTimeoutExtended, WaitTimeoutExtendedData(timeout_at=deadline, paused=paused))
+        return None
+    _end_stopped(e, StopReason.TIMEOUT, em, note=_WAITS[e.status])
     return None
 
 

@@ -72,6 +72,8 @@ class EnrollmentSkipped(EventEnvelope):
 class EnrollmentQueuedData(Model):
     behind_enrollment_id: str
     behind_campaign_id: str
+    # The campaign's queue_timeout from now: the scheduler fires WaitTimeout then. None: no timeout.
+    timeout_at: AwareDatetime | None = None
 
 
 class EnrollmentQueued(EventEnvelope):
@@ -105,6 +107,19 @@ class TriggerReceivedData(Model):
 class TriggerReceived(EventEnvelope):
     type: Literal["TriggerReceived.v1"] = "TriggerReceived.v1"
     data: TriggerReceivedData
+
+
+class WaitTimeoutExtendedData(Model):
+    """The wait (for the trigger, or in the queue) timed out only counting time the campaign was paused:
+    it now times out at `timeout_at`, `paused` later than it would have without the pauses."""
+
+    timeout_at: AwareDatetime  # the scheduler fires WaitTimeout then
+    paused: timedelta
+
+
+class WaitTimeoutExtended(EventEnvelope):
+    type: Literal["WaitTimeoutExtended.v1"] = "WaitTimeoutExtended.v1"
+    data: WaitTimeoutExtendedData
 
 
 # --- Steps --------------------------------------------------------------------------------------
@@ -189,13 +204,30 @@ class StepDeliveryUnknown(EventEnvelope):
 
 
 class ExpiryScheduledData(Model):
+    """At the first delivery; again, later, when time the campaign spent paused pushed the expiry back."""
+
     expires_at: AwareDatetime  # the scheduler fires ExpiryDue then
-    expiry: timedelta
+    expiry: timedelta  # the campaign's expiry after delivery
+    counted_from: AwareDatetime | None = None  # the first delivery; None (older events): expires_at - expiry
+    paused: timedelta = timedelta(0)  # paused time not counted: expires_at = counted_from + expiry + paused
 
 
 class ExpiryScheduled(EventEnvelope):
     type: Literal["ExpiryScheduled.v1"] = "ExpiryScheduled.v1"
     data: ExpiryScheduledData
+
+
+class ExpiryCancelledData(Model):
+    """The expiry scheduled at delivery no longer applies: the definition the enrollment runs under sets
+    none (a `sequence` enrolled before expiry became per kind). Nothing else changes."""
+
+    expires_at: AwareDatetime  # the expiry that was scheduled
+    reason: str
+
+
+class ExpiryCancelled(EventEnvelope):
+    type: Literal["ExpiryCancelled.v1"] = "ExpiryCancelled.v1"
+    data: ExpiryCancelledData
 
 
 # --- Engagement ---------------------------------------------------------------------------------
@@ -346,6 +378,7 @@ Event = (
     | EnrollmentReleased
     | TriggerAwaited
     | TriggerReceived
+    | WaitTimeoutExtended
     | StepScheduled
     | StepDispatched
     | StepDelivered
@@ -353,6 +386,7 @@ Event = (
     | StepBounced
     | StepDeliveryUnknown
     | ExpiryScheduled
+    | ExpiryCancelled
     | MessageOpened
     | ReplyReceived
     | MessageBounced
@@ -372,6 +406,7 @@ EVENT_TYPES: tuple[type[EventEnvelope], ...] = (
     EnrollmentReleased,
     TriggerAwaited,
     TriggerReceived,
+    WaitTimeoutExtended,
     StepScheduled,
     StepDispatched,
     StepDelivered,
@@ -379,6 +414,7 @@ EVENT_TYPES: tuple[type[EventEnvelope], ...] = (
     StepBounced,
     StepDeliveryUnknown,
     ExpiryScheduled,
+    ExpiryCancelled,
     MessageOpened,
     ReplyReceived,
     MessageBounced,

@@ -7,7 +7,7 @@ model_validate_json, so it must stay a plain pydantic model.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,7 @@ from .events import (
     EnrollmentStopped,
     EnrollmentUnenrolled,
     Event,
+    ExpiryCancelled,
     ExpiryScheduled,
     MessageBounced,
     MessageOpened,
@@ -38,6 +39,7 @@ from .events import (
     StepScheduled,
     TriggerAwaited,
     TriggerReceived,
+    WaitTimeoutExtended,
 )
 from .statuses import EnrollmentStatus, Outcome, Stage, StopReason
 
@@ -91,8 +93,16 @@ class Enrollment(StateModel):
     hours_to_reply: float | None = None
     bounced_at: datetime | None = None
     bounce_reason: str | None = None
+    # Expiry: `expiry` after `expiry_counted_from` (the first delivery), not counting paused time; the
+    # scheduler fires ExpiryDue at `expires_at`.
     expires_at: datetime | None = None
+    expiry: timedelta | None = None
+    expiry_counted_from: datetime | None = None
+    # A wait for the trigger or in the queue: it began at `wait_started_at` and times out `wait_timeout`
+    # later, not counting paused time; the scheduler fires WaitTimeout at `wait_timeout_at`.
     wait_timeout_at: datetime | None = None
+    wait_timeout: timedelta | None = None
+    wait_started_at: datetime | None = None
     finished_at: datetime | None = None
 
     @property
@@ -187,8 +197,18 @@ def _finish(e: Enrollment, status: EnrollmentStatus, outcome: Outcome | None, at
     e.outcome = outcome
     e.scheduled = None
     e.due_at = None
-    e.wait_timeout_at = None
+    _end_wait(e)
     e.finished_at = at
+
+
+def _start_wait(e: Enrollment, at: datetime, timeout_at: datetime | None) -> None:
+    e.wait_started_at = at
+    e.wait_timeout_at = timeout_at
+    e.wait_timeout = timeout_at - at if timeout_at is not None else None
+
+
+def _end_wait(e: Enrollment) -> None:
+    e.wait_started_at = e.wait_timeout_at = e.wait_timeout = None
 
 
 def _running_status(e: Enrollment) -> EnrollmentStatus:
@@ -235,15 +255,19 @@ def apply_in_place(state: ContactState, event: Event) -> None:
     if isinstance(event, EnrollmentQueued):
         e.status = EnrollmentStatus.QUEUED
         e.queued_behind = event.data.behind_enrollment_id
+        _start_wait(e, at, event.data.timeout_at)
     elif isinstance(event, EnrollmentReleased):
         e.status = EnrollmentStatus.PENDING
         e.queued_behind = None
+        _end_wait(e)
     elif isinstance(event, TriggerAwaited):
         e.status = EnrollmentStatus.AWAITING_TRIGGER
-        e.wait_timeout_at = event.data.timeout_at
+        _start_wait(e, at, event.data.timeout_at)
     elif isinstance(event, TriggerReceived):
         e.status = EnrollmentStatus.PENDING
-        e.wait_timeout_at = None
+        _end_wait(e)
+    elif isinstance(event, WaitTimeoutExtended):
+        e.wait_timeout_at = event.data.timeout_at
     elif isinstance(event, StepScheduled):
         e.scheduled = Attempt(step_index=event.data.step_index, attempt=event.data.attempt, message_id="")
         e.due_at = event.data.due_at
@@ -271,7 +295,14 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             e.bounced_at = e.bounced_at or at
             e.bounce_reason = event.data.detail
     elif isinstance(event, ExpiryScheduled):
-        e.expires_at = event.data.expires_at
+        scheduled = event.data
+        e.expires_at = scheduled.expires_at
+        e.expiry = scheduled.expiry
+        e.expiry_counted_from = scheduled.counted_from or (
+            scheduled.expires_at - scheduled.expiry - scheduled.paused
+        )
+    elif isinstance(event, ExpiryCancelled):
+        e.expires_at = e.expiry = e.expiry_counted_from = None
     elif isinstance(event, MessageOpened):
         e.opened_at = e.opened_at or at
         e.stage = e.stage.advanced_to(Stage.OPENED)

@@ -21,14 +21,18 @@ from enrollstream.domain.events import (
     EnrollmentExpired,
     EnrollmentFailed,
     EnrollmentHandedOff,
+    EnrollmentQueued,
+    EnrollmentReleased,
     EnrollmentStopped,
     EnrollmentUnenrolled,
     Event,
+    ExpiryCancelled,
     ExpiryScheduled,
     StepDispatched,
     StepScheduled,
     TriggerAwaited,
     TriggerReceived,
+    WaitTimeoutExtended,
 )
 from enrollstream.domain.statuses import TERMINAL_STATUSES, EnrollmentStatus
 
@@ -36,7 +40,7 @@ from enrollstream.domain.statuses import TERMINAL_STATUSES, EnrollmentStatus
 class TimerKind(StrEnum):
     STEP_DUE = "step_due"  # fires StepDue(enrollment, step_index, attempt)
     EXPIRY = "expiry"  # fires ExpiryDue
-    WAIT_TIMEOUT = "wait_timeout"  # fires WaitTimeout
+    WAIT_TIMEOUT = "wait_timeout"  # fires WaitTimeout: the trigger's or the queue's timeout
 
 
 ENDINGS = (
@@ -53,8 +57,12 @@ TIMER_EVENTS = (
     StepScheduled,
     StepDispatched,
     ExpiryScheduled,
+    ExpiryCancelled,
     TriggerAwaited,
     TriggerReceived,
+    WaitTimeoutExtended,
+    EnrollmentQueued,
+    EnrollmentReleased,
 )
 
 
@@ -155,14 +163,18 @@ class TimerFold:
                 )
             case StepDispatched():
                 self.changes[(eid, TimerKind.STEP_DUE.value)] = None
-            case ExpiryScheduled():
+            case ExpiryScheduled():  # at the first delivery, and again when a pause pushed it back
                 self._set(eid, info, TimerKind.EXPIRY, event.data.expires_at)
-            case TriggerAwaited():
+            case ExpiryCancelled():
+                self.changes[(eid, TimerKind.EXPIRY.value)] = None
+            case TriggerAwaited() | EnrollmentQueued():  # a wait begins, with or without a timeout
                 if event.data.timeout_at is None:
                     self.changes[(eid, TimerKind.WAIT_TIMEOUT.value)] = None
                 else:
                     self._set(eid, info, TimerKind.WAIT_TIMEOUT, event.data.timeout_at)
-            case TriggerReceived():
+            case WaitTimeoutExtended():  # a pause pushed the wait's timeout back
+                self._set(eid, info, TimerKind.WAIT_TIMEOUT, event.data.timeout_at)
+            case TriggerReceived() | EnrollmentReleased():  # the wait is over
                 self.changes[(eid, TimerKind.WAIT_TIMEOUT.value)] = None
 
     def _set(

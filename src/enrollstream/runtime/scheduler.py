@@ -12,7 +12,11 @@ command took effect is removed by the projector when it folds the resulting even
 
 Paused campaigns (the latest definition on the campaigns topic says `paused`) are left out of the claim
 altogether: their timers stay due and fire on the first tick after a version with status `active` is
-published. The clock is injected: `tick` takes `now`, the interval job passes `clock()`.
+published. ExpiryDue and WaitTimeout carry the campaign's pause history (`campaign_pauses`), so the
+decider does not count paused time and pushes such a timer back instead of ending the enrollment. Within
+an enrollment, rows are published in due order and a step before an expiry due at the same time, so an
+expiry never overtakes a step that was due before it. The clock is injected: `tick` takes `now`, the
+interval job passes `clock()`.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from enrollstream.domain import (
     timer_command_id,
 )
 from enrollstream.domain.campaign import CampaignStatus
-from enrollstream.domain.commands import EnrollmentData, StepDueData
+from enrollstream.domain.commands import StepDueData, TimerData
 from enrollstream.read_models.timers import TimerKind
 from enrollstream.runtime.campaigns import CampaignCatalog
 
@@ -173,8 +177,8 @@ class SchedulerService:
     def _command(self, row: asyncpg.Record, now: datetime) -> TimerCommand:
         enrollment_id: str = row["enrollment_id"]
         kind = TimerKind(row["kind"])
+        campaign = self.catalog.get(row["campaign_id"])
         if kind is TimerKind.STEP_DUE:
-            campaign = self.catalog.get(row["campaign_id"])
             status = campaign.status if campaign is not None else CampaignStatus.ACTIVE
             return StepDue(
                 command_id=step_due_command_id(enrollment_id, row["step_index"], row["attempt"]),
@@ -189,7 +193,11 @@ class SchedulerService:
                     campaign_status=status,
                 ),
             )
-        data = EnrollmentData(contact_id=row["contact_id"], enrollment_id=enrollment_id)
+        data = TimerData(
+            contact_id=row["contact_id"],
+            enrollment_id=enrollment_id,
+            campaign_pauses=campaign.pauses if campaign is not None else [],
+        )
         if kind is TimerKind.EXPIRY:
             return ExpiryDue(
                 command_id=timer_command_id("expiry", enrollment_id, row["due_at"]),

@@ -195,13 +195,24 @@ def trigger(at: datetime = T0, enrollment: str | None = None) -> ExternalTrigger
     return result
 
 
-def expiry_due(at: datetime, enrollment: str | None = None) -> ExpiryDue:
-    result: ExpiryDue = _on_enrollment(ExpiryDue, at, enrollment, None)
+def paused(*periods: tuple[datetime, datetime | None]) -> list[dict[str, Any]]:
+    """A campaign's pause history (`campaign_pauses` of a timer command): (started, ended or None)."""
+    return [{"started_at": start, "ended_at": end} for start, end in periods]
+
+
+def expiry_due(
+    at: datetime, enrollment: str | None = None, pauses: list[dict[str, Any]] | None = None
+) -> ExpiryDue:
+    extra = {"campaign_pauses": pauses} if pauses is not None else {}
+    result: ExpiryDue = _on_enrollment(ExpiryDue, at, enrollment, None, **extra)
     return result
 
 
-def wait_timeout(at: datetime, enrollment: str | None = None) -> WaitTimeout:
-    result: WaitTimeout = _on_enrollment(WaitTimeout, at, enrollment, None)
+def wait_timeout(
+    at: datetime, enrollment: str | None = None, pauses: list[dict[str, Any]] | None = None
+) -> WaitTimeout:
+    extra = {"campaign_pauses": pauses} if pauses is not None else {}
+    result: WaitTimeout = _on_enrollment(WaitTimeout, at, enrollment, None, **extra)
     return result
 
 

@@ -272,6 +272,6 @@ def test_enrolled_date_and_due_times_come_from_the_command_not_a_clock() -> None
 
 def test_steps_are_scheduled_after_their_delay() -> None:
     result = given(enroll(), sent(0)[0]).when(sent(0)[1])
-    assert [e.type for e in result.events] == ["StepDelivered.v1", "ExpiryScheduled.v1", "StepScheduled.v1"]
-    assert result.events[2].data.due_at == T0 + DAY  # type: ignore[union-attr]
+    assert [e.type for e in result.events] == ["StepDelivered.v1", "StepScheduled.v1"]
+    assert result.events[1].data.due_at == T0 + DAY  # type: ignore[union-attr]
     assert CONTACT in result.state.contact_id

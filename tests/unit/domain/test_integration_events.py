@@ -68,6 +68,8 @@ BOOKKEEPING = {
     "StepFailed.v1",
     "StepDeliveryUnknown.v1",
     "ExpiryScheduled.v1",
+    "ExpiryCancelled.v1",
+    "WaitTimeoutExtended.v1",
     "ContactOptedOut.v1",  # contact-wide; each running enrollment gets its own EnrollmentStopped
     "BulkEnrollAccepted.v1",
 }

@@ -37,13 +37,22 @@ CAMPAIGNS = [
     campaign(campaign_id="seq", re_enrollment="after_finished", max_attempts=2),
     campaign(
         campaign_id="queued",
+        kind="multi_module",  # expires 7 days after delivery
         when_in_other_campaign="queue",
+        queue_timeout=DAY,
         reply_action="handoff",
         steps=[step(Channel.SMS), step(Channel.SMS, delay=HOUR)],
     ),
     blast(campaign_id="auto", awaits_trigger=True, trigger_timeout=2 * DAY, when_in_other_campaign="queue"),
     campaign(campaign_id="cont", reply_action="continue", expiry_after_delivery=DAY),
 ]
+PAUSE_HISTORIES = st.sampled_from(
+    [
+        [],
+        [{"started_at": T0 + HOUR, "ended_at": T0 + DAY}],
+        [{"started_at": T0, "ended_at": T0 + HOUR}, {"started_at": T0 + 2 * DAY, "ended_at": None}],
+    ]
+)
 # Weighted by repetition: mostly the commands that move a sequence forward; opt-out ends it all.
 KINDS = [
     *["enroll"] * 3,
@@ -127,8 +136,8 @@ def _command(data: st.DataObject, state: ContactState, now: Any, n: int) -> Cont
         "bounce": ("BounceDetected.v1", {**on, "bounce_type": data.draw(st.sampled_from(["hard", "soft"]))}),
         "opt_out": ("OptOut.v1", {"contact_id": CONTACT}),
         "trigger": ("ExternalTrigger.v1", on),
-        "expiry": ("ExpiryDue.v1", on),
-        "wait": ("WaitTimeout.v1", on),
+        "expiry": ("ExpiryDue.v1", {**on, "campaign_pauses": data.draw(PAUSE_HISTORIES)}),
+        "wait": ("WaitTimeout.v1", {**on, "campaign_pauses": data.draw(PAUSE_HISTORIES)}),
         "stop": ("Stop.v1", on),
         "unenroll": ("Unenroll.v1", on),
         "finish": ("MarkFinished.v1", on),

@@ -34,8 +34,11 @@ from .scenario import (
     trigger,
 )
 
-FIRST = campaign(campaign_id="cmp-first", steps=campaign().steps[:2])
-SECOND = campaign(campaign_id="cmp-second", when_in_other_campaign="queue")
+# Seed 002's campaigns: multi-module, and a second application's campaign queues behind the first's.
+FIRST = campaign(
+    campaign_id="cmp-first", kind="multi_module", when_in_other_campaign="queue", steps=campaign().steps[:2]
+)
+SECOND = campaign(campaign_id="cmp-second", kind="multi_module", when_in_other_campaign="queue")
 
 
 def test_queued_due_to_another_campaign_currently_in_progress() -> None:
@@ -87,8 +90,11 @@ def test_for_blasts_delivered_is_a_terminal_status() -> None:
     result.then(ev(StepDelivered), ev(EnrollmentCompleted, status="delivered"))
 
 
-def test_multi_message_campaigns_expire_7_days_after_delivery_by_default() -> None:
-    slow = campaign(steps=[*campaign().steps[:1], campaign().steps[2].model_copy(update={"delay": 10 * DAY})])
+def test_seed_002_campaigns_expire_seven_days_after_delivery_by_default() -> None:
+    slow = campaign(
+        kind="multi_module",
+        steps=[*campaign().steps[:1], campaign().steps[2].model_copy(update={"delay": 10 * DAY})],
+    )
     history = [enroll(slow), sent(0)]
     given(*history).when(expiry_due(T0 + 6 * DAY)).then_ignored(Ignored.DEFERRED)
     result = given(*history).when(expiry_due(T0 + 7 * DAY))
@@ -103,7 +109,7 @@ def test_the_expiry_timeline_can_be_customised_per_campaign() -> None:
 
 
 def test_a_completed_campaign_does_not_expire() -> None:
-    done = campaign(steps=campaign().steps[:1])
+    done = campaign(kind="multi_module", steps=campaign().steps[:1])
     given(enroll(done), sent(0)).when(expiry_due(T0 + 7 * DAY)).then_ignored(Ignored.STALE)
 
 

@@ -6,7 +6,6 @@ from enrollstream.domain import (
     EnrollmentCompleted,
     EnrollmentFailed,
     EnrollmentStopped,
-    ExpiryScheduled,
     Ignored,
     StepBounced,
     StepDelivered,
@@ -54,7 +53,6 @@ def test_step_1_sent_moves_pending_to_sent_and_schedules_step_2_after_its_delay(
     result = given(enroll(), step_due(0)).when(reported("sent", 0, at=T0 + MINUTE))
     result.then(
         ev(StepDelivered, step_index=0, attempt=1),
-        ev(ExpiryScheduled, expires_at=T0 + MINUTE + 7 * DAY),
         ev(StepScheduled, step_index=1, attempt=1, due_at=T0 + MINUTE + DAY),
     )
     enrollment = result.enrollment()
@@ -141,7 +139,7 @@ def test_a_soft_bounce_is_retried() -> None:
 
 def test_an_unknown_outcome_is_never_resent_and_the_sequence_carries_on() -> None:
     result = given(enroll(), step_due(0)).when(reported("unknown", 0, detail="connection lost after DATA"))
-    result.then(ev(StepDeliveryUnknown), ev(ExpiryScheduled), ev(StepScheduled, step_index=1, attempt=1))
+    result.then(ev(StepDeliveryUnknown), ev(StepScheduled, step_index=1, attempt=1))
     assert result.enrollment().delivered_steps == []
     given(enroll(), step_due(0), reported("unknown", 0)).when(step_due(0, attempt=2)).then_ignored(
         Ignored.STALE

@@ -59,7 +59,7 @@ def test_an_enrollment_has_a_step_timer_until_the_step_is_dispatched() -> None:
 
 
 def test_a_delivery_schedules_the_next_step_and_the_expiry() -> None:
-    events = decided(enroll(), step_due(), reported("sent", at=T0 + HOUR))
+    events = decided(enroll(campaign(kind="multi_module")), step_due(), reported("sent", at=T0 + HOUR))
     rows = table(events)
     assert rows[(eid(), "step_due")].step_index == 1
     assert rows[(eid(), "step_due")].due_at == T0 + HOUR + DAY
@@ -85,7 +85,12 @@ def test_a_wait_timeout_timer_lives_while_the_trigger_is_awaited() -> None:
 
 
 def test_events_already_folded_change_nothing() -> None:
-    events = decided(enroll(), step_due(), reported("sent"), expiry_due(T0 + timedelta(days=8)))
+    events = decided(
+        enroll(campaign(kind="multi_module")),
+        step_due(),
+        reported("sent"),
+        expiry_due(T0 + timedelta(days=8)),
+    )
     last = events[-1].version
     known = {eid(): EnrollmentInfo(ACCOUNT, CONTACT, "cmp-1", 0, False, T0, last_version=last, ended=True)}
     f = TimerFold(known)

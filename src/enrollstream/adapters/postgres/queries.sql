@@ -370,7 +370,9 @@ on conflict (enrollment_id, kind) do update set
 
 -- name: claim_due_timers
 -- The scheduler's claim: up to $4 due rows that no live lease holds, outside the paused campaigns ($3),
--- leased until $2. Within a campaign in dispatch order: batch number, priority first, enrollment time.
+-- leased until $2. Within a campaign in dispatch order: batch number, priority first, enrollment time;
+-- within an enrollment by due time, a step before an expiry or wait timeout due at the same time, so
+-- after a pause or an outage an expiry never overtakes a step that was due before it.
 -- SKIP LOCKED: a concurrent claimer passes over the rows this one is taking instead of waiting for them,
 -- and the lease keeps them from it once this transaction commits. The update finds the locked rows by
 -- ctid (stable while we hold their locks): a TID scan, never a join over the whole table.
@@ -379,7 +381,7 @@ with due as (
       from timers
      where ((claimed_until is null and due_at <= $1) or (claimed_until < $1 and due_at <= $1))
        and campaign_id <> all($3::text[])
-     order by campaign_id, batch_number, priority desc, enrolled_at, enrollment_id, kind
+     order by campaign_id, batch_number, priority desc, enrolled_at, enrollment_id, due_at, kind <> 'step_due'
      limit $4
        for update skip locked
 ), claimed as (
@@ -389,7 +391,7 @@ with due as (
     returning t.*
 )
 select * from claimed
- order by campaign_id, batch_number, priority desc, enrolled_at, enrollment_id, kind;
+ order by campaign_id, batch_number, priority desc, enrolled_at, enrollment_id, due_at, kind <> 'step_due';
 
 -- name: release_timer_claims
 -- Hand back claims whose commands could not be published (only the lease this claim set).
