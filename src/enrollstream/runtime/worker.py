@@ -12,7 +12,7 @@ from typing import Protocol
 
 from enrollstream.adapters.dns.mx import MxVerifier, Nameserver
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
-from enrollstream.config import Settings, parse_nameservers, unsubscribe_key_list
+from enrollstream.config import Settings, parse_nameservers, require_settings, unsubscribe_key_list
 from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
@@ -26,10 +26,12 @@ from enrollstream.runtime.webhook_relay import WebhookRelayService
 log = logging.getLogger(__name__)
 
 ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound", "relay", "unsubscribe")
-# What runs when no roles are named. The others are opt-in: the scheduler and the dispatcher go
-# together and the dispatcher needs SMTP and sender settings, the relay is a reference for
-# integrators, and the unsubscribe role opens a port and needs token keys.
-DEFAULT_ROLES = ("decider", "projector")
+# What runs when no roles are named: everything a sequence needs to be decided, projected, fired, sent
+# and stopped by a reply (inbound needs no settings and idles on an empty topic). The dispatcher needs
+# SMTP and sender settings: missing ones stop the worker at start, named (config.require_settings).
+# Opt-in: the relay, a reference for integrators that POSTs to their URLs (one they run themselves would
+# deliver each event twice), and the unsubscribe endpoint, which opens a public port.
+DEFAULT_ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound")
 
 
 class Service(Protocol):
@@ -64,6 +66,7 @@ class Worker:
         unknown = set(self.roles) - set(ROLES)
         if unknown:
             raise ValueError(f"unknown roles: {', '.join(sorted(unknown))} (known: {', '.join(ROLES)})")
+        require_settings(self.settings, self.roles)  # before any topic is touched or record consumed
         await ensure_topics(
             self.bootstrap, self.topics, self.settings.partitions, self.settings.replication_factor
         )
@@ -91,6 +94,7 @@ class Worker:
                 self.topics.events,
                 self.database_url,
                 self.settings.group_id,
+                results_topic=self.topics.command_results,
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             )
