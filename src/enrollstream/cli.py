@@ -22,7 +22,7 @@ from rich.table import Table
 from enrollstream import stack as local_stack
 from enrollstream.adapters.kafka.topics import TopicMismatchError, Topics, ensure_topics
 from enrollstream.adapters.postgres.migrations import MigrationError, migrate
-from enrollstream.config import MissingSettings, Settings, load_settings
+from enrollstream.config import InvalidSettings, Settings, load_settings
 from enrollstream.operations import OperatorError
 
 app = typer.Typer(help="enrollstream: event-sourced drip-campaign enrollments on Kafka and Postgres.")
@@ -55,8 +55,9 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except (local_stack.StackError, MigrationError, TopicMismatchError, OperatorError) as exc:
             err.print(f"[red]error:[/red] {exc}")
-        except MissingSettings as exc:
-            err.print(f"[red]error:[/red] {exc} (docs/delivery.md; or name the roles with --roles)")
+        except InvalidSettings as exc:
+            # One line however narrow the terminal: it is the whole answer to "why did it not start".
+            err.print(f"[red]error:[/red] {exc} (docs/delivery.md; or choose --roles)", soft_wrap=True)
         except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError, LookupError) as exc:
             said = str(exc)
             name = type(exc).__name__
@@ -177,13 +178,12 @@ def worker_command(
 ) -> None:
     """Run the worker roles until SIGTERM or Ctrl-C (then drain and commit)."""
     from enrollstream.adapters.postgres.migrations import pending_migrations
-    from enrollstream.config import require_settings
     from enrollstream.observability import ObservabilityServer, Probe, configure_logging
-    from enrollstream.runtime.worker import Worker, parse_roles
+    from enrollstream.runtime.worker import Worker, check_settings, parse_roles
 
     settings = load_settings()
     chosen = parse_roles(roles)
-    require_settings(settings, chosen)  # a role that cannot start stops everything before it begins
+    check_settings(settings, chosen)  # a role that cannot start stops everything before it begins
     target = endpoints(settings)
     configure_logging(settings.log_format)
     log = logging.getLogger("enrollstream.worker")
@@ -223,6 +223,7 @@ def worker_command(
             loop.add_signal_handler(sig, stop)
         await server.start()
         try:
+            log.info("worker starting", extra={"roles": list(worker.roles)})
             console.print(f"worker running {', '.join(worker.roles)}; Ctrl-C to stop", highlight=False)
             await worker.run()
         finally:

@@ -110,14 +110,18 @@ def unsubscribe_key_list(settings: Settings) -> list[bytes]:
     return [key.strip().encode() for key in settings.unsubscribe_keys.split(",") if key.strip()]
 
 
-class MissingSettings(ValueError):
+class InvalidSettings(ValueError):
+    """Settings a role cannot start with; the message names them by their environment variables."""
+
+
+class MissingSettings(InvalidSettings):
     """Settings a role cannot start without, named by their environment variables."""
 
     def __init__(self, needs: dict[str, list[str]]) -> None:
         self.needs = needs  # role -> the variables it misses
-        names = sorted({name for missing in needs.values() for name in missing})
-        roles = ", ".join(f"the {role} role needs {', '.join(missing)}" for role, missing in needs.items())
-        super().__init__(f"missing settings {', '.join(names)}: {roles}")
+        super().__init__(
+            "; ".join(f"the {role} role needs {', '.join(missing)}" for role, missing in needs.items())
+        )
 
 
 def missing_for_roles(settings: Settings, roles: Iterable[str]) -> dict[str, list[str]]:
@@ -128,6 +132,10 @@ def missing_for_roles(settings: Settings, roles: Iterable[str]) -> dict[str, lis
             ("ENROLLSTREAM_SMTP_HOST", settings.smtp_host),
             ("ENROLLSTREAM_SENDER_FROM", settings.sender_from),
             ("ENROLLSTREAM_UNSUBSCRIBE_KEYS", unsubscribe_key_list(settings)),
+            (
+                "ENROLLSTREAM_UNSUBSCRIBE_URL or ENROLLSTREAM_UNSUBSCRIBE_MAILTO",
+                settings.unsubscribe_url or settings.unsubscribe_mailto,
+            ),
         ),
         "unsubscribe": (("ENROLLSTREAM_UNSUBSCRIBE_KEYS", unsubscribe_key_list(settings)),),
     }

@@ -1,4 +1,5 @@
-"""`replay` rebuilds the read models from the events topic and finds any difference from the live ones."""
+"""`replay` rebuilds the read models from the events (and results) topics and finds any difference from
+the live ones."""
 
 from __future__ import annotations
 
@@ -32,22 +33,27 @@ async def test_a_rebuild_equals_the_live_projection_and_a_tampered_row_is_found(
 
         async def caught_up() -> bool:
             assert worker.projector is not None
-            return worker.projector.applied_events >= emitted
+            p = worker.projector
+            return p.applied_events >= emitted and p.applied_results >= len(commands)
 
         await eventually(caught_up, what="the live projector caught up")
 
-    report = await replay(bootstrap, topics.events, database_url)
+    report = await replay(bootstrap, topics.events, database_url, results_topic=topics.command_results)
     assert report.live_lag == 0
     assert report.events == emitted
     assert report.equal, report.tables
-    assert {t.table: t.live_rows for t in report.tables}["enrollments"] == 6
+    live_rows = {t.table: t.live_rows for t in report.tables}
+    assert live_rows["enrollments"] == 6
+    assert live_rows["decisions"] == len(commands)  # the refused one too
 
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute("update enrollments set status = 'completed' where contact_id = 'r3'")
+        await conn.execute("update decisions set message = 'edited' where status = 'rejected'")
     finally:
         await conn.close()
-    tampered = await replay(bootstrap, topics.events, database_url)
+    tampered = await replay(bootstrap, topics.events, database_url, results_topic=topics.command_results)
     assert not tampered.equal
-    enrollments = next(t for t in tampered.tables if t.table == "enrollments")
-    assert (enrollments.only_live, enrollments.only_replayed) == (1, 1)
+    by_table = {t.table: t for t in tampered.tables}
+    assert (by_table["enrollments"].only_live, by_table["enrollments"].only_replayed) == (1, 1)
+    assert (by_table["decisions"].only_live, by_table["decisions"].only_replayed) == (1, 1)

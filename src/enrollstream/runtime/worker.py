@@ -12,7 +12,13 @@ from typing import Protocol
 
 from enrollstream.adapters.dns.mx import MxVerifier, Nameserver
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
-from enrollstream.config import Settings, parse_nameservers, require_settings, unsubscribe_key_list
+from enrollstream.config import (
+    InvalidSettings,
+    Settings,
+    parse_nameservers,
+    require_settings,
+    unsubscribe_key_list,
+)
 from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
@@ -66,7 +72,7 @@ class Worker:
         unknown = set(self.roles) - set(ROLES)
         if unknown:
             raise ValueError(f"unknown roles: {', '.join(sorted(unknown))} (known: {', '.join(ROLES)})")
-        require_settings(self.settings, self.roles)  # before any topic is touched or record consumed
+        check_settings(self.settings, self.roles)  # before any topic is touched or record consumed
         await ensure_topics(
             self.bootstrap, self.topics, self.settings.partitions, self.settings.replication_factor
         )
@@ -162,6 +168,20 @@ class Worker:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+
+def check_settings(settings: Settings, roles: Iterable[str]) -> None:
+    """What the roles need from the settings, checked before anything connects: InvalidSettings names
+    what is missing (MissingSettings) or unusable."""
+    roles = tuple(roles)
+    require_settings(settings, roles)
+    if "dispatcher" in roles:
+        try:  # builds the sender identity and SMTP configuration; connects nothing
+            DispatcherService.from_settings(settings, "", "")
+        except InvalidSettings:
+            raise
+        except ValueError as exc:
+            raise InvalidSettings(f"the dispatcher role cannot use its settings: {exc}") from exc
 
 
 def mx_verifier(settings: Settings) -> MxVerifier:
