@@ -4,8 +4,10 @@ the live ones."""
 from __future__ import annotations
 
 import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
-from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.adapters.kafka.topics import Topics, partition_numbers
 from enrollstream.config import Settings
 from enrollstream.runtime.campaigns import publish_campaign
 from enrollstream.runtime.replay import replay
@@ -57,3 +59,27 @@ async def test_a_rebuild_equals_the_live_projection_and_a_tampered_row_is_found(
     by_table = {t.table: t for t in tampered.tables}
     assert (by_table["enrollments"].only_live, by_table["enrollments"].only_replayed) == (1, 1)
     assert (by_table["decisions"].only_live, by_table["decisions"].only_replayed) == (1, 1)
+
+    # Retention: results the topic no longer holds are history only PostgreSQL keeps, not a difference.
+    await expire_everything(bootstrap, topics.command_results)
+    expired = await replay(bootstrap, topics.events, database_url, results_topic=topics.command_results)
+    decisions = next(t for t in expired.tables if t.table == "decisions")
+    assert (decisions.live_rows, decisions.replayed_rows) == (len(commands), 0)
+    assert decisions.equal
+
+
+async def expire_everything(bootstrap: str, topic: str) -> None:
+    """What retention does to a topic's old records: delete them up to its current end."""
+    partitions = [TopicPartition(topic, p) for p in await partition_numbers(bootstrap, topic)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(end) for tp, end in ends.items()})
+    finally:
+        await admin.close()

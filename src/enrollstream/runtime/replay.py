@@ -125,19 +125,19 @@ async def compare(
         out: list[TableComparison] = []
         for table in COMPARED_TABLES:
             columns = COMPARED_COLUMNS.get(table, "*")
-            live = f"public.{table}"
+            live = compared = f"public.{table}"
             replayed = f'"{schema}".{table}'
             if table == "decisions":
                 if results_start is None:
                     continue
-                live = f"(select * from {live} where {_still_in_topic(results_start)}) held"
+                compared = f"(select * from {live} where {_still_in_topic(results_start)}) held"
             out.append(
                 TableComparison(
                     table=table,
                     live_rows=await conn.fetchval(f"select count(*) from {live}"),
                     replayed_rows=await conn.fetchval(f"select count(*) from {replayed}"),
-                    only_live=await conn.fetchval(_difference(columns, live, replayed)),
-                    only_replayed=await conn.fetchval(_difference(columns, replayed, live)),
+                    only_live=await conn.fetchval(_difference(columns, compared, replayed)),
+                    only_replayed=await conn.fetchval(_difference(columns, replayed, compared)),
                 )
             )
         return out
