@@ -157,14 +157,24 @@ async def test_skips_and_the_timeline_answer_why(settings: Settings, topics: Top
             return await count(database_url, "select count(*) from enrollment_timeline") >= len(events)
 
         await eventually(timeline_complete, what="every event in the timeline")
+
+        async def skip_decided() -> bool:  # the bulk's child Enrolls' results are projected too
+            return await count(database_url, "select count(*) from decisions where actor = 'import'") >= 3
+
+        await eventually(skip_decided, what="the bulk enroll's results in `decisions`")
     conn = await asyncpg.connect(database_url)
     try:
         skip = await conn.fetchrow("select * from enrollment_skips")
         why = await conn.fetch(
             "select type, causation_id from enrollment_timeline where contact_id = 'hedy' order by version"
         )
+        hedy = await contact_why(conn, ACCOUNT, "hedy")
     finally:
         await conn.close()
+    # The skip is part of the why, with the command that decided it and who asked.
+    skipped = next(w for w in hedy if w["what"] == "EnrollmentSkipped.v1")
+    assert (skipped["command_type"], skipped["actor"], skipped["kind"]) == ("Enroll.v1", "import", "event")
+    assert skipped["data"]["kind"] == "already_enrolled"
     assert (skip["contact_id"], skip["kind"], skip["email"]) == (
         "hedy",
         "already_enrolled",
