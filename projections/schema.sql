@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0008 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0009 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -173,6 +173,91 @@ CREATE VIEW public.campaign_stats_cards AS
    FROM public.campaign_stats;
 
 --
+-- Name: decisions; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.decisions (
+    result_partition integer NOT NULL,
+    result_offset bigint NOT NULL,
+    command_id text NOT NULL,
+    command_type text NOT NULL,
+    account_id text NOT NULL,
+    contact_id text NOT NULL,
+    campaign_id text,
+    enrollment_id text,
+    actor text NOT NULL,
+    status text NOT NULL,
+    code text,
+    message text DEFAULT ''::text NOT NULL,
+    details jsonb DEFAULT '{}'::jsonb NOT NULL,
+    event_ids text[] DEFAULT '{}'::text[] NOT NULL,
+    enrollment_ids text[] DEFAULT '{}'::text[] NOT NULL,
+    contact_version bigint,
+    issued_at timestamp with time zone
+);
+
+--
+-- Name: enrollment_timeline; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.enrollment_timeline (
+    event_id text NOT NULL,
+    account_id text NOT NULL,
+    contact_id text NOT NULL,
+    campaign_id text,
+    enrollment_id text,
+    version bigint NOT NULL,
+    type text NOT NULL,
+    occurred_at timestamp with time zone NOT NULL,
+    causation_id text NOT NULL,
+    data jsonb NOT NULL
+);
+
+--
+-- Name: contact_why; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.contact_why AS
+ SELECT t.account_id,
+    t.contact_id,
+    t.campaign_id,
+    t.enrollment_id,
+    t.version,
+    (0)::bigint AS "position",
+    'event'::text AS kind,
+    t.occurred_at AS at,
+    t.type AS what,
+    t.causation_id AS command_id,
+    d.command_type,
+    d.actor,
+    COALESCE(d.status, 'accepted'::text) AS status,
+    NULL::text AS code,
+    ''::text AS reason,
+    t.data
+   FROM (public.enrollment_timeline t
+     LEFT JOIN public.decisions d ON (((d.command_id = t.causation_id) AND (d.account_id = t.account_id) AND (t.event_id = ANY (d.event_ids)))))
+UNION ALL
+ SELECT d.account_id,
+    d.contact_id,
+    COALESCE(d.campaign_id, e.campaign_id) AS campaign_id,
+    d.enrollment_id,
+    COALESCE(d.contact_version, (0)::bigint) AS version,
+    (d.result_offset + 1) AS "position",
+    'decision'::text AS kind,
+    d.issued_at AS at,
+    d.status AS what,
+    d.command_id,
+    d.command_type,
+    d.actor,
+    d.status,
+    d.code,
+    d.message AS reason,
+    d.details AS data
+   FROM (public.decisions d
+     LEFT JOIN public.enrollments e ON (((e.enrollment_id = d.enrollment_id) AND (e.account_id = d.account_id))))
+  WHERE (cardinality(d.event_ids) = 0);
+
+--
 -- Name: delivery_ledger; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -246,23 +331,6 @@ CREATE VIEW public.enrollment_table AS
    FROM public.enrollments e;
 
 --
--- Name: enrollment_timeline; Type: TABLE; Schema: public; Owner: -
---
-
-CREATE TABLE public.enrollment_timeline (
-    event_id text NOT NULL,
-    account_id text NOT NULL,
-    contact_id text NOT NULL,
-    campaign_id text,
-    enrollment_id text,
-    version bigint NOT NULL,
-    type text NOT NULL,
-    occurred_at timestamp with time zone NOT NULL,
-    causation_id text NOT NULL,
-    data jsonb NOT NULL
-);
-
---
 -- Name: projection_checkpoints; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -334,6 +402,13 @@ ALTER TABLE ONLY public.bulk_enrollments
 
 ALTER TABLE ONLY public.campaign_stats
     ADD CONSTRAINT campaign_stats_pkey PRIMARY KEY (account_id, campaign_id);
+
+--
+-- Name: decisions decisions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.decisions
+    ADD CONSTRAINT decisions_pkey PRIMARY KEY (result_partition, result_offset);
 
 --
 -- Name: delivery_ledger delivery_ledger_message_id_header_key; Type: CONSTRAINT; Schema: public; Owner: -
@@ -415,6 +490,18 @@ CREATE INDEX bulk_enrollments_import ON public.bulk_enrollments USING btree (acc
 --
 
 CREATE INDEX campaign_stats_campaign ON public.campaign_stats USING btree (campaign_id);
+
+--
+-- Name: decisions_command; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX decisions_command ON public.decisions USING btree (command_id);
+
+--
+-- Name: decisions_contact; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX decisions_contact ON public.decisions USING btree (account_id, contact_id, contact_version);
 
 --
 -- Name: delivery_ledger_sender_sends; Type: INDEX; Schema: public; Owner: -

@@ -414,6 +414,7 @@ async def settle(
             decided >= expected
             and (group_id is None or await _decider_caught_up(bootstrap, topics.commands, group_id))
             and await _projector_caught_up(bootstrap, topics.events, database_url)
+            and await _projector_caught_up(bootstrap, topics.command_results, database_url)
             and not await _sends_in_flight(database_url)
         )
         quiet = quiet + 1 if still else 0
@@ -636,9 +637,9 @@ async def _verify_events(bootstrap: str, topics: Topics, report: ChaosReport) ->
 
 
 async def _verify_projections(bootstrap: str, topics: Topics, database_url: str, report: ChaosReport) -> None:
-    rebuilt = await replay(bootstrap, topics.events, database_url)
+    rebuilt = await replay(bootstrap, topics.events, database_url, results_topic=topics.command_results)
     if rebuilt.live_lag:
-        report.details.append(f"the live projector is {rebuilt.live_lag} events behind")
+        report.details.append(f"the live projector is {rebuilt.live_lag} records behind")
         report.projection_mismatches += rebuilt.live_lag
     for table in rebuilt.tables:
         report.projection_mismatches += table.only_live + table.only_replayed

@@ -23,7 +23,7 @@ from rich.table import Table
 from enrollstream import stack as local_stack
 from enrollstream.adapters.kafka.topics import TopicMismatchError, Topics, ensure_topics
 from enrollstream.adapters.postgres.migrations import MigrationError, migrate
-from enrollstream.config import Settings, load_settings
+from enrollstream.config import InvalidSettings, Settings, load_settings
 from enrollstream.operations import OperatorError
 
 app = typer.Typer(help="enrollstream: event-sourced drip-campaign enrollments on Kafka and Postgres.")
@@ -56,6 +56,9 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
             return func(*args, **kwargs)
         except (local_stack.StackError, MigrationError, TopicMismatchError, OperatorError) as exc:
             err.print(f"[red]error:[/red] {exc}")
+        except InvalidSettings as exc:
+            # One line however narrow the terminal: it is the whole answer to "why did it not start".
+            err.print(f"[red]error:[/red] {exc} (docs/delivery.md; or choose --roles)", soft_wrap=True)
         except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError, LookupError) as exc:
             said = str(exc)
             name = type(exc).__name__
@@ -168,17 +171,20 @@ def migrate_command() -> None:
 @app.command("worker")
 @friendly_errors
 def worker_command(
-    roles: str = typer.Option(
-        "decider,projector",
-        help="comma-separated roles: decider, projector, scheduler, dispatcher, inbound, relay, unsubscribe",
+    roles: str | None = typer.Option(
+        None,
+        help="comma-separated roles: decider, projector, scheduler, dispatcher, inbound, relay, "
+        "unsubscribe (default: decider, projector, scheduler, dispatcher, inbound)",
     ),
 ) -> None:
     """Run the worker roles until SIGTERM or Ctrl-C (then drain and commit)."""
     from enrollstream.adapters.postgres.migrations import pending_migrations
     from enrollstream.observability import ObservabilityServer, Probe, configure_logging
-    from enrollstream.runtime.worker import Worker, parse_roles
+    from enrollstream.runtime.worker import Worker, check_settings, parse_roles
 
     settings = load_settings()
+    chosen = parse_roles(roles)
+    check_settings(settings, chosen)  # a role that cannot start stops everything before it begins
     target = endpoints(settings)
     configure_logging(settings.log_format)
     log = logging.getLogger("enrollstream.worker")
@@ -194,7 +200,7 @@ def worker_command(
                 f"the database schema is behind ({len(behind)} pending migrations); "
                 "run `enrollstream migrate`"
             )
-        worker = Worker(settings, target.kafka_bootstrap_servers, target.database_url, parse_roles(roles))
+        worker = Worker(settings, target.kafka_bootstrap_servers, target.database_url, chosen)
         probe = Probe(
             started=lambda: worker.ready,
             stopping=worker.stop_event.is_set,
@@ -218,6 +224,7 @@ def worker_command(
             loop.add_signal_handler(sig, stop)
         await server.start()
         try:
+            log.info("worker starting", extra={"roles": list(worker.roles)})
             console.print(f"worker running {', '.join(worker.roles)}; Ctrl-C to stop", highlight=False)
             await worker.run()
         finally:
@@ -232,14 +239,23 @@ def worker_command(
 def replay_command(
     keep: bool = typer.Option(False, help="keep the rebuilt schema for inspection"),
 ) -> None:
-    """Rebuild the read models from the events topic into fresh tables and compare them with the live ones."""
+    """Rebuild the read models from the events (and results) topics into fresh tables and compare them
+    with the live ones."""
     from enrollstream.runtime.replay import replay
 
     settings = load_settings()
     target = endpoints(settings)
     topics = Topics(settings.topic_prefix)
     with console.status("replaying the events topic into fresh tables..."):
-        report = asyncio.run(replay(target.kafka_bootstrap_servers, topics.events, target.database_url, keep))
+        report = asyncio.run(
+            replay(
+                target.kafka_bootstrap_servers,
+                topics.events,
+                target.database_url,
+                keep,
+                results_topic=topics.command_results,
+            )
+        )
     table = Table("table", "live rows", "replayed rows", "only live", "only replayed", "equal")
     for t in report.tables:
         table.add_row(
@@ -254,7 +270,7 @@ def replay_command(
     console.print(f"{report.events} events replayed" + (f" into schema {report.schema}" if keep else ""))
     if report.live_lag:
         console.print(
-            f"[yellow]the live projector is {report.live_lag} events behind; differences may be lag[/yellow]"
+            f"[yellow]the live projector is {report.live_lag} records behind; differences may be lag[/yellow]"
         )
     if not report.equal:
         raise typer.Exit(code=1)
@@ -602,6 +618,37 @@ def timeline_command(
         what = ", ".join(f"{k}={data[k]}" for k in _TIMELINE_FIELDS if data.get(k) not in (None, ""))
         table.add_row(_when(row["occurred_at"]), str(row["version"]), row["type"].removesuffix(".v1"),
                       row["campaign_id"] or "", what, row["causation_id"])  # fmt: skip
+    console.print(table)
+
+
+@app.command("why")
+@friendly_errors
+def why_command(
+    contact: str = typer.Argument(..., help="the contact id"),
+    account: str = ACCOUNT,
+    campaign: str | None = typer.Option(None, help="only what concerns this campaign"),
+) -> None:
+    """Why a contact is where it is: every decision about it in order, the events and the commands that
+    changed nothing (refused, duplicate, stale, deferred), each with its command, actor and reason."""
+    from enrollstream.adapters.postgres.read_side import contact_why
+
+    rows = _query(lambda conn: contact_why(conn, account, contact, campaign))
+    if not rows:
+        scope = f" in campaign {campaign!r}" if campaign else ""
+        raise OperatorError(f"no decisions about contact {contact!r}{scope} in account {account!r}")
+    table = Table("when", "v", "decision", "campaign", "what", "command", "by", title=f"why {contact}")
+    for row in rows:
+        if row["kind"] == "event":
+            data = row["data"] or {}
+            what = ", ".join(f"{k}={data[k]}" for k in _TIMELINE_FIELDS if data.get(k) not in (None, ""))
+            decision = row["what"].removesuffix(".v1")
+        else:
+            code = f" ({row['code']})" if row["code"] and row["code"] != row["status"] else ""
+            decision = f"[yellow]{row['status']}{code}[/yellow]"
+            what = row["reason"]
+        command = f"{(row['command_type'] or '').removesuffix('.v1')} {row['command_id']}".strip()
+        table.add_row(_when(row["at"]), str(row["version"]), decision, row["campaign_id"] or "", what,
+                      command, row["actor"] or "")  # fmt: skip
     console.print(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -107,6 +108,50 @@ def parse_nameservers(value: str) -> list[tuple[str, int]]:
 
 def unsubscribe_key_list(settings: Settings) -> list[bytes]:
     return [key.strip().encode() for key in settings.unsubscribe_keys.split(",") if key.strip()]
+
+
+class InvalidSettings(ValueError):
+    """Settings a role cannot start with; the message names them by their environment variables."""
+
+
+class MissingSettings(InvalidSettings):
+    """Settings a role cannot start without, named by their environment variables."""
+
+    def __init__(self, needs: dict[str, list[str]]) -> None:
+        self.needs = needs  # role -> the variables it misses
+        super().__init__(
+            "; ".join(f"the {role} role needs {', '.join(missing)}" for role, missing in needs.items())
+        )
+
+
+def missing_for_roles(settings: Settings, roles: Iterable[str]) -> dict[str, list[str]]:
+    """Per role, the environment variables it needs and that are not set (empty: ready to start)."""
+    needed = {
+        # Every email step goes through this relay, as this sender, with a signed unsubscribe link.
+        "dispatcher": (
+            ("ENROLLSTREAM_SMTP_HOST", settings.smtp_host),
+            ("ENROLLSTREAM_SENDER_FROM", settings.sender_from),
+            ("ENROLLSTREAM_UNSUBSCRIBE_KEYS", unsubscribe_key_list(settings)),
+            (
+                "ENROLLSTREAM_UNSUBSCRIBE_URL or ENROLLSTREAM_UNSUBSCRIBE_MAILTO",
+                settings.unsubscribe_url or settings.unsubscribe_mailto,
+            ),
+        ),
+        "unsubscribe": (("ENROLLSTREAM_UNSUBSCRIBE_KEYS", unsubscribe_key_list(settings)),),
+    }
+    out: dict[str, list[str]] = {}
+    for role in roles:
+        missing = [name for name, value in needed.get(role, ()) if not value]
+        if missing:
+            out[role] = missing
+    return out
+
+
+def require_settings(settings: Settings, roles: Iterable[str]) -> None:
+    """Raise MissingSettings naming every variable the roles need and lack."""
+    missing = missing_for_roles(settings, roles)
+    if missing:
+        raise MissingSettings(missing)
 
 
 def load_settings() -> Settings:

@@ -98,7 +98,23 @@ async def test_apply_enroll_stop_then_the_pages_the_stats_and_the_timeline_show_
             return page
 
         only_stopped = await projected()
+
+        async def refusal_projected() -> Ran:
+            for _ in range(50):
+                why = await cli("why", "c1", env=env)
+                if "contact_already_enrolled" in why.out:
+                    return why
+                await asyncio.sleep(0.2)
+            return why
+
+        why = await refusal_projected()
     assert only_stopped.code == 0, only_stopped.err
+    # "Why" lists the refused second enroll with its code and who asked, after the enrollment it met.
+    assert why.code == 0, why.err
+    assert why.out.index("ContactEnrolled") < why.out.index("contact_already_enrolled"), why.out
+    assert "rejected" in why.out and "cli" in why.out
+    elsewhere = await cli("why", "c1", "--account", "acct-other", env=env)
+    assert elsewhere.code == 1 and elsewhere.one_error_line and "no decisions" in elsewhere.err
     assert "Grace Hopper" in only_stopped.out and "Ada Lovelace" not in only_stopped.out
 
     everyone = await cli("enrollments", "welcome", "--limit", "2", env=env)

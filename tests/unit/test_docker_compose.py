@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from enrollstream.config import Settings
+from enrollstream.runtime.worker import DEFAULT_ROLES, check_settings
 from enrollstream.stack.local_kafka import KAFKA_VERSION, SERVER_PROPERTIES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,8 +19,28 @@ def compose() -> dict:  # type: ignore[type-arg]
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_it_runs_kafka_postgres_and_the_worker() -> None:
-    assert set(compose()["services"]) == {"kafka", "postgres", "worker"}
+_DEFAULTED = re.compile(r"^\$\{(\w+):-(.*)\}$")
+
+
+def interpolated(name: str, value: str) -> str:
+    """What compose passes when the variable is not set: `${NAME:-default}` -> default."""
+    match = _DEFAULTED.match(value)
+    if match is None:
+        assert "$" not in value, f"{name}: only ${{{name}:-default}} interpolation is checked here"
+        return value
+    assert match.group(1) == name, f"{name} defaults from another variable: {value}"
+    return match.group(2)
+
+
+def worker_environment() -> dict[str, str]:
+    return {
+        name: interpolated(name, str(value))
+        for name, value in compose()["services"]["worker"]["environment"].items()
+    }
+
+
+def test_it_runs_kafka_postgres_an_smtp_sink_and_the_worker() -> None:
+    assert set(compose()["services"]) == {"kafka", "postgres", "mailpit", "worker"}
 
 
 def test_kafka_is_the_pinned_version_configured_for_transactions_on_one_node() -> None:
@@ -48,7 +70,7 @@ def test_the_worker_environment_is_what_the_settings_read_and_points_at_the_serv
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     services = compose()["services"]
-    env = services["worker"]["environment"]
+    env = worker_environment()
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = Settings()
@@ -66,3 +88,24 @@ def test_the_worker_environment_is_what_the_settings_read_and_points_at_the_serv
     pg = services["postgres"]["environment"]
     assert env["DATABASE_URL"].endswith(f"@postgres:5432/{pg['POSTGRES_DB']}")
     assert {"kafka", "postgres"} <= set(services["worker"]["depends_on"])
+
+
+def test_the_worker_runs_the_default_roles_with_every_setting_they_need(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = compose()["services"]
+    for name in list(Settings.model_fields):
+        monkeypatch.delenv(f"ENROLLSTREAM_{name.upper()}", raising=False)
+    for name, value in worker_environment().items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    # `enrollstream worker` without --roles, here and in the image: the roles a sequence needs.
+    assert services["worker"]["command"][-1].endswith("enrollstream worker")
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'CMD ["enrollstream", "worker"]' in dockerfile
+    assert {"decider", "projector", "scheduler", "dispatcher"} <= set(DEFAULT_ROLES)
+    check_settings(settings, DEFAULT_ROLES)  # raises InvalidSettings naming what is missing
+    # The dispatcher sends to the sink's SMTP port inside the compose network, in the clear (the sink
+    # offers no TLS), and the worker waits for it.
+    assert (settings.smtp_host, settings.smtp_port, settings.smtp_starttls) == ("mailpit", 1025, False)
+    assert "mailpit" in services["worker"]["depends_on"]

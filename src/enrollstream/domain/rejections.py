@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
@@ -36,6 +37,14 @@ class Ignored(StrEnum):
     DEFERRED = "deferred"  # StepDue while the campaign is paused or before due: fire again later
 
 
+# The reason a result gives for an ignored command (the decider's outcome carries only the kind).
+IGNORED_REASONS: dict[Ignored, str] = {
+    Ignored.DUPLICATE: "this command id was decided before; nothing was done again",
+    Ignored.STALE: "it names a step, attempt or enrollment that is no longer current; nothing was done",
+    Ignored.DEFERRED: "the campaign is paused or the step is not due yet; it fires again later",
+}
+
+
 @dataclass(frozen=True)
 class Accepted:
     events: list[Event]
@@ -53,7 +62,8 @@ Decision = Accepted | Rejection
 
 
 class CommandResult(Model):
-    """Published by the runtime for every command it decided."""
+    """Published by the runtime for every command it decided; the projector keeps each one in the
+    `decisions` table, so refusals and ignored commands are answerable like events ("why")."""
 
     command_id: str
     command_type: str
@@ -66,15 +76,31 @@ class CommandResult(Model):
     event_ids: list[str] = Field(default_factory=list)
     versions: list[int] = Field(default_factory=list)
     enrollment_ids: list[str] = Field(default_factory=list)
+    # The command's own facts, so a result explains itself without the command at hand.
+    actor: str = "system"
+    issued_at: datetime | None = None  # the command's "now" (what the decision was made at)
+    campaign_id: str | None = None  # the campaign the command names (Enroll, BulkEnroll)
+    enrollment_id: str | None = None  # the enrollment the command names (Stop, StepDue, reports, ...)
+    # The contact aggregate's version once decided: the last event's version if any, else the version
+    # the command found. Orders decisions that changed nothing among the contact's events.
+    contact_version: int | None = None
 
 
-def command_result(command: CommandEnvelope, decision: Decision) -> CommandResult:
+def command_result(
+    command: CommandEnvelope, decision: Decision, contact_version: int | None = None
+) -> CommandResult:
     """The result the runtime publishes for a decided command (keyed like the command)."""
+    data = getattr(command, "data", None)
     base = {
         "command_id": command.command_id,
         "command_type": command.type,
         "account_id": command.account_id,
         "contact_id": command.contact_id,
+        "actor": command.actor,
+        "issued_at": command.issued_at,
+        "campaign_id": getattr(data, "campaign_id", None),
+        "enrollment_id": getattr(data, "enrollment_id", None),
+        "contact_version": contact_version,
     }
     if isinstance(decision, Rejection):
         return CommandResult(
@@ -85,7 +111,12 @@ def command_result(command: CommandEnvelope, decision: Decision) -> CommandResul
             details=decision.details,
         )
     if decision.ignored is not None:
-        return CommandResult(**base, status=decision.ignored.value, code=decision.ignored.value)
+        return CommandResult(
+            **base,
+            status=decision.ignored.value,
+            code=decision.ignored.value,
+            message=IGNORED_REASONS[decision.ignored],
+        )
     return CommandResult(
         **base,
         status="accepted",

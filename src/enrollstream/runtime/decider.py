@@ -373,14 +373,12 @@ class DeciderService:
         if record_key != key:
             # Routed by another key, it may sit in a partition another decider owns: deciding it here
             # could give one contact two writers.
-            result = CommandResult(
-                command_id=command.command_id,
-                command_type=command.type,
-                account_id=command.account_id,
-                contact_id=command.contact_id,
-                status="rejected",
-                code=RejectionCode.ACCOUNT_MISMATCH.value,
-                message=f"record key {record_key!r} is not the command's aggregate key {key!r}",
+            result = command_result(
+                command,
+                Rejection(
+                    RejectionCode.ACCOUNT_MISMATCH,
+                    f"record key {record_key!r} is not the command's aggregate key {key!r}",
+                ),
             )
             await self._send_result(owner, staged, key, result)
             return
@@ -392,9 +390,11 @@ class DeciderService:
         )
         started = time.perf_counter()
         decision = decide(command, state)
-        result = command_result(command, decision)
-        if isinstance(decision, Accepted) and decision.events:
-            staged.states[key] = fold(state, decision.events)
+        changed = isinstance(decision, Accepted) and bool(decision.events)
+        after = fold(state, decision.events) if isinstance(decision, Accepted) and changed else state
+        result = command_result(command, decision, after.version)
+        if isinstance(decision, Accepted) and changed:
+            staged.states[key] = after
             metrics.DECIDE_SECONDS.observe(time.perf_counter() - started)
             log.debug(
                 "command accepted",

@@ -51,7 +51,7 @@ from enrollstream.adapters.mail.message import (
 from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.adapters.sms import OutboundSmsTopicChannel, SmsChannel
-from enrollstream.config import Settings, unsubscribe_key_list
+from enrollstream.config import Settings, require_settings, unsubscribe_key_list
 from enrollstream.domain import aggregate_key, parse_event
 from enrollstream.domain.campaign import Channel
 from enrollstream.domain.commands import (
@@ -180,17 +180,7 @@ class DispatcherService:
     def from_settings(
         cls, settings: Settings, bootstrap: str, database_url: str, **kwargs: Any
     ) -> DispatcherService:
-        missing = [
-            name
-            for name, value in (
-                ("ENROLLSTREAM_SMTP_HOST", settings.smtp_host),
-                ("ENROLLSTREAM_SENDER_FROM", settings.sender_from),
-                ("ENROLLSTREAM_UNSUBSCRIBE_KEYS", unsubscribe_key_list(settings)),
-            )
-            if not value
-        ]
-        if missing:
-            raise ValueError(f"the dispatcher role needs {', '.join(missing)}")
+        require_settings(settings, ["dispatcher"])  # MissingSettings (a ValueError) names them
         assert settings.smtp_host and settings.sender_from
         # The unsubscribe endpoint accepts every listed key; messages are signed with the first one.
         signing_key = unsubscribe_key_list(settings)[0]

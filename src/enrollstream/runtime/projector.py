@@ -1,9 +1,14 @@
-"""The projector: events in, Postgres read models out, each batch and its checkpoints in one transaction.
+"""The projector: events and command results in, Postgres read models out, each batch and its
+checkpoints in one transaction.
 
 Kafka's committed offsets are not what the projector trusts: the checkpoints in Postgres are. On
 assignment it seeks to them; per batch it locks them, skips what they say is already applied, writes the
 rows and moves them forward, all in one transaction. A crash anywhere redoes at most the uncommitted
 batch, and the guarded upsert makes a replayed event a no-op.
+
+Besides the events topic it reads the command-results topic (when given) into `decisions`: every
+decision, also those that changed nothing (refusals, duplicates, stale and deferred commands), so "why"
+is answerable from Postgres. Both topics have checkpoints of their own, in the same transaction.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pydantic import ValidationError
 from enrollstream import observability as metrics
 from enrollstream.adapters.kafka.reading import group_consumer
 from enrollstream.adapters.postgres.queries import query
-from enrollstream.domain import parse_event
+from enrollstream.domain import CommandResult, parse_event
 from enrollstream.domain.events import BulkEnrollAccepted, EnrollmentSkipped, Event, ReplyReceived
 from enrollstream.read_models import enrollments, timers
 
@@ -44,6 +49,7 @@ class ProjectorService:
         database_url: str,
         group_id: str,
         *,
+        results_topic: str | None = None,
         max_batch: int = 2000,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
@@ -51,6 +57,7 @@ class ProjectorService:
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = events_topic
+        self.results_topic = results_topic  # None: events only (no `decisions`)
         self.database_url = database_url
         self.group_id = f"{group_id}.projector"
         self.max_batch = max_batch
@@ -60,6 +67,11 @@ class ProjectorService:
         self._consumer: AIOKafkaConsumer | None = None
         self._pool: asyncpg.Pool | None = None
         self.applied_events = 0
+        self.applied_results = 0
+
+    @property
+    def topics(self) -> list[str]:
+        return [self.topic] + ([self.results_topic] if self.results_topic else [])
 
     async def open_pool(self) -> None:
         settings = {"search_path": f'"{self.schema}"'} if self.schema else None
@@ -77,7 +89,7 @@ class ProjectorService:
             heartbeat_interval_ms=self.heartbeat_interval_ms,
         )
         await self._consumer.start()
-        self._consumer.subscribe([self.topic], listener=_SeekToCheckpoints(self))
+        self._consumer.subscribe(self.topics, listener=_SeekToCheckpoints(self))
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -101,60 +113,107 @@ class ProjectorService:
                 metrics.TRANSACTIONS.labels("projector", "committed").inc()
                 metrics.BATCH_RECORDS.labels("projector").observe(sum(len(r) for r in batch.values()))
                 for tp, records in batch.items():
+                    if tp.topic != self.topic:
+                        continue  # the lag gauge is per partition of the events topic
                     end = consumer.last_stable_offset(tp)
                     metrics.record_lag("projector", tp.partition, end, records[-1].offset + 1)
                 # Only for lag monitoring; the checkpoints in Postgres are the truth.
                 with contextlib.suppress(Exception):
                     await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
 
-    async def checkpoints(self) -> dict[int, int]:
+    async def checkpoints(self, topic: str | None = None) -> dict[int, int]:
+        """Per partition of `topic` (default: the events topic), the next offset to apply."""
         assert self._pool is not None
-        rows = await self._pool.fetch(query("read_checkpoints"), PROJECTION, self.topic)
+        rows = await self._pool.fetch(query("read_checkpoints"), PROJECTION, topic or self.topic)
         return {row["partition"]: row["next_offset"] for row in rows}
 
     async def apply_batch(self, batch: Mapping[TopicPartition, Sequence[object]]) -> int:
         """Fold one poll's records into the read models; returns how many events were applied."""
         assert self._pool is not None
-        partitions = sorted(tp.partition for tp in batch)
         async with self._pool.acquire() as conn, conn.transaction():
-            stored = {
-                row["partition"]: row["next_offset"]
-                for row in await conn.fetch(query("lock_checkpoints"), PROJECTION, self.topic, partitions)
-            }
             events: list[Event] = []
-            advance: dict[int, int] = {}
-            for tp, records in batch.items():
-                start = stored.get(tp.partition, 0)
-                for record in records:
-                    offset: int = record.offset  # type: ignore[attr-defined]
-                    if offset < start:
-                        continue  # applied by an earlier batch (or another instance)
-                    value: bytes | None = record.value  # type: ignore[attr-defined]
-                    try:
-                        events.append(parse_event(value or b""))
-                    except ValidationError:
-                        # Only the decider writes here, through the same models; an undecodable event
-                        # is a bug to surface, not something to skip silently.
-                        log.error("undecodable event at %s offset %d", tp, offset)
-                        raise
-                    advance[tp.partition] = offset + 1
-            if not advance:
+            results: list[tuple[int, int, CommandResult]] = []
+            advanced = False
+            for topic in sorted({tp.topic for tp in batch}):
+                if topic not in self.topics:
+                    raise ValueError(f"the projector does not read {topic!r}")
+                parts = {tp.partition: records for tp, records in batch.items() if tp.topic == topic}
+                stored = {
+                    row["partition"]: row["next_offset"]
+                    for row in await conn.fetch(query("lock_checkpoints"), PROJECTION, topic, sorted(parts))
+                }
+                advance: dict[int, int] = {}
+                for partition, records in parts.items():
+                    start = stored.get(partition, 0)
+                    for record in records:
+                        offset: int = record.offset  # type: ignore[attr-defined]
+                        if offset < start:
+                            continue  # applied by an earlier batch (or another instance)
+                        value: bytes | None = record.value  # type: ignore[attr-defined]
+                        try:
+                            if topic == self.topic:
+                                events.append(parse_event(value or b""))
+                            else:
+                                results.append(
+                                    (partition, offset, CommandResult.model_validate_json(value or b""))
+                                )
+                        except ValidationError:
+                            # Only the decider writes here, through the same models; an undecodable
+                            # record is a bug to surface, not something to skip silently.
+                            log.error("undecodable record at %s:%d offset %d", topic, partition, offset)
+                            raise
+                        advance[partition] = offset + 1
+                if advance:
+                    advanced = True
+                    await conn.execute(
+                        query("advance_checkpoints"),
+                        PROJECTION,
+                        topic,
+                        list(advance.keys()),
+                        list(advance.values()),
+                    )
+            if not advanced:
                 return 0
-            # Timers first: their fold reads the enrollments rows as they were before this batch.
-            await self._write_timers(conn, events)
-            await self._write_enrollments(conn, events)
-            await self._write_timeline(conn, events)
-            await self._write_skips_and_replies(conn, events)
-            await self._write_bulk_enrollments(conn, events)
-            await conn.execute(
-                query("advance_checkpoints"),
-                PROJECTION,
-                self.topic,
-                list(advance.keys()),
-                list(advance.values()),
-            )
+            if events:
+                # Timers first: their fold reads the enrollments rows as they were before this batch.
+                await self._write_timers(conn, events)
+                await self._write_enrollments(conn, events)
+                await self._write_timeline(conn, events)
+                await self._write_skips_and_replies(conn, events)
+                await self._write_bulk_enrollments(conn, events)
+            await self._write_decisions(conn, results)
         self.applied_events += len(events)
+        self.applied_results += len(results)
         return len(events)
+
+    async def _write_decisions(
+        self, conn: asyncpg.Connection, results: list[tuple[int, int, CommandResult]]
+    ) -> None:
+        if not results:
+            return
+        rows = [
+            (
+                partition,
+                offset,
+                r.command_id,
+                r.command_type,
+                r.account_id,
+                r.contact_id,
+                r.campaign_id,
+                r.enrollment_id,
+                r.actor,
+                r.status,
+                r.code,
+                r.message,
+                json.dumps(r.details),
+                json.dumps(r.event_ids),
+                json.dumps(r.enrollment_ids),
+                r.contact_version,
+                r.issued_at,
+            )
+            for partition, offset, r in results
+        ]
+        await conn.execute(query("insert_decisions"), *map(list, zip(*rows, strict=True)))
 
     async def _write_enrollments(self, conn: asyncpg.Connection, events: list[Event]) -> None:
         ids = sorted({e.enrollment_id for e in events if e.enrollment_id})
@@ -298,9 +357,9 @@ class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self.service._consumer
         assert consumer is not None
-        stored = await self.service.checkpoints()
+        stored = {topic: await self.service.checkpoints(topic) for topic in {tp.topic for tp in assigned}}
         for tp in assigned:
-            if tp.partition in stored:
-                consumer.seek(tp, stored[tp.partition])
+            if tp.partition in stored[tp.topic]:
+                consumer.seek(tp, stored[tp.topic][tp.partition])
             else:
                 await consumer.seek_to_beginning(tp)

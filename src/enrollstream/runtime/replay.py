@@ -3,6 +3,9 @@
 The events topic is the source of truth and the projections a pure fold of it, so a rebuild must equal
 the live tables once the live projector has caught up. The rebuild goes into a schema of its own in the
 same database, built by the same migrations and written by the same projector code.
+
+`decisions` comes from the command-results topic, whose records expire after its retention (a week):
+the rebuild compares the rows the topic still holds, and older live rows are history only Postgres has.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ COMPARED_TABLES: dict[str, str] = {
     "campaign_stats": "account_id, campaign_id",
     "bulk_enrollments": "bulk_enroll_id",
     "timers": "enrollment_id, kind",
+    "decisions": "result_partition, result_offset",
 }
 # Tables compared over some columns only: the timers' lease (`claimed_until`) is the scheduler's, not a
 # fold of the log.
@@ -51,7 +55,7 @@ class TableComparison:
 class ReplayReport:
     schema: str
     events: int
-    live_lag: int  # events the live projector has not applied yet (0: the comparison is meaningful)
+    live_lag: int  # records (events, results) the live projector has not applied yet (0: comparable)
     tables: list[TableComparison]
 
     @property
@@ -59,14 +63,20 @@ class ReplayReport:
         return all(t.equal for t in self.tables)
 
 
-async def rebuild(
-    bootstrap: str, events_topic: str, database_url: str, schema: str
-) -> tuple[int, dict[int, list[int]]]:
-    """Fold the whole events topic (up to its current end) into `schema`.
+@dataclass
+class Rebuilt:
+    events: int
+    # Per topic and partition, the offsets of the records replayed (offsets are not dense under
+    # transactions: commit markers take offsets too).
+    offsets: dict[str, dict[int, list[int]]]
+    # Per partition of the results topic, the first offset it still holds (older results expired).
+    results_start: dict[int, int]
 
-    Returns the number of events and, per partition, the offsets of the events replayed (offsets are not
-    dense under transactions: commit markers take offsets too).
-    """
+
+async def rebuild(
+    bootstrap: str, events_topic: str, database_url: str, schema: str, results_topic: str | None = None
+) -> Rebuilt:
+    """Fold the whole events topic (and the results topic, if given) up to its current end into `schema`."""
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(f'create schema "{schema}"')
@@ -74,9 +84,15 @@ async def rebuild(
         await migrate(conn)
     finally:
         await conn.close()
-    projector = ProjectorService(bootstrap, events_topic, database_url, "replay", schema=schema)
+    projector = ProjectorService(
+        bootstrap, events_topic, database_url, "replay", results_topic=results_topic, schema=schema
+    )
     await projector.open_pool()
-    partitions = [TopicPartition(events_topic, p) for p in await partition_numbers(bootstrap, events_topic)]
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in projector.topics
+        for p in await partition_numbers(bootstrap, topic)
+    ]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
     )
@@ -84,33 +100,44 @@ async def rebuild(
     try:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        starts = await consumer.beginning_offsets([tp for tp in partitions if tp.topic == results_topic])
         applied = 0
-        offsets: dict[int, list[int]] = {tp.partition: [] for tp in partitions}
+        offsets: dict[str, dict[int, list[int]]] = {topic: {} for topic in projector.topics}
+        for tp in partitions:
+            offsets[tp.topic][tp.partition] = []
         async for batch in batches_to_end(consumer, partitions, max_records=projector.max_batch):
             applied += await projector.apply_batch(batch)
             for tp, records in batch.items():
-                offsets[tp.partition].extend(r.offset for r in records)
-        return applied, offsets
+                offsets[tp.topic][tp.partition].extend(r.offset for r in records)
+        return Rebuilt(applied, offsets, {tp.partition: offset for tp, offset in starts.items()})
     finally:
         await consumer.stop()
         await projector.stop()
 
 
-async def compare(database_url: str, schema: str) -> list[TableComparison]:
+async def compare(
+    database_url: str, schema: str, results_start: dict[int, int] | None = None
+) -> list[TableComparison]:
+    """Each table, live against rebuilt. `decisions` only when the results topic was replayed
+    (`results_start`), and only over the results the topic still holds."""
     conn = await asyncpg.connect(database_url)
     try:
         out: list[TableComparison] = []
         for table in COMPARED_TABLES:
             columns = COMPARED_COLUMNS.get(table, "*")
-            live = f"public.{table}"
+            live = compared = f"public.{table}"
             replayed = f'"{schema}".{table}'
+            if table == "decisions":
+                if results_start is None:
+                    continue
+                compared = f"(select * from {live} where {_still_in_topic(results_start)}) held"
             out.append(
                 TableComparison(
                     table=table,
                     live_rows=await conn.fetchval(f"select count(*) from {live}"),
                     replayed_rows=await conn.fetchval(f"select count(*) from {replayed}"),
-                    only_live=await conn.fetchval(_difference(columns, live, replayed)),
-                    only_replayed=await conn.fetchval(_difference(columns, replayed, live)),
+                    only_live=await conn.fetchval(_difference(columns, compared, replayed)),
+                    only_replayed=await conn.fetchval(_difference(columns, replayed, compared)),
                 )
             )
         return out
@@ -118,33 +145,52 @@ async def compare(database_url: str, schema: str) -> list[TableComparison]:
         await conn.close()
 
 
+def _still_in_topic(starts: dict[int, int]) -> str:
+    """A condition on `decisions` rows: the result is at or after its partition's log start."""
+    held = " or ".join(
+        f"(result_partition = {int(p)} and result_offset >= {int(o)})" for p, o in sorted(starts.items())
+    )
+    return held or "false"
+
+
 def _difference(columns: str, left: str, right: str) -> str:
     return f"select count(*) from (select {columns} from {left} except select {columns} from {right}) d"
 
 
-async def live_lag(database_url: str, events_topic: str, offsets: dict[int, list[int]]) -> int:
-    """How many of the replayed events the live projector has not applied yet."""
+async def live_lag(database_url: str, offsets: dict[str, dict[int, list[int]]]) -> int:
+    """How many of the replayed records (events, results) the live projector has not applied yet."""
     conn = await asyncpg.connect(database_url)
     try:
         rows = await conn.fetch(
-            "select partition, next_offset from public.projection_checkpoints where topic = $1", events_topic
+            "select topic, partition, next_offset from public.projection_checkpoints where topic = any($1)",
+            list(offsets),
         )
     finally:
         await conn.close()
-    done = {row["partition"]: row["next_offset"] for row in rows}
+    done = {(row["topic"], row["partition"]): row["next_offset"] for row in rows}
     return sum(
-        sum(1 for offset in replayed if offset >= done.get(partition, 0))
-        for partition, replayed in offsets.items()
+        sum(1 for offset in replayed if offset >= done.get((topic, partition), 0))
+        for topic, partitions in offsets.items()
+        for partition, replayed in partitions.items()
     )
 
 
-async def replay(bootstrap: str, events_topic: str, database_url: str, keep: bool = False) -> ReplayReport:
+async def replay(
+    bootstrap: str,
+    events_topic: str,
+    database_url: str,
+    keep: bool = False,
+    *,
+    results_topic: str | None = None,
+) -> ReplayReport:
+    """Rebuild and compare. With `results_topic`, `decisions` is rebuilt and compared too."""
     schema = "replay_" + datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
     try:
-        events, offsets = await rebuild(bootstrap, events_topic, database_url, schema)
-        lag = await live_lag(database_url, events_topic, offsets)
-        tables = await compare(database_url, schema)
-        return ReplayReport(schema, events, lag, tables)
+        rebuilt = await rebuild(bootstrap, events_topic, database_url, schema, results_topic)
+        lag = await live_lag(database_url, rebuilt.offsets)
+        starts = rebuilt.results_start if results_topic else None
+        tables = await compare(database_url, schema, starts)
+        return ReplayReport(schema, rebuilt.events, lag, tables)
     finally:
         if not keep:
             conn = await asyncpg.connect(database_url)

@@ -12,7 +12,13 @@ from typing import Protocol
 
 from enrollstream.adapters.dns.mx import MxVerifier, Nameserver
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
-from enrollstream.config import Settings, parse_nameservers, unsubscribe_key_list
+from enrollstream.config import (
+    InvalidSettings,
+    Settings,
+    parse_nameservers,
+    require_settings,
+    unsubscribe_key_list,
+)
 from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
@@ -26,10 +32,12 @@ from enrollstream.runtime.webhook_relay import WebhookRelayService
 log = logging.getLogger(__name__)
 
 ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound", "relay", "unsubscribe")
-# What runs when no roles are named. The others are opt-in: the scheduler and the dispatcher go
-# together and the dispatcher needs SMTP and sender settings, the relay is a reference for
-# integrators, and the unsubscribe role opens a port and needs token keys.
-DEFAULT_ROLES = ("decider", "projector")
+# What runs when no roles are named: everything a sequence needs to be decided, projected, fired, sent
+# and stopped by a reply (inbound needs no settings and idles on an empty topic). The dispatcher needs
+# SMTP and sender settings: missing ones stop the worker at start, named (config.require_settings).
+# Opt-in: the relay, a reference for integrators that POSTs to their URLs (one they run themselves would
+# deliver each event twice), and the unsubscribe endpoint, which opens a public port.
+DEFAULT_ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound")
 
 
 class Service(Protocol):
@@ -64,6 +72,7 @@ class Worker:
         unknown = set(self.roles) - set(ROLES)
         if unknown:
             raise ValueError(f"unknown roles: {', '.join(sorted(unknown))} (known: {', '.join(ROLES)})")
+        check_settings(self.settings, self.roles)  # before any topic is touched or record consumed
         await ensure_topics(
             self.bootstrap, self.topics, self.settings.partitions, self.settings.replication_factor
         )
@@ -91,6 +100,7 @@ class Worker:
                 self.topics.events,
                 self.database_url,
                 self.settings.group_id,
+                results_topic=self.topics.command_results,
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             )
@@ -158,6 +168,20 @@ class Worker:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+
+def check_settings(settings: Settings, roles: Iterable[str]) -> None:
+    """What the roles need from the settings, checked before anything connects: InvalidSettings names
+    what is missing (MissingSettings) or unusable."""
+    roles = tuple(roles)
+    require_settings(settings, roles)
+    if "dispatcher" in roles:
+        try:  # builds the sender identity and SMTP configuration; connects nothing
+            DispatcherService.from_settings(settings, "", "")
+        except InvalidSettings:
+            raise
+        except ValueError as exc:
+            raise InvalidSettings(f"the dispatcher role cannot use its settings: {exc}") from exc
 
 
 def mx_verifier(settings: Settings) -> MxVerifier:

@@ -114,6 +114,23 @@ select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                      $8::timestamptz[], $9::text[], $10::jsonb[])
 on conflict (event_id) do nothing;
 
+-- name: insert_decisions
+-- From the command-results topic; a result's (partition, offset) is its identity, so re-applying a batch
+-- is a no-op.
+insert into decisions
+    (result_partition, result_offset, command_id, command_type, account_id, contact_id, campaign_id,
+     enrollment_id, actor, status, code, message, details, event_ids, enrollment_ids, contact_version,
+     issued_at)
+select p, o, command_id, command_type, account_id, contact_id, campaign_id, enrollment_id, actor, status,
+       code, message, details, array(select jsonb_array_elements_text(event_ids)),
+       array(select jsonb_array_elements_text(enrollment_ids)), contact_version, issued_at
+  from unnest($1::int[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+              $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::jsonb[], $14::jsonb[],
+              $15::jsonb[], $16::bigint[], $17::timestamptz[])
+       as r(p, o, command_id, command_type, account_id, contact_id, campaign_id, enrollment_id, actor,
+            status, code, message, details, event_ids, enrollment_ids, contact_version, issued_at)
+on conflict (result_partition, result_offset) do nothing;
+
 -- name: insert_skips
 insert into enrollment_skips
     (event_id, account_id, contact_id, campaign_id, kind, reason, contact_name, email, batch_number,
@@ -335,6 +352,16 @@ select t.occurred_at, t.version, t.type, t.campaign_id, t.enrollment_id, t.causa
   from enrollment_timeline t
  where t.account_id = $1 and t.contact_id = $2
  order by t.version, t.event_id;
+
+-- name: contact_why
+-- "Why" for one contact: its events and the decisions that changed nothing (refused, duplicate, stale,
+-- deferred), in the order they were made, each with its command, actor and reason. $3: one campaign,
+-- or null for all.
+select w.at, w.version, w.kind, w.what, w.campaign_id, w.enrollment_id, w.command_id, w.command_type,
+       w.actor, w.status, w.code, w.reason, w.data
+  from contact_why w
+ where w.account_id = $1 and w.contact_id = $2 and ($3::text is null or w.campaign_id = $3)
+ order by w.version, w.position;
 
 -- name: timer_enrollments
 -- What the timers fold needs of the enrollments a batch touches, read before the batch writes them:

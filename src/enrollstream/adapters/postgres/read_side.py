@@ -186,6 +186,18 @@ async def campaign_stats_card(conn: asyncpg.Connection, account_id: str, campaig
     return {k: v for k, v in dict(row).items() if k not in ("account_id", "campaign_id")}
 
 
+async def contact_why(
+    conn: asyncpg.Connection, account_id: str, contact_id: str, campaign_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Every decision about the contact in the order it was made (the `contact_why` view): its events,
+    each with the command that caused it, and the commands that changed nothing (rejected with a code,
+    duplicate, stale, deferred) with their reason. Only this account's; optionally one campaign."""
+    async with conn.transaction():
+        await conn.execute(query("force_custom_plans"))
+        rows = await conn.fetch(query("contact_why"), account_id, contact_id, campaign_id)
+    return [{**dict(r), "data": _json(r["data"])} for r in rows]
+
+
 async def contact_timeline(
     conn: asyncpg.Connection, account_id: str, contact_id: str
 ) -> list[dict[str, Any]]:
