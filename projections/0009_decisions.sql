@@ -1,4 +1,4 @@
--- enrollstream read models, migration 0013: every decision, with its cause, and the "why" of a contact.
+-- enrollstream read models, migration 0009: every decision, with its cause, and the "why" of a contact.
 --
 -- The timeline has the events, so it only shows decisions that changed something. A command the
 -- decider refused (`rejected` with its code), ignored (`duplicate`, `stale`, `deferred`) or otherwise
