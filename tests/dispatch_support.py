@@ -17,7 +17,7 @@ from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition, parse_event
 from enrollstream.domain.commands import StepDue, StepDueData, step_due_command_id
 from enrollstream.domain.delivery_policy import SendLimits
-from enrollstream.domain.events import Event
+from enrollstream.domain.events import Event, StepScheduled
 from enrollstream.runtime.campaigns import publish_campaign
 from enrollstream.runtime.dispatcher import DispatcherService
 from tests.servers.clock import ManualClock
@@ -107,10 +107,11 @@ async def dispatch_steps(
         bootstrap, topics, lambda es: sum(e.type == "StepScheduled.v1" for e in es) >= len(contacts)
     )
     ids = {e.contact_id: e.enrollment_id for e in enrolled if e.type == "ContactEnrolled.v1"}
+    due_at = {e.enrollment_id: e.data.due_at for e in enrolled if isinstance(e, StepScheduled)}
     for contact_id, enrollment_id in ids.items():
         assert enrollment_id is not None
         due = StepDue(
-            command_id=step_due_command_id(enrollment_id, 0, 1),
+            command_id=step_due_command_id(enrollment_id, 0, 1, due_at[enrollment_id]),
             account_id=account_id,
             issued_at=clock(),
             actor="scheduler",

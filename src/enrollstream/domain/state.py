@@ -31,6 +31,7 @@ from .events import (
     MessageOpened,
     ReplyReceived,
     StepBounced,
+    StepDeferred,
     StepDelivered,
     StepDeliveryUnknown,
     StepDispatched,
@@ -59,6 +60,8 @@ class Attempt(StateModel):
     step_index: int
     attempt: int
     message_id: str
+    # Which dispatch of the attempt: 1, +1 after each deferral (StepScheduled / StepDispatched.dispatch).
+    dispatch: int = 1
 
 
 class Enrollment(StateModel):
@@ -245,11 +248,22 @@ def apply_in_place(state: ContactState, event: Event) -> None:
         e.status = EnrollmentStatus.PENDING
         e.wait_timeout_at = None
     elif isinstance(event, StepScheduled):
-        e.scheduled = Attempt(step_index=event.data.step_index, attempt=event.data.attempt, message_id="")
-        e.due_at = event.data.due_at
+        scheduled = event.data
+        e.scheduled = Attempt(
+            step_index=scheduled.step_index,
+            attempt=scheduled.attempt,
+            message_id="",
+            dispatch=scheduled.dispatch,
+        )
+        e.due_at = scheduled.due_at
     elif isinstance(event, StepDispatched):
         sent = event.data
-        e.in_flight = Attempt(step_index=sent.step_index, attempt=sent.attempt, message_id=sent.message_id)
+        e.in_flight = Attempt(
+            step_index=sent.step_index,
+            attempt=sent.attempt,
+            message_id=sent.message_id,
+            dispatch=sent.dispatch,
+        )
         e.scheduled = None
         e.due_at = None
         if not e.status.is_terminal:
@@ -262,8 +276,8 @@ def apply_in_place(state: ContactState, event: Event) -> None:
         e.stage = e.stage.advanced_to(Stage.SENT)
         if e.status is EnrollmentStatus.PENDING:
             e.status = EnrollmentStatus.ACTIVE
-    elif isinstance(event, StepFailed | StepDeliveryUnknown):
-        _close_attempt(e)
+    elif isinstance(event, StepFailed | StepDeliveryUnknown | StepDeferred):
+        _close_attempt(e)  # a deferral's StepScheduled (running enrollments only) follows it
     elif isinstance(event, StepBounced):
         _close_attempt(e)
         if event.data.bounce_type == "hard":
