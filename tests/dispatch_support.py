@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
+from aiokafka.partitioner import murmur2
+
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.adapters.mail.message import SenderIdentity
 from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender
@@ -34,11 +36,16 @@ DOMAIN = "acme.example"
 
 
 def campaign(
-    account_id: str, *, steps: int = 2, reply_action: str = "stop", channel: str = "email"
+    account_id: str,
+    *,
+    steps: int = 2,
+    reply_action: str = "stop",
+    channel: str = "email",
+    campaign_id: str = "outreach",
 ) -> CampaignDefinition:
     return CampaignDefinition.model_validate(
         {
-            "campaign_id": "outreach",
+            "campaign_id": campaign_id,
             "account_id": account_id,
             "version": 1,
             "name": "Outreach",
@@ -124,9 +131,15 @@ async def dispatch_steps(
     return {contact_id: eid for contact_id, eid in ids.items() if eid is not None}
 
 
-async def poll_sleep(seconds: float) -> None:
-    """The injected sleeper: whatever the wait, look at the (manual) clock again soon."""
-    await asyncio.sleep(0.05)
+def partition_of(account_id: str, contact_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the contact's key (murmur2, like the clients)."""
+    return (murmur2(f"{account_id}/{contact_id}".encode()) & 0x7FFFFFFF) % partitions
+
+
+def contacts_on_one_partition(account_id: str, prefix: str, count: int, partitions: int) -> list[str]:
+    """`count` contact ids of the account whose commands and events share partition 0."""
+    found = (f"{prefix}{i}" for i in range(1000))
+    return [c for c in found if partition_of(account_id, c, partitions) == 0][:count]
 
 
 def new_dispatcher(
@@ -148,7 +161,6 @@ def new_dispatcher(
         identity=IDENTITY,
         limits=limits,
         clock=clock,
-        sleep=poll_sleep,
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
     )
