@@ -552,6 +552,7 @@ _TIMELINE_FIELDS = (
     "due_at",
     "retry_at",
     "rescheduled",
+    "will_retry",
 )
 
 

@@ -129,7 +129,7 @@ async def test_a_send_deferred_by_the_rate_limit_is_never_sent_after_a_stop(
         manual_clock.advance(timedelta(seconds=5))
         events = await events_of(bootstrap, topics, lambda es: has(es, held, "StepScheduled.v1", dispatch=2))
         assert has(
-            events, held, "StepDeferred.v1", dispatch=1, retry_at=sent_first_at + HOUR, rescheduled=True
+            events, held, "StepDeferred.v1", dispatch=1, retry_at=sent_first_at + HOUR, will_retry=True
         )
         [enrollment_id] = {e.enrollment_id for e in events if e.contact_id == held}
         assert enrollment_id is not None

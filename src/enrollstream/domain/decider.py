@@ -535,7 +535,7 @@ def _deferred(cmd: DeliveryReported, e: Enrollment, running: bool, em: _Emitter)
             dispatch=d.dispatch,
             retry_at=retry_at,
             detail=d.detail,
-            rescheduled=running,
+            will_retry=running,
         ),
     )
     if running:

@@ -164,7 +164,7 @@ class StepDeferredData(StepRef):
     detail: str = ""
     # A running enrollment schedules the same attempt again (the StepScheduled that follows); an
     # ended one only closes the dispatch: nothing is sent after an ending.
-    rescheduled: bool
+    will_retry: bool
 
 
 class StepDeferred(EventEnvelope):

@@ -50,7 +50,7 @@ def deferred(
 def test_a_deferred_send_is_rescheduled_for_when_the_sender_may_send() -> None:
     result = given(enroll(), step_due(0)).when(deferred())  # type: ignore[arg-type]
     result.then(
-        ev(StepDeferred, step_index=0, attempt=1, dispatch=1, retry_at=RETRY_AT, rescheduled=True),
+        ev(StepDeferred, step_index=0, attempt=1, dispatch=1, retry_at=RETRY_AT, will_retry=True),
         ev(
             StepScheduled,
             step_index=0,
@@ -95,7 +95,7 @@ def test_a_deferred_step_fired_after_a_stop_sends_nothing() -> None:
 
 def test_a_deferral_reported_after_an_ending_closes_the_dispatch_and_schedules_nothing() -> None:
     result = given(enroll(), step_due(0), unenroll(at=T0 + MINUTE)).when(deferred(at=T0 + 2 * MINUTE))  # type: ignore[arg-type]
-    result.then(ev(StepDeferred, dispatch=1, retry_at=RETRY_AT, rescheduled=False))
+    result.then(ev(StepDeferred, dispatch=1, retry_at=RETRY_AT, will_retry=False))
     enrollment = result.enrollment()
     assert (enrollment.status, enrollment.in_flight, enrollment.scheduled) == ("unenrolled", None, None)
     # Whatever fires later for that step is stale: nothing is sent after the ending.
@@ -171,7 +171,7 @@ def test_a_deferral_into_the_night_waits_for_the_window_opening() -> None:
     night = T0 + 12 * HOUR  # 22:00 Paris
     result = given(*history).when(deferred(retry_at=night, at=T0 + MINUTE))  # type: ignore[arg-type]
     result.then(
-        ev(StepDeferred, retry_at=night, rescheduled=True),
+        ev(StepDeferred, retry_at=night, will_retry=True),
         ev(StepScheduled, step_index=0, dispatch=2, requested_at=night, due_at=T0 + DAY - HOUR),
     )
 
