@@ -522,11 +522,21 @@ def _delivery_reported(cmd: DeliveryReported, e: Enrollment, em: _Emitter) -> _O
     return None
 
 
+_TICK = timedelta(microseconds=1)  # the resolution of the due times in StepDue ids
+
+
 def _deferred(cmd: DeliveryReported, e: Enrollment, running: bool, em: _Emitter) -> None:
     """Nothing was sent or started: the same attempt goes again once the sender may send (and its
     window is open), as a new dispatch; it is not an attempt. After an ending nothing goes again."""
     d = cmd.data
     retry_at = d.retry_at or em.now  # the model requires retry_at for a deferral
+    # Never before the report, and strictly after the dispatch (itself at or after the due time it
+    # fired for): the StepDue id names the due time, so the next firing must be a new command even
+    # when the dispatcher's clock runs behind the scheduler's.
+    again = max(retry_at, em.now)
+    dispatched_at = e.in_flight.dispatched_at if e.in_flight else None
+    if dispatched_at is not None and again <= dispatched_at:
+        again = dispatched_at + _TICK
     em.on(
         e,
         StepDeferred,
@@ -543,7 +553,7 @@ def _deferred(cmd: DeliveryReported, e: Enrollment, running: bool, em: _Emitter)
             em.enrollment(e.enrollment_id),
             d.step_index,
             d.attempt,
-            max(retry_at, em.now),
+            again,
             em,
             dispatch=d.dispatch + 1,
             rescheduled=RescheduleReason.DEFERRED,

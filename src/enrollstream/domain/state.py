@@ -62,6 +62,7 @@ class Attempt(StateModel):
     message_id: str
     # Which dispatch of the attempt: 1, +1 after each deferral (StepScheduled / StepDispatched.dispatch).
     dispatch: int = 1
+    dispatched_at: datetime | None = None  # in flight: when its StepDue was decided (at or after due)
 
 
 class Enrollment(StateModel):
@@ -263,6 +264,7 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             attempt=sent.attempt,
             message_id=sent.message_id,
             dispatch=sent.dispatch,
+            dispatched_at=at,
         )
         e.scheduled = None
         e.due_at = None

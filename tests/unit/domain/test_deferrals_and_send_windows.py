@@ -188,3 +188,13 @@ def test_a_rescheduled_step_fired_early_is_deferred_not_dispatched(offset: timed
     # A claim of the old timer published after the reschedule: not yet due, nothing happens.
     history = [enroll(), step_due(0), deferred(retry_at=T0 + 4 * HOUR)]
     given(*history).when(step_due(0, at=T0 + offset)).then_ignored(Ignored.DEFERRED)  # type: ignore[arg-type]
+
+
+def test_a_deferral_is_due_strictly_after_the_step_was_dispatched_so_it_fires_as_a_new_command() -> None:
+    # The dispatcher's clock runs behind the scheduler's: its retry time is before the dispatch. The
+    # StepDue id names the due time, so due again at the same instant would be taken for a duplicate.
+    dispatched = T0 + HOUR
+    history = [enroll(), step_due(0, at=dispatched)]
+    result = given(*history).when(deferred(retry_at=dispatched - MINUTE, at=dispatched - 2 * MINUTE))  # type: ignore[arg-type]
+    [rescheduled] = [e for e in result.events if isinstance(e, StepScheduled)]
+    assert rescheduled.data.due_at == dispatched + timedelta(microseconds=1)
