@@ -303,9 +303,9 @@ class DispatcherService:
             await self._dead_letter(DeadLetter.of(record, "not a valid event", exc, role="dispatcher"))
             return
         if isinstance(event, StepDispatched):
-            await self.dispatch(event, tp)
+            await self.dispatch(event)
 
-    async def dispatch(self, event: StepDispatched, tp: TopicPartition | None = None) -> None:
+    async def dispatch(self, event: StepDispatched) -> None:
         """Send the attempt once, or defer it, or recall what happened to it; report the outcome."""
         assert self._pool is not None and event.enrollment_id is not None
         d = event.data
@@ -401,11 +401,6 @@ class DispatcherService:
                     query("insert_started", LEDGER), *values, now, dispatch
                 )
                 return row
-            self.deferrals += 1
-            metrics.SENDS.labels(values[7], "deferred").inc()
-            log.info(
-                "dispatcher: sender %s is at its limit; attempt %s deferred until %s", sender, values[:3], at
-            )
             deferred: Mapping[str, Any] | None = await conn.fetchrow(
                 query("insert_deferred", LEDGER),
                 *values,
@@ -414,6 +409,12 @@ class DispatcherService:
                 dispatch,
                 at,
             )
+            if deferred is not None:
+                self.deferrals += 1
+                metrics.SENDS.labels(values[7], "deferred").inc()
+                log.info(
+                    "dispatcher: sender %s is at its limit; %s deferred until %s", sender, values[:3], at
+                )
             return deferred
 
     def _prepare(self, event: StepDispatched) -> _Prepared:
