@@ -2,9 +2,9 @@
 needs runs against the real broker, database and SMTP server, the scheduler and the dispatcher on the
 injected clock the test moves.
 
-- A sender over its hourly limit defers a step through the log; a Stop arriving during the deferral
-  means nothing is ever sent to that contact, even once the clock passes the retry time, and the
-  contact's timeline shows the deferral.
+- A sender over its hourly limit defers two contacts' steps through the log; a Stop arriving during
+  the deferral means nothing is ever sent to that contact, even once the clock passes the retry time,
+  and its timeline shows the deferral; the other deferred contact's step goes out once it may.
 - A campaign paused past a step's due time and resumed at night does not send at night: the step
   waits for the window's opening and goes out once the clock passes it.
 """
@@ -114,7 +114,7 @@ async def test_a_send_deferred_by_the_rate_limit_is_never_sent_after_a_stop(
 ) -> None:
     bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
     assert bootstrap and database_url
-    first, held, later = "first", "held", "later"
+    first, held, patient = "first", "held", "patient"
     await publish_campaign(bootstrap, topics.campaigns, definition("limited", [(1, "Hello")]))
     async with running_worker(configured(settings, smtp_server, sender_per_hour=1), ROLES, manual_clock):
         await enroll(settings, topics, first, "limited", manual_clock.now)
@@ -123,14 +123,23 @@ async def test_a_send_deferred_by_the_rate_limit_is_never_sent_after_a_stop(
         sent_first_at = manual_clock.now
         await wait_for("the first contact's email", lambda: received(smtp_server, first) == ["Hello"])
 
-        # The sender's hour is used up: the next contact's step is deferred through the log.
-        await enroll(settings, topics, held, "limited", manual_clock.now)
-        await events_of(bootstrap, topics, lambda es: has(es, held, "StepScheduled.v1"))
-        manual_clock.advance(timedelta(seconds=5))
-        events = await events_of(bootstrap, topics, lambda es: has(es, held, "StepScheduled.v1", dispatch=2))
-        assert has(
-            events, held, "StepDeferred.v1", dispatch=1, retry_at=sent_first_at + HOUR, will_retry=True
+        # The sender's hour is used up: the next two contacts' steps are deferred through the log.
+        for contact in (held, patient):
+            await enroll(settings, topics, contact, "limited", manual_clock.now)
+        await events_of(
+            bootstrap,
+            topics,
+            lambda es: has(es, held, "StepScheduled.v1") and has(es, patient, "StepScheduled.v1"),
         )
+        manual_clock.advance(timedelta(seconds=5))
+        events = await events_of(
+            bootstrap,
+            topics,
+            lambda es: all(has(es, c, "StepScheduled.v1", dispatch=2) for c in (held, patient)),
+        )
+        retry_at = sent_first_at + HOUR
+        for contact in (held, patient):
+            assert has(events, contact, "StepDeferred.v1", dispatch=1, retry_at=retry_at, will_retry=True)
         [enrollment_id] = {e.enrollment_id for e in events if e.contact_id == held}
         assert enrollment_id is not None
 
@@ -146,15 +155,19 @@ async def test_a_send_deferred_by_the_rate_limit_is_never_sent_after_a_stop(
 
         await wait_for("the stopped enrollment's timers to go", timer_gone)
         manual_clock.advance(HOUR + timedelta(seconds=5))
-        # Proof that the scheduler and the dispatcher ran past the retry time: a new contact's step goes
-        # out (the sender's hour is free again). The stopped one is not sent.
-        await enroll(settings, topics, later, "limited", manual_clock.now)
-        await events_of(bootstrap, topics, lambda es: has(es, later, "StepScheduled.v1"))
-        manual_clock.advance(timedelta(seconds=5))
-        await wait_for("the later contact's email", lambda: received(smtp_server, later) == ["Hello"])
+        # The other deferred contact goes out once the sender may send: the scheduler fired its
+        # rescheduled step (a new StepDue: a new due time) and the dispatcher sent it as dispatch 2.
+        # The stopped one is not sent.
+        await wait_for("the patient contact's email", lambda: received(smtp_server, patient) == ["Hello"])
+        await events_of(bootstrap, topics, lambda es: has(es, patient, "StepDelivered.v1", attempt=1))
 
     assert received(smtp_server, held) == [], "nothing is sent after the Stop"
     assert received(smtp_server, first) == ["Hello"]
+    [patient_row] = await query_rows(
+        database_url, "select state, dispatch, started_at from delivery_ledger where contact_id = $1", patient
+    )
+    assert (patient_row["state"], patient_row["dispatch"]) == ("sent", 2)
+    assert patient_row["started_at"] >= sent_first_at + HOUR
     ledger = await query_rows(
         database_url,
         "select state, dispatch, retry_at from delivery_ledger where enrollment_id = $1",
