@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0009 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0010 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -281,8 +281,12 @@ CREATE TABLE public.delivery_ledger (
     finished_at timestamp with time zone,
     reported boolean DEFAULT false NOT NULL,
     reported_at timestamp with time zone,
+    dispatch integer DEFAULT 1 NOT NULL,
+    retry_at timestamp with time zone,
     CONSTRAINT delivery_ledger_attempt_check CHECK ((attempt >= 1)),
-    CONSTRAINT delivery_ledger_state_check CHECK ((state = ANY (ARRAY['started'::text, 'sent'::text, 'bounced'::text, 'failed'::text, 'unknown'::text, 'error'::text]))),
+    CONSTRAINT delivery_ledger_deferral_has_retry_at CHECK (((state = 'deferred'::text) = (retry_at IS NOT NULL))),
+    CONSTRAINT delivery_ledger_dispatch_check CHECK ((dispatch >= 1)),
+    CONSTRAINT delivery_ledger_state_check CHECK ((state = ANY (ARRAY['deferred'::text, 'started'::text, 'sent'::text, 'bounced'::text, 'failed'::text, 'unknown'::text, 'error'::text]))),
     CONSTRAINT delivery_ledger_step_index_check CHECK ((step_index >= 0))
 );
 

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
 
+from aiokafka.partitioner import murmur2
+
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.adapters.mail.message import SenderIdentity
 from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender
@@ -17,7 +19,7 @@ from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition, parse_event
 from enrollstream.domain.commands import StepDue, StepDueData, step_due_command_id
 from enrollstream.domain.delivery_policy import SendLimits
-from enrollstream.domain.events import Event
+from enrollstream.domain.events import Event, StepScheduled
 from enrollstream.runtime.campaigns import publish_campaign
 from enrollstream.runtime.dispatcher import DispatcherService
 from tests.servers.clock import ManualClock
@@ -34,11 +36,16 @@ DOMAIN = "acme.example"
 
 
 def campaign(
-    account_id: str, *, steps: int = 2, reply_action: str = "stop", channel: str = "email"
+    account_id: str,
+    *,
+    steps: int = 2,
+    reply_action: str = "stop",
+    channel: str = "email",
+    campaign_id: str = "outreach",
 ) -> CampaignDefinition:
     return CampaignDefinition.model_validate(
         {
-            "campaign_id": "outreach",
+            "campaign_id": campaign_id,
             "account_id": account_id,
             "version": 1,
             "name": "Outreach",
@@ -107,10 +114,11 @@ async def dispatch_steps(
         bootstrap, topics, lambda es: sum(e.type == "StepScheduled.v1" for e in es) >= len(contacts)
     )
     ids = {e.contact_id: e.enrollment_id for e in enrolled if e.type == "ContactEnrolled.v1"}
+    due_at = {e.enrollment_id: e.data.due_at for e in enrolled if isinstance(e, StepScheduled)}
     for contact_id, enrollment_id in ids.items():
         assert enrollment_id is not None
         due = StepDue(
-            command_id=step_due_command_id(enrollment_id, 0, 1),
+            command_id=step_due_command_id(enrollment_id, 0, 1, due_at[enrollment_id]),
             account_id=account_id,
             issued_at=clock(),
             actor="scheduler",
@@ -123,9 +131,15 @@ async def dispatch_steps(
     return {contact_id: eid for contact_id, eid in ids.items() if eid is not None}
 
 
-async def poll_sleep(seconds: float) -> None:
-    """The injected sleeper: whatever the wait, look at the (manual) clock again soon."""
-    await asyncio.sleep(0.05)
+def partition_of(account_id: str, contact_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives the contact's key (murmur2, like the clients)."""
+    return (murmur2(f"{account_id}/{contact_id}".encode()) & 0x7FFFFFFF) % partitions
+
+
+def contacts_on_one_partition(account_id: str, prefix: str, count: int, partitions: int) -> list[str]:
+    """`count` contact ids of the account whose commands and events share partition 0."""
+    found = (f"{prefix}{i}" for i in range(1000))
+    return [c for c in found if partition_of(account_id, c, partitions) == 0][:count]
 
 
 def new_dispatcher(
@@ -147,7 +161,6 @@ def new_dispatcher(
         identity=IDENTITY,
         limits=limits,
         clock=clock,
-        sleep=poll_sleep,
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
     )

@@ -598,7 +598,19 @@ def stats_command(
     console.print(table)
 
 
-_TIMELINE_FIELDS = ("kind", "reason", "stop_reason", "step_index", "attempt", "outcome", "detail", "due_at")
+_TIMELINE_FIELDS = (
+    "kind",
+    "reason",
+    "stop_reason",
+    "step_index",
+    "attempt",
+    "outcome",
+    "detail",
+    "due_at",
+    "retry_at",
+    "rescheduled",
+    "will_retry",
+)
 
 
 @app.command("timeline")

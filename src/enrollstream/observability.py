@@ -42,7 +42,11 @@ CONSUMER_LAG = Gauge(
     "Records behind the partition's end after the last batch",
     ["role", "partition"],
 )
-SENDS = Counter("enrollstream_sends", "Messages handed to a channel, by outcome", ["channel", "outcome"])
+SENDS = Counter(
+    "enrollstream_sends",
+    "Messages handed to a channel, by outcome; deferred: held back by a sender's rate limit, not handed",
+    ["channel", "outcome"],
+)
 DUE_TIMERS = Gauge("enrollstream_due_timers", "Timers due and not yet fired (the scheduler's backlog)")
 TIMER_LATENESS = Histogram(
     "enrollstream_timer_lateness_seconds",

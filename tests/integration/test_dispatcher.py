@@ -4,10 +4,9 @@ per-sender rate limits on the injected clock."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -16,12 +15,22 @@ import pytest
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.config import Settings
 from enrollstream.domain import ids
-from enrollstream.domain.commands import delivery_report_command_id
+from enrollstream.domain.commands import (
+    StepDue,
+    StepDueData,
+    delivery_deferral_command_id,
+    delivery_report_command_id,
+    step_due_command_id,
+)
 from enrollstream.domain.delivery_policy import SendLimits
+from enrollstream.domain.events import Event, StepDeferred, StepDelivered, StepScheduled
+from enrollstream.runtime.campaigns import publish_campaign
 from enrollstream.runtime.dispatcher import DispatcherService
 from tests.dispatch_support import (
     ONE_HOUR,
+    campaign,
     commands_of_type,
+    contacts_on_one_partition,
     dispatch_steps,
     events,
     message_id_header,
@@ -30,7 +39,7 @@ from tests.dispatch_support import (
 )
 from tests.servers.clock import ManualClock
 from tests.servers.smtp import Behaviour, RecordingSmtpServer
-from tests.support import eventually, read_until, running_worker
+from tests.support import eventually, publish, read_until, running_worker
 
 
 def _account() -> str:
@@ -235,45 +244,148 @@ async def test_an_attempt_started_before_a_crash_is_reported_unknown_and_not_sen
         await events(bootstrap, topics, lambda es: any(e.type == "StepDeliveryUnknown.v1" for e in es))
 
 
-async def test_a_sender_over_its_hourly_limit_waits_for_the_clock(
+async def test_a_sender_over_its_hourly_limit_is_deferred_through_the_log_and_holds_back_nothing(
     settings: Settings,
     topics: Topics,
     smtp_server: RecordingSmtpServer,
     manual_clock: ManualClock,
     db: asyncpg.Connection,
 ) -> None:
+    """per_hour=1 and three steps on one partition, in this order: an email that goes out, an email
+    over the limit, an SMS. The second is reported deferred (nothing started, nothing waits) and the
+    SMS behind it goes out at once; the decider reschedules the deferred step, and fired again once
+    the sender may send, it goes out as the same attempt's second dispatch."""
     bootstrap = settings.kafka_bootstrap_servers
-    assert bootstrap
+    assert bootstrap and settings.partitions
     account = _account()
-    contacts = {"p1": "p1@example.org", "p2": "p2@example.org", "p3": "p3@example.org"}
+    first, held = contacts_on_one_partition(account, "mail", 2, settings.partitions)
+    [texted] = contacts_on_one_partition(account, "text", 1, settings.partitions)
     t0 = manual_clock()
+    limits = SendLimits(per_hour=1)
     async with running_worker(settings):
-        await dispatch_steps(settings, manual_clock, account, contacts)
-        dispatcher = new_dispatcher(settings, smtp_server, manual_clock, limits=SendLimits(per_hour=2))
-        async with running(dispatcher):
-            await eventually(
-                _at_least(lambda: len(smtp_server.messages), 2), what="two sends within the limit"
+        await publish_campaign(bootstrap, topics.campaigns, campaign(account, steps=1))
+        texts = campaign(account, steps=1, channel="sms", campaign_id="texts")
+        await publish_campaign(bootstrap, topics.campaigns, texts)
+        for contact, campaign_id in ((first, "outreach"), (held, "outreach"), (texted, "texts")):
+            facts = {"name": contact.title(), "email": f"{contact}@example.org", "mobile": "+15550100777"}
+            await _command(
+                settings, topics, t0, "Enroll.v1", account, contact, campaign_id=campaign_id, contact=facts
             )
-            await eventually(_at_least(lambda: dispatcher.rate_limited, 1), what="the third send to wait")
-            manual_clock.advance(ONE_HOUR - _SECOND)  # not yet: the window still holds two sends
-            await asyncio.sleep(0.5)  # a few turns of the dispatcher's wait loop on the manual clock
-            assert len(smtp_server.messages) == 2
-            manual_clock.advance(_SECOND)
-            await eventually(_at_least(lambda: len(smtp_server.messages), 3), what="the third send")
-            await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 3)
-        started = sorted(r["started_at"] for r in await db.fetch("select started_at from delivery_ledger"))
-        assert started == [t0, t0, t0 + ONE_HOUR]
-        assert len(smtp_server.messages) == 3
+        scheduled = await events(bootstrap, topics, lambda es: _count(es, "StepScheduled.v1") == 3)
+        enrollment_of = {
+            e.contact_id: e.enrollment_id or "" for e in scheduled if e.type == "ContactEnrolled.v1"
+        }
+        due = {e.contact_id: e.data.due_at for e in scheduled if isinstance(e, StepScheduled)}
+        for contact in (first, held, texted):  # dispatched in this order, on one partition
+            await _step_due(settings, topics, account, contact, enrollment_of[contact], due[contact])
+            await events(bootstrap, topics, lambda es, c=contact: _count(es, "StepDispatched.v1", c) == 1)
+
+        dispatcher = new_dispatcher(settings, smtp_server, manual_clock, limits=limits)
+        async with running(dispatcher):
+            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 3)
+            # The SMS behind the deferred email went out with the clock standing still: nothing waited.
+            [sms] = await read_until(bootstrap, topics.outbound_sms, lambda rs: len(rs) >= 1)
+        assert json.loads(sms.value)["idempotency_key"] == ids.message_id(enrollment_of[texted], 0, 1)
+        assert [m.rcpt_tos for m in smtp_server.messages] == [(f"{first}@example.org",)]
+        assert (dispatcher.sends, dispatcher.deferrals) == (2, 1)
+        by_contact = {r["data"]["contact_id"]: r for r in reports}
+        assert by_contact[first]["data"]["outcome"] == by_contact[texted]["data"]["outcome"] == "sent"
+        deferral = by_contact[held]
+        held_message = ids.message_id(enrollment_of[held], 0, 1)
+        assert deferral["command_id"] == delivery_deferral_command_id(held_message, 1)
+        assert (deferral["data"]["outcome"], deferral["data"]["dispatch"]) == ("deferred", 1)
+        assert datetime.fromisoformat(deferral["data"]["retry_at"]) == t0 + ONE_HOUR
+
+        # The decider put the step back in the log: deferred, and scheduled again for when it may go.
+        decided = await events(bootstrap, topics, lambda es: _count(es, "StepScheduled.v1", held) == 2)
+        [deferred] = [e for e in decided if isinstance(e, StepDeferred)]
+        assert (deferred.contact_id, deferred.data.dispatch, deferred.data.retry_at) == (
+            held,
+            1,
+            t0 + ONE_HOUR,
+        )
+        again = [e for e in decided if isinstance(e, StepScheduled) and e.contact_id == held][-1]
+        assert (again.data.step_index, again.data.attempt, again.data.dispatch) == (0, 1, 2)
+        assert (again.data.due_at, again.data.rescheduled) == (t0 + ONE_HOUR, "deferred")
+        row = await _ledger(db, enrollment_of[held])
+        assert (row["state"], row["dispatch"], row["retry_at"], row["reported"]) == (
+            "deferred",
+            1,
+            t0 + ONE_HOUR,
+            True,
+        )
+
+        async def timer_moved() -> bool:
+            row = await db.fetchrow("select * from timers where enrollment_id = $1", enrollment_of[held])
+            return row is not None and (row["step_index"], row["attempt"], row["due_at"]) == (
+                0,
+                1,
+                t0 + ONE_HOUR,
+            )
+
+        await eventually(timer_moved, what="the step timer at the retry time")
+
+        # A dispatcher reading everything again re-reports the same deferral and sends nothing.
+        restarted = new_dispatcher(
+            settings, smtp_server, manual_clock, group_id=f"{settings.group_id}-again", limits=limits
+        )
+        async with running(restarted):
+            repeated = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 6)
+            assert restarted.sends == 0
+        assert sorted(map(_canonical, repeated[3:])) == sorted(map(_canonical, repeated[:3]))
+
+        # Once the sender may send, the rescheduled step fires (a new StepDue id: a new due time) and
+        # goes out as the same attempt, dispatch 2.
+        manual_clock.advance(ONE_HOUR)
+        await _step_due(settings, topics, account, held, enrollment_of[held], t0 + ONE_HOUR)
+        await events(bootstrap, topics, lambda es: _count(es, "StepDispatched.v1", held) == 2)
+        async with running(new_dispatcher(settings, smtp_server, manual_clock, limits=limits)):
+            delivered = await events(bootstrap, topics, lambda es: _count(es, "StepDelivered.v1", held) == 1)
+        assert [
+            e.data.attempt for e in delivered if isinstance(e, StepDelivered) and e.contact_id == held
+        ] == [1]
+        assert len(smtp_server.received_for(f"{held}@example.org")) == 1
+        row = await _ledger(db, enrollment_of[held])
+        assert (row["state"], row["dispatch"], row["started_at"]) == ("sent", 2, t0 + ONE_HOUR)
 
 
-_SECOND = ONE_HOUR / 3600
+def _count(es: list[Event], kind: str, contact: str | None = None) -> int:
+    return sum(e.type == kind and (contact is None or e.contact_id == contact) for e in es)
 
 
-def _at_least(value: Callable[[], int], count: int) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return value() >= count
+def _canonical(command: dict[str, Any]) -> str:
+    return json.dumps(command, sort_keys=True)
 
-    return check
+
+async def _command(
+    settings: Settings, topics: Topics, at: datetime, kind: str, account: str, contact_id: str, **data: Any
+) -> None:
+    assert settings.kafka_bootstrap_servers
+    command = {
+        "command_id": f"{kind}-{contact_id}-{uuid.uuid4().hex[:6]}",
+        "type": kind,
+        "account_id": account,
+        "issued_at": at.isoformat(),
+        "actor": "test",
+        "data": {"contact_id": contact_id, **data},
+    }
+    key = f"{account}/{contact_id}"
+    await publish(settings.kafka_bootstrap_servers, topics.commands, json.dumps(command).encode(), key=key)
+
+
+async def _step_due(
+    settings: Settings, topics: Topics, account: str, contact: str, enrollment_id: str, due_at: datetime
+) -> None:
+    """What the scheduler publishes for the step timer due at `due_at`, issued then."""
+    assert settings.kafka_bootstrap_servers
+    command = StepDue(
+        command_id=step_due_command_id(enrollment_id, 0, 1, due_at),
+        account_id=account,
+        issued_at=due_at,
+        actor="scheduler",
+        data=StepDueData(contact_id=contact, enrollment_id=enrollment_id, step_index=0, attempt=1),
+    )
+    await publish(settings.kafka_bootstrap_servers, topics.commands, command, key=f"{account}/{contact}")
 
 
 async def test_the_worker_runs_the_dispatcher_role_from_settings(

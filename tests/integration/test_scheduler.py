@@ -160,7 +160,7 @@ async def test_a_step_fires_when_due_once_per_enrollment_and_the_decider_dispatc
         assert await sched.tick(T0 + HOUR - SECOND) == []
         fired = await sched.tick(T0 + HOUR)
         assert sorted(c.command_id for c in fired) == sorted(
-            step_due_command_id(r["enrollment_id"], 0, 1) for r in rows
+            step_due_command_id(r["enrollment_id"], 0, 1, r["due_at"]) for r in rows
         )
         assert all(c.issued_at == T0 + HOUR and c.actor == "scheduler" for c in fired)
         assert await sched.tick(T0 + HOUR) == []  # leased, or already gone
@@ -262,7 +262,7 @@ async def test_a_paused_campaign_fires_nothing_and_its_steps_go_out_after_resume
     async with running_worker(settings), scheduler(settings, topics, manual_clock) as sched:
         await send(settings, topics, enroll("pat", at=T0))
         [row] = await wait_for_timers(database_url, 1)
-        step_id = step_due_command_id(row["enrollment_id"], 0, 1)
+        step_id = step_due_command_id(row["enrollment_id"], 0, 1, row["due_at"])
         await publish_campaign(bootstrap, topics.campaigns, campaign(version=2, status="paused"))
 
         assert await sched.tick(T0 + HOUR) == []

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, TypeAdapter, field_validator
+from pydantic import AwareDatetime, Field, TypeAdapter, field_validator, model_validator
 
 from .campaign import CampaignDefinition, CampaignStatus, ContactFacts, Model, MxAnswer, Pause
 
@@ -149,10 +149,12 @@ def batch_count(cmd: BulkEnroll) -> int:
 # --- Scheduler and dispatcher --------------------------------------------------------------------
 
 
-def step_due_command_id(enrollment_id: str, step_index: int, attempt: int) -> str:
-    """The scheduler's id for StepDue. Firing it again (e.g. after a pause) is safe: a deferred
-    StepDue records nothing, and a processed one is dropped as a duplicate."""
-    return f"step-due:{enrollment_id}:{step_index}:{attempt}"
+def step_due_command_id(enrollment_id: str, step_index: int, attempt: int, due_at: datetime) -> str:
+    """The scheduler's id for StepDue fired for the step timer due at `due_at`. Firing the same timer
+    again (e.g. after a pause) is safe: a deferred StepDue records nothing, and a processed one is
+    dropped as a duplicate. A step rescheduled (outside its send window, or deferred by a sender's
+    rate limit) has a new due time, so its next firing is a new command."""
+    return f"step-due:{enrollment_id}:{step_index}:{attempt}:{due_at.astimezone(UTC).isoformat()}"
 
 
 def timer_command_id(kind: Literal["expiry", "wait-timeout"], enrollment_id: str, due_at: datetime) -> str:
@@ -161,8 +163,14 @@ def timer_command_id(kind: Literal["expiry", "wait-timeout"], enrollment_id: str
 
 
 def delivery_report_command_id(message_id: str) -> str:
-    """The dispatcher's id for DeliveryReported: one report per attempt (message id)."""
+    """The dispatcher's id for a final DeliveryReported: one outcome per attempt (message id)."""
     return f"delivery:{message_id}"
+
+
+def delivery_deferral_command_id(message_id: str, dispatch: int) -> str:
+    """The dispatcher's id for a `deferred` DeliveryReported: one per dispatch of an attempt, so a
+    later dispatch's deferral or final outcome is never taken for a duplicate of this one."""
+    return f"delivery-deferred:{message_id}:{dispatch}"
 
 
 class StepDueData(EnrollmentData):
@@ -183,6 +191,9 @@ class DeliveryOutcome(StrEnum):
     BOUNCED = "bounced"
     UNKNOWN = "unknown"  # the ambiguous SMTP window: maybe sent; never resent automatically
     ERROR = "error"  # a technical error on our side (template, configuration): seed 000 stop reason Error
+    # Not sent, nothing started: the sender is over its rate limit until `retry_at`. Not an attempt:
+    # the decider schedules the same attempt again (a new dispatch of it).
+    DEFERRED = "deferred"
 
 
 class BounceType(StrEnum):
@@ -193,11 +204,21 @@ class BounceType(StrEnum):
 class DeliveryReportedData(EnrollmentData):
     step_index: int = Field(ge=0)
     attempt: int = Field(ge=1)
+    # The StepDispatched this reports (its `dispatch`): a report for an older dispatch of the same
+    # attempt, e.g. a deferral re-published after the step was dispatched again, is stale.
+    dispatch: int = Field(default=1, ge=1)
     outcome: DeliveryOutcome
     retryable: bool = False  # for failed
     bounce_type: BounceType | None = None  # for bounced; hard when omitted
     detail: str = ""
     provider_message_id: str | None = None
+    retry_at: AwareDatetime | None = None  # for deferred (required): when the sender may send again
+
+    @model_validator(mode="after")
+    def _deferral_has_a_time(self) -> DeliveryReportedData:
+        if (self.outcome is DeliveryOutcome.DEFERRED) != (self.retry_at is not None):
+            raise ValueError("retry_at is required for outcome deferred and only for it")
+        return self
 
 
 class DeliveryReported(CommandEnvelope):

@@ -70,8 +70,11 @@ from .events import (
     MessageOpenedData,
     ReplyReceived,
     ReplyReceivedData,
+    RescheduleReason,
     StepBounced,
     StepBouncedData,
+    StepDeferred,
+    StepDeferredData,
     StepDelivered,
     StepDeliveredData,
     StepDeliveryUnknown,
@@ -90,7 +93,7 @@ from .events import (
     WaitTimeoutExtendedData,
 )
 from .rejections import Accepted, Decision, Ignored, Rejection, RejectionCode
-from .schedule import due_at, resolve_time_zone
+from .schedule import due_at, next_opening, resolve_time_zone
 from .state import ContactState, Enrollment, apply_in_place, owned_copy
 from .statuses import EnrollmentStatus, Outcome, SkipKind, StopReason
 
@@ -387,7 +390,16 @@ def _ref(e: Enrollment, step_index: int, attempt: int) -> dict[str, Any]:
     return {"step_index": step_index, "attempt": attempt, "step_count": e.step_count}
 
 
-def _schedule(e: Enrollment, step_index: int, attempt: int, requested: datetime, em: _Emitter) -> None:
+def _schedule(
+    e: Enrollment,
+    step_index: int,
+    attempt: int,
+    requested: datetime,
+    em: _Emitter,
+    *,
+    dispatch: int = 1,
+    rescheduled: RescheduleReason | None = None,
+) -> None:
     step = e.campaign.steps[step_index]
     em.on(
         e,
@@ -397,6 +409,8 @@ def _schedule(e: Enrollment, step_index: int, attempt: int, requested: datetime,
             due_at=due_at(requested, timedelta(0), step.window, e.time_zone),
             requested_at=requested,
             channel=step.channel,
+            dispatch=dispatch,
+            rescheduled=rescheduled,
         ),
     )
 
@@ -418,6 +432,19 @@ def _step_due(cmd: StepDue, e: Enrollment, em: _Emitter) -> _Outcome:
     if d.campaign_status == "paused" or (e.due_at is not None and em.now < e.due_at):
         return Ignored.DEFERRED
     step = e.campaign.steps[d.step_index]
+    # The window is checked again at fire time: a step that becomes sendable late (after a pause, a
+    # backlog, a deferral, a scheduler outage) waits for the next opening instead of going out at night.
+    if next_opening(em.now, step.window, e.time_zone) > em.now:
+        _schedule(
+            e,
+            d.step_index,
+            d.attempt,
+            em.now,
+            em,
+            dispatch=current.dispatch,
+            rescheduled=RescheduleReason.OUTSIDE_WINDOW,
+        )
+        return None
     to = (e.contact.email if step.channel is Channel.EMAIL else e.contact.mobile) or ""
     em.on(
         e,
@@ -429,6 +456,7 @@ def _step_due(cmd: StepDue, e: Enrollment, em: _Emitter) -> _Outcome:
             to=to,
             content=step.content,
             contact_name=e.contact.name,
+            dispatch=current.dispatch,
         ),
     )
     return None
@@ -441,10 +469,17 @@ def _responded_or(e: Enrollment, otherwise: Outcome) -> Outcome:
 def _delivery_reported(cmd: DeliveryReported, e: Enrollment, em: _Emitter) -> _Outcome:
     d = cmd.data
     attempt = e.in_flight
-    if attempt is None or (attempt.step_index, attempt.attempt) != (d.step_index, d.attempt):
-        return Ignored.STALE  # a second report for the same attempt, or for another one
+    if attempt is None or (attempt.step_index, attempt.attempt, attempt.dispatch) != (
+        d.step_index,
+        d.attempt,
+        d.dispatch,
+    ):
+        return Ignored.STALE  # a second report for the same dispatch, or for another one
     running = not e.status.is_terminal  # ended while processing: record the outcome, go no further
     ref = _ref(e, d.step_index, d.attempt)
+    if d.outcome is DeliveryOutcome.DEFERRED:
+        _deferred(cmd, e, running, em)
+        return None
     can_retry = running and d.attempt < e.campaign.max_attempts
     eid = e.enrollment_id
     if d.outcome is DeliveryOutcome.SENT:
@@ -497,6 +532,44 @@ def _delivery_reported(cmd: DeliveryReported, e: Enrollment, em: _Emitter) -> _O
         elif not hard:
             _retry_or_fail(e, d.step_index, d.attempt, will_retry, running, d.detail, em)
     return None
+
+
+_TICK = timedelta(microseconds=1)  # the resolution of the due times in StepDue ids
+
+
+def _deferred(cmd: DeliveryReported, e: Enrollment, running: bool, em: _Emitter) -> None:
+    """Nothing was sent or started: the same attempt goes again once the sender may send (and its
+    window is open), as a new dispatch; it is not an attempt. After an ending nothing goes again."""
+    d = cmd.data
+    retry_at = d.retry_at or em.now  # the model requires retry_at for a deferral
+    # Never before the report, and strictly after the dispatch (itself at or after the due time it
+    # fired for): the StepDue id names the due time, so the next firing must be a new command even
+    # when the dispatcher's clock runs behind the scheduler's.
+    again = max(retry_at, em.now)
+    dispatched_at = e.in_flight.dispatched_at if e.in_flight else None
+    if dispatched_at is not None and again <= dispatched_at:
+        again = dispatched_at + _TICK
+    em.on(
+        e,
+        StepDeferred,
+        StepDeferredData(
+            **_ref(e, d.step_index, d.attempt),
+            dispatch=d.dispatch,
+            retry_at=retry_at,
+            detail=d.detail,
+            will_retry=running,
+        ),
+    )
+    if running:
+        _schedule(
+            em.enrollment(e.enrollment_id),
+            d.step_index,
+            d.attempt,
+            again,
+            em,
+            dispatch=d.dispatch + 1,
+            rescheduled=RescheduleReason.DEFERRED,
+        )
 
 
 def _retry_or_fail(

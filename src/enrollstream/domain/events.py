@@ -7,6 +7,7 @@ times), so `evolve` and the projectors never look anything up.
 from __future__ import annotations
 
 from datetime import timedelta
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, TypeAdapter
@@ -131,10 +132,20 @@ class StepRef(Model):
     step_count: int = Field(ge=1)  # "Step 2 of 5" is step_index + 1 of step_count
 
 
+class RescheduleReason(StrEnum):
+    """Why a step already scheduled was scheduled again for the same attempt."""
+
+    OUTSIDE_WINDOW = "outside_window"  # it fell due outside its send window: the next opening
+    DEFERRED = "deferred"  # the dispatcher deferred it (the sender's rate limit): see StepDeferred
+
+
 class StepScheduledData(StepRef):
     due_at: AwareDatetime  # the scheduler fires StepDue(enrollment, step_index, attempt) then
     requested_at: AwareDatetime  # before the send window moved it
     channel: Channel
+    # The `dispatch` number its StepDispatched will carry: 1, and +1 after each deferral of the attempt.
+    dispatch: int = Field(default=1, ge=1)
+    rescheduled: RescheduleReason | None = None  # None: the first schedule of this attempt
 
 
 class StepScheduled(EventEnvelope):
@@ -150,11 +161,30 @@ class StepDispatchedData(StepRef):
     to: str
     content: StepContent
     contact_name: str = ""
+    # 1, then +1 each time the same attempt is dispatched again after a deferral; the report echoes it.
+    dispatch: int = Field(default=1, ge=1)
 
 
 class StepDispatched(EventEnvelope):
     type: Literal["StepDispatched.v1"] = "StepDispatched.v1"
     data: StepDispatchedData
+
+
+class StepDeferredData(StepRef):
+    """The dispatcher did not send this dispatch of the attempt and started nothing: the sender is
+    over its rate limit until `retry_at`. Not an attempt (max_attempts does not count it)."""
+
+    dispatch: int = Field(ge=1)
+    retry_at: AwareDatetime
+    detail: str = ""
+    # A running enrollment schedules the same attempt again (the StepScheduled that follows); an
+    # ended one only closes the dispatch: nothing is sent after an ending.
+    will_retry: bool
+
+
+class StepDeferred(EventEnvelope):
+    type: Literal["StepDeferred.v1"] = "StepDeferred.v1"
+    data: StepDeferredData
 
 
 class StepDeliveredData(StepRef):
@@ -381,6 +411,7 @@ Event = (
     | WaitTimeoutExtended
     | StepScheduled
     | StepDispatched
+    | StepDeferred
     | StepDelivered
     | StepFailed
     | StepBounced
@@ -409,6 +440,7 @@ EVENT_TYPES: tuple[type[EventEnvelope], ...] = (
     WaitTimeoutExtended,
     StepScheduled,
     StepDispatched,
+    StepDeferred,
     StepDelivered,
     StepFailed,
     StepBounced,

@@ -32,6 +32,7 @@ from .events import (
     MessageOpened,
     ReplyReceived,
     StepBounced,
+    StepDeferred,
     StepDelivered,
     StepDeliveryUnknown,
     StepDispatched,
@@ -61,6 +62,9 @@ class Attempt(StateModel):
     step_index: int
     attempt: int
     message_id: str
+    # Which dispatch of the attempt: 1, +1 after each deferral (StepScheduled / StepDispatched.dispatch).
+    dispatch: int = 1
+    dispatched_at: datetime | None = None  # in flight: when its StepDue was decided (at or after due)
 
 
 class Enrollment(StateModel):
@@ -269,11 +273,23 @@ def apply_in_place(state: ContactState, event: Event) -> None:
     elif isinstance(event, WaitTimeoutExtended):
         e.wait_timeout_at = event.data.timeout_at
     elif isinstance(event, StepScheduled):
-        e.scheduled = Attempt(step_index=event.data.step_index, attempt=event.data.attempt, message_id="")
-        e.due_at = event.data.due_at
+        scheduled = event.data
+        e.scheduled = Attempt(
+            step_index=scheduled.step_index,
+            attempt=scheduled.attempt,
+            message_id="",
+            dispatch=scheduled.dispatch,
+        )
+        e.due_at = scheduled.due_at
     elif isinstance(event, StepDispatched):
         sent = event.data
-        e.in_flight = Attempt(step_index=sent.step_index, attempt=sent.attempt, message_id=sent.message_id)
+        e.in_flight = Attempt(
+            step_index=sent.step_index,
+            attempt=sent.attempt,
+            message_id=sent.message_id,
+            dispatch=sent.dispatch,
+            dispatched_at=at,
+        )
         e.scheduled = None
         e.due_at = None
         if not e.status.is_terminal:
@@ -286,8 +302,8 @@ def apply_in_place(state: ContactState, event: Event) -> None:
         e.stage = e.stage.advanced_to(Stage.SENT)
         if e.status is EnrollmentStatus.PENDING:
             e.status = EnrollmentStatus.ACTIVE
-    elif isinstance(event, StepFailed | StepDeliveryUnknown):
-        _close_attempt(e)
+    elif isinstance(event, StepFailed | StepDeliveryUnknown | StepDeferred):
+        _close_attempt(e)  # a deferral's StepScheduled (running enrollments only) follows it
     elif isinstance(event, StepBounced):
         _close_attempt(e)
         if event.data.bounce_type == "hard":
@@ -295,12 +311,10 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             e.bounced_at = e.bounced_at or at
             e.bounce_reason = event.data.detail
     elif isinstance(event, ExpiryScheduled):
-        scheduled = event.data
-        e.expires_at = scheduled.expires_at
-        e.expiry = scheduled.expiry
-        e.expiry_counted_from = scheduled.counted_from or (
-            scheduled.expires_at - scheduled.expiry - scheduled.paused
-        )
+        expiry = event.data
+        e.expires_at = expiry.expires_at
+        e.expiry = expiry.expiry
+        e.expiry_counted_from = expiry.counted_from or (expiry.expires_at - expiry.expiry - expiry.paused)
     elif isinstance(event, ExpiryCancelled):
         e.expires_at = e.expiry = e.expiry_counted_from = None
     elif isinstance(event, MessageOpened):

@@ -25,6 +25,7 @@ from enrollstream.domain.events import (
     MessageOpened,
     ReplyReceived,
     StepBounced,
+    StepDeferred,
     StepDelivered,
     StepDeliveryUnknown,
     StepDispatched,
@@ -154,6 +155,14 @@ def _apply_change(row: EnrollmentRow, event: Event) -> EnrollmentRow:
             if EnrollmentStatus(row.status) in TERMINAL_STATUSES:
                 return row
             return replace(_status(row, EnrollmentStatus.PROCESSING), next_execution_at=None)
+        case StepDeferred():
+            # Nothing was sent: back to the running status the domain folds to (active once a step
+            # was delivered); the StepScheduled that follows for a running enrollment sets the next
+            # execution. After an ending the row stays as the ending left it.
+            if EnrollmentStatus(row.status) in TERMINAL_STATUSES:
+                return row
+            running = EnrollmentStatus.ACTIVE if row.sent_at is not None else EnrollmentStatus.PENDING
+            return replace(_status(row, running), next_execution_at=None)
         case StepDelivered():
             row = _stage(row, Stage.SENT)
             row = replace(row, sent_at=row.sent_at or at)

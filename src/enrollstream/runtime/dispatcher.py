@@ -2,28 +2,33 @@
 
 Per StepDispatched (read with `read_committed` in the consumer group `<group>.dispatcher`):
 
-1. The delivery ledger (Postgres, projections/0008) is asked about the attempt
+1. The delivery ledger (Postgres, projections/0008 and 0010) is asked about the attempt
    (enrollment, step, attempt):
-   - no row: build the message, wait for the sender's rate limit, insert `started` and **commit it
-     before connecting**, send, record the outcome;
-   - a final row (sent / bounced / failed / unknown / error): nothing is sent; its report is
-     published again (the command id is deterministic, so the decider drops it as a duplicate);
+   - no row, or a deferral of an earlier dispatch of the attempt: build the message and check the
+     sender's rate limits. Over a limit, nothing starts: the row becomes `deferred` with the time the
+     sender may send (`retry_at`) and that deferral is reported; the decider schedules the step again
+     and it comes back as a new StepDispatched (the next `dispatch`). Within the limits: insert
+     `started` and **commit it before connecting**, send, record the outcome;
+   - a final row (sent / bounced / failed / unknown / error) or a deferral of this dispatch: nothing is
+     sent; its report is published again (the command id is deterministic, so the decider drops it as
+     a duplicate);
    - a `started` row: a crash happened somewhere inside that send. By policy (docs/delivery.md) it
      is never sent again: the row becomes `unknown` and `unknown` is reported.
 2. The outcome goes to the commands topic as `DeliveryReported` (key `account/contact`, id
-   `delivery:<message id>`), and only after the broker acknowledged it is the ledger row marked
-   reported and the consumer offset committed. A crash anywhere repeats at most a report.
+   `delivery:<message id>`, or `delivery-deferred:<message id>:<dispatch>` for a deferral), and only
+   after the broker acknowledged it is the ledger row marked reported and the consumer offset
+   committed. A crash anywhere repeats at most a report.
 
-Records are processed one at a time, in order, per partition; partitions go side by side. A sender
-over its rate limit makes the partition at hand wait (on the injected clock and sleeper) before the
-next send; the instance's next poll waits for every partition of the batch.
+Records are processed one at a time, in order, per partition; partitions go side by side. Nothing
+waits for a rate limit: a deferral is one ledger write and one report, so the other senders' and
+channels' messages behind it on the partition keep flowing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -58,6 +63,7 @@ from enrollstream.domain.commands import (
     DeliveryOutcome,
     DeliveryReported,
     DeliveryReportedData,
+    delivery_deferral_command_id,
     delivery_report_command_id,
 )
 from enrollstream.domain.delivery_policy import (
@@ -88,7 +94,6 @@ class EmailTransport(Protocol):
 
 
 Clock = Callable[[], datetime]
-Sleeper = Callable[[float], Awaitable[None]]
 
 
 def utc_now() -> datetime:
@@ -116,10 +121,6 @@ class _InFlight:
         await self._idle.wait()
 
 
-class _Abandoned(Exception):
-    """Stopped, or the partition moved away, while waiting for the rate limit: nothing was started."""
-
-
 @dataclass(frozen=True)
 class _Prepared:
     """What one attempt sends, or why it cannot be sent."""
@@ -145,7 +146,6 @@ class DispatcherService:
         limits: SendLimits | None = None,
         sms: SmsChannel | None = None,  # default: OutboundSmsTopicChannel on our producer
         clock: Clock = utc_now,
-        sleep: Sleeper = asyncio.sleep,
         max_batch: int = 100,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
@@ -159,7 +159,6 @@ class DispatcherService:
         self.limits = limits or SendLimits()
         self.sms = sms
         self.clock = clock
-        self.sleep = sleep
         self.max_batch = max_batch
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -174,7 +173,7 @@ class DispatcherService:
         # Counters for tests and logs.
         self.sends = 0
         self.reports = 0
-        self.rate_limited = 0
+        self.deferrals = 0  # dispatches deferred by a sender's rate limit
 
     @classmethod
     def from_settings(
@@ -273,10 +272,7 @@ class DispatcherService:
         for record in records:
             if self._stop.is_set() or tp not in consumer.assignment():
                 break
-            try:
-                await self.handle(record, tp)
-            except _Abandoned:
-                break
+            await self.handle(record, tp)
             done = record.offset + 1
         if done is not None:
             try:
@@ -297,17 +293,17 @@ class DispatcherService:
             await self._dead_letter(DeadLetter.of(record, "not a valid event", exc, role="dispatcher"))
             return
         if isinstance(event, StepDispatched):
-            await self.dispatch(event, tp)
+            await self.dispatch(event)
 
-    async def dispatch(self, event: StepDispatched, tp: TopicPartition | None = None) -> None:
-        """Send the attempt once (or recall what happened to it) and report its outcome."""
+    async def dispatch(self, event: StepDispatched) -> None:
+        """Send the attempt once, or defer it, or recall what happened to it; report the outcome."""
         assert self._pool is not None and event.enrollment_id is not None
         d = event.data
         key = (event.enrollment_id, d.step_index, d.attempt)
         row = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
-        if row is None:
-            row = await self._attempt(event, tp)
-            if row is None:  # another instance inserted it between our read and our insert
+        if row is None or (row["state"] == "deferred" and row["dispatch"] < d.dispatch):
+            row = await self._attempt(event)
+            if row is None:  # another instance wrote the row between our read and our write
                 row = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
                 assert row is not None
         if row["state"] == "started":
@@ -326,11 +322,11 @@ class DispatcherService:
                     "never recorded (the dispatcher stopped inside the send); not resent by policy",
                 ),
             )
-        await self._report(row)
+        await self._report(row, d.dispatch)
 
-    async def _attempt(self, event: StepDispatched, tp: TopicPartition | None) -> Mapping[str, Any] | None:
-        """The first processing of an attempt: its final ledger row, or None if another instance
-        inserted the row first."""
+    async def _attempt(self, event: StepDispatched) -> Mapping[str, Any] | None:
+        """The first processing of this dispatch: its final or deferred ledger row, or None if another
+        instance wrote the row first."""
         assert self._pool is not None and event.enrollment_id is not None
         d = event.data
         key = (event.enrollment_id, d.step_index, d.attempt)
@@ -349,7 +345,7 @@ class DispatcherService:
             result = prepared.unusable
             log.warning("dispatcher: attempt %s not sendable: %s", key, result.detail)
             now = self.clock()
-            await self._pool.fetchval(
+            inserted = await self._pool.fetchval(
                 query("insert_final", LEDGER),
                 *values,
                 _state(result),
@@ -358,14 +354,18 @@ class DispatcherService:
                 result.code,
                 result.provider_message_id,
                 now,
+                d.dispatch,
             )
+            if inserted is None:
+                return None
             final: Mapping[str, Any] | None = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
             assert final is not None
             return final
         self._in_flight.enter()
-        try:  # _start leaves us counted in flight, also when it raises
-            if not await self._start(values, prepared.sender, tp):
-                return None
+        try:
+            row = await self._start(values, prepared.sender, d.dispatch)
+            if row is None or row["state"] != "started":
+                return row  # another instance's row (None), or a deferral: nothing was started
             self.sends += 1
             result = await self._send(prepared, d.message_id)
             log.info("dispatcher: attempt %s -> %s (%s)", key, result.outcome.value, result.detail)
@@ -373,37 +373,39 @@ class DispatcherService:
         finally:
             self._in_flight.leave()
 
-    async def _start(self, values: tuple[Any, ...], sender: str, tp: TopicPartition | None) -> bool:
-        """Insert `started` once the sender's limits allow a send; False if the row exists already."""
+    async def _start(self, values: tuple[Any, ...], sender: str, dispatch: int) -> Mapping[str, Any] | None:
+        """Within the sender's limits: insert `started`. Over them: insert `deferred` with the time
+        the sender may send again; nothing waits. None if another instance's row is there already."""
         assert self._pool is not None
         windows = self.limits.windows
-        while True:
-            async with self._pool.acquire() as conn, conn.transaction():
-                now = self.clock()
-                at = now
-                if windows and sender != SMS_SENDER:
-                    await conn.execute(query("lock_sender", LEDGER), sender)
-                    since = now - max(w.window for w in windows)
-                    recent = await conn.fetch(query("sender_sends_since", LEDGER), sender, since)
-                    at = next_send_at([r["started_at"] for r in recent], now, self.limits)
-                if at <= now:
-                    inserted = await conn.fetchval(query("insert_started", LEDGER), *values, now)
-                    return inserted is not None
-            self.rate_limited += 1
-            log.info("dispatcher: sender %s is at its limit; the next send waits until %s", sender, at)
-            self._in_flight.leave()  # nothing started yet: a revocation need not wait for this one
-            try:
-                await self._wait_until(at, tp)
-            finally:
-                self._in_flight.enter()
-
-    async def _wait_until(self, at: datetime, tp: TopicPartition | None) -> None:
-        while (remaining := (at - self.clock()).total_seconds()) > 0:
-            if self._stop.is_set():
-                raise _Abandoned
-            if tp is not None and self._consumer is not None and tp not in self._consumer.assignment():
-                raise _Abandoned
-            await self.sleep(min(remaining, 60.0))
+        async with self._pool.acquire() as conn, conn.transaction():
+            now = self.clock()
+            at = now
+            if windows and sender != SMS_SENDER:
+                await conn.execute(query("lock_sender", LEDGER), sender)
+                since = now - max(w.window for w in windows)
+                recent = await conn.fetch(query("sender_sends_since", LEDGER), sender, since)
+                at = next_send_at([r["started_at"] for r in recent], now, self.limits)
+            if at <= now:
+                row: Mapping[str, Any] | None = await conn.fetchrow(
+                    query("insert_started", LEDGER), *values, now, dispatch
+                )
+                return row
+            deferred: Mapping[str, Any] | None = await conn.fetchrow(
+                query("insert_deferred", LEDGER),
+                *values,
+                f"sender {sender} is at its rate limit until {at.isoformat()}",
+                now,
+                dispatch,
+                at,
+            )
+            if deferred is not None:
+                self.deferrals += 1
+                metrics.SENDS.labels(values[7], "deferred").inc()
+                log.info(
+                    "dispatcher: sender %s is at its limit; %s deferred until %s", sender, values[:3], at
+                )
+            return deferred
 
     def _prepare(self, event: StepDispatched) -> _Prepared:
         d = event.data
@@ -454,15 +456,30 @@ class DispatcherService:
         metrics.SENDS.labels(row["channel"], row["state"]).inc()
         return row
 
-    async def _report(self, row: Mapping[str, Any]) -> None:
-        """Publish the row's DeliveryReported and wait for the broker's ack; then mark it reported."""
+    async def _report(self, row: Mapping[str, Any], dispatch: int) -> None:
+        """Publish the row's DeliveryReported and wait for the broker's ack; then mark it reported.
+
+        A deferral is reported for the dispatch it deferred. A final outcome is the attempt's, whichever
+        dispatch sent it: it is reported for the dispatch at hand too (never older than the row's), so
+        the dispatch the decider has in flight always gets it."""
         assert self._producer is not None and self._pool is not None
         state = DeliveryOutcome(row["state"])
-        fields = report_fields(
-            SendResult(_STATE_TO_SEND[state], row["detail"], row["code"], row["provider_message_id"])
-        )
+        if state is DeliveryOutcome.DEFERRED:
+            reported_dispatch = row["dispatch"]
+            command_id = delivery_deferral_command_id(row["message_id"], reported_dispatch)
+            fields: dict[str, object] = {
+                "outcome": state,
+                "detail": row["detail"],
+                "retry_at": row["retry_at"],
+            }
+        else:
+            reported_dispatch = max(row["dispatch"], dispatch)
+            command_id = delivery_report_command_id(row["message_id"])
+            fields = report_fields(
+                SendResult(_STATE_TO_SEND[state], row["detail"], row["code"], row["provider_message_id"])
+            )
         command = DeliveryReported(
-            command_id=delivery_report_command_id(row["message_id"]),
+            command_id=command_id,
             account_id=row["account_id"],
             issued_at=row["finished_at"],  # from the ledger: a re-report is the same command
             actor="dispatcher",
@@ -472,6 +489,7 @@ class DispatcherService:
                     "enrollment_id": row["enrollment_id"],
                     "step_index": row["step_index"],
                     "attempt": row["attempt"],
+                    "dispatch": reported_dispatch,
                     **fields,
                 }
             ),
@@ -488,6 +506,8 @@ class DispatcherService:
             row["step_index"],
             row["attempt"],
             self.clock(),
+            row["state"],
+            row["dispatch"],
         )
 
     async def _dead_letter(self, letter: DeadLetter) -> None:

@@ -8,7 +8,9 @@ with a deterministic command id, and returns once the broker acknowledged them a
 Nothing here decides anything: the decider drops a command it already processed (same id) and ignores
 a stale or early one (`Ignored.STALE` / `DEFERRED`, which records nothing). A row whose command changed
 nothing stays in `timers` and fires again, with the same id, once its lease has run out; a row whose
-command took effect is removed by the projector when it folds the resulting event.
+command took effect is removed by the projector when it folds the resulting event. A StepDue's id names
+the timer's due time, so a step the decider rescheduled (outside its send window, or deferred by a
+sender's rate limit) fires as a new command, while firing the same timer again keeps its id.
 
 Paused campaigns (the latest definition on the campaigns topic says `paused`) are left out of the claim
 altogether: their timers stay due and fire on the first tick after a version with status `active` is
@@ -181,7 +183,9 @@ class SchedulerService:
         if kind is TimerKind.STEP_DUE:
             status = campaign.status if campaign is not None else CampaignStatus.ACTIVE
             return StepDue(
-                command_id=step_due_command_id(enrollment_id, row["step_index"], row["attempt"]),
+                command_id=step_due_command_id(
+                    enrollment_id, row["step_index"], row["attempt"], row["due_at"]
+                ),
                 account_id=row["account_id"],
                 issued_at=now,
                 actor=ACTOR,

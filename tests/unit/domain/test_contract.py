@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -124,8 +124,11 @@ def test_bulk_enroll_is_not_decided_directly() -> None:
     assert isinstance(decision, Rejection) and decision.code is RejectionCode.UNSUPPORTED_COMMAND
 
 
-def test_scheduler_command_ids_are_deterministic() -> None:
-    assert step_due_command_id("e", 1, 2) == "step-due:e:1:2"
+def test_scheduler_command_ids_are_deterministic_per_timer_due_time() -> None:
+    due = datetime(2026, 3, 2, 10, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert step_due_command_id("e", 1, 2, due) == "step-due:e:1:2:2026-03-02T09:00:00+00:00"
+    # The same step rescheduled (a deferral, a closed window) fires as a new command.
+    assert step_due_command_id("e", 1, 2, due + timedelta(hours=1)) != step_due_command_id("e", 1, 2, due)
 
 
 def _public(*history: object, when: object) -> list[str]:

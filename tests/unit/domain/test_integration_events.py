@@ -65,6 +65,7 @@ BOOKKEEPING = {
     "TriggerReceived.v1",
     "StepScheduled.v1",
     "StepDispatched.v1",
+    "StepDeferred.v1",  # not a status transition: the step is scheduled again (StepScheduled)
     "StepFailed.v1",
     "StepDeliveryUnknown.v1",
     "ExpiryScheduled.v1",
