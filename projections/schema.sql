@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0010 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0011 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -99,7 +99,9 @@ CREATE TABLE public.enrollments (
     completed_at timestamp with time zone,
     last_version bigint NOT NULL,
     updated_at timestamp with time zone NOT NULL,
-    bulk_enroll_id text
+    bulk_enroll_id text,
+    failure_reason text,
+    failure_detail text
 );
 
 --
@@ -286,7 +288,7 @@ CREATE TABLE public.delivery_ledger (
     CONSTRAINT delivery_ledger_attempt_check CHECK ((attempt >= 1)),
     CONSTRAINT delivery_ledger_deferral_has_retry_at CHECK (((state = 'deferred'::text) = (retry_at IS NOT NULL))),
     CONSTRAINT delivery_ledger_dispatch_check CHECK ((dispatch >= 1)),
-    CONSTRAINT delivery_ledger_state_check CHECK ((state = ANY (ARRAY['deferred'::text, 'started'::text, 'sent'::text, 'bounced'::text, 'failed'::text, 'unknown'::text, 'error'::text]))),
+    CONSTRAINT delivery_ledger_state_check CHECK ((state = ANY (ARRAY['deferred'::text, 'started'::text, 'sent'::text, 'bounced'::text, 'failed'::text, 'unknown'::text, 'error'::text, 'invalid_recipient'::text]))),
     CONSTRAINT delivery_ledger_step_index_check CHECK ((step_index >= 0))
 );
 
@@ -322,6 +324,9 @@ CREATE VIEW public.enrollment_table AS
     completed_at,
     last_version,
     updated_at,
+    bulk_enroll_id,
+    failure_reason,
+    failure_detail,
         CASE
             WHEN ((current_step IS NOT NULL) AND (total_steps IS NOT NULL)) THEN ((('Step '::text || current_step) || ' of '::text) || total_steps)
             ELSE NULL::text
@@ -331,7 +336,18 @@ CREATE VIEW public.enrollment_table AS
             WHEN (next_execution_at < now()) THEN 'Overdue'::text
             WHEN (next_execution_at <= (now() + '01:00:00'::interval)) THEN 'Coming soon'::text
             ELSE 'Waiting'::text
-        END AS next_execution_indicator
+        END AS next_execution_indicator,
+        CASE
+            WHEN (status = 'failed'::text) THEN 'Failed'::text
+            WHEN ((status = 'stopped'::text) AND (stop_reason = 'opted_out'::text)) THEN 'Opted Out'::text
+            WHEN (status = ANY (ARRAY['delivered'::text, 'completed'::text, 'stopped'::text, 'expired'::text, 'handed_off'::text, 'unenrolled'::text])) THEN
+            CASE outcome
+                WHEN 'responded'::text THEN 'Finished, responded'::text
+                WHEN 'no_response'::text THEN 'Finished, no response'::text
+                ELSE 'Finished, stopped'::text
+            END
+            ELSE 'Pending'::text
+        END AS sequence_status
    FROM public.enrollments e;
 
 --

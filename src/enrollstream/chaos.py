@@ -11,9 +11,13 @@ worker runs until everything is decided and projected, and the verifier checks f
 - per aggregate, event versions run 1..n with none twice (`duplicate_events`) and none missing (`lost`);
 - each aggregate's last snapshot in the changelog equals the fold of its events;
 - the read models equal a clean rebuild from the events topic (`enrollstream replay`), and the stats
-  cards equal counting the enrollments table (`projection_mismatches`).
+  cards equal counting the enrollments table (`projection_mismatches`);
+- every enrollments row equals, column by column, what the domain says of its enrollment in the
+  aggregate's last changelog snapshot (`read_models.enrollments.row_of`): `row_mismatches`. A replay
+  compares the projection with itself; this compares it with the decider's own fold.
 
-The last line printed is `chaos: kills=K commands=N lost=L duplicate_events=D projection_mismatches=P`.
+The last line printed is `chaos: kills=K commands=N lost=L duplicate_events=D projection_mismatches=P
+duplicate_sends=S unknown_sends=U row_mismatches=R`.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from enrollstream.domain import CampaignDefinition, ContactState, aggregate_key,
 from enrollstream.domain.commands import child_command_id
 from enrollstream.domain.events import BulkEnrollAccepted, parse_event
 from enrollstream.domain.ids import enrollment_id
+from enrollstream.read_models.enrollments import EnrollmentRow, differences, row_of
 from enrollstream.runtime.campaigns import publish_campaign
 from enrollstream.runtime.projector import PROJECTION
 from enrollstream.runtime.replay import replay
@@ -84,6 +89,7 @@ class ChaosReport:
     projection_mismatches: int = 0
     duplicate_sends: int = 0  # a step delivered to the SMTP server more than once (or without a ledger row)
     unknown_sends: int = 0  # sends caught in the ambiguous window by a kill: reported unknown, never resent
+    row_mismatches: int = 0  # enrollments rows that differ from the domain's snapshot (or have none)
     details: list[str] = field(default_factory=list)
 
     @property
@@ -93,13 +99,15 @@ class ChaosReport:
             and self.duplicate_events == 0
             and self.projection_mismatches == 0
             and self.duplicate_sends == 0
+            and self.row_mismatches == 0
         )
 
     def line(self) -> str:
         return (
             f"chaos: kills={self.kills} commands={self.commands} lost={self.lost} "
             f"duplicate_events={self.duplicate_events} projection_mismatches={self.projection_mismatches} "
-            f"duplicate_sends={self.duplicate_sends} unknown_sends={self.unknown_sends}"
+            f"duplicate_sends={self.duplicate_sends} unknown_sends={self.unknown_sends} "
+            f"row_mismatches={self.row_mismatches}"
         )
 
 
@@ -516,8 +524,9 @@ async def verify(
     sink: SmtpSink | None = None,
 ) -> None:
     await _verify_results(bootstrap, topics, records, report)
-    await _verify_events(bootstrap, topics, report)
+    states = await _verify_events(bootstrap, topics, report)
     await _verify_projections(bootstrap, topics, database_url, report)
+    await _verify_rows(database_url, states, report)
     if sink is not None:
         await _verify_sends(database_url, sink, report)
 
@@ -599,7 +608,8 @@ async def _verify_results(
         report.details.append(f"{len(twice)} commands with more than one result, e.g. {twice[:3]}")
 
 
-async def _verify_events(bootstrap: str, topics: Topics, report: ChaosReport) -> None:
+async def _verify_events(bootstrap: str, topics: Topics, report: ChaosReport) -> dict[str, ContactState]:
+    """Versions and snapshots; returns each aggregate's state as its last changelog snapshot says."""
     versions: dict[str, Counter[int]] = {}
     events_by_key: dict[str, list[Any]] = {}
     async for _, record in _read_all(bootstrap, [topics.events]):
@@ -634,6 +644,27 @@ async def _verify_events(bootstrap: str, topics: Topics, report: ChaosReport) ->
     report.details.append(
         f"events: {sum(len(e) for e in events_by_key.values())} over {len(events_by_key)} aggregates"
     )
+    return snapshots
+
+
+async def _verify_rows(database_url: str, states: dict[str, ContactState], report: ChaosReport) -> None:
+    """Every enrollments row is what the domain says of its enrollment (row_of), column by column."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        records = await conn.fetch(query("chaos_enrollments"))
+    finally:
+        await conn.close()
+    rows = {record["enrollment_id"]: EnrollmentRow(**dict(record)) for record in records}
+    expected = {
+        e.enrollment_id: row_of(state, e) for state in states.values() for e in state.enrollments.values()
+    }
+    for key in sorted(rows.keys() | expected.keys()):
+        want = expected.get(key)
+        wrong = differences(rows.get(key), want) if want is not None else {"enrollment_id": ("row", None)}
+        if wrong:
+            report.row_mismatches += 1
+            if report.row_mismatches <= 5:
+                report.details.append(f"enrollments row {key} is not what the domain says: {wrong}")
 
 
 async def _verify_projections(bootstrap: str, topics: Topics, database_url: str, report: ChaosReport) -> None:

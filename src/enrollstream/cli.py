@@ -570,8 +570,10 @@ def enrollments_command(
                   "batch", title=f"enrollments of {campaign}")  # fmt: skip
     for row in page.rows:
         indicator = row["next_execution_indicator"] or ""
+        why = row["failure_reason"] or row["stop_reason"]  # failed: why; stopped: the stop reason
+        shown = f"{row['status']} ({why})" if why else row["status"]
         table.add_row(
-            row["contact_name"] or row["contact_id"], row["email"] or "", row["mobile"] or "", row["status"],
+            row["contact_name"] or row["contact_id"], row["email"] or "", row["mobile"] or "", shown,
             row["stage"], row["step_label"] or "",
             f"{_when(row['next_execution_at'])} {indicator}".strip(), _when(row["enrolled_at"]),
             f"{row['batch_number']}{' (priority)' if row['priority'] else ''}",

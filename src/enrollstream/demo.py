@@ -281,7 +281,7 @@ async def _snapshot(conn: asyncpg.Connection, page_rows: int) -> Snapshot:
 def _cards(snapshot: Snapshot, sink: SmtpSink) -> Table:
     card = snapshot.card
     table = Table(title="campaign stats cards (read model: campaign_stats_cards)", expand=False)
-    columns = ("total", "active", "completed", "stopped", "unenrolled")
+    columns = ("total", "active", "completed", "stopped", "failed", "unenrolled")
     for name in (*columns, "sent (sink)", "replies", "MX skip"):
         table.add_column(name, justify="right")
     table.add_row(
@@ -366,7 +366,7 @@ class Upstream:
             self.bounce_told = True
             self.say(
                 f"[cyan]bounce[/cyan]  the SMTP server refused {email_of(BOUNCER)} with 550 at RCPT: the "
-                "dispatcher reports the bounce and the enrollment stops (reason: bounced)"
+                "dispatcher reports the bounce and the enrollment fails (reason: bounced)"
             )
 
 
@@ -542,7 +542,7 @@ async def _summarize(
               sum(1 for n in sink.message_id_counts().values() if n > 1)),
         Check("replies (replies table)", len(REPLIERS), snapshot.replies),
         Check("stopped because they replied", len(REPLIERS), snapshot.stop_reasons["replied"]),
-        Check("bounced (550 at RCPT, stopped: bounced)", 1, snapshot.stop_reasons["bounced"]),
+        Check("failed (550 at RCPT: Failed card, reason bounced)", 1, snapshot.card.get("failed", 0)),
         Check("emails the sink received for the bouncing address", 0, per_recipient[email_of(BOUNCER)]),
         Check("skipped: no MX record (enrollment_skips)", 1, snapshot.mx_skips),
         Check("unenrolled (stats card)", 1, snapshot.card.get("unenrolled", 0)),

@@ -21,7 +21,7 @@ async def test_workers_killed_mid_stream_lose_nothing_and_do_nothing_twice(
     assert report.duplicate_sends == 0
     assert re.fullmatch(
         r"chaos: kills=3 commands=800 lost=0 duplicate_events=0 projection_mismatches=0 "
-        r"duplicate_sends=0 unknown_sends=\d+",
+        r"duplicate_sends=0 unknown_sends=\d+ row_mismatches=0",
         report.line(),
     )
     assert "messages received by the SMTP sink" in "\n".join(report.details)

@@ -6,7 +6,7 @@ happens when the test says, with no sleeps standing in for time. Fifty ordinary 
 exactly three emails, in order, and:
 
 - a contact who replies after step 1 (a real reply, matched by In-Reply-To) gets nothing more;
-- a contact whose address bounces (550 at RCPT) is stopped with reason bounced;
+- a contact whose address bounces (550 at RCPT) fails (status failed, reason bounced, stage bounced);
 - a contact unenrolled while step 2 is being sent gets that email and nothing after;
 - a contact on a domain without MX is skipped as mx_invalid and gets nothing;
 - while the campaign is paused nothing is sent; on resume the due steps go out.
@@ -182,8 +182,8 @@ async def test_a_three_step_sequence_for_fifty_contacts_with_a_reply_a_bounce_an
         await wait_for(
             "step 1 for everyone", lambda: all(subjects(smtp_server, c) == ["Step 1"] for c in step1)
         )
-        events = await events_of(bootstrap, topics, lambda es: has(es, BOUNCER, "EnrollmentStopped.v1"))
-        assert has(events, BOUNCER, "EnrollmentStopped.v1", reason="bounced")
+        events = await events_of(bootstrap, topics, lambda es: has(es, BOUNCER, "EnrollmentFailed.v1"))
+        assert has(events, BOUNCER, "EnrollmentFailed.v1", reason="bounced")
 
         # The replier answers step 1; the inbound role matches it by In-Reply-To.
         [sent] = smtp_server.received_for(email_of(REPLIER))
@@ -262,11 +262,16 @@ async def test_a_three_step_sequence_for_fifty_contacts_with_a_reply_a_bounce_an
     try:
         statuses = dict(await conn.fetch("select contact_id, status from enrollments"))
         stop_reasons = dict(await conn.fetch("select contact_id, stop_reason from enrollments"))
+        bouncer = await conn.fetchrow(
+            "select stage, failure_reason, failure_detail from enrollments where contact_id = $1", BOUNCER
+        )
         skips = await conn.fetch("select contact_id, kind from enrollment_skips")
     finally:
         await conn.close()
     assert all(statuses[c] == "completed" for c in ORDINARY)
     assert (statuses[REPLIER], stop_reasons[REPLIER]) == ("stopped", "replied")
-    assert (statuses[BOUNCER], stop_reasons[BOUNCER]) == ("stopped", "bounced")
+    assert (statuses[BOUNCER], stop_reasons[BOUNCER]) == ("failed", None)
+    assert (bouncer["stage"], bouncer["failure_reason"]) == ("bounced", "bounced")
+    assert bouncer["failure_detail"].startswith("rcpt: 550")
     assert statuses[UNENROLLED] == "unenrolled"
     assert [(r["contact_id"], r["kind"]) for r in skips] == [(NO_MX, "mx_invalid")]

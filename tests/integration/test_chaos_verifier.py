@@ -42,6 +42,8 @@ async def test_the_verifier_counts_lost_commands_duplicate_events_and_projection
     clean = ChaosReport(commands=len(records))
     await verify(bootstrap, topics, database_url, records, clean)
     assert (clean.lost, clean.duplicate_events, clean.projection_mismatches) == (0, 0, 0), clean.details
+    assert clean.row_mismatches == 0, clean.details
+    assert clean.line().endswith(" row_mismatches=0")
 
     # A command that never got a result is lost.
     never_sent = Published("acct/x", b"{}", "chaos-never-published")
@@ -63,6 +65,24 @@ async def test_the_verifier_counts_lost_commands_duplicate_events_and_projection
     await verify(bootstrap, topics, database_url, records, report)
     assert (report.lost, report.duplicate_events) == (0, 0)
     assert report.projection_mismatches >= 1, report.details
+    assert report.row_mismatches == 1, report.details  # the domain's snapshot says otherwise
+
+    # One column of another row, against what the domain's snapshot says of that enrollment.
+    conn = await asyncpg.connect(database_url)
+    try:
+        changed = await conn.execute(
+            "update enrollments set batch_number = batch_number + 100"
+            " where enrollment_id = (select max(enrollment_id) from enrollments where status <> 'completed')"
+        )
+    finally:
+        await conn.close()
+    assert changed == "UPDATE 1"
+    report = ChaosReport()
+    await verify(bootstrap, topics, database_url, records, report)
+    assert report.row_mismatches == 2, report.details
+    assert any("batch_number" in line for line in report.details), report.details
+    assert report.line().endswith(" row_mismatches=2")
+    assert not report.clean
 
     # The same event appended twice (what a non-transactional retry would do) is a duplicate.
     events = await read_until(bootstrap, topics.events, lambda rs: len(rs) > 0)

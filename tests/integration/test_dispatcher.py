@@ -115,7 +115,7 @@ async def _results_for(bootstrap: str, topics: Topics, command_id: str, count: i
     return matching(records)
 
 
-async def test_550_at_rcpt_bounces_451_is_retryable_and_a_header_injection_is_our_error(
+async def test_a_5xx_on_the_recipient_fails_451_is_retryable_an_invalid_address_fails_and_our_error_stops(
     settings: Settings,
     topics: Topics,
     smtp_server: RecordingSmtpServer,
@@ -132,13 +132,18 @@ async def test_550_at_rcpt_bounces_451_is_retryable_and_a_header_injection_is_ou
             settings,
             manual_clock,
             account,
-            {"gone": "gone@example.org", "busy": "busy@example.org", "eve": "eve@example.org"},
+            {
+                "gone": "gone@example.org",
+                "busy": "busy@example.org",
+                "eve": "eve@example.org",
+                "nobody": "nobody at example.org",
+            },
             names={"eve": "Eve\r\nBcc: everyone@example.org"},
         )
         async with running(new_dispatcher(settings, smtp_server, manual_clock)):
-            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 3)
+            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 4)
             by_contact = {r["data"]["contact_id"]: r["data"] for r in reports}
-            # (c) 550 at RCPT: a hard bounce, and the decider stops the enrollment with reason bounced
+            # (c) 550 at RCPT: a hard bounce; the decider fails the enrollment, reason bounced
             assert by_contact["gone"]["outcome"] == "bounced"
             assert by_contact["gone"]["bounce_type"] == "hard"
             assert by_contact["gone"]["detail"].startswith("rcpt: 550")
@@ -149,21 +154,29 @@ async def test_550_at_rcpt_bounces_451_is_retryable_and_a_header_injection_is_ou
             # A header injection through the contact's name: refused, reported as our error, not sent
             assert by_contact["eve"]["outcome"] == "error"
             assert "HeaderInjectionRefused" in by_contact["eve"]["detail"]
+            # An address that cannot be a recipient: refused before connecting, the enrollment fails
+            assert by_contact["nobody"]["outcome"] == "invalid_recipient"
+            assert "InvalidAddress" in by_contact["nobody"]["detail"]
 
             def settled(es: list[object]) -> bool:
                 types = {(e.contact_id, e.type) for e in es}  # type: ignore[attr-defined]
                 wanted = {
-                    ("gone", "EnrollmentStopped.v1"),
+                    ("gone", "EnrollmentFailed.v1"),
                     ("busy", "StepFailed.v1"),
                     ("eve", "EnrollmentStopped.v1"),
+                    ("nobody", "EnrollmentFailed.v1"),
                 }
                 return wanted <= types
 
             decided = await events(bootstrap, topics, settled)
         stopped = [e for e in decided if e.type == "EnrollmentStopped.v1"]
         assert {(e.enrollment_id, e.data.reason.value) for e in stopped} == {  # type: ignore[union-attr]
-            (enrollments["gone"], "bounced"),
             (enrollments["eve"], "error"),
+        }
+        failed_enrollments = [e for e in decided if e.type == "EnrollmentFailed.v1"]
+        assert {(e.enrollment_id, e.data.reason.value) for e in failed_enrollments} == {  # type: ignore[union-attr]
+            (enrollments["gone"], "bounced"),
+            (enrollments["nobody"], "invalid_recipient"),
         }
         failed = next(e for e in decided if e.type == "StepFailed.v1" and e.contact_id == "busy")
         assert (failed.data.retryable, failed.data.will_retry) == (True, True)  # type: ignore[union-attr]
@@ -173,6 +186,7 @@ async def test_550_at_rcpt_bounces_451_is_retryable_and_a_header_injection_is_ou
         assert (await _ledger(db, enrollments["gone"]))["state"] == "bounced"
         assert (await _ledger(db, enrollments["busy"]))["state"] == "failed"
         assert (await _ledger(db, enrollments["eve"]))["state"] == "error"
+        assert (await _ledger(db, enrollments["nobody"]))["state"] == "invalid_recipient"
 
 
 async def test_a_drop_after_the_content_is_unknown_and_never_resent_even_after_a_restart(
@@ -449,3 +463,48 @@ async def test_an_sms_step_goes_to_the_outbound_sms_topic_once_keyed_by_its_mess
         "sent",
         None,
     )
+
+
+async def test_an_invalid_phone_number_ends_the_enrollment_as_failed_in_the_table_and_the_failed_card(
+    settings: Settings,
+    topics: Topics,
+    smtp_server: RecordingSmtpServer,
+    manual_clock: ManualClock,
+    db: asyncpg.Connection,
+) -> None:
+    """Seed 002: "Failed ... the most likely scenario is an invalid phone number"; seed 000's Failed card."""
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = _account()
+    async with running_worker(settings):
+        enrollments = await dispatch_steps(
+            settings, manual_clock, account, {"ivy": ""}, mobiles={"ivy": "0800 not a number"}, channel="sms"
+        )
+        async with running(new_dispatcher(settings, smtp_server, manual_clock)):
+            [report] = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 1)
+        assert report["data"]["outcome"] == "invalid_recipient"
+
+        async def projected() -> bool:
+            status = await db.fetchval(
+                "select status from enrollments where enrollment_id = $1", enrollments["ivy"]
+            )
+            return bool(status == "failed")
+
+        await eventually(projected, what="the enrollment row failed")
+    row = await db.fetchrow(
+        "select status, stop_reason, failure_reason, failure_detail from enrollments"
+        " where enrollment_id = $1",
+        enrollments["ivy"],
+    )
+    assert (row["status"], row["stop_reason"], row["failure_reason"]) == ("failed", None, "invalid_recipient")
+    assert "not an E.164 number" in row["failure_detail"]
+    cards = await db.fetchrow(
+        "select failed, stopped from campaign_stats_cards where account_id = $1 and campaign_id = 'outreach'",
+        account,
+    )
+    assert (cards["failed"], cards["stopped"]) == (1, 0)
+    label = await db.fetchval(
+        "select sequence_status from enrollment_table where enrollment_id = $1", enrollments["ivy"]
+    )
+    assert label == "Failed"  # seed 003's label agrees with the Failed card
+    assert (await _ledger(db, enrollments["ivy"]))["state"] == "invalid_recipient"

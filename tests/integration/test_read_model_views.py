@@ -73,3 +73,32 @@ async def test_the_stats_cards_equal_counting_the_table(db: asyncpg.Connection) 
     assert (cards["active"], cards["processing"], cards["completed"]) == (3, 1, 2)
     assert (cards["stopped"], cards["failed"], cards["queued"], cards["expired"]) == (1, 1, 1, 1)
     assert (cards["handed_off"], cards["unenrolled"], cards["awaiting_trigger"]) == (1, 1, 1)
+
+
+async def test_the_seed_003_label_says_failed_for_every_failed_enrollment_the_failed_card_counts(
+    db: asyncpg.Connection,
+) -> None:
+    await insert(db, "invalid", "failed", None, failure_reason="invalid_recipient", stage="pending")
+    await insert(db, "bounced", "failed", None, failure_reason="bounced", stage="bounced")
+    await insert(db, "error", "stopped", None, stop_reason="error", outcome="stopped")
+    await insert(db, "responded", "completed", None, outcome="responded")
+    await insert(db, "late-reply", "stopped", None, stop_reason="manual", outcome="responded")
+    await insert(db, "silent", "completed", None, outcome="no_response")
+    await insert(db, "finished", "stopped", None, stop_reason="marked_finished", outcome="stopped")
+    await insert(db, "opted", "stopped", None, stop_reason="opted_out", outcome="stopped")
+    await insert(db, "going", "active", None)
+    labels = dict(await db.fetch("select enrollment_id, sequence_status from enrollment_table"))
+    assert labels == {
+        "invalid": "Failed",
+        "bounced": "Failed",
+        "error": "Finished, stopped",  # our side failed: Stopped (reason Error), not the contact's Failed
+        "responded": "Finished, responded",
+        "late-reply": "Finished, responded",
+        "silent": "Finished, no response",
+        "finished": "Finished, stopped",
+        "opted": "Opted Out",
+        "going": "Pending",
+    }
+    failed_labels = sum(label == "Failed" for label in labels.values())
+    failed_rows = await db.fetchval("select count(*) from enrollments where status = 'failed'")
+    assert failed_labels == failed_rows == 2

@@ -46,8 +46,9 @@ async def test_an_sms_is_published_for_the_relay_keyed_by_recipient(
     clock = ManualClock()
     channel: SmsChannel = OutboundSmsTopicChannel(producer, topics, clock)
 
+    # Not a number anyone can text: the contact's number is the problem (the enrollment fails).
     refused = await channel.send("0800 not a number", "Hi", "es-bad")
-    assert refused.outcome is SendOutcome.ERROR
+    assert refused.outcome is SendOutcome.INVALID_RECIPIENT
     result = await channel.send("+44 7700 900123", "Hi Ada, your interview is at 10:00.", "es-abc123")
     assert result.outcome is SendOutcome.SENT
     assert result.provider_message_id is not None

@@ -57,7 +57,8 @@ class OutboundSmsTopicChannel:
     async def send(self, to: str, body: str, idempotency_key: str) -> SendResult:
         number = to.replace(" ", "").replace("-", "")
         if not _E164.match(number):
-            return SendResult(SendOutcome.ERROR, f"not an E.164 number: {to!r}")
+            # The contact's number, not our side: no attempt can reach it (the enrollment fails).
+            return SendResult(SendOutcome.INVALID_RECIPIENT, f"not an E.164 number: {to!r}")
         if not body.strip():
             return SendResult(SendOutcome.ERROR, "empty SMS body")
         if len(body) > MAX_BODY_CHARS:

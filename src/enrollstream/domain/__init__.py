@@ -100,7 +100,7 @@ from .integration import (
 )
 from .rejections import Accepted, CommandResult, Decision, Ignored, Rejection, RejectionCode, command_result
 from .state import PROCESSED_COMMAND_IDS_KEPT, ContactState, Enrollment, evolve, fold, initial_state
-from .statuses import EnrollmentStatus, Outcome, SkipKind, Stage, StopReason
+from .statuses import EnrollmentStatus, FailureReason, Outcome, SkipKind, Stage, StopReason
 
 __all__ = [
     "COMMAND_TYPES",
@@ -149,6 +149,7 @@ __all__ = [
     "ExpiryDue",
     "ExpiryScheduled",
     "ExternalTrigger",
+    "FailureReason",
     "Ignored",
     "IntegrationEvent",
     "LineType",

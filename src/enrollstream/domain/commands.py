@@ -194,6 +194,9 @@ class DeliveryOutcome(StrEnum):
     # Not sent, nothing started: the sender is over its rate limit until `retry_at`. Not an attempt:
     # the decider schedules the same attempt again (a new dispatch of it).
     DEFERRED = "deferred"
+    # The recipient address or number cannot be a recipient (not a valid address, not a valid E.164
+    # number): nothing was sent, and no attempt can succeed. The enrollment fails (seed 002, 003).
+    INVALID_RECIPIENT = "invalid_recipient"
 
 
 class BounceType(StrEnum):

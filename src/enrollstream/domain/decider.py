@@ -95,7 +95,7 @@ from .events import (
 from .rejections import Accepted, Decision, Ignored, Rejection, RejectionCode
 from .schedule import due_at, next_opening, resolve_time_zone
 from .state import ContactState, Enrollment, apply_in_place, owned_copy
-from .statuses import EnrollmentStatus, Outcome, SkipKind, StopReason
+from .statuses import EnrollmentStatus, FailureReason, Outcome, SkipKind, StopReason
 
 E = TypeVar("E", bound=EventEnvelope)
 
@@ -500,6 +500,12 @@ def _delivery_reported(cmd: DeliveryReported, e: Enrollment, em: _Emitter) -> _O
         em.on(e, StepDeliveryUnknown, StepDeliveryUnknownData(**ref, detail=d.detail))
         if running:
             _after_delivery(em.enrollment(eid), d.step_index, em)
+    elif d.outcome is DeliveryOutcome.INVALID_RECIPIENT:
+        # Nothing was sent and no attempt can succeed: the contact's address is the problem (seed 002
+        # "Failed ... most likely an invalid phone number"), so the enrollment fails, reason kept.
+        em.on(e, StepFailed, StepFailedData(**ref, retryable=False, will_retry=False, detail=d.detail))
+        if running:
+            _fail(em.enrollment(eid), d.step_index, FailureReason.INVALID_RECIPIENT, d.detail, em)
     elif d.outcome in (DeliveryOutcome.FAILED, DeliveryOutcome.ERROR):
         will_retry = can_retry and d.retryable
         em.on(
@@ -528,7 +534,9 @@ def _delivery_reported(cmd: DeliveryReported, e: Enrollment, em: _Emitter) -> _O
         )
         e = em.enrollment(eid)
         if hard and running:
-            _end_stopped(e, StopReason.BOUNCED, em, note=d.detail)
+            # A 5xx on the recipient (seed 001: the stage is bounced): the contact's provider refused
+            # for good, so the enrollment failed (seeds 002, 003), not stopped.
+            _fail(e, d.step_index, FailureReason.BOUNCED, d.detail, em)
         elif not hard:
             _retry_or_fail(e, d.step_index, d.attempt, will_retry, running, d.detail, em)
     return None
@@ -578,7 +586,11 @@ def _retry_or_fail(
     if will_retry:
         _schedule(e, step_index, attempt + 1, em.now + e.campaign.retry_delay * attempt, em)
     elif running:
-        em.on(e, EnrollmentFailed, EnrollmentFailedData(step_index=step_index, detail=detail))
+        _fail(e, step_index, FailureReason.UNDELIVERABLE, detail, em)
+
+
+def _fail(e: Enrollment, step_index: int | None, reason: FailureReason, detail: str, em: _Emitter) -> None:
+    em.on(e, EnrollmentFailed, EnrollmentFailedData(step_index=step_index, detail=detail, reason=reason))
 
 
 def _after_delivery(e: Enrollment, step_index: int, em: _Emitter) -> None:
@@ -653,7 +665,9 @@ def _bounce(cmd: BounceDetected, e: Enrollment, em: _Emitter) -> _Outcome:
     )
     e = em.enrollment(e.enrollment_id)
     if d.bounce_type is BounceType.HARD and not e.status.is_terminal:
-        _end_stopped(e, StopReason.BOUNCED, em, note=d.detail)
+        # A hard bounce learned later (a provider webhook, an SMS gateway's "invalid number") is the
+        # same permanent recipient failure as a 5xx at send time: failed, reason kept.
+        _fail(e, d.step_index, FailureReason.BOUNCED, d.detail, em)
     return None
 
 

@@ -27,14 +27,21 @@ class SendOutcome(StrEnum):
     """One attempt, as the transport saw it."""
 
     SENT = "sent"  # the server took responsibility (SMTP 250 after the content)
-    BOUNCED = "bounced"  # a permanent refusal (SMTP 5xx at MAIL / RCPT / DATA): a hard bounce
+    # The recipient's server refused for good (SMTP 5xx at RCPT, or at DATA: the recipient's provider
+    # refused the message): a hard bounce. The enrollment fails; the stage is bounced (seed 001).
+    BOUNCED = "bounced"
+    # The address or number cannot be a recipient at all (not an addr-spec, not E.164): nothing was
+    # sent, no attempt can succeed. The enrollment fails (seed 002 "most likely an invalid phone number").
+    INVALID_RECIPIENT = "invalid_recipient"
     # Refused or failed *before* the content was handed over (SMTP 4xx, connection refused, a drop
     # before DATA content): nothing was delivered, so another attempt is safe.
     TEMPORARY = "temporary"
     # The connection dropped or timed out *after* the content was handed over and before the final
     # reply: maybe delivered. Never retried automatically.
     UNKNOWN = "unknown"
-    ERROR = "error"  # our side is wrong (credentials refused, TLS required but not offered, bad template)
+    # Our side is wrong (credentials refused, TLS required but not offered, our sender address refused
+    # at MAIL, a bad template): the enrollment stops with reason error; the contact is not to blame.
+    ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,8 @@ class RetryPolicy:
             return Final(DeliveryOutcome.UNKNOWN)
         if outcome is SendOutcome.ERROR:
             return Final(DeliveryOutcome.ERROR)
+        if outcome is SendOutcome.INVALID_RECIPIENT:
+            return Final(DeliveryOutcome.INVALID_RECIPIENT)
         if attempt < self.max_attempts:
             return Retry(attempt=attempt + 1, at=now + self.delay_after(attempt))
         return Final(DeliveryOutcome.FAILED, retryable=False)
@@ -136,6 +145,7 @@ def report_fields(result: SendResult) -> dict[str, object]:
         SendOutcome.TEMPORARY: DeliveryOutcome.FAILED,
         SendOutcome.UNKNOWN: DeliveryOutcome.UNKNOWN,
         SendOutcome.ERROR: DeliveryOutcome.ERROR,
+        SendOutcome.INVALID_RECIPIENT: DeliveryOutcome.INVALID_RECIPIENT,
     }[result.outcome]
     return {
         "outcome": outcome,

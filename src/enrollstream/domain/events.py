@@ -14,7 +14,7 @@ from pydantic import AwareDatetime, Field, TypeAdapter
 
 from .campaign import CampaignDefinition, Channel, ContactFacts, Model, MxAnswer, ReplyAction, StepContent
 from .commands import BounceType, EnrollSource
-from .statuses import EnrollmentStatus, Outcome, SkipKind, StopReason
+from .statuses import EnrollmentStatus, FailureReason, Outcome, SkipKind, StopReason
 
 
 class EventEnvelope(Model):
@@ -339,7 +339,8 @@ class EnrollmentCompleted(EventEnvelope):
 
 class EnrollmentFailedData(Model):
     step_index: int | None = None
-    detail: str = ""
+    detail: str = ""  # what the provider or the dispatcher said, e.g. "rcpt: 550 5.1.1 no such user"
+    reason: FailureReason = FailureReason.UNDELIVERABLE  # the default is what older events meant
 
 
 class EnrollmentFailed(EventEnvelope):

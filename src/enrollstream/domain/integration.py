@@ -28,7 +28,7 @@ from .events import (
     StepBounced,
     StepDelivered,
 )
-from .statuses import EnrollmentStatus, Outcome, SkipKind, StopReason
+from .statuses import EnrollmentStatus, FailureReason, Outcome, SkipKind, StopReason
 
 
 class IntegrationEvent(Model):
@@ -139,6 +139,7 @@ class Completed(IntegrationEvent):
 class FailedData(Model):
     step_index: int | None
     detail: str
+    reason: FailureReason = FailureReason.UNDELIVERABLE  # invalid_recipient, bounced, undeliverable
 
 
 class Failed(IntegrationEvent):
@@ -259,7 +260,15 @@ def to_integration_events(event: Event) -> list[AnyIntegrationEvent]:
     if isinstance(event, EnrollmentCompleted):
         return [_make(Completed, event, CompletedData(status=event.data.status, outcome=event.data.outcome))]
     if isinstance(event, EnrollmentFailed):
-        return [_make(Failed, event, FailedData(step_index=event.data.step_index, detail=event.data.detail))]
+        return [
+            _make(
+                Failed,
+                event,
+                FailedData(
+                    step_index=event.data.step_index, detail=event.data.detail, reason=event.data.reason
+                ),
+            )
+        ]
     if isinstance(event, EnrollmentExpired):
         return [_make(Expired, event, OutcomeData(outcome=event.data.outcome))]
     if isinstance(event, EnrollmentHandedOff):

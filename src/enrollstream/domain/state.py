@@ -42,7 +42,7 @@ from .events import (
     TriggerReceived,
     WaitTimeoutExtended,
 )
-from .statuses import EnrollmentStatus, Outcome, Stage, StopReason
+from .statuses import EnrollmentStatus, FailureReason, Outcome, Stage, StopReason
 
 # How many command ids the aggregate remembers for idempotency. A redelivered command older than
 # the last N commands of the same contact is decided again; that is harmless for StepDue and
@@ -78,6 +78,7 @@ class Enrollment(StateModel):
     priority: bool = False
     enrolled_at: datetime
     enrolled_by: str = ""
+    bulk_enroll_id: str | None = None  # the BulkEnroll this enrollment came from
     status: EnrollmentStatus = EnrollmentStatus.PENDING
     stage: Stage = Stage.PENDING
     stop_reason: StopReason | None = None
@@ -90,6 +91,10 @@ class Enrollment(StateModel):
     # already processing still completes and its report is still recorded (seed 004).
     in_flight: Attempt | None = None
     delivered_steps: list[int] = Field(default_factory=list)
+    # Steps whose delivery is unknown (maybe sent; never resent): the sequence carried on past them.
+    unknown_steps: list[int] = Field(default_factory=list)
+    # The step the contact is on: the last one scheduled or handed to the dispatcher (0-based).
+    step_index: int | None = None
     sent_at: datetime | None = None
     last_sent_at: datetime | None = None
     opened_at: datetime | None = None
@@ -97,6 +102,8 @@ class Enrollment(StateModel):
     hours_to_reply: float | None = None
     bounced_at: datetime | None = None
     bounce_reason: str | None = None
+    failure_reason: FailureReason | None = None  # why it failed (status failed)
+    failure_detail: str | None = None  # what the provider or the dispatcher said
     # Expiry: `expiry` after `expiry_counted_from` (the first delivery), not counting paused time; the
     # scheduler fires ExpiryDue at `expires_at`.
     expires_at: datetime | None = None
@@ -108,6 +115,10 @@ class Enrollment(StateModel):
     wait_timeout: timedelta | None = None
     wait_started_at: datetime | None = None
     finished_at: datetime | None = None
+    # The aggregate version and time of the last event about this enrollment: what the read model's
+    # `last_version` / `updated_at` show, so the row is a function of this state alone.
+    version: int = 0
+    updated_at: datetime | None = None
 
     @property
     def step_count(self) -> int:
@@ -115,11 +126,9 @@ class Enrollment(StateModel):
 
     @property
     def current_step(self) -> int | None:
-        """1-based step shown as "Step 2 of 5": in flight, else scheduled, else the last delivered."""
-        ref = self.in_flight or self.scheduled
-        if ref is not None:
-            return ref.step_index + 1
-        return max(self.delivered_steps) + 1 if self.delivered_steps else None
+        """1-based step shown as "Step 2 of 5": the one in flight or scheduled, else the last one tried
+        (a failed enrollment shows the step it failed on); None before the first is scheduled."""
+        return None if self.step_index is None else self.step_index + 1
 
     @property
     def is_blast(self) -> bool:
@@ -170,6 +179,7 @@ def owned_copy(state: ContactState) -> ContactState:
 def _owned_enrollment(e: Enrollment) -> Enrollment:
     copy = e.model_copy()
     copy.delivered_steps = list(e.delivered_steps)
+    copy.unknown_steps = list(e.unknown_steps)
     return copy
 
 
@@ -216,7 +226,9 @@ def _end_wait(e: Enrollment) -> None:
 
 
 def _running_status(e: Enrollment) -> EnrollmentStatus:
-    return EnrollmentStatus.ACTIVE if e.delivered_steps or e.sent_at else EnrollmentStatus.PENDING
+    """Active once a step went out or maybe did (unknown: the sequence carried on); pending before."""
+    went_out = e.delivered_steps or e.unknown_steps or e.sent_at
+    return EnrollmentStatus.ACTIVE if went_out else EnrollmentStatus.PENDING
 
 
 def _close_attempt(e: Enrollment) -> None:
@@ -245,6 +257,9 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             priority=enrolled.priority,
             enrolled_at=at,
             enrolled_by=enrolled.enrolled_by,
+            bulk_enroll_id=enrolled.bulk_enroll_id,
+            version=event.version,
+            updated_at=at,
         )
         return
     if isinstance(event, ContactOptedOut):
@@ -256,6 +271,8 @@ def apply_in_place(state: ContactState, event: Event) -> None:
     e = state.enrollments.get(event.enrollment_id or "")
     if e is None:
         return  # never produced by decide; ignoring keeps evolve total
+    e.version = event.version
+    e.updated_at = at
     if isinstance(event, EnrollmentQueued):
         e.status = EnrollmentStatus.QUEUED
         e.queued_behind = event.data.behind_enrollment_id
@@ -281,6 +298,7 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             dispatch=scheduled.dispatch,
         )
         e.due_at = scheduled.due_at
+        e.step_index = scheduled.step_index
     elif isinstance(event, StepDispatched):
         sent = event.data
         e.in_flight = Attempt(
@@ -292,6 +310,7 @@ def apply_in_place(state: ContactState, event: Event) -> None:
         )
         e.scheduled = None
         e.due_at = None
+        e.step_index = sent.step_index
         if not e.status.is_terminal:
             e.status = EnrollmentStatus.PROCESSING
     elif isinstance(event, StepDelivered):
@@ -302,8 +321,12 @@ def apply_in_place(state: ContactState, event: Event) -> None:
         e.stage = e.stage.advanced_to(Stage.SENT)
         if e.status is EnrollmentStatus.PENDING:
             e.status = EnrollmentStatus.ACTIVE
-    elif isinstance(event, StepFailed | StepDeliveryUnknown | StepDeferred):
-        _close_attempt(e)  # a deferral's StepScheduled (running enrollments only) follows it
+    elif isinstance(event, StepDeliveryUnknown):
+        e.unknown_steps.append(event.data.step_index)
+        _close_attempt(e)
+    elif isinstance(event, StepFailed | StepDeferred):
+        # a deferral's StepScheduled (running enrollments only) follows it
+        _close_attempt(e)
     elif isinstance(event, StepBounced):
         _close_attempt(e)
         if event.data.bounce_type == "hard":
@@ -339,6 +362,8 @@ def apply_in_place(state: ContactState, event: Event) -> None:
         _finish(e, EnrollmentStatus(event.data.status), event.data.outcome, at)
     elif isinstance(event, EnrollmentFailed):
         _finish(e, EnrollmentStatus.FAILED, None, at)
+        e.failure_reason = event.data.reason
+        e.failure_detail = event.data.detail
     elif isinstance(event, EnrollmentExpired):
         _finish(e, EnrollmentStatus.EXPIRED, event.data.outcome, at)
     elif isinstance(event, EnrollmentHandedOff):

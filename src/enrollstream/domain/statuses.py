@@ -78,8 +78,20 @@ class StopReason(StrEnum):
     ERROR = "error"  # seed 000 "Error"
     TIMEOUT = "timeout"  # seed 000 "Timeout": a wait timeout was exceeded
     OPTED_OUT = "opted_out"  # seed 003 "Opted Out"
-    BOUNCED = "bounced"  # seed 001 hard bounce
+    # Before issue 11 a hard bounce stopped the enrollment with this reason; it now ends as failed
+    # (FailureReason.BOUNCED). Kept so that older events still read.
+    BOUNCED = "bounced"
     MARKED_FINISHED = "marked_finished"  # seed 003 "Finished, stopped"
+
+
+class FailureReason(StrEnum):
+    """Why an enrollment ended as failed: the contact's address or provider, never our side (that is
+    stopped with reason error). Seed 002 "Failed ... most likely an invalid phone number"; seed 003
+    "Failed: a message returned a failed response from the contact's service provider"."""
+
+    INVALID_RECIPIENT = "invalid_recipient"  # the address or number cannot receive: nothing was sent
+    BOUNCED = "bounced"  # the recipient's provider refused for good: 5xx on the recipient, a hard bounce
+    UNDELIVERABLE = "undeliverable"  # temporary failures until the campaign's attempts ran out
 
 
 class SkipKind(StrEnum):

@@ -1,7 +1,10 @@
 """The enrollments row: what the Enrollments page (seed 000) and the enrollment API (seed 001) show.
 
-`apply(row, event)` folds one event into the row of its enrollment. It is pure, so the same fold serves
-the live projector and `replay`, and it is tested without a database.
+One source of truth: `row_of(state, enrollment)` says what the row of a domain enrollment is, column by
+column, from the domain's own fold (`domain.state.evolve`). The projector cannot hold the domain state,
+so it folds events into rows with `apply(row, event)`; that fold is proven equal to `row_of` after every
+command of random command sequences (tests/unit/read_models/test_enrollment_row_property.py), and the
+chaos verifier checks the same on the live tables against the changelog snapshots.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from enrollstream.domain.events import (
     TriggerAwaited,
     TriggerReceived,
 )
-from enrollstream.domain.statuses import TERMINAL_STATUSES, EnrollmentStatus, Stage
+from enrollstream.domain.state import ContactState, Enrollment
+from enrollstream.domain.statuses import TERMINAL_STATUSES, EnrollmentStatus, Outcome, Stage
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,63 @@ class EnrollmentRow:
     last_version: int
     updated_at: datetime
     bulk_enroll_id: str | None = None  # the BulkEnroll this enrollment came from (migration 0005)
+    failure_reason: str | None = None  # status failed: invalid_recipient, bounced, undeliverable (0011)
+    failure_detail: str | None = None  # what the provider or the dispatcher said (0011)
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EnrollmentRow))
+
+
+def hours_column(hours: float | None) -> Decimal | None:
+    """numeric(10,2) in Postgres: two decimals, exact."""
+    return None if hours is None else Decimal(str(round(hours, 2)))
+
+
+def row_of(state: ContactState, e: Enrollment) -> EnrollmentRow:
+    """What the row of `e` says, from the domain's state alone (the specification of `apply`)."""
+    return EnrollmentRow(
+        enrollment_id=e.enrollment_id,
+        account_id=state.account_id,
+        contact_id=state.contact_id,
+        campaign_id=e.campaign_id,
+        campaign_version=e.campaign.version,
+        contact_name=e.contact.name or None,
+        email=e.contact.email,
+        mobile=e.contact.mobile,
+        status=e.status.value,
+        stage=e.stage.value,
+        stop_reason=None if e.stop_reason is None else e.stop_reason.value,
+        outcome=None if e.outcome is None else e.outcome.value,
+        current_step=e.current_step,
+        total_steps=e.step_count,
+        next_execution_at=e.due_at,
+        enrolled_at=e.enrolled_at,
+        batch_number=e.batch_number,
+        priority=e.priority,
+        sent_at=e.sent_at,
+        opened_at=e.opened_at,
+        replied_at=e.replied_at,
+        bounced_at=e.bounced_at,
+        bounce_reason=e.bounce_reason,
+        hours_to_reply=hours_column(e.hours_to_reply),
+        completed_at=e.finished_at,
+        last_version=e.version,
+        updated_at=e.updated_at or e.enrolled_at,
+        bulk_enroll_id=e.bulk_enroll_id,
+        failure_reason=None if e.failure_reason is None else e.failure_reason.value,
+        failure_detail=e.failure_detail,
+    )
+
+
+def differences(row: EnrollmentRow | None, expected: EnrollmentRow) -> dict[str, tuple[object, object]]:
+    """Column -> (row's value, expected value) where they differ; every column when there is no row."""
+    if row is None:
+        return {name: (None, getattr(expected, name)) for name in COLUMNS}
+    return {
+        name: (getattr(row, name), getattr(expected, name))
+        for name in COLUMNS
+        if getattr(row, name) != getattr(expected, name)
+    }
 
 
 def _status(row: EnrollmentRow, status: EnrollmentStatus) -> EnrollmentRow:
@@ -78,6 +136,20 @@ def _status(row: EnrollmentRow, status: EnrollmentStatus) -> EnrollmentRow:
     if EnrollmentStatus(row.status) in TERMINAL_STATUSES:
         return row
     return replace(row, status=status.value)
+
+
+def _close_attempt(row: EnrollmentRow) -> EnrollmentRow:
+    """The attempt in flight got its outcome: processing -> active if a step went out (or maybe did:
+    the sequence only moves past a step that was delivered or unknown), else pending."""
+    if row.status != EnrollmentStatus.PROCESSING.value:
+        return row
+    went_out = row.sent_at is not None or (row.current_step or 1) > 1
+    return replace(row, status=(EnrollmentStatus.ACTIVE if went_out else EnrollmentStatus.PENDING).value)
+
+
+def _hard_bounce(row: EnrollmentRow, at: datetime, detail: str) -> EnrollmentRow:
+    # Seed 001: any -> bounced is a permanent failure; a soft bounce is temporary and leaves the stage.
+    return replace(_stage(row, Stage.BOUNCED), bounced_at=row.bounced_at or at, bounce_reason=detail)
 
 
 def _stage(row: EnrollmentRow, target: Stage) -> EnrollmentRow:
@@ -155,42 +227,32 @@ def _apply_change(row: EnrollmentRow, event: Event) -> EnrollmentRow:
             if EnrollmentStatus(row.status) in TERMINAL_STATUSES:
                 return row
             return replace(_status(row, EnrollmentStatus.PROCESSING), next_execution_at=None)
-        case StepDeferred():
-            # Nothing was sent: back to the running status the domain folds to (active once a step
-            # was delivered); the StepScheduled that follows for a running enrollment sets the next
-            # execution. After an ending the row stays as the ending left it.
-            if EnrollmentStatus(row.status) in TERMINAL_STATUSES:
-                return row
-            running = EnrollmentStatus.ACTIVE if row.sent_at is not None else EnrollmentStatus.PENDING
-            return replace(_status(row, running), next_execution_at=None)
         case StepDelivered():
             row = _stage(row, Stage.SENT)
             row = replace(row, sent_at=row.sent_at or at)
             return _status(row, EnrollmentStatus.ACTIVE)
         case StepDeliveryUnknown():
             return _status(row, EnrollmentStatus.ACTIVE)
-        case StepFailed():
-            return _status(row, EnrollmentStatus.ACTIVE) if event.data.will_retry else row
+        case StepFailed() | StepDeferred():
+            # Nothing went out; a deferral's StepScheduled (running enrollments only) follows it.
+            return _close_attempt(row)
         case StepBounced():
-            row = replace(
-                _stage(row, Stage.BOUNCED), bounced_at=row.bounced_at or at, bounce_reason=event.data.detail
-            )
-            return _status(row, EnrollmentStatus.ACTIVE) if event.data.will_retry else row
+            row = _close_attempt(row)
+            return _hard_bounce(row, at, event.data.detail) if event.data.bounce_type == "hard" else row
         case MessageBounced():
-            return replace(
-                _stage(row, Stage.BOUNCED), bounced_at=row.bounced_at or at, bounce_reason=event.data.detail
-            )
+            return _hard_bounce(row, at, event.data.detail) if event.data.bounce_type == "hard" else row
         case MessageOpened():
             return replace(_stage(row, Stage.OPENED), opened_at=row.opened_at or at)
         case ReplyReceived():
-            if row.replied_at is not None:
-                return row
-            hours = (
-                None
-                if event.data.hours_to_reply is None
-                else Decimal(str(round(event.data.hours_to_reply, 2)))
-            )
-            return replace(_stage(row, Stage.REPLIED), replied_at=event.data.replied_at, hours_to_reply=hours)
+            if row.replied_at is None:
+                row = replace(
+                    row,
+                    replied_at=event.data.replied_at,
+                    hours_to_reply=hours_column(event.data.hours_to_reply),
+                )
+            # Seed 003 "Finished, responded": a reply after the end still makes the outcome responded.
+            outcome = row.outcome if row.outcome is None else Outcome.RESPONDED.value
+            return replace(_stage(row, Stage.REPLIED), outcome=outcome)
         case EnrollmentStopped():
             return _finish(
                 row,
@@ -202,7 +264,13 @@ def _apply_change(row: EnrollmentRow, event: Event) -> EnrollmentRow:
         case EnrollmentCompleted():
             return _finish(row, EnrollmentStatus(event.data.status), at, outcome=event.data.outcome.value)
         case EnrollmentFailed():
-            return _finish(row, EnrollmentStatus.FAILED, at)
+            return _finish(
+                row,
+                EnrollmentStatus.FAILED,
+                at,
+                failure_reason=event.data.reason.value,
+                failure_detail=event.data.detail,
+            )
         case EnrollmentExpired():
             return _finish(row, EnrollmentStatus.EXPIRED, at, outcome=event.data.outcome.value)
         case EnrollmentHandedOff():

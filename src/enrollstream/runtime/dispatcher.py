@@ -86,6 +86,7 @@ _STATE_TO_SEND = {
     DeliveryOutcome.FAILED: SendOutcome.TEMPORARY,
     DeliveryOutcome.UNKNOWN: SendOutcome.UNKNOWN,
     DeliveryOutcome.ERROR: SendOutcome.ERROR,
+    DeliveryOutcome.INVALID_RECIPIENT: SendOutcome.INVALID_RECIPIENT,
 }
 
 
@@ -426,7 +427,11 @@ class DispatcherService:
                 step=d,
                 date=self.clock(),
             )
-        except (HeaderInjectionRefused, TemplateFieldMissing, InvalidAddress, ValueError) as exc:
+        except InvalidAddress as exc:
+            # The contact's address, not ours: no attempt can reach it (the enrollment fails).
+            outcome = SendOutcome.INVALID_RECIPIENT if exc.header == "To" else SendOutcome.ERROR
+            return _Prepared(sender, d.to, unusable=SendResult(outcome, f"message: InvalidAddress: {exc}"))
+        except (HeaderInjectionRefused, TemplateFieldMissing, ValueError) as exc:
             kind = type(exc).__name__
             return _Prepared(sender, d.to, unusable=SendResult(SendOutcome.ERROR, f"message: {kind}: {exc}"))
         return _Prepared(sender, d.to, message=message, message_id_header=str(message["Message-ID"]))

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 import pytest
 
 from enrollstream.adapters.mail.message import MessageRef, SenderIdentity, build_message
-from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender, data_payload
+from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender, _classify, data_payload
 from enrollstream.domain import ids
 from enrollstream.domain.delivery_policy import SendOutcome
 from tests.servers.smtp import Behaviour, RecordingSmtpServer
@@ -177,3 +177,10 @@ async def test_a_message_without_one_recipient_is_an_error_before_connecting() -
 def test_data_payload_normalises_line_endings_and_stuffs_dots() -> None:
     assert data_payload(b"a\n.b\r\n..\rc\n") == b"a\r\n..b\r\n...\r\nc\r\n.\r\n"
     assert data_payload(b"no newline at end") == b"no newline at end\r\n.\r\n"
+
+
+def test_a_5xx_on_our_sender_address_at_mail_is_an_error_on_our_side() -> None:
+    # MAIL FROM names our envelope sender: its refusal is our configuration, not the contact's address.
+    assert _classify(553, "5.7.1 sender not authorised", "mail").outcome is SendOutcome.ERROR
+    assert _classify(550, "5.1.1 no such user", "rcpt").outcome is SendOutcome.BOUNCED
+    assert _classify(451, "4.3.0 try later", "mail").outcome is SendOutcome.TEMPORARY

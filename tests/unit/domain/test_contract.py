@@ -145,7 +145,7 @@ def test_each_transition_emits_one_integration_event() -> None:
         "enrollment.replied",
         "enrollment.stopped",
     ]
-    assert _public(enroll(), sent(0), when=bounce()) == ["enrollment.bounced", "enrollment.stopped"]
+    assert _public(enroll(), sent(0), when=bounce()) == ["enrollment.bounced", "enrollment.failed"]
     assert _public(enroll(), sent(0), when=opt_out()) == ["enrollment.unsubscribed", "enrollment.stopped"]
     assert _public(enroll(), when=stop()) == ["enrollment.stopped"]
     assert _public(opt_out(), when=enroll()) == ["enrollment.skipped"]

@@ -57,6 +57,7 @@ def test_the_backoff_is_capped() -> None:
         (SendOutcome.BOUNCED, Final(DeliveryOutcome.BOUNCED, bounce_type=BounceType.HARD)),
         (SendOutcome.UNKNOWN, Final(DeliveryOutcome.UNKNOWN)),
         (SendOutcome.ERROR, Final(DeliveryOutcome.ERROR)),
+        (SendOutcome.INVALID_RECIPIENT, Final(DeliveryOutcome.INVALID_RECIPIENT)),
     ],
 )
 def test_only_temporary_outcomes_are_retried(outcome: SendOutcome, final: Final) -> None:
@@ -71,6 +72,8 @@ def test_report_fields_map_a_result_onto_delivery_reported() -> None:
     fields = report_fields(SendResult(SendOutcome.SENT, "250 ok", 250, "queued as X"))
     assert fields["provider_message_id"] == "queued as X"
     assert report_fields(SendResult(SendOutcome.UNKNOWN))["retryable"] is False
+    fields = report_fields(SendResult(SendOutcome.INVALID_RECIPIENT, "not an E.164 number: '0800'"))
+    assert fields["outcome"] is DeliveryOutcome.INVALID_RECIPIENT and fields["retryable"] is False
 
 
 @given(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enrollstream.domain import (
     ContactEnrolled,
-    EnrollmentStopped,
+    EnrollmentFailed,
     Ignored,
     MessageBounced,
     MessageOpened,
@@ -43,10 +43,20 @@ def test_stages_only_move_forward() -> None:
     assert result.enrollment().stage == "replied"
 
 
-def test_any_stage_to_bounced_by_a_later_bounce_webhook() -> None:
-    result = given(enroll(), sent(0), opened()).when(bounce(detail="mailbox full", bounce_type="hard"))
-    result.then(ev(MessageBounced, bounce_type="hard"), ev(EnrollmentStopped, reason="bounced"))
-    assert result.enrollment().stage == "bounced"
+def test_a_hard_bounce_webhook_marks_any_stage_bounced_and_ends_as_failed_with_its_reason() -> None:
+    # Also an SMS gateway's "invalid number" receipt: a permanent recipient failure, learned later.
+    result = given(enroll(), sent(0), opened()).when(bounce(detail="invalid number", bounce_type="hard"))
+    result.then(
+        ev(MessageBounced, bounce_type="hard"),
+        ev(EnrollmentFailed, reason="bounced", detail="invalid number"),
+    )
+    e = result.enrollment()
+    assert (e.stage, e.status, e.failure_reason, e.failure_detail) == (
+        "bounced",
+        "failed",
+        "bounced",
+        "invalid number",
+    )
 
 
 def test_a_soft_bounce_webhook_is_recorded_without_stopping() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enrollstream.domain import (
+    Channel,
     EnrollmentCompleted,
     EnrollmentFailed,
     EnrollmentStopped,
@@ -27,7 +28,9 @@ from .scenario import (
     given,
     reported,
     sent,
+    step,
     step_due,
+    stop,
 )
 
 MINUTE = HOUR / 60
@@ -115,20 +118,56 @@ def test_a_non_retryable_failure_fails_the_campaign_for_this_contact() -> None:
     )
 
 
-def test_a_synchronous_hard_bounce_stops_the_enrollment_and_marks_it_bounced() -> None:
-    result = given(enroll(), step_due(0)).when(
-        reported("bounced", 0, bounce_type="hard", detail="550 no such user")
-    )
+def test_a_5xx_on_the_recipient_ends_as_failed_with_its_reason() -> None:
+    # Seed 001: a synchronous SMTP error marks the stage bounced; seeds 002/003: the enrollment failed.
+    detail = "rcpt: 550 5.1.1 no such user"
+    result = given(enroll(), step_due(0)).when(reported("bounced", 0, bounce_type="hard", detail=detail))
     result.then(
         ev(StepBounced, bounce_type="hard", will_retry=False),
-        ev(EnrollmentStopped, reason="bounced", outcome="stopped"),
+        ev(EnrollmentFailed, reason="bounced", detail=detail, step_index=0),
     )
-    enrollment = result.enrollment()
-    assert (enrollment.status, enrollment.stage, enrollment.bounce_reason) == (
-        "stopped",
-        "bounced",
-        "550 no such user",
+    e = result.enrollment()
+    assert (e.status, e.stage, e.bounce_reason) == ("failed", "bounced", detail)
+    assert (e.failure_reason, e.failure_detail, e.stop_reason) == ("bounced", detail, None)
+
+
+def test_an_invalid_phone_number_ends_the_enrollment_as_failed() -> None:
+    sms = campaign(steps=[step(Channel.SMS), step(Channel.SMS, delay=DAY)])
+    detail = "not an E.164 number: '0800 123'"
+    result = given(enroll(sms), step_due(0)).when(reported("invalid_recipient", 0, detail=detail))
+    result.then(
+        ev(StepFailed, retryable=False, will_retry=False),
+        ev(EnrollmentFailed, reason="invalid_recipient", detail=detail, step_index=0),
     )
+    e = result.enrollment()
+    assert (e.status, e.stage, e.failure_reason, e.failure_detail) == (
+        "failed",
+        "pending",
+        "invalid_recipient",
+        detail,
+    )
+    assert (e.scheduled, e.due_at) == (None, None)  # nothing more is tried
+
+
+def test_an_invalid_recipient_reported_after_the_end_is_recorded_only() -> None:
+    result = given(enroll(), step_due(0), stop()).when(reported("invalid_recipient", 0, detail="To: 'x'"))
+    result.then(ev(StepFailed, will_retry=False))
+    assert (result.enrollment().status, result.enrollment().failure_reason) == ("stopped", None)
+
+
+def test_a_failure_on_our_side_stops_with_reason_error() -> None:
+    # Credentials, TLS, template, configuration: the contact is not to blame, so not failed.
+    result = given(enroll(), step_due(0)).when(reported("error", 0, detail="auth: 535 bad credentials"))
+    result.then(ev(StepFailed, will_retry=False), ev(EnrollmentStopped, reason="error"))
+    e = result.enrollment()
+    assert (e.status, e.stop_reason, e.failure_reason, e.stage) == ("stopped", "error", None, "pending")
+
+
+def test_temporary_failures_until_the_attempts_run_out_fail_as_undeliverable() -> None:
+    result = given(enroll(campaign(max_attempts=1)), step_due(0)).when(
+        reported("failed", 0, retryable=True, detail="rcpt: 451 try later")
+    )
+    result.then(ev(StepFailed, will_retry=False), ev(EnrollmentFailed, reason="undeliverable"))
 
 
 def test_a_soft_bounce_is_retried() -> None:

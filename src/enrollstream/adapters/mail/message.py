@@ -34,7 +34,9 @@ class TemplateFieldMissing(ValueError):
 
 
 class InvalidAddress(ValueError):
-    pass
+    def __init__(self, message: str, header: str = "") -> None:
+        super().__init__(message)
+        self.header = header  # "To": the recipient's address is the problem, not our configuration
 
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*([^{}]*?)\s*)?\}\}")
@@ -70,16 +72,16 @@ def _address(name: str, value: str) -> Address:
     check_header(name, value)
     parsed = getaddresses([value])
     if len(parsed) != 1:
-        raise InvalidAddress(f"{name}: {value!r} is not a single email address")
+        raise InvalidAddress(f"{name}: {value!r} is not a single email address", name)
     display, addr_spec = parsed[0]
     if not addr_spec or addr_spec.count("@") != 1:
-        raise InvalidAddress(f"{name}: {value!r} is not a single email address")
+        raise InvalidAddress(f"{name}: {value!r} is not a single email address", name)
     try:
         address = Address(display_name=display, addr_spec=addr_spec)
     except (ValueError, IndexError) as exc:
-        raise InvalidAddress(f"{name}: {value!r}: {exc}") from exc
+        raise InvalidAddress(f"{name}: {value!r}: {exc}", name) from exc
     if not address.username or not address.domain or not addr_spec.isascii():
-        raise InvalidAddress(f"{name}: {value!r} is not an ASCII addr-spec")
+        raise InvalidAddress(f"{name}: {value!r} is not an ASCII addr-spec", name)
     return address
 
 

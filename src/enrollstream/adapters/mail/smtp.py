@@ -14,9 +14,10 @@ reply inside one call, so a disconnect in it cannot be placed. We therefore send
 command and, after the 354, write the dot-stuffed content and read the final reply through the
 connection's `SMTPProtocol` (`write` / `read_response`, both public methods of aiosmtplib's protocol).
 
-Replies: 2xx final -> `sent`; 5xx at MAIL / RCPT / DATA -> `bounced` (hard); 4xx anywhere ->
-`temporary`; authentication problems (530, 534, 535, 538, or our credentials refused), STARTTLS
-required but not offered -> `error` (our configuration; retrying or bouncing the contact is wrong).
+Replies: 2xx final -> `sent`; 5xx at RCPT / DATA -> `bounced` (hard: the recipient or its provider
+refused for good; the enrollment fails); 4xx anywhere -> `temporary`; 5xx at MAIL (our envelope sender
+refused), authentication problems (530, 534, 535, 538, or our credentials refused), STARTTLS required
+but not offered -> `error` (our configuration; retrying or failing the contact is wrong).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def _single_address(message: EmailMessage, header: str) -> str:
 
 def _classify(code: int, message: str, phase: str) -> SendResult:
     detail = f"{phase}: {code} {message}".strip()
-    if code in _AUTH_CODES:
+    if code in _AUTH_CODES or (phase == "mail" and 500 <= code < 600):
         return SendResult(SendOutcome.ERROR, detail, code)
     if 500 <= code < 600:
         return SendResult(SendOutcome.BOUNCED, detail, code)

@@ -60,7 +60,9 @@ with before as (
         completed_at = excluded.completed_at,
         last_version = excluded.last_version,
         updated_at = excluded.updated_at,
-        bulk_enroll_id = excluded.bulk_enroll_id
+        bulk_enroll_id = excluded.bulk_enroll_id,
+        failure_reason = excluded.failure_reason,
+        failure_detail = excluded.failure_detail
      where enrollments.last_version < excluded.last_version
     returning enrollment_id, account_id, campaign_id, status
 ), delta as (
@@ -213,7 +215,8 @@ select set_config('plan_cache_mode', 'force_custom_plan', true);
 -- enrollments_campaign_batch_page, enrollments_contact_name_trgm.
 select enrollment_id, contact_id, contact_name, email, mobile, status, stage, stop_reason, outcome,
        current_step, total_steps, step_label, next_execution_at, next_execution_indicator, enrolled_at,
-       batch_number, priority, sent_at, opened_at, replied_at, bounced_at, bounce_reason, hours_to_reply
+       batch_number, priority, sent_at, opened_at, replied_at, bounced_at, bounce_reason, hours_to_reply,
+       failure_reason, failure_detail, sequence_status
   from enrollment_table
  where account_id = $1
    and campaign_id = $2
@@ -461,3 +464,7 @@ select (select coalesce(jsonb_object_agg(status, n), '{}')
 -- name: count_due_timers
 -- The scheduler's backlog gauge: timers due at $1 and not held by a live claim.
 select count(*) from timers where due_at <= $1 and (claimed_until is null or claimed_until < $1);
+
+-- name: chaos_enrollments
+-- The crash suite compares every enrollments row with what the domain's snapshot says (row_of).
+select * from enrollments;
