@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.domain import (
     COMMAND_ID_WINDOW,
     ContactEnrolled,
@@ -96,3 +97,11 @@ def test_a_snapshot_from_before_the_window_keeps_its_ids_a_full_window_from_the_
         state = play(state, command)
     assert state.processed_command_ids["reply-1"] == int(next_decision.timestamp())
     Scenario(state).when(the_reply).then_ignored(Ignored.DUPLICATE)
+
+
+def test_the_window_outlasts_the_commands_topic_retention() -> None:
+    # A command the topic can still redeliver (or a client re-publish within it) is always a duplicate.
+    topics = Topics()
+    (commands,) = [spec for spec in topics.specs(1) if spec.name == topics.commands]
+    retention = timedelta(milliseconds=int(commands.config["retention.ms"]))
+    assert timedelta(0) < retention < COMMAND_ID_WINDOW
