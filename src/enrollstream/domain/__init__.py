@@ -99,14 +99,25 @@ from .integration import (
     to_integration_events,
 )
 from .rejections import Accepted, CommandResult, Decision, Ignored, Rejection, RejectionCode, command_result
-from .state import PROCESSED_COMMAND_IDS_KEPT, ContactState, Enrollment, evolve, fold, initial_state
+from .state import (
+    COMMAND_ID_WINDOW,
+    PROCESSED_COMMAND_IDS_CAP,
+    REPLY_MESSAGE_IDS_KEPT,
+    ContactState,
+    Enrollment,
+    evolve,
+    fold,
+    initial_state,
+)
 from .statuses import EnrollmentStatus, FailureReason, Outcome, SkipKind, Stage, StopReason
 
 __all__ = [
+    "COMMAND_ID_WINDOW",
     "COMMAND_TYPES",
     "EVENT_TYPES",
     "INTEGRATION_EVENT_TYPES",
-    "PROCESSED_COMMAND_IDS_KEPT",
+    "PROCESSED_COMMAND_IDS_CAP",
+    "REPLY_MESSAGE_IDS_KEPT",
     "Accepted",
     "AnyIntegrationEvent",
     "BounceDetected",

@@ -94,7 +94,7 @@ from .events import (
 )
 from .rejections import Accepted, Decision, Ignored, Rejection, RejectionCode
 from .schedule import due_at, next_opening, resolve_time_zone
-from .state import ContactState, Enrollment, apply_in_place, owned_copy
+from .state import ContactState, Enrollment, apply_in_place, command_key, owned_copy, reply_key
 from .statuses import EnrollmentStatus, FailureReason, Outcome, SkipKind, StopReason
 
 E = TypeVar("E", bound=EventEnvelope)
@@ -227,6 +227,8 @@ def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
 
 def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
     d, st = cmd.data, em.state
+    if any(e.enroll_command_id == command_key(cmd.command_id) for e in st.enrollments.values()):
+        return Ignored.DUPLICATE  # this Enroll created an enrollment: never again, however long ago
     campaign = d.campaign
     if campaign is None or campaign.account_id != cmd.account_id or campaign.campaign_id != d.campaign_id:
         return Rejection(RejectionCode.CAMPAIGN_NOT_FOUND, f"campaign {d.campaign_id} not found")
@@ -627,6 +629,9 @@ def _after_delivery(e: Enrollment, step_index: int, em: _Emitter) -> None:
 
 
 def _reply(cmd: ReplyDetected, e: Enrollment, em: _Emitter) -> _Outcome:
+    message = cmd.data.inbound_message_id
+    if message and reply_key(message) in e.reply_keys:
+        return Ignored.DUPLICATE  # this very email was recorded as a reply, however long ago
     replied_at = cmd.data.replied_at or em.now
     # Seed 001 hours_to_reply: from the first delivery; never negative if clocks disagree.
     hours = round(max((replied_at - e.sent_at).total_seconds(), 0) / 3600, 2) if e.sent_at else None

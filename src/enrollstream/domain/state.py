@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import ids
 from .campaign import CampaignDefinition, CampaignKind, ContactFacts
 from .events import (
     BulkEnrollAccepted,
@@ -44,11 +45,23 @@ from .events import (
 )
 from .statuses import EnrollmentStatus, FailureReason, Outcome, Stage, StopReason
 
-# How many command ids the aggregate remembers for idempotency. A redelivered command older than
-# the last N commands of the same contact is decided again; that is harmless for StepDue and
-# DeliveryReported (matched on step/attempt), for Enroll (already enrolled) and for endings
-# (invalid_transition), so the bound trades a little for a small snapshot (~N * 60 bytes).
-PROCESSED_COMMAND_IDS_KEPT = 128
+# Idempotency: the aggregate remembers the id of every command that produced events, with the time it
+# was decided, for COMMAND_ID_WINDOW of the contact's own time (the latest `occurred_at` among its
+# events, so the rule is a pure function of the events). The window is longer than the commands
+# topic's retention (7 days, adapters/kafka/topics.py), so a command redelivered from the topic, or
+# re-published within it, is always recognised as a duplicate. PROCESSED_COMMAND_IDS_CAP is a safety
+# bound on the snapshot (~60 bytes an id), far above what a contact decides in a window; it is the only
+# thing that can forget an id sooner. Past the window a re-published command is decided again: see
+# docs/client.md for what that does per command.
+COMMAND_ID_WINDOW = timedelta(days=8)
+PROCESSED_COMMAND_IDS_CAP = 4096
+# Replies remembered per enrollment by their inbound message id (hashed): the same reply is never
+# recorded twice, even past the window.
+REPLY_MESSAGE_IDS_KEPT = 32
+# A snapshot written before the window existed held a bare list of ids, without times: each gets this
+# placeholder, replaced by the time of the contact's next decision (so it is kept a full window).
+_UNKNOWN_TIME = -1
+_COMMAND_ID_KEPT_AS_IS = 64
 
 
 class StateModel(BaseModel):
@@ -78,6 +91,8 @@ class Enrollment(StateModel):
     priority: bool = False
     enrolled_at: datetime
     enrolled_by: str = ""
+    # The Enroll command that created it (`command_key`): that command never enrolls again, past any window.
+    enroll_command_id: str | None = None
     bulk_enroll_id: str | None = None  # the BulkEnroll this enrollment came from
     status: EnrollmentStatus = EnrollmentStatus.PENDING
     stage: Stage = Stage.PENDING
@@ -100,6 +115,8 @@ class Enrollment(StateModel):
     opened_at: datetime | None = None
     replied_at: datetime | None = None
     hours_to_reply: float | None = None
+    # Replies recorded, by `reply_key` of their inbound message id (oldest first, bounded).
+    reply_keys: list[str] = Field(default_factory=list)
     bounced_at: datetime | None = None
     bounce_reason: str | None = None
     failure_reason: FailureReason | None = None  # why it failed (status failed)
@@ -142,7 +159,15 @@ class ContactState(StateModel):
     opted_out: bool = False
     opted_out_at: datetime | None = None
     enrollments: dict[str, Enrollment] = Field(default_factory=dict)  # in enrollment order
-    processed_command_ids: list[str] = Field(default_factory=list)  # newest last, bounded
+    # Command id -> epoch seconds it was decided at (contact time), oldest first; see COMMAND_ID_WINDOW.
+    processed_command_ids: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("processed_command_ids", mode="before")
+    @classmethod
+    def _from_legacy_list(cls, value: object) -> object:
+        if isinstance(value, list):  # a snapshot from before the window: ids without times
+            return dict.fromkeys(value, _UNKNOWN_TIME)
+        return value
 
     def enrollments_in(self, campaign_id: str) -> list[Enrollment]:
         return [e for e in self.enrollments.values() if e.campaign_id == campaign_id]
@@ -158,7 +183,7 @@ class ContactState(StateModel):
         return [e for e in self.enrollments.values() if e.status is EnrollmentStatus.QUEUED]
 
     def has_processed(self, command_id: str) -> bool:
-        return command_id in self.processed_command_ids
+        return command_key(command_id) in self.processed_command_ids
 
 
 def initial_state(account_id: str, contact_id: str) -> ContactState:
@@ -171,7 +196,7 @@ def owned_copy(state: ContactState) -> ContactState:
     Much cheaper than a deep copy, which would copy every campaign definition on every command.
     """
     new = state.model_copy()
-    new.processed_command_ids = list(state.processed_command_ids)
+    new.processed_command_ids = dict(state.processed_command_ids)
     new.enrollments = {key: _owned_enrollment(e) for key, e in state.enrollments.items()}
     return new
 
@@ -180,6 +205,7 @@ def _owned_enrollment(e: Enrollment) -> Enrollment:
     copy = e.model_copy()
     copy.delivered_steps = list(e.delivered_steps)
     copy.unknown_steps = list(e.unknown_steps)
+    copy.reply_keys = list(e.reply_keys)
     return copy
 
 
@@ -197,13 +223,35 @@ def fold(state: ContactState, events: Iterable[Event]) -> ContactState:
     return new
 
 
-def _remember(state: ContactState, command_id: str) -> None:
-    ids = state.processed_command_ids
-    if not ids or ids[-1] != command_id:
-        if command_id in ids:  # already known (e.g. replay): keep the list free of repeats
-            ids.remove(command_id)
-        ids.append(command_id)
-        del ids[:-PROCESSED_COMMAND_IDS_KEPT]
+def command_key(command_id: str) -> str:
+    """How a command id is remembered: as is up to 64 characters, else by a fixed-size digest, so the
+    snapshot stays bounded whatever ids upstream sends."""
+    return command_id if len(command_id) <= _COMMAND_ID_KEPT_AS_IS else ids.stable_id("command", command_id)
+
+
+def reply_key(inbound_message_id: str) -> str:
+    """What an enrollment keeps of a reply's inbound message id: fixed size, whatever the id's length."""
+    return ids.stable_id("reply", inbound_message_id)
+
+
+def _remember(state: ContactState, command_id: str, at: datetime) -> None:
+    """Record the command as decided at the contact's time and forget ids older than the window."""
+    known = state.processed_command_ids
+    if known and next(iter(known.values())) == _UNKNOWN_TIME:  # restored from a pre-window snapshot
+        for key in known:
+            known[key] = int(at.timestamp())
+    # The contact's clock never goes back: an old `issued_at` (a re-report) is decided "now".
+    now = max(int(at.timestamp()), next(reversed(known.values()))) if known else int(at.timestamp())
+    command_id = command_key(command_id)
+    if command_id not in known:  # several events of one command: the first one's time is the decision's
+        known[command_id] = now
+    # Oldest first, so forgetting stops at the first id still inside the window.
+    horizon = now - int(COMMAND_ID_WINDOW.total_seconds())
+    while known:
+        oldest = next(iter(known))
+        if known[oldest] >= horizon and len(known) <= PROCESSED_COMMAND_IDS_CAP:
+            break
+        del known[oldest]
 
 
 def _finish(e: Enrollment, status: EnrollmentStatus, outcome: Outcome | None, at: datetime) -> None:
@@ -242,8 +290,8 @@ def apply_in_place(state: ContactState, event: Event) -> None:
     if isinstance(event, BulkEnrollAccepted):
         return  # about a BulkEnroll, not this contact: no version, no command id to remember
     state.version = event.version
-    _remember(state, event.causation_id)
     at = event.occurred_at
+    _remember(state, event.causation_id, at)
     if isinstance(event, ContactEnrolled):
         enrolled = event.data
         state.enrollments[event.enrollment_id or ""] = Enrollment(
@@ -257,6 +305,7 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             priority=enrolled.priority,
             enrolled_at=at,
             enrolled_by=enrolled.enrolled_by,
+            enroll_command_id=command_key(event.causation_id),
             bulk_enroll_id=enrolled.bulk_enroll_id,
             version=event.version,
             updated_at=at,
@@ -344,6 +393,9 @@ def apply_in_place(state: ContactState, event: Event) -> None:
         e.opened_at = e.opened_at or at
         e.stage = e.stage.advanced_to(Stage.OPENED)
     elif isinstance(event, ReplyReceived):
+        if event.data.inbound_message_id:
+            e.reply_keys.append(reply_key(event.data.inbound_message_id))
+            del e.reply_keys[:-REPLY_MESSAGE_IDS_KEPT]
         if e.replied_at is None:
             e.replied_at = event.data.replied_at
             e.hours_to_reply = event.data.hours_to_reply

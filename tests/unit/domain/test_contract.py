@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from enrollstream.domain import (
-    PROCESSED_COMMAND_IDS_KEPT,
+    PROCESSED_COMMAND_IDS_CAP,
     Accepted,
     ContactState,
     Enroll,
@@ -93,14 +93,26 @@ def test_the_state_snapshot_round_trips() -> None:
     assert ContactState.model_validate_json(state.model_dump_json()) == state
 
 
-def test_processed_command_ids_are_bounded() -> None:
+def test_processed_command_ids_are_bounded_by_a_cap_even_inside_the_window() -> None:
     state = given(enroll()).state
-    for n in range(PROCESSED_COMMAND_IDS_KEPT + 10):
-        decision = decide(opened(at=T0 + n * HOUR).model_copy(update={"command_id": f"open-{n}"}), state)
+    for n in range(PROCESSED_COMMAND_IDS_CAP + 10):  # one a second: all well inside the window
+        command = opened(at=T0 + n * timedelta(seconds=1)).model_copy(update={"command_id": f"open-{n}"})
+        decision = decide(command, state)
         assert isinstance(decision, Accepted)
         state = fold(state, decision.events)
-    assert len(state.processed_command_ids) == PROCESSED_COMMAND_IDS_KEPT
-    assert state.processed_command_ids[-1] == f"open-{PROCESSED_COMMAND_IDS_KEPT + 9}"
+    assert len(state.processed_command_ids) == PROCESSED_COMMAND_IDS_CAP
+    assert list(state.processed_command_ids)[-1] == f"open-{PROCESSED_COMMAND_IDS_CAP + 9}"
+    assert "open-9" not in state.processed_command_ids and "open-10" in state.processed_command_ids
+
+
+def test_a_long_command_id_is_remembered_in_a_bounded_size() -> None:
+    long_id = "upstream-" + "x" * 10_000
+    command = opened(at=T0).model_copy(update={"command_id": long_id})
+    state = given(enroll(), command).state
+    assert all(len(key) <= 64 for key in state.processed_command_ids)
+    assert (
+        isinstance(decide(command, state), Accepted) and decide(command, state).ignored is Ignored.DUPLICATE
+    )
 
 
 def test_command_results_for_accepted_rejected_and_ignored_commands() -> None:
