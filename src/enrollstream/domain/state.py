@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .campaign import CampaignDefinition, CampaignKind, ContactFacts
+from .campaign import CampaignDefinition, CampaignKind, ContactFacts, MxCheck
 from .events import (
     BulkEnrollAccepted,
     ContactEnrolled,
@@ -79,6 +79,7 @@ class Enrollment(StateModel):
     enrolled_at: datetime
     enrolled_by: str = ""
     bulk_enroll_id: str | None = None  # the BulkEnroll this enrollment came from
+    mx_check: MxCheck = MxCheck.NOT_REQUIRED  # verified / unverified / not_required, at enrollment
     status: EnrollmentStatus = EnrollmentStatus.PENDING
     stage: Stage = Stage.PENDING
     stop_reason: StopReason | None = None
@@ -258,6 +259,7 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             enrolled_at=at,
             enrolled_by=enrolled.enrolled_by,
             bulk_enroll_id=enrolled.bulk_enroll_id,
+            mx_check=enrolled.mx_check,
             version=event.version,
             updated_at=at,
         )
