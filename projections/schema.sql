@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0011 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0012 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -101,7 +101,9 @@ CREATE TABLE public.enrollments (
     updated_at timestamp with time zone NOT NULL,
     bulk_enroll_id text,
     failure_reason text,
-    failure_detail text
+    failure_detail text,
+    mx_check text DEFAULT 'not_required'::text NOT NULL,
+    CONSTRAINT enrollments_mx_check_check CHECK ((mx_check = ANY (ARRAY['verified'::text, 'unverified'::text, 'not_required'::text])))
 );
 
 --
@@ -327,6 +329,7 @@ CREATE VIEW public.enrollment_table AS
     bulk_enroll_id,
     failure_reason,
     failure_detail,
+    mx_check,
         CASE
             WHEN ((current_step IS NOT NULL) AND (total_steps IS NOT NULL)) THEN ((('Step '::text || current_step) || ' of '::text) || total_steps)
             ELSE NULL::text

@@ -421,14 +421,22 @@ def _send(make: Callable[[Any], Any]) -> Any:
     return asyncio.run(run())
 
 
+# Exit codes of the commands that wait for a result (enroll, stop, unenroll); docs/client.md.
+EXIT_REFUSED = 1  # rejected, stale or deferred: nothing was done (also any error before a result)
+EXIT_SKIPPED = 3  # an Enroll skipped (opted out, landline, no MX, ...): the contact was not enrolled
+
+
 def _print_result(result: Any) -> None:
     if result.status in ("accepted", "duplicate"):
         extra = f" enrollment {', '.join(result.enrollment_ids)}" if result.enrollment_ids else ""
         console.print(f"{result.status}: {result.command_type} {result.command_id}{extra}")
         return
     code = f" ({result.code})" if result.code else ""
+    if result.status == "skipped":
+        err.print(f"[yellow]skipped{code}:[/yellow] {result.message} (not enrolled)")
+        raise typer.Exit(code=EXIT_SKIPPED)
     err.print(f"[red]{result.status}{code}:[/red] {result.message or result.command_type}")
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=EXIT_REFUSED)
 
 
 @app.command("enroll")
@@ -656,6 +664,8 @@ def why_command(
             data = row["data"] or {}
             what = ", ".join(f"{k}={data[k]}" for k in _TIMELINE_FIELDS if data.get(k) not in (None, ""))
             decision = row["what"].removesuffix(".v1")
+            if row["status"] not in (None, "accepted"):  # e.g. an Enroll skipped
+                decision = f"{decision} [yellow]({row['status']})[/yellow]"
         else:
             code = f" ({row['code']})" if row["code"] and row["code"] != row["status"] else ""
             decision = f"[yellow]{row['status']}{code}[/yellow]"

@@ -2,7 +2,7 @@
 
     async with EnrollstreamClient("127.0.0.1:9092") as client:
         result = await client.enroll("acct-1", "contact-9", "welcome", name="Ada", email="ada@example.org")
-        print(result.status)  # accepted / rejected (with result.code) / duplicate / ...
+        print(result.status)  # accepted / skipped or rejected (with result.code) / duplicate / ...
 
 Commands are published with an idempotent producer, keyed by `account_id/contact_id` like the decider
 expects; every command carries a `command_id`, the idempotency key, so publishing an accepted command

@@ -229,7 +229,7 @@ async def _follow(
                     else:
                         result = json.loads(record.value)
                         report.results[result["status"]] += 1
-                        if result.get("code"):
+                        if result["status"] == "rejected":  # a skip's code is its kind, not a refusal
                             report.codes[result["code"]] += 1
                     seen += 1
                     progress.advance(task)

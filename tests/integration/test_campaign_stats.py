@@ -93,6 +93,7 @@ async def stage_and_merge(db: asyncpg.Connection, rows: list[dict[str, Any]]) ->
             "batch_number": 0,
             "priority": False,
             "updated_at": now,
+            "mx_check": "not_required",
         }
         full = [defaults | {"contact_id": r["enrollment_id"]} | r for r in rows]
         records = [tuple(r[c] for c in COLUMNS) for r in full]

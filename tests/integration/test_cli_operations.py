@@ -138,6 +138,34 @@ async def test_apply_enroll_stop_then_the_pages_the_stats_and_the_timeline_show_
     assert "cmd-" in timeline.out  # each line names the command that caused it
 
 
+async def test_an_enroll_that_is_skipped_exits_3_naming_the_skip_and_why_shows_it_skipped(
+    settings: Settings, topics: Topics, tmp_path: Path
+) -> None:
+    env = cli_env(settings)
+    campaign = tmp_path / "welcome.yaml"
+    campaign.write_text(CAMPAIGN_YAML)
+    assert (await cli("campaign", "apply", str(campaign), env=env)).code == 0
+
+    async with running_worker(settings):
+        # An email campaign and no email address: skipped (missing_address), not enrolled.
+        skipped = await cli("enroll", "c9", "welcome", "--name", "No Mail", env=env)
+
+        async def skip_projected() -> Ran:
+            for _ in range(50):
+                why = await cli("why", "c9", env=env)
+                if "EnrollmentSkipped" in why.out:
+                    return why
+                await asyncio.sleep(0.2)
+            return why
+
+        why = await skip_projected()
+    assert skipped.code == 3, (skipped.code, skipped.out, skipped.err)
+    assert skipped.one_error_line and "skipped (missing_address)" in skipped.err
+    assert "No email address for an email step" in skipped.err and "enrollment" not in skipped.out
+    assert why.code == 0, why.err
+    assert "EnrollmentSkipped (skipped)" in why.out, why.out
+
+
 async def test_clear_errors_unknown_campaign_bad_files_and_an_unreachable_broker(
     settings: Settings, topics: Topics, tmp_path: Path
 ) -> None:

@@ -45,7 +45,7 @@ async def test_enroll_then_stop_and_the_results_carry_the_outcome(settings: Sett
         stopped = await client.stop_enrollment("acct-1", "c1", enrollment_id, note="by the test")
         assert stopped.status == "accepted"
         # The same command id again: decided once, the second result says duplicate.
-        data = {"contact_id": "c3", "campaign_id": "welcome", "contact": {"name": "Cy"}}
+        data = {"contact_id": "c3", "campaign_id": "welcome", "contact": {"name": "Cy", "email": "cy@x.org"}}
         command = client.envelope("Enroll.v1", "acct-1", data)
         first, second = await client.send(command), await client.send(command)
         assert (first.status, second.status) == ("accepted", "duplicate")

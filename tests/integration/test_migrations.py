@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import asyncpg
@@ -70,3 +71,52 @@ async def test_a_migration_edited_after_it_was_applied_is_refused(
             await migrate(conn, load_migrations(tmp_path))
     finally:
         await conn.close()
+
+
+async def test_migration_0012_fills_mx_check_of_existing_rows_from_their_enrolled_event(
+    empty_database_url: str,
+) -> None:
+    """Rows projected before 0012 get what their ContactEnrolled recorded, like the domain reads an event
+    recorded before `mx_check` existed."""
+    from dataclasses import asdict
+
+    from enrollstream.domain import MxAnswer
+    from enrollstream.domain.events import ContactEnrolled
+    from enrollstream.read_models import enrollments
+    from tests.unit.domain.scenario import T0, campaign, enroll, given
+
+    timeout = MxAnswer(domain="x.org", has_mx=False, checked_at=T0, detail="timeout", answered=False)
+    found = MxAnswer(domain="x.org", has_mx=True, checked_at=T0, detail="mx: 10 mx.x.org.")
+    cases = {
+        "unverified": enroll(campaign(verify_email_mx=True), mx=timeout),
+        "verified": enroll(campaign(verify_email_mx=True), mx=found),
+        "not_required": enroll(campaign(), mx=found),
+    }
+    before = [m for m in load_migrations() if m.version < 12]
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        await migrate(conn, before)
+        for want, command in cases.items():
+            event = given().when(command).events[0]
+            assert isinstance(event, ContactEnrolled)
+            event = event.model_copy(update={"enrollment_id": f"e-{want}"})
+            row = asdict(enrollments.apply(None, event))  # type: ignore[arg-type]
+            del row["mx_check"]
+            await conn.execute(
+                f"insert into enrollments ({', '.join(row)}) values "
+                f"({', '.join(f'${i + 1}' for i in range(len(row)))})",
+                *row.values(),
+            )
+            data = event.data.model_dump(mode="json", exclude={"mx_check"})
+            await conn.execute(
+                "insert into enrollment_timeline (event_id, account_id, contact_id, campaign_id,"
+                " enrollment_id, version, type, occurred_at, causation_id, data)"
+                " values ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9::jsonb)",
+                f"ev-{want}", event.account_id, event.contact_id, event.campaign_id, event.enrollment_id,
+                event.type, event.occurred_at, event.causation_id, json.dumps(data),
+            )  # fmt: skip
+        await migrate(conn)
+        rows = await conn.fetch("select enrollment_id, mx_check from enrollment_table order by 1")
+    finally:
+        await conn.close()
+    assert {r["enrollment_id"]: r["mx_check"] for r in rows} == {f"e-{w}": w for w in cases}

@@ -1,17 +1,20 @@
-"""MX verification before decide (seed 001 `verify_email_mx`), against a real DNS server on 127.0.0.1."""
+"""MX verification before decide (seed 001 `verify_email_mx`), against a real DNS server on 127.0.0.1.
+Issue 11 item 12: DNS that does not answer enrolls the contact, recorded as mx_check unverified."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import asyncpg
+
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition
 from enrollstream.runtime.campaigns import publish_campaign
-from tests.integration.test_decider_runtime import ACCOUNT, enroll, send
+from tests.integration.test_decider_runtime import ACCOUNT, campaign, enroll, send
 from tests.servers.dns import LocalDnsServer
-from tests.support import read_until, running_worker
+from tests.support import eventually, read_until, running_worker
 
 
 def verifying_campaign() -> CampaignDefinition:
@@ -69,3 +72,45 @@ async def test_no_mx_is_skipped_a_timeout_is_enrolled_unverified_and_answers_are
     assert first["dee"]["type"] == "ContactEnrolled.v1", "a DNS timeout is not mx_invalid"
     assert first["dee"]["data"]["mx"]["answered"] is False
     assert dns_server.query_count("good.test") == 1, "the second good.test contact came from the cache"
+
+
+async def test_when_dns_does_not_answer_the_contact_is_enrolled_with_mx_check_unverified_in_postgres(
+    settings: Settings, topics: Topics, dns_server: LocalDnsServer, database_url: str
+) -> None:
+    dns_server.add("good.test", "MX", "10 mx.good.test.")
+    dns_server.drop("silent.test")  # read and never answered: a timeout
+    dns_server.servfail("broken.test")  # SERVFAIL from the only nameserver
+    settings = settings.model_copy(
+        update={"dns_nameservers": f"127.0.0.1:{dns_server.port}", "dns_timeout_s": 0.5}
+    )
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    await publish_campaign(bootstrap, topics.campaigns, verifying_campaign())
+    await publish_campaign(bootstrap, topics.campaigns, campaign())  # does not verify MX
+    commands = [
+        with_email(enroll("tim", "verified"), "tim@silent.test"),
+        with_email(enroll("sam", "verified"), "sam@broken.test"),
+        with_email(enroll("val", "verified"), "val@good.test"),
+        with_email(enroll("nia", "welcome"), "nia@silent.test"),
+    ]
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with running_worker(settings):
+            for command in commands:
+                await send(settings, topics, command, f"{ACCOUNT}/{command['data']['contact_id']}")
+
+            async def projected() -> bool:
+                return bool(await conn.fetchval("select count(*) from enrollments") == len(commands))
+
+            await eventually(projected, what="every contact enrolled in the read model")
+        rows = await conn.fetch(
+            "select contact_id, status, mx_check from enrollment_table order by contact_id"
+        )
+    finally:
+        await conn.close()
+    assert [(r["contact_id"], r["status"], r["mx_check"]) for r in rows] == [
+        ("nia", "pending", "not_required"),
+        ("sam", "pending", "unverified"),  # SERVFAIL: no answer, enrolled anyway
+        ("tim", "pending", "unverified"),  # timeout: no answer, enrolled anyway
+        ("val", "pending", "verified"),
+    ]

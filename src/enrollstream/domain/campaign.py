@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # Seed 002: "By default, multi-message campaigns expire 7 days after delivery." That is the default of
 # seed 002's kind of campaign (CampaignKind.MULTI_MODULE) only; a drip never expires unless it says so.
@@ -227,13 +227,41 @@ class ContactFacts(Model):
     opted_out: bool = False  # already opted out upstream (seed 003 "Omitted Opted Out")
 
 
+MX_DETAIL_MAX = 300  # characters of an MX answer's detail kept (a resolver's error can be long)
+
+
+def _bounded_detail(value: object) -> object:
+    return value[:MX_DETAIL_MAX] if isinstance(value, str) else value
+
+
 class MxAnswer(Model):
     """The runtime's MX lookup for the contact's email domain, recorded for replay."""
 
     domain: str
     has_mx: bool
     checked_at: datetime
-    detail: str = ""
+    # What DNS said ("mx: 10 mx1...", "nxdomain: ...", "timeout: ..."), cut to MX_DETAIL_MAX.
+    detail: Annotated[str, BeforeValidator(_bounded_detail), Field(max_length=MX_DETAIL_MAX)] = ""
     # False when DNS gave no answer (timeout, SERVFAIL): that is no evidence the domain lacks MX, so
     # the contact is enrolled unverified (never skipped as mx_invalid) and the answer is recorded.
     answered: bool = True
+
+
+class MxCheck(StrEnum):
+    """What an enrollment's MX check was (docs/delivery.md "MX verification"). A domain that answered
+    without MX is never enrolled: it is the skip `mx_invalid`."""
+
+    VERIFIED = "verified"  # the campaign verifies MX and the domain has MX records
+    UNVERIFIED = "unverified"  # the campaign verifies MX, DNS gave no answer (timeout, SERVFAIL): enrolled
+    NOT_REQUIRED = "not_required"  # the campaign does not verify MX (or has no email step)
+
+
+def mx_check_of(campaign: CampaignDefinition, mx: MxAnswer | None) -> MxCheck:
+    """The MX check of a contact enrolled under `campaign` with `mx` (what the decider records)."""
+    if not (campaign.verify_email_mx and campaign.uses(Channel.EMAIL)) or mx is None:
+        return MxCheck.NOT_REQUIRED
+    if not mx.answered:
+        return MxCheck.UNVERIFIED
+    if not mx.has_mx:
+        raise ValueError(f"{mx.domain} has no MX: skipped as mx_invalid, never enrolled")
+    return MxCheck.VERIFIED

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from . import ids
-from .campaign import Channel, LineType, Model, Pause, ReEnrollment, ReplyAction, paused_between
+from .campaign import Channel, LineType, Model, Pause, ReEnrollment, ReplyAction, mx_check_of, paused_between
 from .commands import (
     BounceDetected,
     BounceType,
@@ -339,6 +339,7 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
             bulk_enroll_id=d.bulk_enroll_id,
             time_zone=resolve_time_zone(contact.time_zone, campaign.time_zone),
             enrolled_by=cmd.actor,
+            mx_check=mx_check_of(campaign, d.mx),
         ),
     )
     e = em.enrollment(enrollment_id)

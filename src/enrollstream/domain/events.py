@@ -10,9 +10,19 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, TypeAdapter
+from pydantic import AwareDatetime, Field, TypeAdapter, model_validator
 
-from .campaign import CampaignDefinition, Channel, ContactFacts, Model, MxAnswer, ReplyAction, StepContent
+from .campaign import (
+    CampaignDefinition,
+    Channel,
+    ContactFacts,
+    Model,
+    MxAnswer,
+    MxCheck,
+    ReplyAction,
+    StepContent,
+    mx_check_of,
+)
 from .commands import BounceType, EnrollSource
 from .statuses import EnrollmentStatus, FailureReason, Outcome, SkipKind, StopReason
 
@@ -44,6 +54,17 @@ class ContactEnrolledData(Model):
     bulk_enroll_id: str | None = None  # the BulkEnroll (command id) this enrollment came from
     time_zone: str  # the resolved send-window zone: contact's, else campaign's, else UTC
     enrolled_by: str = ""  # the command's actor (seed 003: filter by enrolling user)
+    # verified / unverified (DNS gave no answer: enrolled anyway) / not_required. Events recorded before
+    # it existed get what the decider did then, from `campaign` and `mx` (mx_check_of).
+    mx_check: MxCheck = MxCheck.NOT_REQUIRED
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mx_check_of_older_events(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "mx_check" in data or data.get("mx") is None:
+            return data
+        campaign = CampaignDefinition.model_validate(data.get("campaign"))
+        return {**data, "mx_check": mx_check_of(campaign, MxAnswer.model_validate(data["mx"]))}
 
 
 class ContactEnrolled(EventEnvelope):

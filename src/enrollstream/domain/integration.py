@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AwareDatetime, Field, TypeAdapter
 
 from . import ids
-from .campaign import Model, ReplyAction
+from .campaign import Model, MxCheck, ReplyAction
 from .commands import BounceType
 from .events import (
     ContactEnrolled,
@@ -47,6 +47,8 @@ class EnrolledData(Model):
     campaign_version: int
     batch_number: int
     priority: bool
+    # verified / unverified (DNS gave no answer; enrolled anyway) / not_required. Added in issue 11.
+    mx_check: MxCheck = MxCheck.NOT_REQUIRED
 
 
 class Enrolled(IntegrationEvent):
@@ -223,7 +225,10 @@ def to_integration_events(event: Event) -> list[AnyIntegrationEvent]:
     if isinstance(event, ContactEnrolled):
         d = event.data
         data = EnrolledData(
-            campaign_version=d.campaign.version, batch_number=d.batch_number, priority=d.priority
+            campaign_version=d.campaign.version,
+            batch_number=d.batch_number,
+            priority=d.priority,
+            mx_check=d.mx_check,
         )
         return [_make(Enrolled, event, data)]
     if isinstance(event, EnrollmentSkipped):

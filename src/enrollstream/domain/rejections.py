@@ -11,7 +11,7 @@ from pydantic import Field
 
 from .campaign import Model
 from .commands import CommandEnvelope
-from .events import Event
+from .events import EnrollmentSkipped, Event
 
 
 class RejectionCode(StrEnum):
@@ -69,13 +69,16 @@ class CommandResult(Model):
     command_type: str
     account_id: str
     contact_id: str
-    status: Literal["accepted", "rejected", "duplicate", "stale", "deferred"]
+    # `skipped`: an Enroll decided without enrolling (an EnrollmentSkipped event): `code` is the skip
+    # kind (`landline`, `opted_out`, `mx_invalid`, ...), `message` the reason, `details` the evidence,
+    # and `enrollment_ids` is empty: no enrollment exists.
+    status: Literal["accepted", "skipped", "rejected", "duplicate", "stale", "deferred"]
     code: str | None = None
     message: str = ""
     details: dict[str, str] = Field(default_factory=dict)  # e.g. the existing enrollment_id
     event_ids: list[str] = Field(default_factory=list)
     versions: list[int] = Field(default_factory=list)
-    enrollment_ids: list[str] = Field(default_factory=list)
+    enrollment_ids: list[str] = Field(default_factory=list)  # the enrollments that exist after it
     # The command's own facts, so a result explains itself without the command at hand.
     actor: str = "system"
     issued_at: datetime | None = None  # the command's "now" (what the decision was made at)
@@ -117,10 +120,24 @@ def command_result(
             code=decision.ignored.value,
             message=IGNORED_REASONS[decision.ignored],
         )
+    event_ids = [e.event_id for e in decision.events]
+    versions = [e.version for e in decision.events]
+    skip = next((e for e in decision.events if isinstance(e, EnrollmentSkipped)), None)
+    if skip is not None:
+        # A skip's enrollment_id is the one it would have had: it never exists, so it is not reported.
+        return CommandResult(
+            **base,
+            status="skipped",
+            code=skip.data.kind.value,
+            message=skip.data.reason,
+            details=dict(skip.data.evidence),
+            event_ids=event_ids,
+            versions=versions,
+        )
     return CommandResult(
         **base,
         status="accepted",
-        event_ids=[e.event_id for e in decision.events],
-        versions=[e.version for e in decision.events],
+        event_ids=event_ids,
+        versions=versions,
         enrollment_ids=sorted({e.enrollment_id for e in decision.events if e.enrollment_id}),
     )

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from . import ids
-from .campaign import CampaignDefinition, CampaignKind, ContactFacts
+from .campaign import CampaignDefinition, CampaignKind, ContactFacts, MxCheck
 from .events import (
     BulkEnrollAccepted,
     ContactEnrolled,
@@ -94,6 +94,7 @@ class Enrollment(StateModel):
     # The Enroll command that created it (`command_key`): that command never enrolls again, past any window.
     enroll_command_id: str | None = None
     bulk_enroll_id: str | None = None  # the BulkEnroll this enrollment came from
+    mx_check: MxCheck = MxCheck.NOT_REQUIRED  # verified / unverified / not_required, at enrollment
     status: EnrollmentStatus = EnrollmentStatus.PENDING
     stage: Stage = Stage.PENDING
     stop_reason: StopReason | None = None
@@ -307,6 +308,7 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             enrolled_by=enrolled.enrolled_by,
             enroll_command_id=command_key(event.causation_id),
             bulk_enroll_id=enrolled.bulk_enroll_id,
+            mx_check=enrolled.mx_check,
             version=event.version,
             updated_at=at,
         )

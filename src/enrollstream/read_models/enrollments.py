@@ -73,6 +73,7 @@ class EnrollmentRow:
     bulk_enroll_id: str | None = None  # the BulkEnroll this enrollment came from (migration 0005)
     failure_reason: str | None = None  # status failed: invalid_recipient, bounced, undeliverable (0011)
     failure_detail: str | None = None  # what the provider or the dispatcher said (0011)
+    mx_check: str = "not_required"  # verified, unverified (DNS gave no answer), not_required (0012)
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EnrollmentRow))
@@ -116,6 +117,7 @@ def row_of(state: ContactState, e: Enrollment) -> EnrollmentRow:
         bulk_enroll_id=e.bulk_enroll_id,
         failure_reason=None if e.failure_reason is None else e.failure_reason.value,
         failure_detail=e.failure_detail,
+        mx_check=e.mx_check.value,
     )
 
 
@@ -197,6 +199,7 @@ def apply(row: EnrollmentRow | None, event: Event) -> EnrollmentRow | None:
             last_version=event.version,
             updated_at=event.occurred_at,
             bulk_enroll_id=data.bulk_enroll_id,
+            mx_check=data.mx_check.value,
         )
     if row is None or event.version <= row.last_version:
         return row  # not ours, or already folded (a replay of an older event)

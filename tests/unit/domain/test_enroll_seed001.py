@@ -9,9 +9,11 @@ from enrollstream.domain import (
     Accepted,
     BulkEnroll,
     BulkEnrollAccepted,
+    Channel,
     ContactEnrolled,
     EnrollmentSkipped,
     MxAnswer,
+    MxCheck,
     Rejection,
     StepScheduled,
     accept_bulk_enroll,
@@ -19,7 +21,9 @@ from enrollstream.domain import (
     evolve,
     fan_out_bulk_enroll,
     initial_state,
+    parse_event,
 )
+from enrollstream.domain.campaign import MX_DETAIL_MAX
 from enrollstream.domain.events import ContactEnrolled as ContactEnrolledEvent
 
 from .scenario import (
@@ -35,6 +39,7 @@ from .scenario import (
     ev,
     given,
     sent,
+    step,
     stop,
 )
 
@@ -128,6 +133,46 @@ def test_a_dns_timeout_is_not_mx_invalid_the_contact_is_enrolled_unverified() ->
     timeout = MxAnswer(domain="example.com", has_mx=False, checked_at=T0, detail="timeout", answered=False)
     result = given().when(enroll(campaign(verify_email_mx=True), mx=timeout))
     result.then(ev(ContactEnrolled, mx=timeout), ev(StepScheduled))
+
+
+def test_an_enrollment_records_that_its_mx_check_was_verified() -> None:
+    then = given().when(enroll(campaign(verify_email_mx=True), mx=mx(True)))
+    then.then(ev(ContactEnrolled, mx_check=MxCheck.VERIFIED), ev(StepScheduled))
+    assert then.enrollment().mx_check is MxCheck.VERIFIED
+
+
+def test_an_enrollment_records_that_its_mx_check_was_unverified() -> None:
+    # DNS gave no answer (a timeout, SERVFAIL): enrolled anyway, and the enrollment says so.
+    timeout = MxAnswer(domain="example.com", has_mx=False, checked_at=T0, detail="timeout", answered=False)
+    then = given().when(enroll(campaign(verify_email_mx=True), mx=timeout))
+    then.then(ev(ContactEnrolled, mx_check=MxCheck.UNVERIFIED), ev(StepScheduled))
+    assert then.enrollment().mx_check is MxCheck.UNVERIFIED
+
+
+def test_an_enrollment_records_that_its_mx_check_was_not_required() -> None:
+    then = given().when(enroll(campaign(), mx=mx(True)))  # an answer, but the campaign does not verify
+    then.then(ev(ContactEnrolled, mx_check=MxCheck.NOT_REQUIRED), ev(StepScheduled))
+    assert then.enrollment().mx_check is MxCheck.NOT_REQUIRED
+    sms_only = campaign(verify_email_mx=True, steps=[step(Channel.SMS)])  # no email to verify
+    given().when(enroll(sms_only)).then(ev(ContactEnrolled, mx_check=MxCheck.NOT_REQUIRED), ev(StepScheduled))
+
+
+def test_an_enrollment_recorded_before_mx_check_existed_reads_as_what_was_decided_then() -> None:
+    timeout = MxAnswer(domain="example.com", has_mx=False, checked_at=T0, detail="timeout", answered=False)
+    checks = []
+    for cmp, answer in ((campaign(verify_email_mx=True), timeout), (campaign(verify_email_mx=True), mx(True)),
+                        (campaign(), mx(True)), (campaign(), None)):  # fmt: skip
+        [enrolled, _] = given().when(enroll(cmp, mx=answer)).events
+        older = enrolled.model_dump(mode="json")
+        del older["data"]["mx_check"]
+        checks.append(parse_event(older).data.mx_check)  # type: ignore[union-attr]
+    assert checks == [MxCheck.UNVERIFIED, MxCheck.VERIFIED, MxCheck.NOT_REQUIRED, MxCheck.NOT_REQUIRED]
+
+
+def test_the_mx_answer_detail_is_bounded() -> None:
+    long = MxAnswer(domain="example.com", has_mx=False, checked_at=T0, detail="x" * 5000, answered=False)
+    then = given().when(enroll(campaign(verify_email_mx=True), mx=long))
+    assert len(then.events[0].data.mx.detail) == MX_DETAIL_MAX  # type: ignore[union-attr]
 
 
 def test_verify_email_mx_without_an_mx_answer_is_refused() -> None:

@@ -62,6 +62,7 @@ CAMPAIGNS = [
     blast(campaign_id="auto", awaits_trigger=True, trigger_timeout=2 * DAY, when_in_other_campaign="queue"),
     campaign(campaign_id="cont", reply_action="continue", expiry_after_delivery=DAY),
     blast(campaign_id="blast", re_enrollment="after_finished"),
+    campaign(campaign_id="mx", verify_email_mx=True),  # mx_check: verified, unverified, or a skip
 ]
 CONTACTS = [
     *[contact()] * 4,

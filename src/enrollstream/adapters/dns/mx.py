@@ -8,8 +8,9 @@ Outcomes:
 - the name exists but has no MX records -> MxAnswer(has_mx=False, detail="no_mx: ...")  (no A fallback)
 - only a null MX `0 .` (RFC 7505)       -> MxAnswer(has_mx=False, detail="null_mx: ...")
 - a timeout, SERVFAIL, REFUSED, or any other failure to get an answer -> **raises
-  MxLookupUnavailable**. "We could not ask" is not "the domain has no MX": the runtime must defer
-  and retry the command later rather than skip the contact as `mx_invalid`.
+  MxLookupUnavailable**. "We could not ask" is not "the domain has no MX": the runtime records an
+  unanswered MxAnswer (`answered=False`) and the contact is enrolled with `mx_check` `unverified`,
+  never skipped as `mx_invalid` and never held back (docs/delivery.md "MX verification").
 
 Answers are cached in memory per domain for their TTL (capped at `max_ttl`); negative answers for
 the SOA's negative TTL capped at the shorter `negative_ttl`. Failures are never cached. Concurrent
@@ -37,7 +38,7 @@ from enrollstream.domain.campaign import MxAnswer
 
 
 class MxLookupUnavailable(Exception):
-    """DNS gave no usable answer (timeout, SERVFAIL, ...): retry later; do not treat as invalid."""
+    """DNS gave no usable answer (timeout, SERVFAIL, ...): not evidence of no MX; enroll unverified."""
 
     def __init__(self, domain: str, reason: str) -> None:
         super().__init__(f"MX lookup for {domain} unavailable: {reason}")

@@ -62,7 +62,8 @@ with before as (
         updated_at = excluded.updated_at,
         bulk_enroll_id = excluded.bulk_enroll_id,
         failure_reason = excluded.failure_reason,
-        failure_detail = excluded.failure_detail
+        failure_detail = excluded.failure_detail,
+        mx_check = excluded.mx_check
      where enrollments.last_version < excluded.last_version
     returning enrollment_id, account_id, campaign_id, status
 ), delta as (
@@ -216,7 +217,7 @@ select set_config('plan_cache_mode', 'force_custom_plan', true);
 select enrollment_id, contact_id, contact_name, email, mobile, status, stage, stop_reason, outcome,
        current_step, total_steps, step_label, next_execution_at, next_execution_indicator, enrolled_at,
        batch_number, priority, sent_at, opened_at, replied_at, bounced_at, bounce_reason, hours_to_reply,
-       failure_reason, failure_detail, sequence_status
+       failure_reason, failure_detail, sequence_status, mx_check
   from enrollment_table
  where account_id = $1
    and campaign_id = $2
