@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0012 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0013 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -128,11 +128,11 @@ CREATE VIEW public.bulk_enroll_summaries AS
    FROM ((public.bulk_enrollments b
      LEFT JOIN LATERAL ( SELECT count(*) AS enrolled
            FROM public.enrollments
-          WHERE (enrollments.bulk_enroll_id = b.bulk_enroll_id)) e ON (true))
+          WHERE ((enrollments.account_id = b.account_id) AND (enrollments.bulk_enroll_id = b.bulk_enroll_id))) e ON (true))
      LEFT JOIN LATERAL ( SELECT count(*) AS skipped,
             jsonb_agg(jsonb_build_object('contact_id', enrollment_skips.contact_id, 'email', enrollment_skips.email, 'reason', enrollment_skips.reason, 'kind', enrollment_skips.kind) ORDER BY enrollment_skips.batch_number, enrollment_skips.skipped_at, enrollment_skips.contact_id) AS skipped_list
            FROM public.enrollment_skips
-          WHERE (enrollment_skips.bulk_enroll_id = b.bulk_enroll_id)) s ON (true));
+          WHERE ((enrollment_skips.account_id = b.account_id) AND (enrollment_skips.bulk_enroll_id = b.bulk_enroll_id))) s ON (true));
 
 --
 -- Name: campaign_stats; Type: TABLE; Schema: public; Owner: -
@@ -417,7 +417,7 @@ ALTER TABLE ONLY public.bulk_enrollments
 --
 
 ALTER TABLE ONLY public.bulk_enrollments
-    ADD CONSTRAINT bulk_enrollments_pkey PRIMARY KEY (bulk_enroll_id);
+    ADD CONSTRAINT bulk_enrollments_pkey PRIMARY KEY (account_id, bulk_enroll_id);
 
 --
 -- Name: campaign_stats campaign_stats_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -500,19 +500,13 @@ ALTER TABLE ONLY public.timers
 -- Name: bulk_enrollments_campaign; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX bulk_enrollments_campaign ON public.bulk_enrollments USING btree (campaign_id, requested_at);
+CREATE INDEX bulk_enrollments_campaign ON public.bulk_enrollments USING btree (account_id, campaign_id, requested_at);
 
 --
 -- Name: bulk_enrollments_import; Type: INDEX; Schema: public; Owner: -
 --
 
 CREATE INDEX bulk_enrollments_import ON public.bulk_enrollments USING btree (account_id, contact_import_id);
-
---
--- Name: campaign_stats_campaign; Type: INDEX; Schema: public; Owner: -
---
-
-CREATE INDEX campaign_stats_campaign ON public.campaign_stats USING btree (campaign_id);
 
 --
 -- Name: decisions_command; Type: INDEX; Schema: public; Owner: -
@@ -536,13 +530,13 @@ CREATE INDEX delivery_ledger_sender_sends ON public.delivery_ledger USING btree 
 -- Name: enrollment_skips_bulk_enroll; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX enrollment_skips_bulk_enroll ON public.enrollment_skips USING btree (bulk_enroll_id) WHERE (bulk_enroll_id IS NOT NULL);
+CREATE INDEX enrollment_skips_bulk_enroll ON public.enrollment_skips USING btree (account_id, bulk_enroll_id) WHERE (bulk_enroll_id IS NOT NULL);
 
 --
 -- Name: enrollment_skips_campaign_kind; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX enrollment_skips_campaign_kind ON public.enrollment_skips USING btree (campaign_id, kind, skipped_at);
+CREATE INDEX enrollment_skips_campaign_kind ON public.enrollment_skips USING btree (account_id, campaign_id, kind, skipped_at);
 
 --
 -- Name: enrollment_timeline_contact; Type: INDEX; Schema: public; Owner: -
@@ -560,25 +554,25 @@ CREATE INDEX enrollment_timeline_enrollment ON public.enrollment_timeline USING 
 -- Name: enrollments_bulk_enroll; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX enrollments_bulk_enroll ON public.enrollments USING btree (bulk_enroll_id) WHERE (bulk_enroll_id IS NOT NULL);
+CREATE INDEX enrollments_bulk_enroll ON public.enrollments USING btree (account_id, bulk_enroll_id) WHERE (bulk_enroll_id IS NOT NULL);
 
 --
 -- Name: enrollments_campaign_batch_page; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX enrollments_campaign_batch_page ON public.enrollments USING btree (campaign_id, batch_number, enrolled_at, enrollment_id);
+CREATE INDEX enrollments_campaign_batch_page ON public.enrollments USING btree (account_id, campaign_id, batch_number, enrolled_at, enrollment_id);
 
 --
 -- Name: enrollments_campaign_page; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX enrollments_campaign_page ON public.enrollments USING btree (campaign_id, enrolled_at, enrollment_id);
+CREATE INDEX enrollments_campaign_page ON public.enrollments USING btree (account_id, campaign_id, enrolled_at, enrollment_id);
 
 --
 -- Name: enrollments_campaign_status_page; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX enrollments_campaign_status_page ON public.enrollments USING btree (campaign_id, status, enrolled_at, enrollment_id);
+CREATE INDEX enrollments_campaign_status_page ON public.enrollments USING btree (account_id, campaign_id, status, enrolled_at, enrollment_id);
 
 --
 -- Name: enrollments_contact; Type: INDEX; Schema: public; Owner: -
@@ -596,7 +590,7 @@ CREATE INDEX enrollments_contact_name_trgm ON public.enrollments USING gin (cont
 -- Name: replies_campaign; Type: INDEX; Schema: public; Owner: -
 --
 
-CREATE INDEX replies_campaign ON public.replies USING btree (campaign_id, replied_at);
+CREATE INDEX replies_campaign ON public.replies USING btree (account_id, campaign_id, replied_at);
 
 --
 -- Name: timers_due_unclaimed; Type: INDEX; Schema: public; Owner: -

@@ -28,7 +28,10 @@ COMMANDS = (
     "Kafka transactions by the decider (aiokafka directly, not a FastStream handler)."
 )
 EVENTS = "Domain events, the source of truth, folded into the PostgreSQL read models."
-CAMPAIGNS = "Campaign definitions keyed campaign_id (compacted); every decider reads all of them."
+CAMPAIGNS = (
+    'Campaign definitions keyed ["account_id","campaign_id"] (JSON; compacted): a campaign is (account, '
+    "campaign). Every decider reads all of them."
+)
 SUBSCRIPTIONS = "Webhook subscriber URLs and secrets per account (compacted), read by every relay."
 RELAY = (
     "The reference webhook relay POSTs each public event, signed, in order per enrollment (docs/webhooks.md)."

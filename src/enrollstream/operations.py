@@ -51,23 +51,21 @@ def load_campaign_file(path: Path) -> CampaignDefinition:
 async def known_campaign(
     bootstrap: str, topics: Topics, account_id: str, campaign_id: str
 ) -> CampaignDefinition:
-    """The campaign as the deciders know it; an unknown one (or another account's) is an OperatorError."""
-    catalog = CampaignCatalog(bootstrap, topics.campaigns)
-    await catalog.start()
-    try:
-        campaign = catalog.get(campaign_id)
-    finally:
-        await catalog.stop()
-    if campaign is None or campaign.account_id != account_id:
+    """The account's campaign as the deciders know it; an unknown one is an OperatorError (another
+    account's campaign with the same id is another campaign)."""
+    campaign = await _latest(bootstrap, topics, account_id, campaign_id)
+    if campaign is None:
         raise OperatorError(f"unknown campaign {campaign_id!r} for account {account_id!r}")
     return campaign
 
 
-async def _latest(bootstrap: str, topics: Topics, campaign_id: str) -> CampaignDefinition | None:
+async def _latest(
+    bootstrap: str, topics: Topics, account_id: str, campaign_id: str
+) -> CampaignDefinition | None:
     catalog = CampaignCatalog(bootstrap, topics.campaigns)
     await catalog.start()
     try:
-        return catalog.get(campaign_id)
+        return catalog.get(account_id, campaign_id)
     finally:
         await catalog.stop()
 
@@ -77,9 +75,7 @@ async def apply_campaign(
 ) -> CampaignDefinition:
     """Publish `campaign` as of `at`, keeping the pause history of the version it replaces (a pause is
     opened or closed when the status changes): paused time must not count toward expiry or timeouts."""
-    previous = await _latest(bootstrap, topics, campaign.campaign_id)
-    if previous is not None and previous.account_id != campaign.account_id:
-        raise OperatorError(f"campaign {campaign.campaign_id!r} belongs to another account")
+    previous = await _latest(bootstrap, topics, campaign.account_id, campaign.campaign_id)
     published = with_pause_history(previous, campaign, at)
     await publish_campaign(bootstrap, topics.campaigns, published)
     return published

@@ -205,7 +205,7 @@ async def wait_paused(worker: Worker, campaign_id: str, paused: bool) -> None:
 
     async def seen() -> bool:
         await scheduler.catalog.catch_up()
-        return (campaign_id in scheduler.catalog.paused()) is paused
+        return ((ACCOUNT, campaign_id) in scheduler.catalog.paused()) is paused
 
     await wait_for(f"the scheduler seeing {campaign_id} {'paused' if paused else 'active'}", seen)
 

@@ -130,7 +130,7 @@ async def wait_paused(worker: Worker, paused: bool) -> None:
 
     async def seen() -> bool:
         await scheduler.catalog.catch_up()
-        return (CAMPAIGN in scheduler.catalog.paused()) is paused
+        return ((ACCOUNT, CAMPAIGN) in scheduler.catalog.paused()) is paused
 
     await wait_for(f"the scheduler seeing the campaign {'paused' if paused else 'active'}", seen)
 

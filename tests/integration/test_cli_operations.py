@@ -242,7 +242,7 @@ async def test_pause_and_resume_publish_new_versions_that_keep_the_pause_history
     catalog = CampaignCatalog(settings.kafka_bootstrap_servers, topics.campaigns)
     await catalog.start()
     try:
-        latest = catalog.get("welcome")
+        latest = catalog.get("acct-cli", "welcome")
     finally:
         await catalog.stop()
     assert latest is not None and (latest.version, latest.status) == (4, "active")

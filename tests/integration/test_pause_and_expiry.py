@@ -97,7 +97,7 @@ async def scheduler_sees(worker: Worker, paused: bool) -> None:
 
     async def seen() -> bool:
         await sched.catalog.catch_up()
-        return (CAMPAIGN in sched.catalog.paused()) is paused
+        return ((ACCOUNT, CAMPAIGN) in sched.catalog.paused()) is paused
 
     await eventually(seen, what=f"the scheduler seeing the campaign {'paused' if paused else 'active'}")
 

@@ -432,7 +432,7 @@ class DeciderService:
         """Fill in the campaign definition upstream left out; None stays None (`campaign_not_found`)."""
         if command.data.campaign is not None:
             return command
-        campaign = self.catalog.get(command.data.campaign_id)
+        campaign = self.catalog.get(command.account_id, command.data.campaign_id)
         if campaign is None:
             return command
         return command.model_copy(update={"data": command.data.model_copy(update={"campaign": campaign})})

@@ -29,7 +29,7 @@ COMPARED_TABLES: dict[str, str] = {
     "enrollment_skips": "event_id",
     "replies": "event_id",
     "campaign_stats": "account_id, campaign_id",
-    "bulk_enrollments": "bulk_enroll_id",
+    "bulk_enrollments": "account_id, bulk_enroll_id",
     "timers": "enrollment_id, kind",
     "decisions": "result_partition, result_offset",
 }

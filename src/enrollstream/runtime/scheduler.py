@@ -12,7 +12,9 @@ command took effect is removed by the projector when it folds the resulting even
 the timer's due time, so a step the decider rescheduled (outside its send window, or deferred by a
 sender's rate limit) fires as a new command, while firing the same timer again keeps its id.
 
-Paused campaigns (the latest definition on the campaigns topic says `paused`) are left out of the claim
+Paused campaigns (the latest definition of that account's campaign on the campaigns topic says
+`paused`; a campaign is (account, campaign), so another account pausing the same campaign id holds
+nothing) are left out of the claim
 altogether: their timers stay due and fire on the first tick after a version with status `active` is
 published. ExpiryDue and WaitTimeout carry the campaign's pause history (`campaign_pauses`), so the
 decider does not count paused time and pushes such a timer back instead of ending the enrollment. Within
@@ -144,8 +146,14 @@ class SchedulerService:
         assert pool is not None and producer is not None, "start() the scheduler first"
         await self.catalog.catch_up()  # a pause or resume published before this tick counts
         leased_until = now + self.lease
+        paused = self.catalog.paused()  # (account, campaign) pairs: another account's pause holds nothing
         rows = await pool.fetch(
-            query("claim_due_timers"), now, leased_until, self.catalog.paused(), self.batch
+            query("claim_due_timers"),
+            now,
+            leased_until,
+            [account_id for account_id, _ in paused],
+            [campaign_id for _, campaign_id in paused],
+            self.batch,
         )
         if not rows:
             return []
@@ -179,7 +187,7 @@ class SchedulerService:
     def _command(self, row: asyncpg.Record, now: datetime) -> TimerCommand:
         enrollment_id: str = row["enrollment_id"]
         kind = TimerKind(row["kind"])
-        campaign = self.catalog.get(row["campaign_id"])
+        campaign = self.catalog.get(row["account_id"], row["campaign_id"])
         if kind is TimerKind.STEP_DUE:
             status = campaign.status if campaign is not None else CampaignStatus.ACTIVE
             return StepDue(

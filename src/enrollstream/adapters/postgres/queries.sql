@@ -400,8 +400,10 @@ on conflict (enrollment_id, kind) do update set
     claimed_until = null;
 
 -- name: claim_due_timers
--- The scheduler's claim: up to $4 due rows that no live lease holds, outside the paused campaigns ($3),
--- leased until $2. Within a campaign in dispatch order: batch number, priority first, enrollment time;
+-- The scheduler's claim: up to $5 due rows that no live lease holds, outside the paused campaigns (the
+-- pairs of accounts $3 and campaign ids $4: a campaign is (account, campaign), so another account's pause
+-- of the same campaign id holds nothing here), leased until $2. Within a campaign in dispatch order:
+-- batch number, priority first, enrollment time;
 -- within an enrollment by due time, a step before an expiry or wait timeout due at the same time, so
 -- after a pause or an outage an expiry never overtakes a step that was due before it.
 -- SKIP LOCKED: a concurrent claimer passes over the rows this one is taking instead of waiting for them,
@@ -411,9 +413,11 @@ with due as (
     select ctid
       from timers
      where ((claimed_until is null and due_at <= $1) or (claimed_until < $1 and due_at <= $1))
-       and campaign_id <> all($3::text[])
-     order by campaign_id, batch_number, priority desc, enrolled_at, enrollment_id, due_at, kind <> 'step_due'
-     limit $4
+       and not exists (select 1 from unnest($3::text[], $4::text[]) as p(account_id, campaign_id)
+                        where p.account_id = timers.account_id and p.campaign_id = timers.campaign_id)
+     order by account_id, campaign_id, batch_number, priority desc, enrolled_at, enrollment_id, due_at,
+              kind <> 'step_due'
+     limit $5
        for update skip locked
 ), claimed as (
     update timers t
@@ -422,7 +426,7 @@ with due as (
     returning t.*
 )
 select * from claimed
- order by campaign_id, batch_number, priority desc, enrolled_at, enrollment_id, due_at, kind <> 'step_due';
+ order by account_id, campaign_id, batch_number, priority desc, enrolled_at, enrollment_id, due_at, kind <> 'step_due';
 
 -- name: release_timer_claims
 -- Hand back claims whose commands could not be published (only the lease this claim set).
