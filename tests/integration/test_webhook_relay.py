@@ -205,6 +205,10 @@ async def test_an_endpoint_that_always_fails_ends_in_the_dead_letter_topic_and_t
         (doomed.id, 503),
         (after.id, 200),
     ]
+    # The circuit stays open across events: the next one waits as long as a 4th attempt would have.
+    requests = receiver.at("/a")
+    policy = RetryPolicy.from_settings(relay_settings(settings, max_attempts=3))
+    assert requests[3].received_at - requests[2].received_at >= 0.9 * policy.delay_after(3)
     (letter,) = letters
     assert letter.value == doomed.model_dump_json().encode()
     assert letter.key == b"enr-1"
@@ -400,6 +404,7 @@ async def test_a_subscriber_with_a_full_backlog_has_further_events_dead_lettered
 def test_retry_delays_grow_by_the_factor_up_to_the_cap() -> None:
     policy = RetryPolicy(max_attempts=6, base_s=0.5, factor=3.0, max_delay_s=10.0)
     assert [policy.delay_after(n) for n in range(1, 6)] == [0.5, 1.5, 4.5, 10.0, 10.0]
+    assert policy.delay_after(100_000) == 10.0  # a URL's breaker counts failures for as long as it fails
 
 
 def test_a_signature_with_several_v1_entries_verifies_with_either_secret() -> None:

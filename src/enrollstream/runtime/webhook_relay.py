@@ -70,7 +70,11 @@ class RetryPolicy:
 
     def delay_after(self, attempt: int) -> float:
         """The wait after failed attempt `attempt` (1-based): base * factor^(attempt-1), capped."""
-        return float(min(self.base_s * self.factor ** (min(attempt, 64) - 1), self.max_delay_s))
+        try:  # a URL failing for days counts many attempts: factor^n overflows a float long before
+            grown = self.base_s * self.factor ** (attempt - 1)
+        except OverflowError:
+            grown = self.max_delay_s
+        return float(min(grown, self.max_delay_s))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
@@ -249,6 +253,9 @@ class WebhookRelayService:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
+            # No pool limit: lanes that hang until their timeout must not queue the other lanes' requests
+            # (at most one request per lane is in flight).
+            connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=self.request_timeout_s),
             headers={"User-Agent": USER_AGENT},
         )
