@@ -401,6 +401,27 @@ async def test_a_subscriber_with_a_full_backlog_has_further_events_dead_lettered
     assert {r.event_id for r in receiver.at("/a")} == {events[0].id}
 
 
+async def test_a_url_the_http_client_cannot_use_is_dead_lettered_and_the_accounts_other_url_served(
+    settings: Settings, topics: Topics, receiver: RecordingWebhookServer
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = f"acct-{uuid.uuid4().hex[:6]}"
+    unusable = "http://a..b/hook"  # passes the subscription's pattern; the client raises UnicodeError
+    await subscribe(bootstrap, topics, account, unusable, SECRET_A)
+    await subscribe(bootstrap, topics, account, receiver.url("/a"), SECRET_A)
+    events = [sent_event(account, "enr-1", step) for step in range(2)]
+    await publish_events(bootstrap, topics, events)
+    async with running_relay(relay_settings(settings, max_attempts=2)) as relay:
+        await _until(lambda: relay.delivered >= len(events), timeout=15)
+        group = relay.group_id
+    assert ids_of(receiver.at("/a")) == [e.id for e in events]
+    letters = await read_until(bootstrap, topics.dead_letters, lambda rs: len(rs) >= 2, timeout=10)
+    assert [header(letter.headers, "webhook.url") for letter in letters] == [unusable, unusable]
+    assert all(header(letter.headers, "webhook.last_error").startswith("UnicodeError") for letter in letters)
+    assert await _committed_total(bootstrap, topics, group, settings.partitions) == len(events)
+
+
 def test_retry_delays_grow_by_the_factor_up_to_the_cap() -> None:
     policy = RetryPolicy(max_attempts=6, base_s=0.5, factor=3.0, max_delay_s=10.0)
     assert [policy.delay_after(n) for n in range(1, 6)] == [0.5, 1.5, 4.5, 10.0, 10.0]

@@ -449,7 +449,7 @@ class WebhookRelayService:
                     error += " (redirect not followed)"
             except TimeoutError:
                 status, error = None, f"timeout after {self.request_timeout_s}s"
-            except aiohttp.ClientError as exc:
+            except Exception as exc:  # ClientError, and a URL aiohttp cannot use (UnicodeError, ...)
                 status, error = None, f"{type(exc).__name__}: {exc}"
             breaker.failures += 1
             log.info("webhook %s to %s failed (attempt %d): %s", event_id, subscription.url, attempt, error)
