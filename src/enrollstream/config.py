@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     relay_retry_base_s: float = Field(default=1.0, ge=0)  # wait after the first failure
     relay_retry_factor: float = Field(default=2.0, ge=1)  # each next wait is this much longer
     relay_retry_max_s: float = Field(default=60.0, ge=0)  # no single wait longer than this
+    # Events one subscriber URL may hold in memory (behind its retries); more are dead-lettered at once.
+    relay_subscriber_backlog: int = Field(default=1000, ge=1)
     # One-click unsubscribe endpoint (role `unsubscribe`, RFC 8058).
     unsubscribe_host: str = "127.0.0.1"
     unsubscribe_port: int = Field(default=8025, ge=0, le=65535)  # 0: any free port

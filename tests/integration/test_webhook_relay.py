@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 import uuid
@@ -204,6 +205,10 @@ async def test_an_endpoint_that_always_fails_ends_in_the_dead_letter_topic_and_t
         (doomed.id, 503),
         (after.id, 200),
     ]
+    # The circuit stays open across events: the next one waits as long as a 4th attempt would have.
+    requests = receiver.at("/a")
+    policy = RetryPolicy.from_settings(relay_settings(settings, max_attempts=3))
+    assert requests[3].received_at - requests[2].received_at >= 0.9 * policy.delay_after(3)
     (letter,) = letters
     assert letter.value == doomed.model_dump_json().encode()
     assert letter.key == b"enr-1"
@@ -285,9 +290,141 @@ async def test_a_relay_stopped_mid_retry_commits_nothing_and_the_next_one_delive
     assert await _committed_total(bootstrap, topics, group, settings.partitions) == 1
 
 
+async def test_a_redirect_is_a_failed_attempt_and_is_never_followed(
+    settings: Settings, topics: Topics, receiver: RecordingWebhookServer
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    elsewhere = RecordingWebhookServer(secrets={"/elsewhere": SECRET_A})  # another origin: another port
+    await elsewhere.start()
+    account = f"acct-{uuid.uuid4().hex[:6]}"
+    moved, found = sent_event(account, "enr-1", 0), sent_event(account, "enr-2", 0)
+    receiver.redirect_to = elsewhere.url("/elsewhere")
+    receiver.respond = lambda path, event_id, attempt: 307 if event_id == moved.id else 302
+    await subscribe(bootstrap, topics, account, receiver.url("/a"), SECRET_A)
+    await publish_events(bootstrap, topics, [moved, found])
+    try:
+        async with running_relay(relay_settings(settings, max_attempts=2)) as relay:
+            await _until(lambda: relay.delivered >= 2)
+            dead_lettered = relay.dead_lettered
+    finally:
+        await elsewhere.stop()
+    assert elsewhere.requests == []  # neither the signed body nor a GET went to the Location
+    assert sorted((r.event_id, r.status, r.method) for r in receiver.at("/a")) == sorted(
+        [(moved.id, 307, "POST")] * 2 + [(found.id, 302, "POST")] * 2
+    )
+    assert dead_lettered == 2  # neither counts as delivered: both used their attempts and were dead-lettered
+    letters = await read_until(bootstrap, topics.dead_letters, lambda rs: len(rs) >= 2, timeout=10)
+    by_event = {json.loads(letter.value)["id"]: letter for letter in letters}
+    for event, status in ((moved, "307"), (found, "302")):
+        headers = by_event[event.id].headers
+        assert header(headers, "webhook.attempts") == "2"
+        assert header(headers, "webhook.last_status") == status
+        assert header(headers, "webhook.last_error") == f"HTTP {status} (redirect not followed)"
+
+
+async def test_a_failing_subscriber_is_retried_in_its_own_lane_while_another_accounts_events_flow(
+    settings: Settings, topics: Topics, receiver: RecordingWebhookServer
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    failing, healthy = f"acct-f-{uuid.uuid4().hex[:6]}", f"acct-h-{uuid.uuid4().hex[:6]}"
+    receiver.respond = lambda path, event_id, attempt: 500 if path == "/bad" else 200
+    await subscribe(bootstrap, topics, failing, receiver.url("/bad"), SECRET_A)
+    await subscribe(bootstrap, topics, healthy, receiver.url("/b"), SECRET_B)
+    doomed = [sent_event(failing, "enr-f", step) for step in range(3)]
+    flowing = [sent_event(healthy, f"enr-h{n}", step) for step in range(5) for n in range(2)]
+    await publish_events(bootstrap, topics, doomed)  # the failing account's events come first
+    await publish_events(bootstrap, topics, flowing)
+    # One failing event takes 0.5 + 1 + 2 + 4 = 7.5 s of waits before its dead letter; three of them,
+    # retried on the main path, would hold the healthy account back for 22.5 s.
+    config = relay_settings(settings, max_attempts=5).model_copy(
+        update={"relay_retry_base_s": 0.5, "relay_retry_max_s": 4.0}
+    )
+    policy = RetryPolicy.from_settings(config)
+    async with running_relay(config):
+        await receiver.wait_for(lambda rs: sum(r.path == "/b" for r in rs) >= len(flowing), timeout=15)
+        await receiver.wait_for(lambda rs: sum(r.path == "/bad" for r in rs) >= 3, timeout=15)
+    first = min(r.received_at for r in receiver.requests)
+    healthy_done = max(r.received_at for r in receiver.at("/b"))
+    print(f"healthy subscriber done {healthy_done - first:.2f}s after the first request")
+    # Before the failing URL's first event has used its attempts (3.5 s), let alone all three (22.5 s).
+    assert healthy_done - first < sum(policy.delay_after(n) for n in range(1, 4))
+    for enrollment in ("enr-h0", "enr-h1"):  # each enrollment's events in order
+        got = [r.event for r in receiver.at("/b") if r.event["enrollment_id"] == enrollment]
+        assert [e["data"]["step_index"] for e in got] == [0, 1, 2, 3, 4]
+    assert all(r.status == 200 and r.signature_ok for r in receiver.at("/b"))
+    # The failing URL: its first event again and again, with growing waits; the later ones wait behind it.
+    bad = receiver.at("/bad")
+    assert {r.event_id for r in bad} == {doomed[0].id}
+    assert [r.headers["Enrollstream-Delivery-Attempt"] for r in bad] == [
+        str(n) for n in range(1, len(bad) + 1)
+    ]
+    gaps = [later.received_at - earlier.received_at for earlier, later in itertools.pairwise(bad)]
+    assert all(gap >= 0.9 * policy.delay_after(n) for n, gap in enumerate(gaps, start=1)), gaps
+    # Nothing past the parked event was committed in its partition: a restart delivers the failing
+    # account's events again, in order, now that its URL answers.
+    receiver.respond = lambda path, event_id, attempt: 200
+    async with running_relay(config):
+        await receiver.wait_for(
+            lambda rs: (
+                [r.event_id for r in rs if r.path == "/bad" and r.status == 200] == [e.id for e in doomed]
+            ),
+            timeout=15,
+        )
+
+
+async def test_a_subscriber_with_a_full_backlog_has_further_events_dead_lettered_at_once(
+    settings: Settings, topics: Topics, receiver: RecordingWebhookServer
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = f"acct-{uuid.uuid4().hex[:6]}"
+    receiver.respond = lambda path, event_id, attempt: 500
+    await subscribe(bootstrap, topics, account, receiver.url("/a"), SECRET_A)
+    events = [sent_event(account, "enr-1", step) for step in range(5)]
+    await publish_events(bootstrap, topics, events)
+    config = relay_settings(settings, max_attempts=50).model_copy(
+        update={"relay_subscriber_backlog": 2, "relay_retry_base_s": 1.0}
+    )
+    async with running_relay(config) as relay:
+        letters = await read_until(bootstrap, topics.dead_letters, lambda rs: len(rs) >= 3, timeout=15)
+        assert relay.dead_lettered == 3
+        assert relay.delivered == 3  # the two held ones are neither delivered nor dead-lettered
+    assert [json.loads(letter.value)["id"] for letter in letters] == [e.id for e in events[2:]]
+    for letter in letters:
+        assert header(letter.headers, "webhook.attempts") == "0"
+        assert header(letter.headers, "webhook.last_error") == (
+            "not attempted: 2 earlier events wait for this URL (backlog full)"
+        )
+    assert {r.event_id for r in receiver.at("/a")} == {events[0].id}
+
+
+async def test_a_url_the_http_client_cannot_use_is_dead_lettered_and_the_accounts_other_url_served(
+    settings: Settings, topics: Topics, receiver: RecordingWebhookServer
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = f"acct-{uuid.uuid4().hex[:6]}"
+    unusable = "http://a..b/hook"  # passes the subscription's pattern; the client raises UnicodeError
+    await subscribe(bootstrap, topics, account, unusable, SECRET_A)
+    await subscribe(bootstrap, topics, account, receiver.url("/a"), SECRET_A)
+    events = [sent_event(account, "enr-1", step) for step in range(2)]
+    await publish_events(bootstrap, topics, events)
+    async with running_relay(relay_settings(settings, max_attempts=2)) as relay:
+        await _until(lambda: relay.delivered >= len(events), timeout=15)
+        group = relay.group_id
+    assert ids_of(receiver.at("/a")) == [e.id for e in events]
+    letters = await read_until(bootstrap, topics.dead_letters, lambda rs: len(rs) >= 2, timeout=10)
+    assert [header(letter.headers, "webhook.url") for letter in letters] == [unusable, unusable]
+    assert all(header(letter.headers, "webhook.last_error").startswith("UnicodeError") for letter in letters)
+    assert await _committed_total(bootstrap, topics, group, settings.partitions) == len(events)
+
+
 def test_retry_delays_grow_by_the_factor_up_to_the_cap() -> None:
     policy = RetryPolicy(max_attempts=6, base_s=0.5, factor=3.0, max_delay_s=10.0)
     assert [policy.delay_after(n) for n in range(1, 6)] == [0.5, 1.5, 4.5, 10.0, 10.0]
+    assert policy.delay_after(100_000) == 10.0  # a URL's breaker counts failures for as long as it fails
 
 
 def test_a_signature_with_several_v1_entries_verifies_with_either_secret() -> None:

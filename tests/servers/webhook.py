@@ -1,7 +1,9 @@
 """A real HTTP webhook receiver on 127.0.0.1 that records every request and checks its signature.
 
 Each path is one subscriber endpoint with its own secret. `respond(path, event_id, attempt)` decides the
-status of each request (default 200), so a test scripts "500 twice, then 200" or "always 500".
+status of each request (default 200), so a test scripts "500 twice, then 200" or "always 500". A 3xx
+answer carries `Location: <redirect_to>`. Every method is answered and recorded (a client that followed a
+302 would come back with a GET).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class ReceivedRequest:
     status: int  # what we answered
     signature_ok: bool
     signature_error: str
+    method: str = "POST"
+    received_at: float = 0.0  # time.monotonic() when it arrived
 
     @property
     def event(self) -> dict[str, Any]:
@@ -47,6 +51,7 @@ class RecordingWebhookServer:
     secrets: dict[str, str] = field(default_factory=dict)  # path -> secret
     respond: Callable[[str, str, int], int] = lambda path, event_id, attempt: 200
     requests: list[ReceivedRequest] = field(default_factory=list)
+    redirect_to: str = ""  # the Location of 3xx answers
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _runner: web.AppRunner | None = None
     port: int = 0
@@ -56,7 +61,7 @@ class RecordingWebhookServer:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_post("/{tail:.*}", self._receive)
+        app.router.add_route("*", "/{tail:.*}", self._receive)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -81,10 +86,14 @@ class RecordingWebhookServer:
         event_id = request.headers.get(EVENT_ID_HEADER, "")
         attempt = 1 + sum(1 for r in self.requests if r.path == path and r.event_id == event_id)
         status = self.respond(path, event_id, attempt)
+        received = ReceivedRequest(
+            path, dict(request.headers), body, status, ok, error, request.method, time.monotonic()
+        )
         async with self._changed:
-            self.requests.append(ReceivedRequest(path, dict(request.headers), body, status, ok, error))
+            self.requests.append(received)
             self._changed.notify_all()
-        return web.Response(status=status, text="ok" if status < 300 else "no")
+        headers = {"Location": self.redirect_to} if 300 <= status < 400 and self.redirect_to else {}
+        return web.Response(status=status, text="ok" if status < 300 else "no", headers=headers)
 
     def at(self, path: str) -> list[ReceivedRequest]:
         return [r for r in self.requests if r.path == path]
