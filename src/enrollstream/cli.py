@@ -205,6 +205,7 @@ def worker_command(
             started=lambda: worker.ready,
             stopping=worker.stop_event.is_set,
             failed=lambda: worker.failure,
+            stuck=worker.stuck,
         )
         server = ObservabilityServer(probe, settings.http_host, settings.http_port)
         loop = asyncio.get_running_loop()
@@ -688,7 +689,7 @@ def dlq_list(limit: int = typer.Option(50, min=1, help="show the newest this man
     for letter in letters[-limit:]:
         origin = f"{letter.original_topic}:{letter.original_partition}:{letter.original_offset}"
         table.add_row(letter.id, letter.role, letter.reason, origin, letter.error[:60],
-                      str(len(letter.value or b"")))  # fmt: skip
+                      letter.stored)  # fmt: skip
     console.print(table)
 
 

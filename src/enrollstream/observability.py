@@ -4,7 +4,8 @@ The metrics live in the default Prometheus registry, labelled by role, so one pr
 roles (or several services in one test process) shares them. The HTTP server is aiohttp:
 
 - `GET /metrics`  Prometheus text format;
-- `GET /healthz`  200 while the process works (its event loop answers and no role has failed);
+- `GET /healthz`  200 while the process works: its event loop answers, no role has failed and no role is
+  stuck (see `Progress`); else 503 with the reason;
 - `GET /readyz`   200 once every role has started and until shutdown begins, else 503.
 """
 
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -55,6 +57,69 @@ TIMER_LATENESS = Histogram(
 )
 
 
+RETRIES = Counter(
+    "enrollstream_retries",
+    "Failed attempts at a batch that will be tried again (a transaction aborted, its producer re-created)",
+    ["role"],
+)
+STUCK_PARTITIONS = Gauge(
+    "enrollstream_stuck_partitions",
+    "Partitions a role has work on and has not moved past for too long or too many attempts",
+    ["role"],
+)
+
+
+@dataclass
+class Progress:
+    """Whether a role moves forward on the work it has, per partition: what makes /healthz say "stuck".
+
+    A partition is stuck when the same offset has failed `max_retries` times in a row, or when records
+    have been waiting (fetched, not yet committed) for longer than `stuck_after_s`. A role that has no
+    records to process is never stuck, however long it idles.
+    """
+
+    role: str
+    stuck_after_s: float = 300.0
+    max_retries: int = 5
+    clock: Callable[[], float] = time.monotonic
+    _waiting_since: dict[int, float] = field(default_factory=dict)
+    _retries: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (offset, times)
+
+    def working(self, partition: int) -> None:
+        """Records are there to process: the clock starts unless it already runs."""
+        self._waiting_since.setdefault(partition, self.clock())
+
+    def advanced(self, partition: int) -> None:
+        """Committed: the partition moved; its clock and its retries start over."""
+        self._waiting_since.pop(partition, None)
+        self._retries.pop(partition, None)
+
+    def retried(self, partition: int, offset: int) -> int:
+        """A failed attempt at `offset`, to be retried; returns how many in a row failed there."""
+        RETRIES.labels(self.role).inc()
+        last, times = self._retries.get(partition, (offset, 0))
+        times = times + 1 if last == offset else 1
+        self._retries[partition] = (offset, times)
+        return times
+
+    def forget(self, partition: int) -> None:
+        """No longer ours (revoked)."""
+        self.advanced(partition)
+
+    def stuck(self) -> str | None:
+        now = self.clock()
+        reasons = []
+        for partition in sorted(set(self._retries) | set(self._waiting_since)):
+            offset, times = self._retries.get(partition, (0, 0))
+            waited = now - self._waiting_since.get(partition, now)
+            if times >= self.max_retries:
+                reasons.append(f"partition {partition}: offset {offset} failed {times} times in a row")
+            elif waited > self.stuck_after_s:
+                reasons.append(f"partition {partition}: no progress for {waited:.0f}s with records waiting")
+        STUCK_PARTITIONS.labels(self.role).set(len(reasons))
+        return f"{self.role}: " + "; ".join(reasons) if reasons else None
+
+
 def record_lag(role: str, partition: int, end: int | None, next_offset: int) -> None:
     """`end` is the partition's last stable offset as the consumer last saw it (None: unknown yet)."""
     if end is not None:
@@ -68,6 +133,7 @@ class Probe:
     started: Callable[[], bool]
     stopping: Callable[[], bool]
     failed: Callable[[], str | None]
+    stuck: Callable[[], str | None] = lambda: None
 
 
 class ObservabilityServer:
@@ -107,6 +173,9 @@ class ObservabilityServer:
         failure = self.probe.failed()
         if failure:
             return web.json_response({"status": "failed", "reason": failure}, status=503)
+        stuck = self.probe.stuck()
+        if stuck:
+            return web.json_response({"status": "stuck", "reason": stuck}, status=503)
         return web.json_response({"status": "ok"})
 
     async def _ready(self, _: web.Request) -> web.Response:

@@ -107,10 +107,22 @@ class DeadLetterRecord:
     original_topic: str
     original_partition: str
     original_offset: str
+    # Kept by reference (the original was too large to copy): its size and sha256; `value` is a prefix.
+    truncated: bool = False
+    original_size: int | None = None
+    original_sha256: str = ""
 
     @property
     def id(self) -> str:
         return f"{self.partition}:{self.offset}"
+
+    @property
+    def stored(self) -> str:
+        """What the letter holds of its original: all its bytes, or a prefix of how many."""
+        held = len(self.value or b"")
+        if not self.truncated:
+            return str(held)
+        return f"{held} of {self.original_size} (truncated, sha256 {self.original_sha256[:12]})"
 
 
 async def dead_letters(bootstrap: str, topics: Topics) -> list[DeadLetterRecord]:
@@ -147,6 +159,9 @@ def _letter(partition: int, record: Any) -> DeadLetterRecord:
         original_topic=header(headers, "original.topic") or "",
         original_partition=header(headers, "original.partition") or "",
         original_offset=header(headers, "original.offset") or "",
+        truncated=header(headers, "original.truncated") == "true",
+        original_size=int(size) if (size := header(headers, "original.size")) else None,
+        original_sha256=header(headers, "original.sha256") or "",
     )
 
 
@@ -163,6 +178,12 @@ async def retry_dead_letters(bootstrap: str, topics: Topics, ids: list[str]) -> 
     for letter in chosen:
         if not letter.original_topic:
             raise OperatorError(f"dead letter {letter.id} does not say which topic it came from")
+        if letter.truncated:
+            raise OperatorError(
+                f"dead letter {letter.id} keeps only the first {len(letter.value or b'')} of its original's "
+                f"{letter.original_size} bytes (sha256 {letter.original_sha256}), so it cannot be retried; "
+                "publish the original again from where it came from"
+            )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:

@@ -27,6 +27,9 @@ class RejectionCode(StrEnum):
     MX_ANSWER_MISSING = "mx_answer_missing"  # the campaign verifies MX but no answer came along
     ACCOUNT_MISMATCH = "account_mismatch"  # the command is for another aggregate
     UNSUPPORTED_COMMAND = "unsupported_command"  # BulkEnroll must be fanned out first
+    # The runtime's: what the command would write (the contact's snapshot, an event) can never fit in
+    # one record, or an Enroll would take the snapshot past the share Enrolls may fill.
+    STATE_TOO_LARGE = "state_too_large"
 
 
 class Ignored(StrEnum):

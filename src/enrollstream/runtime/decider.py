@@ -9,6 +9,11 @@ Per poll batch and partition, one Kafka transaction carries: the events, the agg
 (compacted changelog), one result per command, dead letters, fanned-out child commands, and the input
 offsets. In-memory state changes only after that transaction commits; if the commit's fate is unknown the
 producer is re-created and the partition re-read from its last committed offset.
+
+An output that can never be written is not retried as if it might be: a command whose snapshot or events
+would exceed what one record may hold is refused with `state_too_large` before anything is produced, and
+if a record is still refused as too large (by the producer or the broker), the command that caused it
+becomes a dead letter (by reference when its own bytes are too large to copy) instead of being retried.
 """
 
 from __future__ import annotations
@@ -23,13 +28,26 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalOperation, KafkaError
+from aiokafka.errors import (
+    IllegalOperation,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+)
 from pydantic import ValidationError
 
 from enrollstream import observability as metrics
 from enrollstream.adapters.dns.mx import MxLookupUnavailable, MxVerifier
 from enrollstream.adapters.kafka.reading import batches_to_end, group_consumer
-from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, DeadLetter, encode, key_bytes
+from enrollstream.adapters.kafka.records import (
+    MAX_COMMAND_BYTES,
+    MAX_OUTPUT_BYTES,
+    MAX_RECORD_BYTES,
+    DeadLetter,
+    encode,
+    key_bytes,
+    record_size,
+)
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.domain import (
     BulkEnroll,
@@ -52,12 +70,33 @@ from enrollstream.domain import (
     to_integration_events,
 )
 from enrollstream.domain.rejections import Accepted, Rejection, RejectionCode
+from enrollstream.observability import Progress
 from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 
 log = logging.getLogger(__name__)
 
 EnrollLike = TypeVar("EnrollLike", Enroll, BulkEnroll)
+
+# An Enroll may not take a contact's snapshot past this: the rest of the record limit stays for the
+# commands that move, stop or end the enrollments it has (a full contact can still be stopped).
+MAX_ENROLL_STATE_BYTES = MAX_OUTPUT_BYTES * 3 // 4
+# Too large, as a producer (client side) or a broker (server side) says it.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+class OutputTooLarge(Exception):
+    """Why an input became a dead letter: what it made could not be written (its `error.class`)."""
+
+
+class _OutputTooLarge(Exception):
+    """A record this batch produced for the input at `offset` was refused as too large."""
+
+    def __init__(self, offset: int, dead_letter: bool, detail: str) -> None:
+        super().__init__(detail)
+        self.offset = offset
+        self.dead_letter = dead_letter  # it was already the input's dead letter: nothing smaller to write
+        self.detail = detail
 
 
 @dataclass
@@ -68,6 +107,12 @@ class PartitionOwner:
     producer: AIOKafkaProducer
     states: dict[str, ContactState] = field(default_factory=dict)
     next_offset: int = 0
+    # Inputs whose output was refused as too large: on the next attempt each becomes a dead letter.
+    too_large: dict[int, str] = field(default_factory=dict)
+    # After a too-large failure in a batch of several, one input per transaction up to this offset, so
+    # the failure is pinned on the input that caused it.
+    single_until: int = -1
+    resume_at: float | None = None  # paused after repeated failures at one offset (backoff)
 
 
 # A record made ready for its transaction: the command with its lookups, or the dead letter it becomes.
@@ -95,6 +140,11 @@ class _Staged:
     events: int = 0
     dead_letters: int = 0
     results: Counter[tuple[str, str]] = field(default_factory=Counter)  # (command type, status)
+    # Every send's delivery, with the offset of the input it was for; awaited before the commit, since
+    # aiokafka commits a transaction even when one of its batches was refused by the broker.
+    deliveries: list[tuple[int, bool, asyncio.Future[Any]]] = field(default_factory=list)
+    offset: int = -1  # the input being processed
+    dead_letter: bool = False  # ... and whether it is being dead-lettered
 
 
 class DeciderService:
@@ -110,6 +160,9 @@ class DeciderService:
         max_batch: int = 500,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        stuck_after_s: float = 300.0,
+        stuck_retries: int = 5,
+        max_retry_backoff_s: float = 30.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -126,6 +179,8 @@ class DeciderService:
         self.processed_commands = 0
         self.emitted_events = 0
         self.failure: BaseException | None = None  # from a rebalance callback
+        self.progress = Progress("decider", stuck_after_s=stuck_after_s, max_retries=stuck_retries)
+        self.max_retry_backoff_s = max_retry_backoff_s
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -154,6 +209,7 @@ class DeciderService:
         consumer = self._consumer
         assert consumer is not None, "start() the decider first"
         while not stop.is_set():
+            self._resume_due(consumer)
             batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
             if self.failure is not None:
                 raise RuntimeError("the decider could not take over its partitions") from self.failure
@@ -168,8 +224,23 @@ class DeciderService:
                     if owner is None:
                         continue  # revoked while we waited for the lock; its new owner redoes it
                     records = [r for r in records if r.offset >= owner.next_offset]
-                    if records:
+                    if not records:
+                        continue
+                    self.progress.working(tp.partition)
+                    if records[0].offset > owner.single_until:
                         await self._process(owner, records)
+                        continue
+                    for record in records:  # one per transaction, to pin a too-large output on its input
+                        if self.owners.get(tp) is not owner or not await self._process(owner, [record]):
+                            break
+
+    def _resume_due(self, consumer: AIOKafkaConsumer) -> None:
+        now = time.monotonic()
+        for owner in self.owners.values():
+            if owner.resume_at is not None and owner.resume_at <= now:
+                owner.resume_at = None
+                if owner.partition in consumer.assignment():
+                    consumer.resume(owner.partition)
 
     # --- assignment -----------------------------------------------------------------------------
 
@@ -192,6 +263,7 @@ class DeciderService:
         async with self._lock:
             for tp in partitions:
                 owner = self.owners.pop(tp, None)
+                self.progress.forget(tp.partition)
                 if owner is not None:
                     await _close(owner.producer)
 
@@ -204,6 +276,7 @@ class DeciderService:
             transactional_id=self._transactional_id(tp),
             enable_idempotence=True,
             acks="all",
+            max_request_size=MAX_RECORD_BYTES,
             linger_ms=5,
             # A batch of commands writes events, ~3 KiB snapshots, results and public events: with the
             # default 16 KiB batches every few sends would wait for a batch to drain.
@@ -237,22 +310,52 @@ class DeciderService:
 
     # --- one batch of one partition -------------------------------------------------------------
 
-    async def _process(self, owner: PartitionOwner, records: list[object]) -> None:
+    async def _process(self, owner: PartitionOwner, records: list[object]) -> bool:
+        """One transaction for these records; False if it did not commit (the partition was re-read)."""
         tp = owner.partition
         staged = _Staged()
         producer = owner.producer
         # Parsing and lookups (the campaign, MX answers over DNS) happen before the transaction opens,
         # so a slow DNS server never holds a transaction open.
-        prepared = await self._prepare(records)
+        prepared = self._too_large_to_dead_letters(owner, await self._prepare(records))
         try:
             await producer.begin_transaction()
             for record, item in prepared:
+                staged.offset = record.offset  # type: ignore[attr-defined]
+                staged.dead_letter = isinstance(item, DeadLetter)
                 await self._process_record(owner, staged, record, item)
+            await self._delivered(staged)
             await producer.send_offsets_to_transaction(
                 {tp: records[-1].offset + 1},  # type: ignore[attr-defined]
                 self.group_id,
             )
             await producer.commit_transaction()
+        except _OutputTooLarge as exc:
+            # Deterministic: the same input would produce the same record again. Never retried as is.
+            metrics.TRANSACTIONS.labels("decider", "aborted").inc()
+            if len(records) > 1:
+                owner.single_until = records[-1].offset  # type: ignore[attr-defined]
+                log.warning("decider on %s: an output too large (%s); retrying one input at a time", tp, exc)
+            elif not exc.dead_letter:
+                owner.too_large[exc.offset] = exc.detail
+                log.warning(
+                    "decider on %s: offset %d's output too large (%s); dead-lettering it",
+                    tp,
+                    exc.offset,
+                    exc.detail,
+                )
+            else:
+                # Even its bounded dead letter is refused: the dead-letter topic's max.message.bytes is
+                # below what it must take. Infrastructure: retried with backoff, and /healthz says stuck.
+                log.error(
+                    "decider on %s: the dead letter for offset %d is refused as too large (%s); "
+                    "raise the dead-letter topic's max.message.bytes",
+                    tp,
+                    exc.offset,
+                    exc.detail,
+                )
+            await self._recover(owner)
+            return False
         except (KafkaError, IllegalOperation) as exc:
             metrics.TRANSACTIONS.labels("decider", "aborted").inc()
             # Fenced (ProducerFenced, or IllegalOperation once the fencing reached the producer in the
@@ -261,16 +364,20 @@ class DeciderService:
                 # A zombie: the group gave the partition to another process, whose producer fenced ours.
                 log.warning("decider lost %s (%s); giving it up", tp, type(exc).__name__)
                 self.owners.pop(tp, None)
+                self.progress.forget(tp.partition)
                 await _close(producer)
-                return
+                return False
             # Still ours by the group's say. A new producer with the same transactional id aborts what
             # is open (a zombie's, if one re-created our id); state and position are re-read from the
             # last commit. A zombie learns at its next heartbeat that it lost the partition.
             log.warning("decider transaction on %s failed (%r); re-creating its producer", tp, exc)
             await self._recover(owner)
-            return
+            return False
         owner.states.update(staged.states)
         owner.next_offset = records[-1].offset + 1  # type: ignore[attr-defined]
+        for offset in [o for o in owner.too_large if o < owner.next_offset]:
+            del owner.too_large[offset]
+        self.progress.advanced(tp.partition)
         self.processed_commands += staged.commands
         self.emitted_events += staged.events
         # Counted once committed, so an aborted and redone batch is not counted twice.
@@ -283,13 +390,56 @@ class DeciderService:
             metrics.record_lag(
                 "decider", tp.partition, self._consumer.last_stable_offset(tp), owner.next_offset
             )
+        return True
+
+    def _too_large_to_dead_letters(
+        self, owner: PartitionOwner, prepared: list[tuple[object, _Prepared]]
+    ) -> list[tuple[object, _Prepared]]:
+        """Inputs whose output was refused as too large before become their dead letters now."""
+        if not owner.too_large:
+            return prepared
+        out: list[tuple[object, _Prepared]] = []
+        for record, item in prepared:
+            detail = owner.too_large.get(record.offset)  # type: ignore[attr-defined]
+            if detail is not None and not isinstance(item, DeadLetter):
+                item = DeadLetter.of(record, "its output is too large to write", OutputTooLarge(detail))
+            out.append((record, item))
+        return out
+
+    async def _delivered(self, staged: _Staged) -> None:
+        """Wait for every send of the transaction: a refused batch must fail it, not vanish from it."""
+        for offset, dead_letter, delivery in staged.deliveries:
+            try:
+                await delivery
+            except _TOO_LARGE as exc:
+                raise _OutputTooLarge(offset, dead_letter, f"{type(exc).__name__}: {exc}") from exc
+
+    async def _send(
+        self,
+        owner: PartitionOwner,
+        staged: _Staged,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        try:
+            delivery = await owner.producer.send(topic, value, key=key, partition=partition, headers=headers)
+        except _TOO_LARGE as exc:  # the producer's own check: nothing of this record was sent
+            raise _OutputTooLarge(staged.offset, staged.dead_letter, f"{type(exc).__name__}: {exc}") from exc
+        staged.deliveries.append((staged.offset, staged.dead_letter, delivery))
 
     def _still_assigned(self, tp: TopicPartition) -> bool:
         return self._consumer is not None and tp in self._consumer.assignment()
 
     async def _recover(self, owner: PartitionOwner) -> None:
-        """New producer (fences the old one, aborts its open transaction), state and position re-read."""
+        """New producer (fences the old one, aborts its open transaction), state and position re-read.
+
+        Failing again at the same offset pauses the partition a little longer each time (up to
+        `max_retry_backoff_s`), and often enough makes /healthz report the decider stuck."""
         tp = owner.partition
+        failures = self.progress.retried(tp.partition, owner.next_offset)
         await _close(owner.producer)
         owner.producer = await self._new_producer(tp)
         owner.states = await self._restore(tp.partition)
@@ -297,6 +447,9 @@ class DeciderService:
         assert consumer is not None
         owner.next_offset = (await consumer.committed(tp)) or 0
         consumer.seek(tp, owner.next_offset)
+        if failures > 1:
+            consumer.pause(tp)
+            owner.resume_at = time.monotonic() + min(0.25 * 2 ** (failures - 2), self.max_retry_backoff_s)
 
     async def _prepare(self, records: list[object]) -> list[tuple[object, _Prepared]]:
         """Each record parsed (or its dead letter) with the lookups its command needs filled in."""
@@ -357,7 +510,6 @@ class DeciderService:
     async def _process_record(
         self, owner: PartitionOwner, staged: _Staged, record: object, item: _Prepared
     ) -> None:
-        producer = owner.producer
         if isinstance(item, DeadLetter):
             await self._dead_letter(owner, staged, item)
             return
@@ -394,32 +546,35 @@ class DeciderService:
         after = fold(state, decision.events) if isinstance(decision, Accepted) and changed else state
         result = command_result(command, decision, after.version)
         if isinstance(decision, Accepted) and changed:
-            staged.states[key] = after
             metrics.DECIDE_SECONDS.observe(time.perf_counter() - started)
+            partition = owner.partition.partition
+            # Every record this command writes, encoded first: one that could never be written refuses
+            # the command (`state_too_large`) before anything is produced, and the state stays.
+            outputs: list[tuple[str, bytes, bytes, int | None]] = []
+            for event in decision.events:
+                outputs.append((self.topics.events, encode(event), key_bytes(key), partition))
+                # Public events for webhook relays, in the same transaction: published iff the fact is.
+                public_key = key_bytes(event.enrollment_id or key)
+                outputs.extend(
+                    (self.topics.integration_events, encode(public), public_key, None)
+                    for public in to_integration_events(event)
+                )
+            outputs.append((self.topics.aggregates, encode(after), key_bytes(key), partition))
+            too_large = self._too_large(command, outputs)
+            if too_large is not None:
+                log.warning(
+                    "command refused: its output would be too large",
+                    extra={"command_id": command.command_id, "type": command.type, **too_large.details},
+                )
+                await self._send_result(owner, staged, key, command_result(command, too_large, state.version))
+                return
+            staged.states[key] = after
             log.debug(
                 "command accepted",
                 extra={"command_id": command.command_id, "event_ids": [e.event_id for e in decision.events]},
             )
-            for event in decision.events:
-                await producer.send(
-                    self.topics.events,
-                    encode(event),
-                    key=key_bytes(key),
-                    partition=owner.partition.partition,
-                )
-                # Public events for webhook relays, in the same transaction: published iff the fact is.
-                for public in to_integration_events(event):
-                    await producer.send(
-                        self.topics.integration_events,
-                        encode(public),
-                        key=key_bytes(event.enrollment_id or key),
-                    )
-            await producer.send(
-                self.topics.aggregates,
-                encode(staged.states[key]),
-                key=key_bytes(key),
-                partition=owner.partition.partition,
-            )
+            for topic, value, record_key_bytes, to_partition in outputs:
+                await self._send(owner, staged, topic, value, record_key_bytes, to_partition)
             staged.events += len(decision.events)
         elif isinstance(decision, Rejection):
             log.info(
@@ -427,6 +582,31 @@ class DeciderService:
                 extra={"command_id": command.command_id, "type": command.type, "code": decision.code.value},
             )
         await self._send_result(owner, staged, key, result)
+
+    def _too_large(
+        self, command: ContactCommand, outputs: list[tuple[str, bytes, bytes, int | None]]
+    ) -> Rejection | None:
+        """`state_too_large` if one of the records would exceed what one record may hold, or if an Enroll
+        would take the contact's snapshot (the last output) past the share Enrolls may fill."""
+        snapshot_topic, snapshot, snapshot_key, _ = outputs[-1]
+        limit, what, size = MAX_OUTPUT_BYTES, "", 0
+        for topic, value, key, _ in outputs:
+            size = record_size(key, value)
+            if size > MAX_OUTPUT_BYTES:
+                what = "the contact's snapshot" if topic == snapshot_topic else f"a record for {topic}"
+                break
+        else:
+            size = record_size(snapshot_key, snapshot)
+            if not isinstance(command, Enroll) or size <= MAX_ENROLL_STATE_BYTES:
+                return None
+            limit, what = MAX_ENROLL_STATE_BYTES, "the contact's snapshot"
+        return Rejection(
+            RejectionCode.STATE_TOO_LARGE,
+            f"{what} would be {size} bytes, over the {limit} bytes "
+            f"{'an Enroll may take it to' if limit == MAX_ENROLL_STATE_BYTES else 'one record may hold'}; "
+            "nothing was changed",
+            {"bytes": str(size), "limit": str(limit)},
+        )
 
     def _with_campaign(self, command: EnrollLike) -> EnrollLike:
         """Fill in the campaign definition upstream left out; None stays None (`campaign_not_found`)."""
@@ -464,14 +644,16 @@ class DeciderService:
             return
         children = fan_out_bulk_enroll(command)
         for child in children:
-            await owner.producer.send(
+            await self._send(
+                owner,
+                staged,
                 self.topics.commands,
                 encode(child),
-                key=key_bytes(aggregate_key(child.account_id, child.contact_id)),
+                key_bytes(aggregate_key(child.account_id, child.contact_id)),
             )
         for event in decision.events:
-            await owner.producer.send(
-                self.topics.events, encode(event), key=key_bytes(key), partition=owner.partition.partition
+            await self._send(
+                owner, staged, self.topics.events, encode(event), key_bytes(key), owner.partition.partition
             )
         staged.events += len(decision.events)
         contacts = sum(e.data.contacts for e in decision.events if isinstance(e, BulkEnrollAccepted))
@@ -492,21 +674,20 @@ class DeciderService:
         self, owner: PartitionOwner, staged: _Staged, key: str, result: CommandResult
     ) -> None:
         staged.results[(result.command_type, result.status)] += 1
-        await owner.producer.send(
-            self.topics.command_results,
-            encode(result),
-            key=key_bytes(key),
-            partition=owner.partition.partition,
-        )
+        partition = owner.partition.partition
+        value = encode(result)
+        await self._send(owner, staged, self.topics.command_results, value, key_bytes(key), partition)
 
     async def _dead_letter(self, owner: PartitionOwner, staged: _Staged, letter: DeadLetter) -> None:
         staged.dead_letters += 1
-        await owner.producer.send(
+        await self._send(
+            owner,
+            staged,
             self.topics.dead_letters,
             letter.value,
-            key=letter.key,
-            headers=letter.headers,
-            partition=owner.partition.partition,
+            letter.key,
+            owner.partition.partition,
+            letter.headers,
         )
 
 

@@ -92,6 +92,8 @@ class Worker:
                 mx=mx_verifier(self.settings),
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+                stuck_after_s=self.settings.stuck_after_s,
+                stuck_retries=self.settings.stuck_retries,
             )
             services.append(self.decider)
         if "projector" in self.roles:
@@ -168,6 +170,16 @@ class Worker:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def stuck(self) -> str | None:
+        """Why a role is stuck (no progress on records it has, or repeated failures at one offset), for
+        /healthz; None while every role moves. The decider reports its progress per partition."""
+        reasons = [
+            reason
+            for service in (self.decider,)
+            if service is not None and (reason := service.progress.stuck()) is not None
+        ]
+        return "; ".join(reasons) or None
 
 
 def check_settings(settings: Settings, roles: Iterable[str]) -> None:
