@@ -338,7 +338,7 @@ async def run_chaos(
             await second.terminate()
         await verify(bootstrap, topics, database_url, records, report, sink if plan.sends else None)
     for line in report.details:
-        console.print(line)
+        console.print(line, markup=False)  # data (dead-letter bytes, ids), never rich markup
     return report
 
 

@@ -17,8 +17,10 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import asyncpg
 import typer
 from aiokafka.errors import KafkaError
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from enrollstream import stack as local_stack
 from enrollstream.adapters.kafka.topics import TopicMismatchError, Topics, ensure_topics
@@ -34,6 +36,19 @@ app.add_typer(stack_app, name="stack")
 
 console = Console()
 err = Console(stderr=True)
+
+
+class DataTable(Table):
+    """A table of data: a str cell or title is shown as written, never parsed as rich markup (a
+    contact named `[/bold]` would raise MarkupError, `[link=...]` would become a hyperlink). Styled
+    cells are built as `Text` explicitly."""
+
+    def __init__(self, *headers: str, title: str | None = None) -> None:
+        super().__init__(*headers, title=None if title is None else Text(title))
+
+    def add_row(self, *cells: RenderableType | None, **kwargs: Any) -> None:
+        super().add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in cells), **kwargs)
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,14 +70,16 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return func(*args, **kwargs)
         except (local_stack.StackError, MigrationError, TopicMismatchError, OperatorError) as exc:
-            err.print(f"[red]error:[/red] {exc}")
+            err.print(f"[red]error:[/red] {escape(str(exc))}")
         except InvalidSettings as exc:
             # One line however narrow the terminal: it is the whole answer to "why did it not start".
-            err.print(f"[red]error:[/red] {exc} (docs/delivery.md; or choose --roles)", soft_wrap=True)
+            err.print(
+                f"[red]error:[/red] {escape(str(exc))} (docs/delivery.md; or choose --roles)", soft_wrap=True
+            )
         except (KafkaError, OSError, asyncpg.PostgresError, TimeoutError, LookupError) as exc:
             said = str(exc)
             name = type(exc).__name__
-            err.print(f"[red]error:[/red] {said if said.startswith(name) else f'{name}: {said}'}")
+            err.print(f"[red]error:[/red] {escape(said if said.startswith(name) else f'{name}: {said}')}")
         raise typer.Exit(code=1)
 
     return wrapper
@@ -90,7 +107,8 @@ def stack_up() -> None:
         state = local_stack.up(settings)
     _print_stack(local_stack.status(settings), started=state.started)
     console.print(
-        f"export KAFKA_BOOTSTRAP_SERVERS={state.kafka.address}\nexport DATABASE_URL={state.postgres.address}"
+        f"export KAFKA_BOOTSTRAP_SERVERS={state.kafka.address}\nexport DATABASE_URL={state.postgres.address}",
+        markup=False,
     )
 
 
@@ -99,7 +117,7 @@ def stack_up() -> None:
 def stack_down() -> None:
     """Stop what `stack up` started."""
     stopped = local_stack.down(load_settings())
-    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}", markup=False)
 
 
 @stack_app.command("status")
@@ -116,7 +134,7 @@ def stack_status() -> None:
 
 
 def _print_stack(state: dict[str, dict[str, Any]], started: list[str] | None = None) -> None:
-    table = Table("service", "source", "address", "version", "ready", "this call")
+    table = DataTable("service", "source", "address", "version", "ready", "this call")
     for name, service in state.items():
         action = "" if started is None else ("started" if name in started else "reused")
         table.add_row(
@@ -142,7 +160,7 @@ def topics_command() -> None:
             target.kafka_bootstrap_servers, topics, settings.partitions, settings.replication_factor
         )
     )
-    table = Table("topic", "partitions", "config", "this call")
+    table = DataTable("topic", "partitions", "config", "this call")
     for spec in topics.specs(settings.partitions):
         config = ", ".join(f"{k}={v}" for k, v in spec.config.items())
         table.add_row(
@@ -165,7 +183,7 @@ def migrate_command() -> None:
             await conn.close()
 
     applied = asyncio.run(run())
-    console.print(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
+    console.print(f"applied: {', '.join(applied)}" if applied else "the schema is up to date", markup=False)
 
 
 @app.command("worker")
@@ -257,7 +275,7 @@ def replay_command(
                 results_topic=topics.command_results,
             )
         )
-    table = Table("table", "live rows", "replayed rows", "only live", "only replayed", "equal")
+    table = DataTable("table", "live rows", "replayed rows", "only live", "only replayed", "equal")
     for t in report.tables:
         table.add_row(
             t.table,
@@ -268,7 +286,9 @@ def replay_command(
             "yes" if t.equal else "NO",
         )
     console.print(table)
-    console.print(f"{report.events} events replayed" + (f" into schema {report.schema}" if keep else ""))
+    console.print(
+        f"{report.events} events replayed" + (f" into schema {report.schema}" if keep else ""), markup=False
+    )
     if report.live_lag:
         console.print(
             f"[yellow]the live projector is {report.live_lag} records behind; differences may be lag[/yellow]"
@@ -303,8 +323,11 @@ def demo_command(
         servers, started = state.endpoints, state.started
         kafka, postgres = state.kafka, state.postgres
         console.print(
-            f"[bold]stack[/bold] Kafka {kafka.address} ({kafka.version or kafka.source}), "
-            f"PostgreSQL {postgres.address.rsplit('@', 1)[-1]} ({postgres.version or postgres.source})"
+            "[bold]stack[/bold] "
+            + escape(
+                f"Kafka {kafka.address} ({kafka.version or kafka.source}), "
+                f"PostgreSQL {postgres.address.rsplit('@', 1)[-1]} ({postgres.version or postgres.source})"
+            )
         )
     try:
         report = asyncio.run(run_demo(settings, servers, plan, console))
@@ -312,7 +335,7 @@ def demo_command(
     finally:
         if started and not keep_stack:
             local_stack.down(settings)
-            console.print(f"[bold]stack[/bold] stopped ({', '.join(started)})")
+            console.print(f"[bold]stack[/bold] stopped ({escape(', '.join(started))})")
     if not report.ok:
         raise typer.Exit(code=1)
 
@@ -366,7 +389,8 @@ def campaign_apply(file: Annotated[Path, typer.Argument(help="a campaign definit
     )
     console.print(
         f"campaign {campaign.campaign_id!r} version {campaign.version} published for account "
-        f"{campaign.account_id!r}: {len(campaign.steps)} steps, status {campaign.status}"
+        f"{campaign.account_id!r}: {len(campaign.steps)} steps, status {campaign.status}",
+        markup=False,
     )
 
 
@@ -386,7 +410,10 @@ def _set_status(account: str, campaign_id: str, status: str) -> None:
             datetime.now(UTC),
         )
     )
-    console.print(f"campaign {campaign.campaign_id!r} version {campaign.version}: status {campaign.status}")
+    console.print(
+        f"campaign {campaign.campaign_id!r} version {campaign.version}: status {campaign.status}",
+        markup=False,
+    )
 
 
 @campaign_app.command("pause")
@@ -430,13 +457,13 @@ EXIT_SKIPPED = 3  # an Enroll skipped (opted out, landline, no MX, ...): the con
 def _print_result(result: Any) -> None:
     if result.status in ("accepted", "duplicate"):
         extra = f" enrollment {', '.join(result.enrollment_ids)}" if result.enrollment_ids else ""
-        console.print(f"{result.status}: {result.command_type} {result.command_id}{extra}")
+        console.print(f"{result.status}: {result.command_type} {result.command_id}{extra}", markup=False)
         return
     code = f" ({result.code})" if result.code else ""
     if result.status == "skipped":
-        err.print(f"[yellow]skipped{code}:[/yellow] {result.message} (not enrolled)")
+        err.print(f"[yellow]skipped{escape(code)}:[/yellow] {escape(result.message or '')} (not enrolled)")
         raise typer.Exit(code=EXIT_SKIPPED)
-    err.print(f"[red]{result.status}{code}:[/red] {result.message or result.command_type}")
+    err.print(f"[red]{escape(result.status + code)}:[/red] {escape(result.message or result.command_type)}")
     raise typer.Exit(code=EXIT_REFUSED)
 
 
@@ -575,7 +602,7 @@ def enrollments_command(
             raise OperatorError(f"not a page cursor: {after!r}") from None
     where = EnrollmentFilter(statuses=status or None, batch_number=batch, current_step=step, name=search)
     page = _query(lambda conn: enrollments_page(conn, account, campaign, where, cursor, limit))
-    table = Table("contact", "email", "mobile", "status", "stage", "step", "next execution", "enrolled",
+    table = DataTable("contact", "email", "mobile", "status", "stage", "step", "next execution", "enrolled",
                   "batch", title=f"enrollments of {campaign}")  # fmt: skip
     for row in page.rows:
         indicator = row["next_execution_indicator"] or ""
@@ -589,7 +616,8 @@ def enrollments_command(
         )  # fmt: skip
     console.print(table)
     if page.next is not None:
-        console.print(f"next page: --after {page.next.enrolled_at.isoformat()}/{page.next.enrollment_id}")
+        following = f"{page.next.enrolled_at.isoformat()}/{page.next.enrollment_id}"
+        console.print(f"next page: --after {following}", markup=False, highlight=False)
 
 
 @app.command("stats")
@@ -602,7 +630,7 @@ def stats_command(
 
     _require_campaign(account, campaign)
     cards = _query(lambda conn: campaign_stats_card(conn, account, campaign))
-    table = Table("card", "count", title=f"stats of {campaign}")
+    table = DataTable("card", "count", title=f"stats of {campaign}")
     for card in ("total", "active", "processing", "completed", "stopped", "failed", "queued",
                  "awaiting_trigger", "expired", "handed_off", "unenrolled"):  # fmt: skip
         table.add_row(card.replace("_", " "), str(cards.get(card, 0)))
@@ -613,6 +641,7 @@ _TIMELINE_FIELDS = (
     "kind",
     "reason",
     "stop_reason",
+    "note",  # an operator's --note on stop / unenroll
     "step_index",
     "attempt",
     "outcome",
@@ -635,7 +664,7 @@ def timeline_command(
     rows = _query(lambda conn: contact_timeline(conn, account, contact))
     if not rows:
         raise OperatorError(f"no events for contact {contact!r} in account {account!r}")
-    table = Table("when", "v", "event", "campaign", "what", "caused by", title=f"timeline of {contact}")
+    table = DataTable("when", "v", "event", "campaign", "what", "caused by", title=f"timeline of {contact}")
     for row in rows:
         data = row["data"] or {}
         what = ", ".join(f"{k}={data[k]}" for k in _TIMELINE_FIELDS if data.get(k) not in (None, ""))
@@ -659,17 +688,17 @@ def why_command(
     if not rows:
         scope = f" in campaign {campaign!r}" if campaign else ""
         raise OperatorError(f"no decisions about contact {contact!r}{scope} in account {account!r}")
-    table = Table("when", "v", "decision", "campaign", "what", "command", "by", title=f"why {contact}")
+    table = DataTable("when", "v", "decision", "campaign", "what", "command", "by", title=f"why {contact}")
     for row in rows:
         if row["kind"] == "event":
             data = row["data"] or {}
             what = ", ".join(f"{k}={data[k]}" for k in _TIMELINE_FIELDS if data.get(k) not in (None, ""))
             decision = row["what"].removesuffix(".v1")
             if row["status"] not in (None, "accepted"):  # e.g. an Enroll skipped
-                decision = f"{decision} [yellow]({row['status']})[/yellow]"
+                decision = Text.assemble(f"{decision} ", (f"({row['status']})", "yellow"))
         else:
             code = f" ({row['code']})" if row["code"] and row["code"] != row["status"] else ""
-            decision = f"[yellow]{row['status']}{code}[/yellow]"
+            decision = Text(f"{row['status']}{code}", style="yellow")
             what = row["reason"]
         command = f"{(row['command_type'] or '').removesuffix('.v1')} {row['command_id']}".strip()
         table.add_row(_when(row["at"]), str(row["version"]), decision, row["campaign_id"] or "", what,
@@ -685,7 +714,7 @@ def dlq_list(limit: int = typer.Option(50, min=1, help="show the newest this man
 
     settings = load_settings()
     letters = asyncio.run(dead_letters(endpoints(settings).kafka_bootstrap_servers, _topics(settings)))
-    table = Table("id", "role", "reason", "from", "error", "bytes", title=f"{len(letters)} dead letters")
+    table = DataTable("id", "role", "reason", "from", "error", "bytes", title=f"{len(letters)} dead letters")
     for letter in letters[-limit:]:
         origin = f"{letter.original_topic}:{letter.original_partition}:{letter.original_offset}"
         table.add_row(letter.id, letter.role, letter.reason, origin, letter.error[:60],
@@ -706,7 +735,7 @@ def dlq_retry(
         retry_dead_letters(endpoints(settings).kafka_bootstrap_servers, _topics(settings), ids)
     )
     for letter in retried:
-        console.print(f"retried {letter.id} to {letter.original_topic}")
+        console.print(f"retried {letter.id} to {letter.original_topic}", markup=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # Comma-separated token keys (>= 16 bytes each); the first is the one messages are signed with.
     unsubscribe_keys: str = ""
     unsubscribe_publish_timeout_s: float = Field(default=5.0, gt=0)
+    # Slow clients: a connection without a complete request this long is closed; a POST body not in
+    # within its timeout is 408; past the connection limit the oldest idle one is closed (or 503).
+    unsubscribe_idle_timeout_s: float = Field(default=15.0, gt=0)
+    unsubscribe_body_timeout_s: float = Field(default=10.0, gt=0)
+    unsubscribe_max_connections: int = Field(default=256, ge=1)
     # The scheduler role: how often it claims due timers, how many per claim, and how long a claim's
     # lease lasts (a row whose command was deferred or went stale fires again after it).
     scheduler_interval_ms: int = Field(default=500, ge=10)

@@ -36,6 +36,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from enrollstream import stack
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
@@ -301,14 +302,9 @@ def _enrollment_table(snapshot: Snapshot) -> Table:
     for row in snapshot.rows:
         next_at = row["next_execution_at"]
         wait = "" if next_at is None else f"{max(0.0, (next_at - now).total_seconds()):.0f}s"
-        table.add_row(
-            row["contact_id"],
-            row["contact_name"] or "",
-            row["status"],
-            row["step_label"] or "",
-            wait,
-            row["stop_reason"] or "",
-        )
+        cells = (row["contact_id"], row["contact_name"] or "", row["status"], row["step_label"] or "",
+                 wait, row["stop_reason"] or "")  # fmt: skip
+        table.add_row(*(Text(cell) for cell in cells))  # data, never rich markup
     return table
 
 

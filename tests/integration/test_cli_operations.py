@@ -8,10 +8,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.config import Settings
 from enrollstream.stack.processes import free_port
-from tests.support import publish, read_until, running_worker
+from tests.support import eventually, publish, read_until, running_worker
 
 CAMPAIGN_YAML = """\
 campaign_id: welcome
@@ -248,3 +250,45 @@ async def test_pause_and_resume_publish_new_versions_that_keep_the_pause_history
     assert latest is not None and (latest.version, latest.status) == (4, "active")
     [pause] = latest.pauses
     assert pause.ended_at is not None and pause.ended_at >= pause.started_at
+
+
+async def test_data_that_looks_like_rich_markup_is_printed_literally(
+    settings: Settings, topics: Topics, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    # A closing tag with no opening one made rich raise MarkupError (a traceback, exit 1), and a link
+    # tag turned a contact's name into a hyperlink: every value the CLI prints is data, never markup.
+    bold, link = "[/bold]", "[link=https://evil.example]x[/link]"
+    env = cli_env(settings)
+    campaign = tmp_path / "welcome.yaml"
+    campaign.write_text(CAMPAIGN_YAML)
+    assert (await cli("campaign", "apply", str(campaign), env=env)).code == 0
+
+    async with running_worker(settings):
+        enrolled = {}
+        for contact, name in (("mk1", bold), ("mk2", link)):
+            email = f"{contact}@x.org"
+            ran = await cli("enroll", contact, "welcome", "--name", name, "--email", email, env=env)
+            assert ran.code == 0, ran.err
+            enrolled[contact] = ran.out.split(" enrollment ")[1].split()[0]
+        note = f"{bold} {link}"
+        stopped = await cli("stop", "mk1", "--enrollment", enrolled["mk1"], "--note", note, env=env)
+        assert stopped.code == 0, stopped.err
+
+        async def projected() -> bool:
+            count = await db.fetchval(
+                "select count(*) from enrollment_timeline where account_id = 'acct-cli' and "
+                "((contact_id = 'mk1' and type = 'EnrollmentStopped.v1') or contact_id = 'mk2')"
+            )
+            return bool(count >= 2)
+
+        await eventually(projected, what="the stop and the second enrollment projected")
+
+    page = await cli("enrollments", "welcome", env=env)
+    assert page.code == 0, page.err
+    assert bold in page.out and link in page.out, page.out
+    for command in (("timeline", "mk1"), ("why", "mk1")):
+        ran = await cli(*command, env=env)
+        assert ran.code == 0, ran.err
+        assert "EnrollmentStopped" in ran.out and f"note={note}" in ran.out, ran.out
+    searched = await cli("enrollments", "welcome", "--search", link, env=env)
+    assert searched.code == 0 and link in searched.out and bold not in searched.out, searched.out

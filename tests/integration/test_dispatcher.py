@@ -79,6 +79,10 @@ async def test_a_step_is_sent_once_with_our_headers_and_a_second_dispatcher_only
         assert message["List-Unsubscribe"].startswith("<https://u.acme.example/u/")
         assert "mailto:unsubscribe@acme.example" in message["List-Unsubscribe"]
         assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        # ... as bytes on the wire, not RFC 2047 encoded-words a mailbox provider would not read
+        head = received.content.split(b"\r\n\r\n", 1)[0].replace(b"\r\n ", b" ").split(b"\r\n")
+        assert any(line.startswith(b"List-Unsubscribe: <https://u.acme.example/u/") for line in head)
+        assert b"List-Unsubscribe-Post: List-Unsubscribe=One-Click" in head
         assert message["Subject"] == "Hi Ada (1)"
         [report] = reports
         message_id = ids.message_id(eid, 0, 1)

@@ -3,10 +3,14 @@ real decider turning its OptOut into a stopped enrollment."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import pytest
@@ -182,3 +186,115 @@ async def test_the_worker_runs_the_unsubscribe_role_from_settings(settings: Sett
             http.get(f"{worker.unsubscribe.base_url}/unsubscribe/{token}") as response,
         ):
             assert response.status == 200
+
+
+@contextlib.asynccontextmanager
+async def slow_client_server(
+    settings: Settings, topics: Topics, **limits: Any
+) -> AsyncIterator[UnsubscribeServer]:
+    assert settings.kafka_bootstrap_servers
+    server = UnsubscribeServer(settings.kafka_bootstrap_servers, topics, [KEY], port=0, **limits)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def _connect(
+    server: UnsubscribeServer, first_bytes: bytes
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(first_bytes)
+    await writer.drain()
+    return reader, writer
+
+
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes | None:
+    """What the server sent before closing, or None if it still holds the connection after `seconds`."""
+    try:
+        return await asyncio.wait_for(reader.read(), seconds)
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        return b""
+
+
+async def test_a_client_that_never_finishes_its_request_is_disconnected_within_the_idle_timeout(
+    settings: Settings, topics: Topics
+) -> None:
+    async with slow_client_server(settings, topics, idle_timeout_s=1.0) as server:
+        started = time.monotonic()
+        reader, writer = await _connect(server, b"GET /unsubscribe/abc HT")  # and then nothing
+        trickle_reader, trickle = await _connect(server, b"G")
+
+        async def dribble() -> None:  # a byte every 0.2 s never completes the request line
+            with contextlib.suppress(ConnectionError):
+                for byte in b"ET /unsubscribe/abc HTTP/1.1\r\n":
+                    await asyncio.sleep(0.2)
+                    trickle.write(bytes([byte]))
+                    await trickle.drain()
+
+        dribbling = asyncio.create_task(dribble())
+        try:
+            assert await _closed_within(reader, 5.0) is not None, "the silent client is still connected"
+            assert await _closed_within(trickle_reader, 5.0) is not None, (
+                "the trickling client is still connected"
+            )
+            assert time.monotonic() - started < 3.0
+        finally:
+            dribbling.cancel()
+            writer.close()
+            trickle.close()
+        # A well-behaved client is still served.
+        async with aiohttp.ClientSession() as http, http.get(f"{server.base_url}/unsubscribe/nope") as page:
+            assert page.status == 400
+
+
+async def test_idle_connections_past_the_limit_do_not_block_a_request(
+    settings: Settings, topics: Topics
+) -> None:
+    token = sign_unsubscribe_token(UnsubscribeClaims("acct", "ada", "enr-1"), KEY)
+    # Idle connections: the oldest make room for newer ones, long before the (long) idle timeout.
+    async with slow_client_server(settings, topics, idle_timeout_s=30.0, max_connections=3) as server:
+        idle = [await _connect(server, b"GET /unsubscribe/" + str(n).encode()) for n in range(6)]
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{server.base_url}/unsubscribe/{token}") as page,
+        ):
+            assert page.status == 200
+        assert time.monotonic() - started < 2.0
+        still_open = [await _closed_within(reader, 0.3) is None for reader, _ in idle]
+        assert sum(still_open) <= 2, still_open  # at most the limit, the request's connection included
+        assert still_open[-1], "the newest idle connection was closed instead of the oldest"
+        assert server.evicted >= 4
+        for _, writer in idle:
+            writer.close()
+
+    # Busy connections (bodies that never finish): a new one is answered 503 at once, and each slow
+    # body is 408 after the body timeout.
+    async with slow_client_server(
+        settings, topics, idle_timeout_s=30.0, body_timeout_s=1.0, max_connections=2
+    ) as server:
+        head = (
+            f"POST /unsubscribe/{token} HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nList-"
+        ).encode()
+        slow = [await _connect(server, head) for _ in range(2)]
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        reader, writer = await _connect(
+            server, f"GET /unsubscribe/{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        )
+        refused = await _closed_within(reader, 2.0)
+        assert refused is not None and refused.startswith(b"HTTP/1.1 503"), refused
+        assert b"Retry-After: 5" in refused and time.monotonic() - started < 2.0
+        assert server.refused == 1
+        for slow_reader, _ in slow:
+            answer = await _closed_within(slow_reader, 3.0)
+            assert answer is not None and answer.startswith(b"HTTP/1.1 408"), answer
+        writer.close()
+        for _, slow_writer in slow:
+            slow_writer.close()

@@ -201,8 +201,8 @@ class DispatcherService:
             from_address=settings.sender_from,
             signing_key=signing_key,
             reply_to=settings.sender_reply_to,
-            unsubscribe_url=settings.unsubscribe_url,
-            unsubscribe_mailto=settings.unsubscribe_mailto,
+            unsubscribe_url=settings.unsubscribe_url or None,
+            unsubscribe_mailto=settings.unsubscribe_mailto or None,
             message_id_domain=settings.message_id_domain,
         )
         limits = SendLimits(per_hour=settings.sender_per_hour, per_day=settings.sender_per_day)

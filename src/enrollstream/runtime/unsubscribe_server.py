@@ -6,6 +6,17 @@
 GET never unsubscribes: mail scanners and link previewers fetch every URL in a message. A token that is
 malformed or not signed by one of our keys is 400; a failure to publish the command is 503 (the mail
 client or the person may try again: the command id is deterministic, so a repeat is one opt-out).
+
+Slow and idle clients cannot hold it (the server is aiohttp's, on an asyncio listener of our own):
+- `idle_timeout_s`: a connection that has not sent a complete request line and headers this long after
+  it opened (or after its last response) is closed. aiohttp's keep-alive timer runs from the
+  connection's start and is not reset by partial data, so a slowloris trickle is closed too.
+- `body_timeout_s`: a POST body not received in this time is answered 408 and the connection closed
+  (after at most `LINGER_S` of reading and dropping what is still coming).
+- `max_connections`: at the limit, a new connection closes the oldest one that is not in the middle of a
+  request (idle or still sending its headers); when every connection is busy, the new one is answered
+  503 with `Retry-After` at once. A request line or header over 8190 bytes, or more than 128 headers,
+  is 400 (aiohttp's parser limits), so an unfinished request never grows without bound.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ import asyncio
 import contextlib
 import html
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -35,6 +46,38 @@ log = logging.getLogger(__name__)
 ONE_CLICK_FIELD = "List-Unsubscribe"
 ONE_CLICK_VALUE = "One-Click"
 MAX_BODY_BYTES = 16 * 1024
+# After an answer sent before the whole body arrived (408, 400), read and drop what is still coming for
+# at most this long before closing (aiohttp's "lingering close", 10 s by default), so a reset does not
+# destroy the answer and a client trickling a body cannot hold the connection past it.
+LINGER_S = 1.0
+_BUSY_REPLY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Retry-After: 5\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 29\r\n\r\n"
+    b"Too many connections; retry.\n"
+)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the limit while every other one is busy: 503 at once, then close. What the
+    client sends meanwhile is read and dropped, so closing does not reset the 503 away."""
+
+    def __init__(self, linger_s: float) -> None:
+        self.linger_s = linger_s
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(_BUSY_REPLY)
+        asyncio.get_running_loop().call_later(self.linger_s, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        if self.transport is not None:
+            self.transport.close()
+        return False
 
 
 def _page(title: str, message: str, form: bool = False, status: int = 200) -> web.Response:
@@ -70,6 +113,9 @@ class UnsubscribeServer:
         host: str = "127.0.0.1",
         port: int = 8025,
         publish_timeout_s: float = 5.0,
+        idle_timeout_s: float = 15.0,
+        body_timeout_s: float = 10.0,
+        max_connections: int = 256,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if not keys:
@@ -80,10 +126,20 @@ class UnsubscribeServer:
         self.host = host
         self.port = port
         self.publish_timeout_s = publish_timeout_s
+        if idle_timeout_s <= 0 or body_timeout_s <= 0 or max_connections < 1:
+            raise ValueError("the unsubscribe timeouts must be positive and the connection limit at least 1")
+        self.idle_timeout_s = idle_timeout_s
+        self.body_timeout_s = body_timeout_s
+        self.max_connections = max_connections
         self.now = now
         self.producer: AIOKafkaProducer | None = None
         self._runner: web.AppRunner | None = None
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self._listener: asyncio.Server | None = None
+        self._busy: set[object] = set()  # connections inside a request
+        self._evicted: set[object] = set()  # closed by us, not gone yet
+        self.refused = 0  # connections answered 503 at the limit
+        self.evicted = 0  # idle connections closed to make room
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._mark_busy])
         self.app.router.add_get("/unsubscribe/{token}", self._get)
         self.app.router.add_post("/unsubscribe/{token}", self._post)
 
@@ -99,18 +155,53 @@ class UnsubscribeServer:
             request_timeout_ms=int(self.publish_timeout_s * 1000),
         )
         await self.producer.start()
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # keepalive_timeout: aiohttp closes a connection still waiting for a complete request this long
+        # after it opened or after its last response (partial data does not reset it).
+        self._runner = web.AppRunner(
+            self.app, access_log=None, keepalive_timeout=self.idle_timeout_s, lingering_time=LINGER_S
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(self._accept, self.host, self.port, reuse_address=True)
         if self.port == 0:  # the port the OS chose
-            self.port = int(self._runner.addresses[0][1])
+            self.port = int(self._listener.sockets[0].getsockname()[1])
         log.info("unsubscribe endpoint listening on %s/unsubscribe/<token>", self.base_url)
 
     async def run(self, stop: asyncio.Event) -> None:
         await stop.wait()
 
+    def _accept(self) -> asyncio.BaseProtocol:
+        """The protocol for a new connection, keeping at most `max_connections` open."""
+        assert self._runner is not None and self._runner.server is not None
+        server = self._runner.server
+        connections = server.connections
+        self._evicted.intersection_update(connections)  # forget the ones that are gone
+        live = [c for c in connections if c not in self._evicted]
+        if len(live) >= self.max_connections:
+            idle = [c for c in live if c not in self._busy]  # oldest first
+            if not idle:
+                self.refused += 1
+                return _Refused(linger_s=LINGER_S)
+            self._evicted.add(idle[0])
+            self.evicted += 1
+            idle[0].force_close()
+        return server()
+
+    @web.middleware
+    async def _mark_busy(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        protocol = request.protocol
+        self._busy.add(protocol)
+        try:
+            return await handler(request)
+        finally:
+            self._busy.discard(protocol)
+
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -144,7 +235,12 @@ class UnsubscribeServer:
         claims = self._claims(request)
         if isinstance(claims, web.Response):
             return claims
-        form = await request.post()
+        try:
+            form = await asyncio.wait_for(request.post(), timeout=self.body_timeout_s)
+        except TimeoutError:
+            response = _page("Request timeout", "The request body did not arrive in time.", status=408)
+            response.force_close()
+            return response
         if form.get(ONE_CLICK_FIELD) != ONE_CLICK_VALUE:
             return _page(
                 "Bad request",

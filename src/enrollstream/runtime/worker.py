@@ -130,6 +130,9 @@ class Worker:
                 host=self.settings.unsubscribe_host,
                 port=self.settings.unsubscribe_port,
                 publish_timeout_s=self.settings.unsubscribe_publish_timeout_s,
+                idle_timeout_s=self.settings.unsubscribe_idle_timeout_s,
+                body_timeout_s=self.settings.unsubscribe_body_timeout_s,
+                max_connections=self.settings.unsubscribe_max_connections,
             )
             services.append(self.unsubscribe)
         if "dispatcher" in self.roles:

@@ -10,6 +10,7 @@ from urllib.parse import unquote
 import pytest
 
 from enrollstream.adapters.mail.message import (
+    WIRE_POLICY,
     HeaderInjectionRefused,
     InvalidAddress,
     MessageRef,
@@ -59,7 +60,7 @@ def build(**overrides: object) -> email.message.EmailMessage:
 
 
 def roundtrip(msg: email.message.EmailMessage) -> email.message.EmailMessage:
-    parsed = email.message_from_bytes(msg.as_bytes(policy=email.policy.SMTP), policy=email.policy.default)
+    parsed = email.message_from_bytes(msg.as_bytes(policy=WIRE_POLICY), policy=email.policy.default)
     assert isinstance(parsed, email.message.EmailMessage)
     return parsed
 
@@ -165,11 +166,33 @@ def test_without_an_https_endpoint_there_is_no_one_click_post_header() -> None:
         )
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "https://u.example/a b",
+        "https://u.example/<x>",
+        "https://u.example/a,b",
+        "https://u.example/\r\nBcc: x",
+        "",
+    ],
+)
+def test_an_unsubscribe_uri_that_cannot_be_delimited_is_refused(uri: str) -> None:
+    with pytest.raises(ValueError, match=r"unsubscribe_url|must be https"):
+        SenderIdentity(from_address="jobs@acme.example", signing_key=KEY, unsubscribe_url=uri)
+    with pytest.raises(ValueError, match="unsubscribe_mailto"):
+        SenderIdentity(from_address="jobs@acme.example", signing_key=KEY, unsubscribe_mailto=uri)
+
+
+def test_an_unsubscribe_uri_too_long_for_a_header_line_is_refused_not_encoded() -> None:
+    with pytest.raises(ValueError, match="does not fit a header line"):
+        build(ref=MessageRef("acct-1", "c" * 800, "enr-42", step_index=1, attempt=2))
+
+
 def test_non_ascii_subjects_and_bodies_survive_the_wire() -> None:
     msg = roundtrip(build(fields={"first_name": "Zoë", "company": "Ünïcode GmbH"}))
     assert msg["Subject"] == "Hi Zoë"
     assert "Ünïcode GmbH" in msg.get_content()
-    assert build(fields={"first_name": "Zoë", "company": "x"}).as_bytes(policy=email.policy.SMTP).isascii()
+    assert build(fields={"first_name": "Zoë", "company": "x"}).as_bytes(policy=WIRE_POLICY).isascii()
 
 
 def test_a_step_dispatched_event_becomes_its_message() -> None:

@@ -61,6 +61,47 @@ async def test_an_accepted_message_is_sent_with_its_headers_intact(smtp_server: 
     assert msg.get_content().replace("\r\n", "\n") == "Hello Ada,\n.\n..leading dots stay.\n"
 
 
+def _raw_header(content: bytes, name: bytes) -> bytes:
+    """The header's value as it crossed the wire: folded continuation lines joined, nothing decoded."""
+    head = content.split(b"\r\n\r\n", 1)[0]
+    unfolded = head.replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t")
+    [value] = [
+        line.split(b":", 1)[1].strip() for line in unfolded.split(b"\r\n") if line.split(b":")[0] == name
+    ]
+    return value
+
+
+async def test_list_unsubscribe_reaches_the_server_unencoded(smtp_server: RecordingSmtpServer) -> None:
+    # A mailbox provider reads these bytes, not a decoded header: an RFC 2047 encoded-word
+    # (=?utf-8?q?=3Chttps...) hides the one-click link from it.
+    msg = build_message(  # long ids: the token (and the header) grows with them
+        sender=SENDER,
+        ref=MessageRef("acct-" + "a" * 40, "contact-" + "c" * 60, "enr-" + "e" * 60, 0, 1),
+        to="Zoë Ådams <zoe@example.org>",
+        subject_template="Hi {{ first_name }}",
+        body_template="Hello {{ first_name }}",
+        fields={"first_name": "Zoë"},
+        date=datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
+    )
+    result = await sender_for(smtp_server).send(msg)
+    assert result.outcome is SendOutcome.SENT
+
+    [received] = smtp_server.messages
+    assert received.content.isascii()
+    value = _raw_header(received.content, b"List-Unsubscribe")
+    assert value.startswith(b"<https://u.acme.example/unsubscribe/")
+    assert b"=?" not in value
+    https, mailto = (uri.strip() for uri in value.split(b","))
+    assert https.endswith(b">") and mailto.startswith(
+        b"<mailto:unsubscribe@acme.example?subject=unsubscribe%20"
+    )
+    assert _raw_header(received.content, b"List-Unsubscribe-Post") == b"List-Unsubscribe=One-Click"
+    assert all(len(line) <= 998 for line in received.content.split(b"\r\n"))
+    # Non-ASCII text is still encoded (no SMTPUTF8): the Subject and the display name.
+    assert b"=?utf-8?" in _raw_header(received.content, b"Subject")
+    assert received.message["Subject"] == "Hi Zoë"
+
+
 @pytest.mark.parametrize(
     ("behaviour", "outcome", "code"),
     [

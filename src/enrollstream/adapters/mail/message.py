@@ -1,5 +1,10 @@
 """Building a step's email: template rendering, header-injection refusal, deterministic Message-ID,
-RFC 8058 one-click List-Unsubscribe.
+RFC 8058 one-click List-Unsubscribe, and the policy messages are serialised with for SMTP.
+
+Headers go out folded at whitespace only (lines up to RFC 5322's 998 characters, `WIRE_POLICY`), never
+turned into RFC 2047 encoded-words just to fit 78 columns: `List-Unsubscribe: <https://...>` must reach
+the mailbox provider as written, or it will not offer one-click unsubscribe. Non-ASCII text (a Subject,
+a display name) is still encoded, as it must be without SMTPUTF8.
 
 Templates use `{{ field }}` placeholders (with an optional fallback, `{{ first_name | there }}`),
 replaced in a single pass by plain string lookup: nothing is evaluated, and a value that itself looks
@@ -9,6 +14,7 @@ like a placeholder is inserted literally. A placeholder with no value and no fal
 
 from __future__ import annotations
 
+import email.policy
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -38,6 +44,15 @@ class InvalidAddress(ValueError):
         super().__init__(message)
         self.header = header  # "To": the recipient's address is the problem, not our configuration
 
+
+# RFC 5322 2.1.1: a line MUST NOT exceed 998 characters. email.policy.SMTP folds at 78 and, when a
+# word (a long URI) cannot fit, encodes it as =?utf-8?q?...?= to be able to wrap it.
+MAX_HEADER_LINE = 998
+WIRE_POLICY = email.policy.SMTP.clone(max_line_length=MAX_HEADER_LINE)
+# Each List-Unsubscribe URI must fit on a line of its own ("List-Unsubscribe: " + "<uri>,").
+_MAX_UNSUBSCRIBE_URI = MAX_HEADER_LINE - len("List-Unsubscribe: ") - 1
+# Characters a URI in List-Unsubscribe cannot carry (RFC 2369: angle brackets delimit, commas separate).
+_URI_FORBIDDEN = re.compile(r"[\s<>,\x00-\x1f\x7f]")
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\|\s*([^{}]*?)\s*)?\}\}")
 
@@ -108,6 +123,10 @@ class SenderIdentity:
             _address("Reply-To", self.reply_to)
         if self.unsubscribe_url is not None and not self.unsubscribe_url.startswith("https://"):
             raise ValueError("the one-click unsubscribe URL must be https (RFC 8058)")
+        uris = {"unsubscribe_url": self.unsubscribe_url, "unsubscribe_mailto": self.unsubscribe_mailto}
+        for name, uri in uris.items():
+            if uri is not None and (not uri or _URI_FORBIDDEN.search(uri)):
+                raise ValueError(f"{name} {uri!r} is empty or has whitespace, control characters, <, > or ,")
         if self.unsubscribe_url is None and self.unsubscribe_mailto is None:
             raise ValueError("a bulk sender needs an unsubscribe URL or mailto")
 
@@ -134,7 +153,10 @@ def list_unsubscribe(sender: SenderIdentity, claims: UnsubscribeClaims) -> str:
         uris.append(f"<{sender.unsubscribe_url.rstrip('/')}/{token}>")
     if sender.unsubscribe_mailto is not None:
         uris.append(f"<mailto:{sender.unsubscribe_mailto}?subject={quote('unsubscribe ' + token)}>")
-    return ", ".join(uris)
+    for uri in uris:
+        if len(uri) > _MAX_UNSUBSCRIBE_URI:  # would be folded into encoded-words: refuse, do not mangle
+            raise ValueError(f"a List-Unsubscribe URI of {len(uri)} characters does not fit a header line")
+    return check_header("List-Unsubscribe", ", ".join(uris))
 
 
 def build_message(

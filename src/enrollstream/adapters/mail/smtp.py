@@ -22,7 +22,6 @@ but not offered -> `error` (our configuration; retrying or failing the contact i
 
 from __future__ import annotations
 
-import email.policy
 import re
 import ssl
 from dataclasses import dataclass
@@ -39,6 +38,8 @@ from aiosmtplib import (
 )
 
 from enrollstream.domain.delivery_policy import SendOutcome, SendResult
+
+from .message import WIRE_POLICY
 
 # Reply codes that mean our side is misconfigured, not that the recipient refused.
 _AUTH_CODES = frozenset({530, 534, 535, 538})
@@ -113,7 +114,7 @@ class SmtpSender:
         try:
             sender = self.config.envelope_from or _single_address(message, "From")
             recipient = _single_address(message, "To")
-            payload = data_payload(message.as_bytes(policy=email.policy.SMTP))
+            payload = data_payload(message.as_bytes(policy=WIRE_POLICY))
         except (ValueError, TypeError, UnicodeError) as exc:
             return SendResult(SendOutcome.ERROR, f"message: {exc}")
 
