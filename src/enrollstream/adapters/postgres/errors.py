@@ -47,7 +47,7 @@ def is_connection_error(exc: BaseException) -> bool:
 class Backoff:
     """Exponential waits between tries, capped; `reset()` after a success."""
 
-    def __init__(self, first_s: float = 0.2, most_s: float = 5.0) -> None:
+    def __init__(self, first_s: float = 0.2, most_s: float = 2.0) -> None:
         self.first_s = first_s
         self.most_s = most_s
         self._next = first_s
