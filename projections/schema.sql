@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0013 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0014 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -406,6 +406,25 @@ CREATE TABLE public.timers (
 );
 
 --
+-- Name: unprojectable_events; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.unprojectable_events (
+    projection text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    "offset" bigint NOT NULL,
+    event_id text,
+    type text,
+    account_id text,
+    reason text NOT NULL,
+    value bytea NOT NULL,
+    value_size integer NOT NULL,
+    value_sha256 text NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
 -- Name: bulk_enrollments bulk_enrollments_event_id_key; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -495,6 +514,13 @@ ALTER TABLE ONLY public.replies
 
 ALTER TABLE ONLY public.timers
     ADD CONSTRAINT timers_pkey PRIMARY KEY (enrollment_id, kind);
+
+--
+-- Name: unprojectable_events unprojectable_events_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.unprojectable_events
+    ADD CONSTRAINT unprojectable_events_pkey PRIMARY KEY (projection, topic, partition, "offset");
 
 --
 -- Name: bulk_enrollments_campaign; Type: INDEX; Schema: public; Owner: -
@@ -603,6 +629,12 @@ CREATE INDEX timers_due_unclaimed ON public.timers USING btree (due_at) WHERE (c
 --
 
 CREATE INDEX timers_lease ON public.timers USING btree (claimed_until) WHERE (claimed_until IS NOT NULL);
+
+--
+-- Name: unprojectable_events_account; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX unprojectable_events_account ON public.unprojectable_events USING btree (account_id, at);
 
 --
 -- PostgreSQL database dump complete

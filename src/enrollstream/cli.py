@@ -708,11 +708,43 @@ def why_command(
 
 @dlq_app.command("list")
 @friendly_errors
-def dlq_list(limit: int = typer.Option(50, min=1, help="show the newest this many")) -> None:
-    """The dead letters, newest last: where each came from and why it could not be processed."""
-    from enrollstream.operations import dead_letters
+def dlq_list(
+    limit: int = typer.Option(50, min=1, help="show the newest this many"),
+    quarantined: bool = typer.Option(
+        False,
+        "--quarantined",
+        "-q",
+        help="list the events the projector quarantined (unprojectable_events in PostgreSQL) instead",
+    ),
+) -> None:
+    """The dead letters, newest last: where each came from and why it could not be processed.
+
+    With --quarantined: the events on the events (or command-results) topic that the projector could not
+    write to PostgreSQL and set aside, with why (docs/architecture.md "Projector")."""
+    from enrollstream.operations import dead_letters, unprojectable_events
 
     settings = load_settings()
+    if quarantined:
+        rows = asyncio.run(unprojectable_events(endpoints(settings).database_url, limit))
+        table = DataTable("at", "from", "type", "event", "account", "reason", "bytes",
+                          title=f"{len(rows)} quarantined events")  # fmt: skip
+        for row in rows:
+            table.add_row(
+                *(
+                    str(value)  # DataTable shows it literally
+                    for value in (
+                        row["at"].isoformat(timespec="seconds"),
+                        f"{row['topic']}:{row['partition']}:{row['offset']}",
+                        row["type"] or "",
+                        row["event_id"] or "",
+                        row["account_id"] or "",
+                        row["reason"][:120],
+                        row["value_size"],
+                    )
+                )
+            )
+        console.print(table)
+        return
     letters = asyncio.run(dead_letters(endpoints(settings).kafka_bootstrap_servers, _topics(settings)))
     table = DataTable("id", "role", "reason", "from", "error", "bytes", title=f"{len(letters)} dead letters")
     for letter in letters[-limit:]:

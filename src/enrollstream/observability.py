@@ -49,6 +49,16 @@ SENDS = Counter(
     "Messages handed to a channel, by outcome; deferred: held back by a sender's rate limit, not handed",
     ["channel", "outcome"],
 )
+QUARANTINED = Counter(
+    "enrollstream_quarantined_events",
+    "Records the projector could not write, quarantined in unprojectable_events, by topic",
+    ["topic"],
+)
+POSTGRES_RETRIES = Counter(
+    "enrollstream_postgres_retries",
+    "PostgreSQL connection errors a role waited out and retried, by role",
+    ["role"],
+)
 DUE_TIMERS = Gauge("enrollstream_due_timers", "Timers due and not yet fired (the scheduler's backlog)")
 TIMER_LATENESS = Histogram(
     "enrollstream_timer_lateness_seconds",

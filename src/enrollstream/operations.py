@@ -125,6 +125,20 @@ class DeadLetterRecord:
         return f"{held} of {self.original_size} (truncated, sha256 {self.original_sha256[:12]})"
 
 
+async def unprojectable_events(database_url: str, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest `limit` events the projector quarantined (`unprojectable_events`), oldest first."""
+    import asyncpg
+
+    from enrollstream.adapters.postgres.queries import query
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(query("unprojectable_events"), limit)
+    finally:
+        await conn.close()
+    return [dict(row) for row in reversed(rows)]
+
+
 async def dead_letters(bootstrap: str, topics: Topics) -> list[DeadLetterRecord]:
     """Every record of the dead-letter topic, oldest first per partition."""
     names = await partition_numbers(bootstrap, topics.dead_letters)

@@ -109,3 +109,7 @@ def test_the_worker_runs_the_default_roles_with_every_setting_they_need(
     # offers no TLS), and the worker waits for it.
     assert (settings.smtp_host, settings.smtp_port, settings.smtp_starttls) == ("mailpit", 1025, False)
     assert "mailpit" in services["worker"]["depends_on"]
+
+
+def test_the_worker_is_restarted_when_it_exits_on_a_failure() -> None:
+    assert compose()["services"]["worker"]["restart"] in ("on-failure", "unless-stopped", "always")

@@ -54,6 +54,7 @@ from enrollstream.adapters.mail.message import (
     render,
 )
 from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender
+from enrollstream.adapters.postgres.errors import Backoff, is_connection_error
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.adapters.sms import OutboundSmsTopicChannel, SmsChannel
 from enrollstream.config import Settings, require_settings, unsubscribe_key_list
@@ -273,7 +274,8 @@ class DispatcherService:
         for record in records:
             if self._stop.is_set() or tp not in consumer.assignment():
                 break
-            await self.handle(record, tp)
+            if not await self._handle_retrying(consumer, record, tp):
+                break
             done = record.offset + 1
         if done is not None:
             try:
@@ -283,6 +285,28 @@ class DispatcherService:
         last = records[-1].offset + 1
         if (done or records[0].offset) < last and tp in consumer.assignment():
             consumer.seek(tp, done if done is not None else records[0].offset)  # read the rest again
+
+    async def _handle_retrying(self, consumer: AIOKafkaConsumer, record: Any, tp: TopicPartition) -> bool:
+        """`handle`, waiting out a lost PostgreSQL connection (the ledger makes a second try safe: an
+        attempt started and not finished is reported unknown, never resent). False if stopped or
+        revoked before it was handled."""
+        backoff = Backoff()
+        while not self._stop.is_set() and tp in consumer.assignment():
+            try:
+                await self.handle(record, tp)
+                return True
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                metrics.POSTGRES_RETRIES.labels("dispatcher").inc()
+                log.warning(
+                    "dispatcher: PostgreSQL unavailable (%s); trying %s offset %s again",
+                    exc,
+                    tp,
+                    record.offset,
+                )
+                await backoff.wait(self._stop)
+        return False
 
     # --- one record -----------------------------------------------------------------------------
 

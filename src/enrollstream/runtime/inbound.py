@@ -26,9 +26,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import CommitFailedError, KafkaError
 from pydantic import ValidationError
 
+from enrollstream import observability as metrics
 from enrollstream.adapters.kafka.reading import group_consumer
 from enrollstream.adapters.kafka.records import DeadLetter, encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.adapters.postgres.errors import Backoff, is_connection_error
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import aggregate_key
 from enrollstream.domain.commands import ReplyDetected, ReplyDetectedData
@@ -103,12 +105,35 @@ class InboundService:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
             for tp, records in batch.items():
+                done: int | None = None
                 for record in records:
-                    await self.handle(record)
-                try:
-                    await consumer.commit({tp: records[-1].offset + 1})
-                except (CommitFailedError, KafkaError) as exc:
-                    log.warning("inbound: commit of %s failed: %s", tp, exc)
+                    if not await self._handle_retrying(record, stop):
+                        break
+                    done = record.offset + 1
+                if done is not None:
+                    try:
+                        await consumer.commit({tp: done})
+                    except (CommitFailedError, KafkaError) as exc:
+                        log.warning("inbound: commit of %s failed: %s", tp, exc)
+                if done != records[-1].offset + 1 and tp in consumer.assignment():
+                    consumer.seek(tp, done if done is not None else records[0].offset)
+
+    async def _handle_retrying(self, record: Any, stop: asyncio.Event) -> bool:
+        """`handle`, waiting out a lost PostgreSQL connection; False if stopped before it was handled."""
+        backoff = Backoff()
+        while not stop.is_set():
+            try:
+                await self.handle(record)
+                return True
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                metrics.POSTGRES_RETRIES.labels(ROLE).inc()
+                log.warning(
+                    "inbound: PostgreSQL unavailable (%s); trying offset %s again", exc, record.offset
+                )
+                await backoff.wait(stop)
+        return False
 
     async def handle(self, record: Any) -> None:
         try:

@@ -9,12 +9,20 @@ batch, and the guarded upsert makes a replayed event a no-op.
 Besides the events topic it reads the command-results topic (when given) into `decisions`: every
 decision, also those that changed nothing (refusals, duplicates, stale and deferred commands), so "why"
 is answerable from Postgres. Both topics have checkpoints of their own, in the same transaction.
+
+No record stops it. A batch PostgreSQL refuses for a value one event carries (a NUL character, an
+integer out of its column's range: `DataError`), or holding a record the models cannot parse, is applied
+again one record at a time: each good one as before, each bad one quarantined in `unprojectable_events`
+(migration 0014) in the same transaction that moves its checkpoint past it, so the events topic, kept
+forever, never holds the projector back. A lost connection (or any other error of the database itself)
+is waited out with backoff and the same batch applied again; the checkpoints make that exact.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -27,6 +35,7 @@ from pydantic import ValidationError
 
 from enrollstream import observability as metrics
 from enrollstream.adapters.kafka.reading import group_consumer
+from enrollstream.adapters.postgres.errors import Backoff, is_data_error
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import CommandResult, parse_event
 from enrollstream.domain.events import BulkEnrollAccepted, EnrollmentSkipped, Event, ReplyReceived
@@ -39,6 +48,16 @@ PROJECTION = "read_models"
 # third of the projector's time (docs/benchmarks.md); the values are scalars, a shallow read suffices.
 _ENROLLMENT_VALUES = attrgetter(*enrollments.COLUMNS)
 _TIMER_VALUES = attrgetter(*timers.COLUMNS)
+# How much of an unprojectable record's value `unprojectable_events` keeps (its size and hash: all of it).
+QUARANTINE_VALUE_PREFIX = 64 * 1024
+_INFRASTRUCTURE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def is_record_error(exc: BaseException) -> bool:
+    """Whether `exc`, raised while writing one record, is that record's (quarantine it) rather than the
+    database's (wait and retry): PostgreSQL refused a value it carries, or it could not be parsed or
+    folded (any error that is not PostgreSQL's or the network's)."""
+    return is_data_error(exc) or not isinstance(exc, _INFRASTRUCTURE_ERRORS)
 
 
 class ProjectorService:
@@ -68,6 +87,9 @@ class ProjectorService:
         self._pool: asyncpg.Pool | None = None
         self.applied_events = 0
         self.applied_results = 0
+        self.quarantined = 0
+        self.retries = 0  # batches tried again after an error of the database
+        self._stop = asyncio.Event()
 
     @property
     def topics(self) -> list[str]:
@@ -102,24 +124,117 @@ class ProjectorService:
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self._consumer
         assert consumer is not None, "start() the projector first"
+        self._stop = stop
+        backoff = Backoff()
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
-            if batch:
+            if not batch:
+                continue
+            while True:
                 try:
-                    await self.apply_batch(batch)
-                except Exception:
+                    await self.apply(batch)
+                    break
+                except Exception as exc:
+                    # The database's, not a record's (those are quarantined by apply): a lost
+                    # connection, a server restarting. Wait and apply the same batch again; the
+                    # checkpoints skip what a try before committed.
                     metrics.TRANSACTIONS.labels("projector", "aborted").inc()
-                    raise
-                metrics.TRANSACTIONS.labels("projector", "committed").inc()
-                metrics.BATCH_RECORDS.labels("projector").observe(sum(len(r) for r in batch.values()))
-                for tp, records in batch.items():
-                    if tp.topic != self.topic:
-                        continue  # the lag gauge is per partition of the events topic
-                    end = consumer.last_stable_offset(tp)
-                    metrics.record_lag("projector", tp.partition, end, records[-1].offset + 1)
-                # Only for lag monitoring; the checkpoints in Postgres are the truth.
-                with contextlib.suppress(Exception):
-                    await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+                    metrics.POSTGRES_RETRIES.labels("projector").inc()
+                    self.retries += 1
+                    delay = backoff.next_delay()
+                    log.warning(
+                        "projector: the batch could not be written (%s: %s); trying again in %.1fs",
+                        type(exc).__name__,
+                        exc,
+                        delay,
+                    )
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                    if stop.is_set():
+                        return
+            backoff.reset()
+            metrics.TRANSACTIONS.labels("projector", "committed").inc()
+            metrics.BATCH_RECORDS.labels("projector").observe(sum(len(r) for r in batch.values()))
+            for tp, records in batch.items():
+                if tp.topic != self.topic:
+                    continue  # the lag gauge is per partition of the events topic
+                end = consumer.last_stable_offset(tp)
+                metrics.record_lag("projector", tp.partition, end, records[-1].offset + 1)
+            # Only for lag monitoring; the checkpoints in Postgres are the truth.
+            with contextlib.suppress(Exception):
+                await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+
+    async def apply(self, batch: Mapping[TopicPartition, Sequence[object]]) -> int:
+        """`apply_batch`, and when a record of the batch cannot be written, the batch again one record
+        at a time, quarantining each record that cannot be written. Raises only what is the database's
+        (the caller retries). Returns how many events were applied."""
+        try:
+            return await self.apply_batch(batch)
+        except Exception as exc:
+            if not is_record_error(exc):
+                raise
+            log.warning(
+                "projector: a batch of %d records failed (%s: %s); applying it one record at a time",
+                sum(len(r) for r in batch.values()),
+                type(exc).__name__,
+                _clean(str(exc), 500),
+            )
+        applied = 0
+        for tp, records in batch.items():
+            for record in records:
+                try:
+                    applied += await self.apply_batch({tp: [record]})
+                except Exception as exc:
+                    if not is_record_error(exc):
+                        raise
+                    await self.quarantine(tp, record, exc)
+        return applied
+
+    async def quarantine(self, tp: TopicPartition, record: object, error: BaseException) -> bool:
+        """Keep `record` in `unprojectable_events` with why, and move its partition's checkpoint past
+        it, in one transaction. False if the checkpoint was past it already."""
+        assert self._pool is not None
+        offset: int = record.offset  # type: ignore[attr-defined]
+        value: bytes = record.value or b""  # type: ignore[attr-defined]
+        event_id, type_, account_id = _identify(value, events=tp.topic == self.topic)
+        reason = _clean(f"{type(error).__name__}: {error}", 2000)
+        async with self._pool.acquire() as conn, conn.transaction():
+            stored = {
+                row["partition"]: row["next_offset"]
+                for row in await conn.fetch(query("lock_checkpoints"), PROJECTION, tp.topic, [tp.partition])
+            }
+            if stored.get(tp.partition, 0) > offset:
+                return False
+            await conn.execute(
+                query("quarantine_event"),
+                PROJECTION,
+                tp.topic,
+                tp.partition,
+                offset,
+                event_id,
+                type_,
+                account_id,
+                reason,
+                value[:QUARANTINE_VALUE_PREFIX],
+                len(value),
+                hashlib.sha256(value).hexdigest(),
+            )
+            await conn.execute(
+                query("advance_checkpoints"), PROJECTION, tp.topic, [tp.partition], [offset + 1]
+            )
+        self.quarantined += 1
+        metrics.QUARANTINED.labels(tp.topic).inc()
+        log.error(
+            "projector: quarantined %s:%d offset %d (%s %s of account %s): %s",
+            tp.topic,
+            tp.partition,
+            offset,
+            type_,
+            event_id,
+            account_id,
+            reason,
+        )
+        return True
 
     async def checkpoints(self, topic: str | None = None) -> dict[int, int]:
         """Per partition of `topic` (default: the events topic), the next offset to apply."""
@@ -159,7 +274,7 @@ class ProjectorService:
                                 )
                         except ValidationError:
                             # Only the decider writes here, through the same models; an undecodable
-                            # record is a bug to surface, not something to skip silently.
+                            # record is a bug to surface (apply quarantines it), not to skip silently.
                             log.error("undecodable record at %s:%d offset %d", topic, partition, offset)
                             raise
                         advance[partition] = offset + 1
@@ -357,9 +472,45 @@ class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         consumer = self.service._consumer
         assert consumer is not None
-        stored = {topic: await self.service.checkpoints(topic) for topic in {tp.topic for tp in assigned}}
+        stored: dict[str, dict[int, int]] = {}
+        backoff = Backoff()
+        for topic in {tp.topic for tp in assigned}:
+            while True:  # the database away: wait for it (the partitions stay where they are meanwhile)
+                try:
+                    stored[topic] = await self.service.checkpoints(topic)
+                    break
+                except Exception as exc:
+                    if is_record_error(exc):
+                        raise
+                    metrics.POSTGRES_RETRIES.labels("projector").inc()
+                    log.warning("projector: cannot read the checkpoints (%s); trying again", exc)
+                    await backoff.wait(self.service._stop)
+                    if self.service._stop.is_set():
+                        return
         for tp in assigned:
             if tp.partition in stored[tp.topic]:
                 consumer.seek(tp, stored[tp.topic][tp.partition])
             else:
                 await consumer.seek_to_beginning(tp)
+
+
+def _clean(text: str, limit: int) -> str:
+    """`text` as PostgreSQL's text stores it: no NUL, no lone surrogates, at most `limit` characters."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")[:limit]
+
+
+def _identify(value: bytes, *, events: bool) -> tuple[str | None, str | None, str | None]:
+    """An unprojectable record's id, type and account, as far as they can be read from it."""
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None, None, None
+    if not isinstance(doc, dict):
+        return None, None, None
+    names = ("event_id", "type") if events else ("command_id", "command_type")
+
+    def field(name: str) -> str | None:
+        item = doc.get(name)
+        return _clean(item, 200) if isinstance(item, str) else None
+
+    return field(names[0]), field(names[1]), field("account_id")

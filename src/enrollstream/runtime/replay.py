@@ -106,7 +106,7 @@ async def rebuild(
         for tp in partitions:
             offsets[tp.topic][tp.partition] = []
         async for batch in batches_to_end(consumer, partitions, max_records=projector.max_batch):
-            applied += await projector.apply_batch(batch)
+            applied += await projector.apply(batch)  # quarantines what it cannot write, as live
             for tp, records in batch.items():
                 offsets[tp.topic][tp.partition].extend(r.offset for r in records)
         return Rebuilt(applied, offsets, {tp.partition: offset for tp, offset in starts.items()})

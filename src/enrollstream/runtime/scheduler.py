@@ -39,6 +39,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from enrollstream import observability as metrics
 from enrollstream.adapters.kafka.records import encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.adapters.postgres.errors import Backoff, is_connection_error
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import (
     ExpiryDue,
@@ -90,6 +91,8 @@ class SchedulerService:
         self._ticking = asyncio.Lock()  # held by a tick; stopping waits for the one in flight
         self.published = 0
         self._next_backlog_count = 0.0
+        self._backoff = Backoff()
+        self._retry_at = 0.0  # monotonic; after a lost connection, ticks before it are skipped
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
@@ -128,6 +131,28 @@ class SchedulerService:
                 pass
 
     async def _job(self) -> None:
+        if time.monotonic() < self._retry_at:
+            return
+        try:
+            await self._claim_and_count()
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            # PostgreSQL away: skip ticks for a while (longer each time), then try again. Nothing was
+            # claimed that is not given back or leased: a timer fires late, never lost.
+            metrics.POSTGRES_RETRIES.labels("scheduler").inc()
+            delay = self._backoff.next_delay()
+            self._retry_at = time.monotonic() + delay
+            log.warning(
+                "scheduler: PostgreSQL unavailable (%s: %s); next try in %.1fs",
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+            return
+        self._backoff.reset()
+
+    async def _claim_and_count(self) -> None:
         # Keep claiming while claims come back full, so a backlog drains at the broker's pace.
         while len(await self.tick(self.clock())) >= self.batch:
             pass

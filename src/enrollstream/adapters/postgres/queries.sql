@@ -473,3 +473,19 @@ select count(*) from timers where due_at <= $1 and (claimed_until is null or cla
 -- name: chaos_enrollments
 -- The crash suite compares every enrollments row with what the domain's snapshot says (row_of).
 select * from enrollments;
+
+-- name: quarantine_event
+-- An event the projector cannot write, kept with why (migration 0014); the caller moves the partition's
+-- checkpoint past it in the same transaction. A replay of the same offset changes nothing.
+insert into unprojectable_events
+       (projection, topic, partition, "offset", event_id, type, account_id, reason, value, value_size,
+        value_sha256)
+values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+on conflict (projection, topic, partition, "offset") do nothing;
+
+-- name: unprojectable_events
+select projection, topic, partition, "offset", event_id, type, account_id, reason, value, value_size,
+       value_sha256, at
+  from unprojectable_events
+ order by at desc, topic desc, partition desc, "offset" desc
+ limit $1;
