@@ -113,7 +113,10 @@ class _Emitter:
         event = cls.model_validate(
             {
                 "event_id": ids.event_id(
-                    self.state.account_id, self.state.contact_id, self.command.command_id, len(self.events)
+                    self.state.account_id,
+                    self.state.contact_id,
+                    self.command.command_id,
+                    self.state.version + 1,
                 ),
                 "account_id": self.state.account_id,
                 "contact_id": self.state.contact_id,

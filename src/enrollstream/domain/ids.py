@@ -14,9 +14,11 @@ def stable_id(*parts: str | int) -> str:
     return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
-def event_id(account_id: str, contact_id: str, causation_id: str, index: int) -> str:
-    """The index-th event decided for a command: redeciding the same command yields the same ids."""
-    return stable_id("event", account_id, contact_id, causation_id, index)
+def event_id(account_id: str, contact_id: str, causation_id: str, version: int) -> str:
+    """The event at aggregate `version`, decided for a command: redeciding the same command from the same
+    state (a retry after a crash) yields the same ids; the same command id decided again past the
+    idempotency window, from a later state, yields new ones (the projector keeps every event by id)."""
+    return stable_id("event", account_id, contact_id, causation_id, version)
 
 
 def enrollment_id(account_id: str, contact_id: str, campaign_id: str, sequence: int) -> str:

@@ -53,6 +53,16 @@ def test_a_command_id_is_forgotten_only_after_the_window() -> None:
     )
 
 
+def test_a_command_decided_again_past_the_window_writes_events_with_new_ids() -> None:
+    # The projector and webhook subscribers keep events by id: a second decision must not look like the first.
+    the_reply = reply(at=T0 + HOUR, command_id="reply-1")
+    first = given(enroll(), sent(0)).when(the_reply).events
+    past = T0 + HOUR + COMMAND_ID_WINDOW + SECOND
+    again = given(enroll(), sent(0), the_reply, opened(at=past)).when(the_reply).events
+    assert [e.type for e in again] == ["ReplyReceived.v1"] == [e.type for e in first][:1]
+    assert {e.event_id for e in again}.isdisjoint({e.event_id for e in first})
+
+
 def test_the_window_is_counted_from_the_decision_not_from_an_older_issued_at() -> None:
     # A dispatcher re-report carries the ledger's time; the contact's clock does not go back for it.
     late = reply(at=T0, command_id="reply-late")
