@@ -27,6 +27,8 @@ class RejectionCode(StrEnum):
     MX_ANSWER_MISSING = "mx_answer_missing"  # the campaign verifies MX but no answer came along
     ACCOUNT_MISMATCH = "account_mismatch"  # the command is for another aggregate
     UNSUPPORTED_COMMAND = "unsupported_command"  # BulkEnroll must be fanned out first
+    # The runtime's check: issued_at too far from the record's broker timestamp (docs/client.md "Time").
+    ISSUED_AT_OUT_OF_RANGE = "issued_at_out_of_range"
 
 
 class Ignored(StrEnum):

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from enrollstream.adapters.dns.mx import MxVerifier, Nameserver
@@ -92,6 +92,8 @@ class Worker:
                 mx=mx_verifier(self.settings),
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+                max_future_skew=_seconds_or_none(self.settings.command_max_future_skew_s),
+                max_age=_seconds_or_none(self.settings.command_max_age_s),
             )
             services.append(self.decider)
         if "projector" in self.roles:
@@ -194,3 +196,8 @@ def parse_roles(value: str | Iterable[str] | None) -> tuple[str, ...]:
         return DEFAULT_ROLES
     items = value.split(",") if isinstance(value, str) else list(value)
     return tuple(item.strip() for item in items if item.strip())
+
+
+def _seconds_or_none(seconds: float) -> timedelta | None:
+    """A bound in seconds from the settings; 0 means unchecked."""
+    return timedelta(seconds=seconds) if seconds > 0 else None
