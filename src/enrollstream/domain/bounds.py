@@ -10,9 +10,9 @@ an event that PostgreSQL could refuse or that date arithmetic could overflow on.
 - Integers (`Int32`): what a PostgreSQL `integer` column stores, at most 2^31-1.
 - Ids (`Id`): 1..MAX_ID_LENGTH characters, no control character and no KEY_SEPARATOR, so the
   aggregate key `account_id/contact_id` names one contact only.
-- Strings: `Line` has no control character at all (names, addresses, ids that are not in keys);
-  `Text` allows tab, line feed and carriage return (bodies, notes, details). Neither has NUL, which
-  PostgreSQL refuses in text and jsonb.
+- Strings: `Line` has no control character (Unicode Cc: U+0000..U+001F, U+007F..U+009F) at all
+  (names, addresses, ids that are not in keys); `Text` allows tab, line feed and carriage return
+  (bodies, notes, details). Neither has NUL, which PostgreSQL refuses in text and jsonb.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ MAX_DURATION = timedelta(days=3650)
 INT32_MAX = 2**31 - 1
 MAX_ID_LENGTH = 256
 
-_CONTROL = "\x00-\x1f\x7f"
+_CONTROL = "\x00-\x1f\x7f-\x9f"  # Unicode's control characters (Cc): C0, DEL and C1
 LINE_PATTERN = f"^[^{_CONTROL}]*$"
-TEXT_PATTERN = "^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+TEXT_PATTERN = "^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
 ID_PATTERN = f"^[^{_CONTROL}{KEY_SEPARATOR}]+$"
 
 

@@ -117,6 +117,7 @@ def test_a_batch_number_postgresql_cannot_store_is_refused(batch_number: int) ->
     [
         {"name": "Ada\x00Lovelace"},
         {"name": "Ada\x1b[31m"},
+        {"name": "Ada\x85Lovelace"},  # C1 next line
         {"name": "Ada", "email": "ada@example.org\r\nBcc: eve@example.org"},
         {"name": "Ada", "mobile": "+1555\x00"},
     ],
