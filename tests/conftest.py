@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from enrollstream import stack
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
@@ -56,15 +57,34 @@ def settings(endpoints: stack.Endpoints, topics: Topics, database_url: str) -> S
         topic_prefix=topics.prefix,
         partitions=TEST_PARTITIONS,
         group_id=f"{topics.prefix}group",
+        # The suite's commands and ManualClocks use fixed days (2026-03-02, 2026-11-22, days ahead), not
+        # the broker's clock: the issued_at skew check is off here and on, with its defaults, in
+        # tests/integration/test_poison_inputs.py.
+        command_max_future_skew_s=0,
+        command_max_age_s=0,
     )
 
 
 @pytest.fixture
-def topics(endpoints: stack.Endpoints) -> Topics:
-    """A fresh, bootstrapped set of topics under a prefix of this test's own."""
+def topics(endpoints: stack.Endpoints) -> Iterator[Topics]:
+    """A fresh, bootstrapped set of topics under a prefix of this test's own, deleted afterwards: a
+    suite's thousands of partitions would otherwise keep the broker's files open until it runs out of
+    descriptors (and fails every test after that)."""
     topics = Topics(prefix=f"test-{uuid.uuid4().hex[:10]}.")
     asyncio.run(ensure_topics(endpoints.kafka_bootstrap_servers, topics, TEST_PARTITIONS))
-    return topics
+    yield topics
+    asyncio.run(_delete_topics(endpoints.kafka_bootstrap_servers, topics.prefix))
+
+
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
 
 
 def _with_database(url: str, database: str) -> str:

@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +144,16 @@ def _facts(contact_id: str) -> dict[str, str]:
     return {"name": f"Contact {contact_id}", "email": f"{contact_id}@example.org"}
 
 
-def workload(plan: ChaosPlan, run: str) -> list[Published]:
-    """The numbered commands, seeded: the same plan always publishes the same stream."""
+def recent_issued_at() -> datetime:
+    """An hour ago, to the second: past any step delay of the chaos campaigns, well within the skew."""
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+def workload(plan: ChaosPlan, run: str, issued: datetime | None = None) -> list[Published]:
+    """The numbered commands, seeded: the same plan and `issued` always publish the same stream.
+
+    `issued` is every command's `issued_at`: a worker with the default skew check (docs/client.md
+    "Time") rejects one more than 7 days old, so a run passes an hour ago (`recent_issued_at`)."""
     rng = random.Random(plan.seed)
     contacts = [f"ch{j:05d}" for j in range(plan.contacts)]
     kinds = {
@@ -163,7 +171,7 @@ def workload(plan: ChaosPlan, run: str) -> list[Published]:
     }
     names, weights = list(kinds), list(kinds.values())
     out: list[Published] = []
-    issued = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    issued = issued or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     for i in range(plan.commands):
         kind = rng.choices(names, weights)[0]
         contact_id = rng.choice(contacts)
@@ -308,7 +316,7 @@ async def run_chaos(
     roles = "decider,projector,scheduler,dispatcher" if plan.sends else "decider,projector"
     sink = SmtpSink()
     env["ENROLLSTREAM_SMTP_HOST"], env["ENROLLSTREAM_SMTP_PORT"] = sink.host, str(sink.port)
-    records = workload(plan, run)
+    records = workload(plan, run, recent_issued_at())
     console.print(
         f"chaos run {run}: {len(records)} commands over {plan.contacts} contacts, "
         f"{plan.kills} kills, {plan.partitions} partitions; logs in {log_dir}"

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     # wait this long before moving. The broker's group.min.session.timeout.ms (6 s) bounds it below.
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    # The decider takes a command's `issued_at` as its "now", so it checks it against the record's broker
+    # timestamp (docs/client.md "Time"): at most this far ahead (a clock skew) or behind (a backlog, a
+    # re-published report), else the command is rejected `issued_at_out_of_range`. 0: unchecked.
+    command_max_future_skew_s: float = Field(default=300.0, ge=0)  # 5 minutes
+    command_max_age_s: float = Field(default=7 * 24 * 3600.0, ge=0)  # 7 days, the commands' retention
     # MX verification: nameservers as "host" or "host:port", comma-separated (empty: the system's
     # resolv.conf), and the bound on one whole lookup. A lookup that times out enrolls unverified.
     dns_nameservers: str = ""

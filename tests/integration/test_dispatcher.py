@@ -142,7 +142,9 @@ async def test_a_5xx_on_the_recipient_fails_451_is_retryable_an_invalid_address_
                 "eve": "eve@example.org",
                 "nobody": "nobody at example.org",
             },
-            names={"eve": "Eve\r\nBcc: everyone@example.org"},
+            # CR LF in a name is refused at the contract now (a dead letter, issue 12); a Unicode line
+            # separator is not a control character and passes it, so the message builder refuses it.
+            names={"eve": "Eve\u2028Bcc: everyone@example.org"},
         )
         async with running(new_dispatcher(settings, smtp_server, manual_clock)):
             reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 4)

@@ -48,6 +48,9 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "ENROLLSTREAM_GROUP_ID": settings.group_id,
         "ENROLLSTREAM_HTTP_PORT": "0",
         "ENROLLSTREAM_LOG_FORMAT": "json",
+        # As the settings fixture: these commands use fixed days, so the issued_at skew check is off.
+        "ENROLLSTREAM_COMMAND_MAX_FUTURE_SKEW_S": str(settings.command_max_future_skew_s),
+        "ENROLLSTREAM_COMMAND_MAX_AGE_S": str(settings.command_max_age_s),
         **extra,
     }
 

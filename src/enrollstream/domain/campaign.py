@@ -12,12 +12,16 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from .bounds import Duration, Id, Instant, Int32, Line, Text
 
 # Seed 002: "By default, multi-message campaigns expire 7 days after delivery." That is the default of
 # seed 002's kind of campaign (CampaignKind.MULTI_MODULE) only; a drip never expires unless it says so.
 DEFAULT_MULTI_MODULE_EXPIRY = timedelta(days=7)
 NEVER: Literal["never"] = "never"
+# Retries of one step (each waits retry_delay x attempt): bounded so the last wait stays a sane time.
+MAX_ATTEMPTS = 100
 
 
 class Model(BaseModel):
@@ -69,8 +73,8 @@ class Pause(Model):
     """A time the campaign was paused (`ended_at` None: paused now). Kept on the definition by whoever
     pauses and resumes (`with_pause_history`) so that expiry and wait timeouts can leave it out."""
 
-    started_at: AwareDatetime
-    ended_at: AwareDatetime | None = None
+    started_at: Instant
+    ended_at: Instant | None = None
 
 
 def paused_between(pauses: Iterable[Pause], start: datetime, end: datetime) -> timedelta:
@@ -111,46 +115,46 @@ class SendWindow(Model):
 
 
 class StepContent(Model):
-    subject: str | None = None  # email only
-    body: str
+    subject: Line | None = None  # email only
+    body: Text
 
 
 class Step(Model):
     channel: Channel
-    delay: timedelta = timedelta(0)  # after enrollment (first step) or after the previous delivery
+    delay: Duration = timedelta(0)  # after enrollment (first step) or after the previous delivery
     content: StepContent
     window: SendWindow | None = None
 
 
 class CampaignDefinition(Model):
-    campaign_id: str
-    account_id: str
-    version: int = Field(ge=1)
-    name: str = ""
+    campaign_id: Id
+    account_id: Id
+    version: Annotated[Int32, Field(ge=1)]
+    name: Line = ""
     status: CampaignStatus = CampaignStatus.ACTIVE
     kind: CampaignKind = CampaignKind.SEQUENCE
     steps: list[Step] = Field(min_length=1)
-    outreach_id: str | None = None  # group of sibling campaigns (seed 001)
+    outreach_id: Line | None = None  # group of sibling campaigns (seed 001)
     unique_contacts: bool = False  # with outreach_id: skip contacts enrolled in a sibling
     reply_action: ReplyAction = ReplyAction.STOP
     verify_email_mx: bool = False
     # Measured from the first delivery, not counting time the campaign was paused. A duration, "never",
     # or None: the kind's default (7 days for multi_module, never for sequence; blasts never expire).
-    expiry_after_delivery: timedelta | Literal["never"] | None = None
+    expiry_after_delivery: Duration | Literal["never"] | None = None
     when_in_other_campaign: WhenInOtherCampaign = WhenInOtherCampaign.PARALLEL
     # With when_in_other_campaign=queue: which queueing campaigns exclude each other (None: the default
     # group). A queued enrollment waits only behind in-progress enrollments of its group.
-    queue_group: str | None = None
+    queue_group: Line | None = None
     # With when_in_other_campaign=queue: stop a queued enrollment with reason "timeout" once it has waited
     # this long (paused time not counted). None: wait for as long as it takes.
-    queue_timeout: timedelta | None = None
+    queue_timeout: Duration | None = None
     re_enrollment: ReEnrollment = ReEnrollment.NEVER
-    time_zone: str | None = None  # fallback when the contact has none; then UTC
+    time_zone: Line | None = None  # fallback when the contact has none; then UTC
     # Seed 002 Auto-Match: wait for an external trigger before the first step.
     awaits_trigger: bool = False
-    trigger_timeout: timedelta | None = None  # stop with reason "timeout" when exceeded
-    max_attempts: int = Field(default=3, ge=1)  # per step, for retryable failures
-    retry_delay: timedelta = timedelta(minutes=15)  # multiplied by the attempt number
+    trigger_timeout: Duration | None = None  # stop with reason "timeout" when exceeded
+    max_attempts: int = Field(default=3, ge=1, le=MAX_ATTEMPTS)  # per step, for retryable failures
+    retry_delay: Duration = timedelta(minutes=15)  # multiplied by the attempt number
     # When the campaign was paused, oldest first; maintained by `with_pause_history`, not by hand.
     pauses: list[Pause] = Field(default_factory=list)
 
@@ -219,11 +223,11 @@ class LineType(StrEnum):
 class ContactFacts(Model):
     """What the runtime knows about the contact when the command is decided."""
 
-    name: str = ""
-    email: str | None = None
-    mobile: str | None = None
+    name: Line = ""
+    email: Line | None = None
+    mobile: Line | None = None
     line_type: LineType = LineType.UNKNOWN
-    time_zone: str | None = None
+    time_zone: Line | None = None
     opted_out: bool = False  # already opted out upstream (seed 003 "Omitted Opted Out")
 
 

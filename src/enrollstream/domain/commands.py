@@ -12,27 +12,26 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, TypeAdapter, field_validator, model_validator
+from pydantic import Field, TypeAdapter, model_validator
 
+from .bounds import KEY_SEPARATOR, MAX_ID_LENGTH, Id, Instant, Int32, Line, Text
 from .campaign import CampaignDefinition, CampaignStatus, ContactFacts, Model, MxAnswer, Pause
 
 
 def aggregate_key(account_id: str, contact_id: str) -> str:
-    """The Kafka message key of every command and event of one contact."""
-    return f"{account_id}/{contact_id}"
+    """The Kafka message key of every command and event of one contact. Unambiguous because neither
+    id may contain the separator (`bounds.Id`): `a/crm`+`88` and `a`+`crm/88` are refused."""
+    return f"{account_id}{KEY_SEPARATOR}{contact_id}"
 
 
 class CommandEnvelope(Model):
-    command_id: str = Field(min_length=1)  # the idempotency key
+    command_id: Line = Field(min_length=1, max_length=512)  # the idempotency key
     type: str
-    account_id: str = Field(min_length=1)
-    issued_at: AwareDatetime  # the command's "now"; normalised to UTC
-    actor: str = "system"
-
-    @field_validator("issued_at")
-    @classmethod
-    def _to_utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
+    account_id: Id
+    # The command's "now"; normalised to UTC, within bounds.EARLIEST..LATEST (and, checked by the
+    # runtime, within the configured skew of the record's broker timestamp).
+    issued_at: Instant
+    actor: Line = Field(default="system", max_length=256)
 
     @property
     def contact_id(self) -> str:
@@ -41,11 +40,11 @@ class CommandEnvelope(Model):
 
 
 class ContactData(Model):
-    contact_id: str = Field(min_length=1)
+    contact_id: Id
 
 
 class EnrollmentData(ContactData):
-    enrollment_id: str = Field(min_length=1)
+    enrollment_id: Line = Field(min_length=1, max_length=MAX_ID_LENGTH)
 
 
 # --- Enrollment --------------------------------------------------------------------------------
@@ -57,18 +56,18 @@ class EnrollSource(StrEnum):
 
 
 class EnrollData(ContactData):
-    campaign_id: str = Field(min_length=1)
+    campaign_id: Id
     # The runtime fills the campaign in from the campaigns topic before deciding (None: not found).
     campaign: CampaignDefinition | None = None
     # The contact's facts as upstream knows them (this system keeps no contact directory); None means
     # the contact is unknown: `contact_not_found`.
     contact: ContactFacts | None = None
     mx: MxAnswer | None = None  # required when the campaign verifies MX and sends email
-    batch_number: int = Field(default=0, ge=0)
+    batch_number: Int32 = 0
     priority: bool = False  # first within its batch (seed 001 created_at 2000-01-01)
     source: EnrollSource = EnrollSource.API
-    contact_import_id: str | None = None
-    bulk_enroll_id: str | None = None  # the BulkEnroll (command id) this child was fanned out from
+    contact_import_id: Line | None = None
+    bulk_enroll_id: Line | None = None  # the BulkEnroll (command id) this child was fanned out from
 
 
 class Enroll(CommandEnvelope):
@@ -82,10 +81,10 @@ class BulkContact(ContactData):
 
 
 class BulkEnrollData(Model):
-    campaign_id: str = Field(min_length=1)
+    campaign_id: Id
     campaign: CampaignDefinition | None = None  # filled in by the runtime, like Enroll's
-    contact_import_id: str = Field(min_length=1)
-    batch_size: int = Field(default=50, ge=1)
+    contact_import_id: Line = Field(min_length=1)
+    batch_size: Annotated[Int32, Field(ge=1)] = 50
     # The import's contacts inline, or None: the runtime fills them in from the contact-imports catalog
     # (unknown for the account: `contact_import_not_found`), like the campaign.
     contacts: list[BulkContact] | None = None
@@ -102,8 +101,8 @@ class ContactImport(Model):
     """A contact import as upstream publishes it on the contact-imports topic (seed 001
     `contact_import_id`): the contacts with their facts, in import order."""
 
-    contact_import_id: str = Field(min_length=1)
-    account_id: str = Field(min_length=1)
+    contact_import_id: Line = Field(min_length=1)
+    account_id: Id
     contacts: list[BulkContact] = Field(default_factory=list)
 
 
@@ -174,8 +173,8 @@ def delivery_deferral_command_id(message_id: str, dispatch: int) -> str:
 
 
 class StepDueData(EnrollmentData):
-    step_index: int = Field(ge=0)
-    attempt: int = Field(ge=1)
+    step_index: Int32
+    attempt: Annotated[Int32, Field(ge=1)]
     # The campaign's status now, as the runtime knows it: a paused campaign defers the step.
     campaign_status: CampaignStatus = CampaignStatus.ACTIVE
 
@@ -205,17 +204,17 @@ class BounceType(StrEnum):
 
 
 class DeliveryReportedData(EnrollmentData):
-    step_index: int = Field(ge=0)
-    attempt: int = Field(ge=1)
+    step_index: Int32
+    attempt: Annotated[Int32, Field(ge=1)]
     # The StepDispatched this reports (its `dispatch`): a report for an older dispatch of the same
     # attempt, e.g. a deferral re-published after the step was dispatched again, is stale.
-    dispatch: int = Field(default=1, ge=1)
+    dispatch: Annotated[Int32, Field(ge=1)] = 1
     outcome: DeliveryOutcome
     retryable: bool = False  # for failed
     bounce_type: BounceType | None = None  # for bounced; hard when omitted
-    detail: str = ""
-    provider_message_id: str | None = None
-    retry_at: AwareDatetime | None = None  # for deferred (required): when the sender may send again
+    detail: Text = ""
+    provider_message_id: Line | None = None
+    retry_at: Instant | None = None  # for deferred (required): when the sender may send again
 
     @model_validator(mode="after")
     def _deferral_has_a_time(self) -> DeliveryReportedData:
@@ -252,9 +251,9 @@ class WaitTimeout(CommandEnvelope):
 
 
 class ReplyDetectedData(EnrollmentData):
-    replied_at: AwareDatetime | None = None  # defaults to issued_at
-    inbound_message_id: str | None = None
-    excerpt: str = ""
+    replied_at: Instant | None = None  # defaults to issued_at
+    inbound_message_id: Line | None = None
+    excerpt: Text = ""
 
 
 class ReplyDetected(CommandEnvelope):
@@ -263,7 +262,7 @@ class ReplyDetected(CommandEnvelope):
 
 
 class OpenDetectedData(EnrollmentData):
-    step_index: int | None = None
+    step_index: Int32 | None = None
 
 
 class OpenDetected(CommandEnvelope):
@@ -275,8 +274,8 @@ class BounceDetectedData(EnrollmentData):
     """A bounce learned after the send, e.g. from a provider webhook (seed 001)."""
 
     bounce_type: BounceType = BounceType.HARD
-    step_index: int | None = None
-    detail: str = ""
+    step_index: Int32 | None = None
+    detail: Text = ""
 
 
 class BounceDetected(CommandEnvelope):
@@ -285,8 +284,8 @@ class BounceDetected(CommandEnvelope):
 
 
 class OptOutData(ContactData):
-    channel: str | None = None  # informational: where the opt-out came from
-    detail: str = ""
+    channel: Line | None = None  # informational: where the opt-out came from
+    detail: Text = ""
 
 
 class OptOut(CommandEnvelope):
@@ -297,8 +296,8 @@ class OptOut(CommandEnvelope):
 
 
 class ExternalTriggerData(EnrollmentData):
-    trigger: str = "external"  # e.g. "interviewer_availability" (seed 002 Auto-Match)
-    detail: str = ""
+    trigger: Line = "external"  # e.g. "interviewer_availability" (seed 002 Auto-Match)
+    detail: Text = ""
 
 
 class ExternalTrigger(CommandEnvelope):
@@ -310,7 +309,7 @@ class ExternalTrigger(CommandEnvelope):
 
 
 class OperatorData(EnrollmentData):
-    note: str = ""
+    note: Text = ""
 
 
 class Stop(CommandEnvelope):

@@ -30,6 +30,8 @@ class RejectionCode(StrEnum):
     # The runtime's: what the command would write (the contact's snapshot, an event) can never fit in
     # one record, or an Enroll would take the snapshot past the share Enrolls may fill.
     STATE_TOO_LARGE = "state_too_large"
+    # The runtime's check: issued_at too far from the record's broker timestamp (docs/client.md "Time").
+    ISSUED_AT_OUT_OF_RANGE = "issued_at_out_of_range"
 
 
 class Ignored(StrEnum):

@@ -24,7 +24,7 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -34,7 +34,6 @@ from aiokafka.errors import (
     MessageSizeTooLargeError,
     RecordListTooLargeError,
 )
-from pydantic import ValidationError
 
 from enrollstream import observability as metrics
 from enrollstream.adapters.dns.mx import MxLookupUnavailable, MxVerifier
@@ -115,8 +114,70 @@ class PartitionOwner:
     resume_at: float | None = None  # paused after repeated failures at one offset (backoff)
 
 
-# A record made ready for its transaction: the command with its lookups, or the dead letter it becomes.
-_Prepared = ContactCommand | BulkEnroll | DeadLetter
+@dataclass(frozen=True)
+class _Refused:
+    """A valid command refused before deciding (e.g. its `issued_at` is out of the configured skew)."""
+
+    command: ContactCommand | BulkEnroll
+    rejection: Rejection
+
+
+# A record made ready for its transaction: the command with its lookups, the rejection it gets before
+# deciding, or the dead letter it becomes.
+_Prepared = ContactCommand | BulkEnroll | _Refused | DeadLetter
+
+
+@dataclass(frozen=True)
+class _Send:
+    topic: str
+    value: bytes
+    key: bytes
+    partition: int | None = None
+
+
+def _without_lookups(command: ContactCommand | BulkEnroll) -> ContactCommand | BulkEnroll:
+    """The command with whatever upstream put where the runtime's lookups go (the campaign definition,
+    MX answers) removed: only the runtime's catalog and MX verifier fill them in, so a command cannot
+    bring its own campaign (bypassing the catalog and its archived status) or its own MX answer."""
+    if isinstance(command, Enroll):
+        if command.data.campaign is None and command.data.mx is None:
+            return command
+        return command.model_copy(
+            update={"data": command.data.model_copy(update={"campaign": None, "mx": None})}
+        )
+    if isinstance(command, BulkEnroll):
+        contacts = command.data.contacts
+        if contacts is not None and any(c.mx is not None for c in contacts):
+            contacts = [c.model_copy(update={"mx": None}) if c.mx is not None else c for c in contacts]
+        data = command.data.model_copy(update={"campaign": None, "contacts": contacts})
+        return command.model_copy(update={"data": data})
+    return command
+
+
+def issued_at_refusal(
+    issued_at: datetime,
+    broker_timestamp_ms: int | None,
+    max_future_skew: timedelta | None,
+    max_age: timedelta | None,
+) -> Rejection | None:
+    """`issued_at_out_of_range` when a command's "now" is further ahead of its record's broker timestamp
+    than `max_future_skew`, or further behind it than `max_age` (None: that side unchecked; a record
+    without a timestamp, -1, is not checked)."""
+    if broker_timestamp_ms is None or broker_timestamp_ms < 0:
+        return None
+    broker = datetime.fromtimestamp(broker_timestamp_ms / 1000, UTC)
+    ahead = issued_at - broker
+    if max_future_skew is not None and ahead > max_future_skew:
+        bound = f"more than {max_future_skew} ahead of"
+    elif max_age is not None and -ahead > max_age:
+        bound = f"more than {max_age} behind"
+    else:
+        return None
+    return Rejection(
+        RejectionCode.ISSUED_AT_OUT_OF_RANGE,
+        f"issued_at {issued_at.isoformat()} is {bound} the record's broker timestamp {broker.isoformat()}",
+        {"issued_at": issued_at.isoformat(), "broker_timestamp": broker.isoformat()},
+    )
 
 
 def _needs_mx(command: Enroll) -> bool:
@@ -163,6 +224,8 @@ class DeciderService:
         stuck_after_s: float = 300.0,
         stuck_retries: int = 5,
         max_retry_backoff_s: float = 30.0,
+        max_future_skew: timedelta | None = None,
+        max_age: timedelta | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -173,6 +236,9 @@ class DeciderService:
         self.max_batch = max_batch
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        # How far a command's issued_at may be ahead of / behind its broker timestamp (None: unchecked).
+        self.max_future_skew = max_future_skew
+        self.max_age = max_age
         self.owners: dict[TopicPartition, PartitionOwner] = {}
         self._lock = asyncio.Lock()  # a rebalance waits for the batch in flight to commit
         self._consumer: AIOKafkaConsumer | None = None
@@ -452,27 +518,37 @@ class DeciderService:
             owner.resume_at = time.monotonic() + min(0.25 * 2 ** (failures - 2), self.max_retry_backoff_s)
 
     async def _prepare(self, records: list[object]) -> list[tuple[object, _Prepared]]:
-        """Each record parsed (or its dead letter) with the lookups its command needs filled in."""
+        """Each record parsed (or its dead letter, or its refusal) with the lookups its command needs
+        filled in by the runtime, never taken from the command."""
         prepared: list[tuple[object, _Prepared]] = []
         for record in records:
-            value: bytes | None = record.value  # type: ignore[attr-defined]
-            if value is None or len(value) > MAX_COMMAND_BYTES:
-                reason = (
-                    "empty record"
-                    if value is None
-                    else f"record of {len(value)} bytes exceeds {MAX_COMMAND_BYTES}"
-                )
-                prepared.append((record, DeadLetter.of(record, reason)))
-                continue
-            try:
-                command = parse_command(value)
-            except (ValidationError, ValueError) as exc:
-                prepared.append((record, DeadLetter.of(record, "not a valid command", exc)))
-                continue
-            prepared.append(
-                (record, self._with_campaign(command) if isinstance(command, Enroll) else command)
-            )
+            prepared.append((record, self._prepare_one(record)))
         return await self._with_mx_answers(prepared)
+
+    def _prepare_one(self, record: Any) -> _Prepared:
+        value: bytes | None = record.value
+        if value is None or len(value) > MAX_COMMAND_BYTES:
+            reason = (
+                "empty record"
+                if value is None
+                else f"record of {len(value)} bytes exceeds {MAX_COMMAND_BYTES}"
+            )
+            return DeadLetter.of(record, reason)
+        if record.key is not None:
+            try:
+                record.key.decode()
+            except UnicodeDecodeError as exc:
+                return DeadLetter.of(record, "record key is not UTF-8", exc)
+        try:
+            # Anything a record can make parsing raise (a ValidationError, an OverflowError at the edge
+            # of the calendar, ...) is this record's failure alone: it becomes its dead letter.
+            command = _without_lookups(parse_command(value))
+        except Exception as exc:
+            return DeadLetter.of(record, "not a valid command", exc)
+        refusal = issued_at_refusal(command.issued_at, record.timestamp, self.max_future_skew, self.max_age)
+        if refusal is not None:
+            return _Refused(command, refusal)
+        return self._with_campaign(command) if isinstance(command, Enroll) else command
 
     async def _with_mx_answers(
         self, prepared: list[tuple[object, _Prepared]]
@@ -513,27 +589,47 @@ class DeciderService:
         if isinstance(item, DeadLetter):
             await self._dead_letter(owner, staged, item)
             return
-        command = item
-        staged.commands += 1
-
-        if isinstance(command, BulkEnroll):
-            await self._fan_out(owner, staged, command)
+        # Deciding is computed in full before anything is sent, so a record that makes it raise (a bug,
+        # an overflow the bounds missed) leaves nothing half-sent: it becomes its dead letter, and the
+        # partition goes on. Only the sends below (Kafka's own errors) fail the transaction.
+        sends: list[_Send] = []
+        after: ContactState | None = None
+        try:
+            if isinstance(item, _Refused):
+                key = aggregate_key(item.command.account_id, item.command.contact_id)
+                result = command_result(item.command, item.rejection)
+            elif isinstance(item, BulkEnroll):
+                key, sends, result = self._fan_out(owner, item)
+            else:
+                key, sends, result, after = self._decide(owner, staged, record, item)
+        except Exception as exc:
+            log.warning("decider could not decide a record: %r", exc, exc_info=True)
+            staged.dead_letter = True
+            await self._dead_letter(owner, staged, DeadLetter.of(record, "could not be decided", exc))
             return
+        staged.commands += 1
+        if after is not None:
+            staged.states[key] = after
+        staged.events += sum(1 for send in sends if send.topic == self.topics.events)
+        for send in sends:
+            await self._send(owner, staged, send.topic, send.value, send.key, send.partition)
+        await self._send_result(owner, staged, key, result)
 
+    def _decide(
+        self, owner: PartitionOwner, staged: _Staged, record: Any, command: ContactCommand
+    ) -> tuple[str, list[_Send], CommandResult, ContactState | None]:
+        """The sends, the result and the new state (None: unchanged) of one contact's command."""
+        partition = owner.partition.partition
         key = aggregate_key(command.account_id, command.contact_id)
-        record_key = record.key.decode() if record.key is not None else None  # type: ignore[attr-defined]
+        record_key = record.key.decode() if record.key is not None else None
         if record_key != key:
             # Routed by another key, it may sit in a partition another decider owns: deciding it here
             # could give one contact two writers.
-            result = command_result(
-                command,
-                Rejection(
-                    RejectionCode.ACCOUNT_MISMATCH,
-                    f"record key {record_key!r} is not the command's aggregate key {key!r}",
-                ),
+            rejection = Rejection(
+                RejectionCode.ACCOUNT_MISMATCH,
+                f"record key {record_key!r} is not the command's aggregate key {key!r}",
             )
-            await self._send_result(owner, staged, key, result)
-            return
+            return key, [], command_result(command, rejection), None
 
         state = (
             staged.states.get(key)
@@ -547,56 +643,49 @@ class DeciderService:
         result = command_result(command, decision, after.version)
         if isinstance(decision, Accepted) and changed:
             metrics.DECIDE_SECONDS.observe(time.perf_counter() - started)
-            partition = owner.partition.partition
             # Every record this command writes, encoded first: one that could never be written refuses
             # the command (`state_too_large`) before anything is produced, and the state stays.
-            outputs: list[tuple[str, bytes, bytes, int | None]] = []
+            sends: list[_Send] = []
             for event in decision.events:
-                outputs.append((self.topics.events, encode(event), key_bytes(key), partition))
+                sends.append(_Send(self.topics.events, encode(event), key_bytes(key), partition))
                 # Public events for webhook relays, in the same transaction: published iff the fact is.
                 public_key = key_bytes(event.enrollment_id or key)
-                outputs.extend(
-                    (self.topics.integration_events, encode(public), public_key, None)
+                sends.extend(
+                    _Send(self.topics.integration_events, encode(public), public_key)
                     for public in to_integration_events(event)
                 )
-            outputs.append((self.topics.aggregates, encode(after), key_bytes(key), partition))
-            too_large = self._too_large(command, outputs)
+            sends.append(_Send(self.topics.aggregates, encode(after), key_bytes(key), partition))
+            too_large = self._too_large(command, sends)
             if too_large is not None:
                 log.warning(
                     "command refused: its output would be too large",
                     extra={"command_id": command.command_id, "type": command.type, **too_large.details},
                 )
-                await self._send_result(owner, staged, key, command_result(command, too_large, state.version))
-                return
-            staged.states[key] = after
+                return key, [], command_result(command, too_large, state.version), None
             log.debug(
                 "command accepted",
                 extra={"command_id": command.command_id, "event_ids": [e.event_id for e in decision.events]},
             )
-            for topic, value, record_key_bytes, to_partition in outputs:
-                await self._send(owner, staged, topic, value, record_key_bytes, to_partition)
-            staged.events += len(decision.events)
-        elif isinstance(decision, Rejection):
+            return key, sends, result, after
+        if isinstance(decision, Rejection):
             log.info(
                 "command rejected",
                 extra={"command_id": command.command_id, "type": command.type, "code": decision.code.value},
             )
-        await self._send_result(owner, staged, key, result)
+        return key, [], result, None
 
-    def _too_large(
-        self, command: ContactCommand, outputs: list[tuple[str, bytes, bytes, int | None]]
-    ) -> Rejection | None:
+    def _too_large(self, command: ContactCommand, outputs: list[_Send]) -> Rejection | None:
         """`state_too_large` if one of the records would exceed what one record may hold, or if an Enroll
         would take the contact's snapshot (the last output) past the share Enrolls may fill."""
-        snapshot_topic, snapshot, snapshot_key, _ = outputs[-1]
+        snapshot = outputs[-1]
         limit, what, size = MAX_OUTPUT_BYTES, "", 0
-        for topic, value, key, _ in outputs:
-            size = record_size(key, value)
+        for output in outputs:
+            size = record_size(output.key, output.value)
             if size > MAX_OUTPUT_BYTES:
-                what = "the contact's snapshot" if topic == snapshot_topic else f"a record for {topic}"
+                what = "the contact's snapshot" if output is snapshot else f"a record for {output.topic}"
                 break
         else:
-            size = record_size(snapshot_key, snapshot)
+            size = record_size(snapshot.key, snapshot.value)
             if not isinstance(command, Enroll) or size <= MAX_ENROLL_STATE_BYTES:
                 return None
             limit, what = MAX_ENROLL_STATE_BYTES, "the contact's snapshot"
@@ -609,9 +698,8 @@ class DeciderService:
         )
 
     def _with_campaign(self, command: EnrollLike) -> EnrollLike:
-        """Fill in the campaign definition upstream left out; None stays None (`campaign_not_found`)."""
-        if command.data.campaign is not None:
-            return command
+        """Fill in the campaign definition from the catalog (upstream's was removed before); not in the
+        catalog: None (`campaign_not_found`)."""
         campaign = self.catalog.get(command.account_id, command.data.campaign_id)
         if campaign is None:
             return command
@@ -624,10 +712,12 @@ class DeciderService:
         found = self.imports.get(command.account_id, command.data.contact_import_id)
         if found is None:
             return command
-        data = command.data.model_copy(update={"contacts": found.contacts})
+        # An import's contacts bring no MX answers either: the children's are looked up when decided.
+        contacts = [c.model_copy(update={"mx": None}) if c.mx is not None else c for c in found.contacts]
+        data = command.data.model_copy(update={"contacts": contacts})
         return command.model_copy(update={"data": data})
 
-    async def _fan_out(self, owner: PartitionOwner, staged: _Staged, command: BulkEnroll) -> None:
+    def _fan_out(self, owner: PartitionOwner, command: BulkEnroll) -> tuple[str, list[_Send], CommandResult]:
         """A BulkEnroll, checked, becomes one BulkEnrollAccepted event and one Enroll per contact, in this
         transaction, so exactly once. A redelivered one yields the same event id and the same child ids:
         the projector keeps the first parent row and the aggregates drop the children as duplicates."""
@@ -640,22 +730,20 @@ class DeciderService:
                 "bulk enroll rejected",
                 extra={"command_id": command.command_id, "type": command.type, "code": decision.code.value},
             )
-            await self._send_result(owner, staged, key, result)
-            return
+            return key, [], result
         children = fan_out_bulk_enroll(command)
-        for child in children:
-            await self._send(
-                owner,
-                staged,
+        sends = [
+            _Send(
                 self.topics.commands,
                 encode(child),
                 key_bytes(aggregate_key(child.account_id, child.contact_id)),
             )
-        for event in decision.events:
-            await self._send(
-                owner, staged, self.topics.events, encode(event), key_bytes(key), owner.partition.partition
-            )
-        staged.events += len(decision.events)
+            for child in children
+        ]
+        sends += [
+            _Send(self.topics.events, encode(event), key_bytes(key), owner.partition.partition)
+            for event in decision.events
+        ]
         contacts = sum(e.data.contacts for e in decision.events if isinstance(e, BulkEnrollAccepted))
         result = result.model_copy(
             update={
@@ -668,7 +756,7 @@ class DeciderService:
                 },
             }
         )
-        await self._send_result(owner, staged, key, result)
+        return key, sends, result
 
     async def _send_result(
         self, owner: PartitionOwner, staged: _Staged, key: str, result: CommandResult

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from enrollstream.adapters.dns.mx import MxVerifier, Nameserver
@@ -94,6 +94,8 @@ class Worker:
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
                 stuck_after_s=self.settings.stuck_after_s,
                 stuck_retries=self.settings.stuck_retries,
+                max_future_skew=_seconds_or_none(self.settings.command_max_future_skew_s),
+                max_age=_seconds_or_none(self.settings.command_max_age_s),
             )
             services.append(self.decider)
         if "projector" in self.roles:
@@ -209,3 +211,8 @@ def parse_roles(value: str | Iterable[str] | None) -> tuple[str, ...]:
         return DEFAULT_ROLES
     items = value.split(",") if isinstance(value, str) else list(value)
     return tuple(item.strip() for item in items if item.strip())
+
+
+def _seconds_or_none(seconds: float) -> timedelta | None:
+    """A bound in seconds from the settings; 0 means unchecked."""
+    return timedelta(seconds=seconds) if seconds > 0 else None
