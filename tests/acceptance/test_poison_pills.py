@@ -222,9 +222,11 @@ async def test_every_poison_pill_in_one_run_is_accounted_for_and_the_worker_neve
         await producer.start()
         try:
             await producer.send_and_wait(
-                topics.events, json.dumps(bad_event).encode(), key=b"acct-a/nul-event"
+                topics.events, json.dumps(bad_event).encode(), key=f"{ACCOUNT}/nul-event".encode()
             )
-            await producer.send_and_wait(topics.events, b"\xff not an event", key=b"acct-a/garbage")
+            await producer.send_and_wait(
+                topics.events, b"\xff not an event", key=f"{ACCOUNT}/garbage".encode()
+            )
         finally:
             await producer.stop()
 
@@ -241,6 +243,14 @@ async def test_every_poison_pill_in_one_run_is_accounted_for_and_the_worker_neve
         await eventually(drained, timeout=40, what="decider and projector lag back to 0")
         status, body = await get(port, "/healthz")
         assert status == 200, body
+        # The process's own counts: each bad record once, nothing retried as if it were transient.
+        status, text = await get(port, "/metrics")
+        assert status == 200
+        metrics = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        letters_expected = sum(1 for e in landed.values() if e and e[0] == "dead letter")
+        assert float(metrics['enrollstream_dead_letters_total{role="decider"}']) == letters_expected
+        assert float(metrics[f'enrollstream_quarantined_events_total{{topic="{topics.events}"}}']) == 2
+        assert not [k for k, v in metrics.items() if k.startswith("enrollstream_retries_total") and float(v)]
 
         # Worker restarts 0: the same process, still running.
         assert worker.process.returncode is None and worker.process.pid == pid
