@@ -220,11 +220,11 @@ def workload(plan: ChaosPlan, run: str, issued: datetime | None = None) -> list[
         "OptOut.v1": 3,
         "MarkFinished.v1": 2,
         "BulkEnroll.v1": 1,
-        "poison": 4,
-        **{kind: 1 for kind in POISON_COMMANDS},
+        "poison": 4,  # in turn: not JSON, then each of POISON_COMMANDS (no draw: the stream stays put)
     }
     names, weights = list(kinds), list(kinds.values())
     out: list[Published] = []
+    pills = 0
     issued = issued or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     for i in range(plan.commands):
         kind = rng.choices(names, weights)[0]
@@ -232,6 +232,9 @@ def workload(plan: ChaosPlan, run: str, issued: datetime | None = None) -> list[
         campaign_id = rng.choice(CAMPAIGNS)
         command_id = f"chaos-{run}-{i:06d}"
         key = aggregate_key(ACCOUNT, contact_id)
+        if kind == "poison":
+            kind = ("poison", *POISON_COMMANDS)[pills % (1 + len(POISON_COMMANDS))]
+            pills += 1
         if kind == "poison":
             value = POISON_MARKER + f"{command_id} {{not json".encode()
             out.append(Published(key, value, None))
