@@ -170,11 +170,11 @@ def _poison_command(
     contact = _facts(contact_id)
     data: dict[str, Any] = {"contact_id": contact_id, "campaign_id": campaign_id}
     if kind == "poison-calendar":
-        issued_at = CALENDAR_EDGES[i % 2]  # an OverflowError while parsing, once
+        issued_at = CALENDAR_EDGES[i % 2]  # out of the bounds (once an OverflowError while parsing)
     elif kind == "poison-nul":
         contact["name"] = f"Contact\x00{contact_id}"  # PostgreSQL refuses NUL in text and jsonb
     elif kind == "poison-slash":
-        data["contact_id"] = f"{contact_id}/x"  # would share the key of account `.../ch..` and contact `x`
+        data["contact_id"] = f"{contact_id}/x"  # the key separator: an ambiguous aggregate key
         key = f"{ACCOUNT}/{contact_id}/x"
     elif kind == "poison-duration":
         campaign = chaos_campaign(campaign_id).model_dump(mode="json")
