@@ -52,7 +52,10 @@ async def _prepared_topics(bootstrap: str, sizes: Sizes, n: int) -> Topics:
     for campaign in workload.campaigns():
         await publish_campaign(bootstrap, topics.campaigns, campaign)
     records = workload.commands(n)
-    await produce(bootstrap, topics.commands, [(r.key.encode(), r.value) for r in records])
+    keyed: list[tuple[bytes | None, bytes]] = [
+        (r.key if isinstance(r.key, bytes) else r.key.encode(), r.value) for r in records
+    ]
+    await produce(bootstrap, topics.commands, keyed)
     return topics
 
 

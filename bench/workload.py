@@ -41,7 +41,7 @@ def commands(n: int, seed: int = SEED) -> list[Published]:
     out: list[Published] = []
     plan = ChaosPlan(commands=int(n * 1.05) + 10, contacts=contacts, seed=seed)
     for record in workload(plan, f"bench{seed}"):
-        if record.children or record.key.endswith("/"):
+        if record.children or (isinstance(record.key, str) and record.key.endswith("/")):
             continue  # a BulkEnroll
         out.append(record)
         if len(out) == n:

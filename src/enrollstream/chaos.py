@@ -1,13 +1,16 @@
 """`make chaos`: crash the workers while commands flow, then prove nothing was lost or done twice.
 
 A driver publishes a bounded, seeded stream of numbered commands over many contacts (every command type
-the decider takes, a few BulkEnrolls and some poison pills). Meanwhile worker processes run
+the decider takes, a few BulkEnrolls and some poison pills: records that are not JSON, and commands that
+break the contract's bounds (issue 12): an `issued_at` at the edge of the calendar, a NUL in a contact
+name, the key separator `/` in a contact id, a step delay that would overflow the calendar, a record key
+that is not UTF-8). Meanwhile worker processes run
 `enrollstream worker` and a killer sends SIGKILL to the primary at random moments and restarts it; a
 second worker joins mid-run and leaves again, so partitions move between processes. Afterwards one
 worker runs until everything is decided and projected, and the verifier checks from the logs alone:
 
-- every command has exactly one result, every poison pill exactly one dead letter (else `lost` or
-  `duplicate_events`), every fanned-out child command exactly one result;
+- every command has exactly one result, every poison pill exactly one dead letter and no result (else
+  `lost` or `duplicate_events`), every fanned-out child command exactly one result;
 - per aggregate, event versions run 1..n with none twice (`duplicate_events`) and none missing (`lost`);
 - each aggregate's last snapshot in the changelog equals the fold of its events;
 - the read models equal a clean rebuild from the events topic (`enrollstream replay`), and the stats
@@ -134,10 +137,60 @@ def chaos_campaign(campaign_id: str) -> CampaignDefinition:
 
 @dataclass(frozen=True)
 class Published:
-    key: str
+    key: str | bytes  # bytes: published as is (a poison pill's key that is not UTF-8)
     value: bytes
     command_id: str | None  # None: a poison pill, expected once in the dead-letter topic
     children: tuple[str, ...] = ()  # a BulkEnroll's child command ids
+
+
+# The poison pills besides records that are not JSON: valid JSON commands the contract refuses, each a
+# dead letter of its own (docs/client.md "Bounds"). Named by the kind in the workload.
+POISON_COMMANDS = ("poison-calendar", "poison-nul", "poison-slash", "poison-duration", "poison-key")
+CALENDAR_EDGES = ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00")
+
+
+def poison_id(value: bytes) -> str | None:
+    """The id a poison pill is known by, from its bytes (a dead letter keeps them): the number after
+    the marker of one that is not JSON, else the command id of a command the contract refused."""
+    if value.startswith(POISON_MARKER):
+        return value[len(POISON_MARKER) :].split(b" ")[0].decode(errors="replace")
+    try:
+        command_id = json.loads(value)["command_id"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return command_id if isinstance(command_id, str) else None
+
+
+def _poison_command(
+    kind: str, command_id: str, contact_id: str, campaign_id: str, issued: datetime, i: int
+) -> Published:
+    """An Enroll that breaks one bound of the contract (the decider dead-letters it)."""
+    key: str | bytes = aggregate_key(ACCOUNT, contact_id)
+    issued_at = issued.isoformat()
+    contact = _facts(contact_id)
+    data: dict[str, Any] = {"contact_id": contact_id, "campaign_id": campaign_id}
+    if kind == "poison-calendar":
+        issued_at = CALENDAR_EDGES[i % 2]  # out of the bounds (once an OverflowError while parsing)
+    elif kind == "poison-nul":
+        contact["name"] = f"Contact\x00{contact_id}"  # PostgreSQL refuses NUL in text and jsonb
+    elif kind == "poison-slash":
+        data["contact_id"] = f"{contact_id}/x"  # the key separator: an ambiguous aggregate key
+        key = f"{ACCOUNT}/{contact_id}/x"
+    elif kind == "poison-duration":
+        campaign = chaos_campaign(campaign_id).model_dump(mode="json")
+        campaign["steps"][0]["delay"] = "P999999999D"  # issued_at + delay: past year 9999
+        data["campaign"] = campaign
+    else:  # poison-key
+        key = b"\xff\xfe" + aggregate_key(ACCOUNT, contact_id).encode()
+    envelope = {
+        "command_id": command_id,
+        "type": "Enroll.v1",
+        "account_id": ACCOUNT,
+        "issued_at": issued_at,
+        "actor": "chaos",
+        "data": {**data, "contact": contact},
+    }
+    return Published(key, json.dumps(envelope).encode(), None)
 
 
 def _facts(contact_id: str) -> dict[str, str]:
@@ -167,10 +220,11 @@ def workload(plan: ChaosPlan, run: str, issued: datetime | None = None) -> list[
         "OptOut.v1": 3,
         "MarkFinished.v1": 2,
         "BulkEnroll.v1": 1,
-        "poison": 4,
+        "poison": 4,  # in turn: not JSON, then each of POISON_COMMANDS (no draw: the stream stays put)
     }
     names, weights = list(kinds), list(kinds.values())
     out: list[Published] = []
+    pills = 0
     issued = issued or datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     for i in range(plan.commands):
         kind = rng.choices(names, weights)[0]
@@ -179,8 +233,14 @@ def workload(plan: ChaosPlan, run: str, issued: datetime | None = None) -> list[
         command_id = f"chaos-{run}-{i:06d}"
         key = aggregate_key(ACCOUNT, contact_id)
         if kind == "poison":
+            kind = ("poison", *POISON_COMMANDS)[pills % (1 + len(POISON_COMMANDS))]
+            pills += 1
+        if kind == "poison":
             value = POISON_MARKER + f"{command_id} {{not json".encode()
             out.append(Published(key, value, None))
+            continue
+        if kind in POISON_COMMANDS:
+            out.append(_poison_command(kind, command_id, contact_id, campaign_id, issued, i))
             continue
         envelope: dict[str, Any] = {
             "command_id": command_id,
@@ -382,7 +442,8 @@ async def drive(bootstrap: str, topic: str, records: list[Published], seconds: f
         chunk = max(1, len(records) // max(1, int(seconds * 10)))
         for n in range(0, len(records), chunk):
             for record in records[n : n + chunk]:
-                await producer.send(topic, record.value, key=record.key.encode())
+                key = record.key if isinstance(record.key, bytes) else record.key.encode()
+                await producer.send(topic, record.value, key=key)
             await asyncio.sleep(max(0.0, started + seconds * (n + chunk) / len(records) - time.monotonic()))
         await producer.flush()
     finally:
@@ -589,11 +650,12 @@ async def _verify_results(
     results: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
     poison: Counter[str] = Counter()
+    pills = {poison_id(r.value) for r in records if r.command_id is None}
     async for topic, record in _read_all(bootstrap, [topics.command_results, topics.dead_letters]):
         if topic == topics.dead_letters:
             value = record.value or b""
-            if value.startswith(POISON_MARKER):
-                poison[value[len(POISON_MARKER) :].split(b" ")[0].decode()] += 1
+            if poison_id(value) in pills:
+                poison[str(poison_id(value))] += 1
             else:
                 report.details.append(f"unexpected dead letter at offset {record.offset}: {value[:80]!r}")
                 report.lost += 1  # a valid command the decider could not read
@@ -604,7 +666,7 @@ async def _verify_results(
     expected: list[tuple[str, Counter[str]]] = []
     for r in records:
         if r.command_id is None:
-            expected.append((r.value[len(POISON_MARKER) :].split(b" ")[0].decode(), poison))
+            expected.append((str(poison_id(r.value)), poison))
         else:
             expected.append((r.command_id, results))
             expected.extend((child, results) for child in r.children)
@@ -615,8 +677,12 @@ async def _verify_results(
     )
     missing = [cid for cid, seen in expected if seen[cid] == 0]
     twice = [cid for cid, seen in expected if seen[cid] > 1]
+    decided = sorted(str(cid) for cid in pills if cid in results)  # a poison pill has no result
+    twice += decided
     report.lost += len(missing)
     report.duplicate_events += len(twice)
+    if decided:
+        report.details.append(f"{len(decided)} poison pills decided, e.g. {decided[:3]}")
     if missing:
         report.details.append(f"{len(missing)} commands without a result, e.g. {missing[:3]}")
     if twice:

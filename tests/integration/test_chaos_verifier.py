@@ -7,17 +7,21 @@ that never counts anything.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import asyncpg
 
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.chaos import (
+    CALENDAR_EDGES,
     CAMPAIGNS,
+    POISON_MARKER,
     ChaosPlan,
     ChaosReport,
     Published,
     chaos_campaign,
     drive,
+    poison_id,
     settle,
     verify,
     workload,
@@ -47,6 +51,10 @@ async def test_the_verifier_counts_lost_commands_duplicate_events_and_projection
     assert (clean.lost, clean.duplicate_events, clean.projection_mismatches) == (0, 0, 0), clean.details
     assert clean.row_mismatches == 0, clean.details
     assert clean.line().endswith(" row_mismatches=0")
+    pills = [r for r in records if r.command_id is None]
+    assert any(not r.value.startswith(POISON_MARKER) for r in pills), "commands the contract refuses"
+    # one dead letter each, found by its id
+    assert any(line.endswith(f"; dead letters: {len(pills)}") for line in clean.details), clean.details
 
     # A command that never got a result is lost.
     never_sent = Published("acct/x", b"{}", "chaos-never-published")
@@ -104,6 +112,14 @@ def test_the_workload_is_seeded_and_covers_every_kind_of_input() -> None:
     assert {"Enroll.v1", "BulkEnroll.v1", "Stop.v1", "Unenroll.v1", "OptOut.v1", "ReplyDetected.v1"} <= kinds
     assert not kinds & {"StepDue.v1", "DeliveryReported.v1"}, "the scheduler and dispatcher issue those"
     assert any(r.command_id is None for r in first), "some poison pills"
+    pills = [r for r in first if r.command_id is None]
+    commands = [json.loads(r.value) for r in pills if not r.value.startswith(POISON_MARKER)]
+    assert all(poison_id(r.value) for r in pills), "each known by an id its dead letter keeps"
+    assert {c["issued_at"] for c in commands} >= set(CALENDAR_EDGES)
+    assert any("\x00" in c["data"]["contact"]["name"] for c in commands), "a NUL in a name"
+    assert any("/" in c["data"]["contact_id"] for c in commands), "the key separator in an id"
+    assert any("P999999999D" in json.dumps(c["data"].get("campaign")) for c in commands), "an overflow"
+    assert any(isinstance(r.key, bytes) and r.key.startswith(b"\xff") for r in pills), "a key not UTF-8"
     assert any(r.children for r in first), "some fanned-out children"
     other = workload(dataclasses.replace(plan, seed=plan.seed + 1), run="r")
     assert other != first
