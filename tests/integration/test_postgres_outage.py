@@ -147,6 +147,9 @@ async def test_a_postgres_outage_is_waited_out_while_the_decider_keeps_deciding(
         assert await enrollments(database_url) == len(before), "nothing projected during the outage"
         assert worker.failure is None and not worker.stop_event.is_set(), "the worker is still running"
         assert worker.projector is not None and worker.projector.retries > 0
+        # /healthz says so: the projector has records it cannot write (retried at one offset since the cut).
+        stuck = worker.stuck()
+        assert stuck is not None and stuck.startswith("projector"), stuck
 
         await forwarder.restore()
         await eventually(
@@ -158,6 +161,7 @@ async def test_a_postgres_outage_is_waited_out_while_the_decider_keeps_deciding(
             lambda: steps_fired(database_url, len(before) + len(during)), timeout=15, what="steps fired"
         )
         assert worker.failure is None and not worker.stop_event.is_set()
+        assert worker.stuck() is None, "healthy again once the projector moved"
     await forwarder.cut()
 
     conn = await asyncpg.connect(database_url)

@@ -39,6 +39,7 @@ from enrollstream.adapters.postgres.errors import Backoff, is_data_error
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import CommandResult, parse_event
 from enrollstream.domain.events import BulkEnrollAccepted, EnrollmentSkipped, Event, ReplyReceived
+from enrollstream.observability import Progress
 from enrollstream.read_models import enrollments, timers
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class ProjectorService:
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         schema: str | None = None,
+        stuck_after_s: float = 300.0,
+        stuck_retries: int = 5,
     ) -> None:
         self.bootstrap = bootstrap
         self.topic = events_topic
@@ -86,6 +89,12 @@ class ProjectorService:
         self._consumer: AIOKafkaConsumer | None = None
         self._pool: asyncpg.Pool | None = None
         self.applied_events = 0
+        # What /healthz says of this role: per topic, since the events and results partitions share numbers.
+        self.progress = {
+            topic: Progress(role, stuck_after_s=stuck_after_s, max_retries=stuck_retries)
+            for topic, role in ((events_topic, "projector"), (results_topic, "projector (results)"))
+            if topic is not None
+        }
         self.applied_results = 0
         self.quarantined = 0
         self.retries = 0  # batches tried again after an error of the database
@@ -130,6 +139,8 @@ class ProjectorService:
             batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
             if not batch:
                 continue
+            for tp in batch:
+                self._progress_of(tp).working(tp.partition)
             while True:
                 try:
                     await self.apply(batch)
@@ -141,6 +152,8 @@ class ProjectorService:
                     metrics.TRANSACTIONS.labels("projector", "aborted").inc()
                     metrics.POSTGRES_RETRIES.labels("projector").inc()
                     self.retries += 1
+                    for tp, records in batch.items():
+                        self._progress_of(tp).retried(tp.partition, records[0].offset)
                     delay = backoff.next_delay()
                     log.warning(
                         "projector: the batch could not be written (%s: %s); trying again in %.1fs",
@@ -153,6 +166,8 @@ class ProjectorService:
                     if stop.is_set():
                         return
             backoff.reset()
+            for tp in batch:
+                self._progress_of(tp).advanced(tp.partition)
             metrics.TRANSACTIONS.labels("projector", "committed").inc()
             metrics.BATCH_RECORDS.labels("projector").observe(sum(len(r) for r in batch.values()))
             for tp, records in batch.items():
@@ -163,6 +178,13 @@ class ProjectorService:
             # Only for lag monitoring; the checkpoints in Postgres are the truth.
             with contextlib.suppress(Exception):
                 await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+
+    def _progress_of(self, tp: TopicPartition) -> Progress:
+        return self.progress.get(tp.topic) or self.progress[self.topic]
+
+    def stuck(self) -> str | None:
+        """Why the projector makes no progress on records it has (e.g. PostgreSQL away), for /healthz."""
+        return "; ".join(r for p in self.progress.values() if (r := p.stuck()) is not None) or None
 
     async def apply(self, batch: Mapping[TopicPartition, Sequence[object]]) -> int:
         """`apply_batch`, and when a record of the batch cannot be written, the batch again one record

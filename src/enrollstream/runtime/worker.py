@@ -107,6 +107,8 @@ class Worker:
                 results_topic=self.topics.command_results,
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+                stuck_after_s=self.settings.stuck_after_s,
+                stuck_retries=self.settings.stuck_retries,
             )
             services.append(self.projector)
         if "scheduler" in self.roles:
@@ -178,12 +180,10 @@ class Worker:
 
     def stuck(self) -> str | None:
         """Why a role is stuck (no progress on records it has, or repeated failures at one offset), for
-        /healthz; None while every role moves. The decider reports its progress per partition."""
-        reasons = [
-            reason
-            for service in (self.decider,)
-            if service is not None and (reason := service.progress.stuck()) is not None
-        ]
+        /healthz; None while every role moves. The decider and the projector report their progress per
+        partition."""
+        reasons = [reason for reason in (self.decider and self.decider.progress.stuck(),
+                                         self.projector and self.projector.stuck()) if reason]  # fmt: skip
         return "; ".join(reasons) or None
 
 
