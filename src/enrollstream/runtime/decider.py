@@ -49,6 +49,7 @@ from enrollstream.adapters.kafka.records import (
 )
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.domain import (
+    BulkContact,
     BulkEnroll,
     BulkEnrollAccepted,
     Channel,
@@ -147,11 +148,18 @@ def _without_lookups(command: ContactCommand | BulkEnroll) -> ContactCommand | B
         )
     if isinstance(command, BulkEnroll):
         contacts = command.data.contacts
-        if contacts is not None and any(c.mx is not None for c in contacts):
-            contacts = [c.model_copy(update={"mx": None}) if c.mx is not None else c for c in contacts]
-        data = command.data.model_copy(update={"campaign": None, "contacts": contacts})
+        data = command.data.model_copy(
+            update={"campaign": None, "contacts": None if contacts is None else _without_mx(contacts)}
+        )
         return command.model_copy(update={"data": data})
     return command
+
+
+def _without_mx(contacts: list[BulkContact]) -> list[BulkContact]:
+    """Contacts with no MX answer of their own: the children's answers are looked up when decided."""
+    if all(c.mx is None for c in contacts):
+        return contacts
+    return [c.model_copy(update={"mx": None}) if c.mx is not None else c for c in contacts]
 
 
 def issued_at_refusal(
@@ -712,9 +720,7 @@ class DeciderService:
         found = self.imports.get(command.account_id, command.data.contact_import_id)
         if found is None:
             return command
-        # An import's contacts bring no MX answers either: the children's are looked up when decided.
-        contacts = [c.model_copy(update={"mx": None}) if c.mx is not None else c for c in found.contacts]
-        data = command.data.model_copy(update={"contacts": contacts})
+        data = command.data.model_copy(update={"contacts": _without_mx(found.contacts)})  # nor an import's
         return command.model_copy(update={"data": data})
 
     def _fan_out(self, owner: PartitionOwner, command: BulkEnroll) -> tuple[str, list[_Send], CommandResult]:

@@ -54,7 +54,7 @@ from enrollstream.adapters.mail.message import (
     render,
 )
 from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender
-from enrollstream.adapters.postgres.errors import Backoff, is_connection_error
+from enrollstream.adapters.postgres.errors import retry_while_unavailable
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.adapters.sms import OutboundSmsTopicChannel, SmsChannel
 from enrollstream.config import Settings, require_settings, unsubscribe_key_list
@@ -290,23 +290,16 @@ class DispatcherService:
         """`handle`, waiting out a lost PostgreSQL connection (the ledger makes a second try safe: an
         attempt started and not finished is reported unknown, never resent). False if stopped or
         revoked before it was handled."""
-        backoff = Backoff()
-        while not self._stop.is_set() and tp in consumer.assignment():
-            try:
-                await self.handle(record, tp)
-                return True
-            except Exception as exc:
-                if not is_connection_error(exc):
-                    raise
-                metrics.POSTGRES_RETRIES.labels("dispatcher").inc()
-                log.warning(
-                    "dispatcher: PostgreSQL unavailable (%s); trying %s offset %s again",
-                    exc,
-                    tp,
-                    record.offset,
-                )
-                await backoff.wait(self._stop)
-        return False
+
+        def retrying(exc: BaseException) -> None:
+            metrics.POSTGRES_RETRIES.labels("dispatcher").inc()
+            log.warning(
+                "dispatcher: PostgreSQL unavailable (%s); trying %s offset %s again", exc, tp, record.offset
+            )
+
+        return await retry_while_unavailable(
+            lambda: self.handle(record, tp), self._stop, retrying, lambda: tp in consumer.assignment()
+        )
 
     # --- one record -----------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from enrollstream import observability as metrics
 from enrollstream.adapters.kafka.reading import group_consumer
 from enrollstream.adapters.kafka.records import DeadLetter, encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
-from enrollstream.adapters.postgres.errors import Backoff, is_connection_error
+from enrollstream.adapters.postgres.errors import retry_while_unavailable
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import aggregate_key
 from enrollstream.domain.commands import ReplyDetected, ReplyDetectedData
@@ -120,20 +120,12 @@ class InboundService:
 
     async def _handle_retrying(self, record: Any, stop: asyncio.Event) -> bool:
         """`handle`, waiting out a lost PostgreSQL connection; False if stopped before it was handled."""
-        backoff = Backoff()
-        while not stop.is_set():
-            try:
-                await self.handle(record)
-                return True
-            except Exception as exc:
-                if not is_connection_error(exc):
-                    raise
-                metrics.POSTGRES_RETRIES.labels(ROLE).inc()
-                log.warning(
-                    "inbound: PostgreSQL unavailable (%s); trying offset %s again", exc, record.offset
-                )
-                await backoff.wait(stop)
-        return False
+
+        def retrying(exc: BaseException) -> None:
+            metrics.POSTGRES_RETRIES.labels(ROLE).inc()
+            log.warning("inbound: PostgreSQL unavailable (%s); trying offset %s again", exc, record.offset)
+
+        return await retry_while_unavailable(lambda: self.handle(record), stop, retrying)
 
     async def handle(self, record: Any) -> None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
@@ -71,3 +72,25 @@ class Backoff:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
+
+
+async def retry_while_unavailable(
+    work: Callable[[], Awaitable[object]],
+    stop: asyncio.Event,
+    on_retry: Callable[[BaseException], None],
+    still_wanted: Callable[[], bool] = lambda: True,
+) -> bool:
+    """`work()` until it completes, waiting out PostgreSQL being unavailable (`on_retry` hears each
+    connection error before the wait); any other error is raised. False if `stop` was set or the work
+    was no longer wanted before it completed."""
+    backoff = Backoff()
+    while not stop.is_set() and still_wanted():
+        try:
+            await work()
+            return True
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            on_retry(exc)
+            await backoff.wait(stop)
+    return False
