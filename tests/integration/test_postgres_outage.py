@@ -147,7 +147,14 @@ async def test_a_postgres_outage_is_waited_out_while_the_decider_keeps_deciding(
         assert await enrollments(database_url) == len(before), "nothing projected during the outage"
         assert worker.failure is None and not worker.stop_event.is_set(), "the worker is still running"
         assert worker.projector is not None and worker.projector.retries > 0
-        # /healthz says so: the projector has records it cannot write (retried at one offset since the cut).
+
+        # /healthz says so: the projector has records it cannot write. It takes STUCK_RETRIES failed
+        # tries at one offset, which a loaded machine may not reach by the end of OUTAGE_S: the outage
+        # lasts until it does.
+        async def reported_stuck() -> bool:
+            return worker.stuck() is not None
+
+        await eventually(reported_stuck, timeout=30, what="the worker reporting the projector stuck")
         stuck = worker.stuck()
         assert stuck is not None and stuck.startswith("projector"), stuck
 
