@@ -192,7 +192,7 @@ def worker_command(
     roles: str | None = typer.Option(
         None,
         help="comma-separated roles: decider, projector, scheduler, dispatcher, inbound, relay, "
-        "unsubscribe (default: decider, projector, scheduler, dispatcher, inbound)",
+        "unsubscribe, api (default: decider, projector, scheduler, dispatcher, inbound)",
     ),
 ) -> None:
     """Run the worker roles until SIGTERM or Ctrl-C (then drain and commit)."""
@@ -245,12 +245,31 @@ def worker_command(
         try:
             log.info("worker starting", extra={"roles": list(worker.roles)})
             console.print(f"worker running {', '.join(worker.roles)}; Ctrl-C to stop", highlight=False)
-            await worker.run()
+            started = asyncio.Event()
+            announce = asyncio.create_task(_announce_api(worker, started))
+            try:
+                await worker.run(started)
+            finally:
+                announce.cancel()
         finally:
             await server.stop()
         log.info("worker stopped cleanly")
 
     asyncio.run(run())
+
+
+async def _announce_api(worker: Any, started: asyncio.Event) -> None:
+    """Say where the API listens once it does (its port may have been picked: ENROLLSTREAM_API_PORT=0)."""
+    await started.wait()
+    if worker.api is not None:
+        console.print(f"api: {worker.api.url}", markup=False, highlight=False)
+
+
+@app.command("api")
+@friendly_errors
+def api_command() -> None:
+    """Serve the HTTP API alone (the worker's `api` role): seed 001's endpoints, docs/api.md."""
+    worker_command(roles="api")
 
 
 @app.command("replay")
@@ -768,6 +787,57 @@ def dlq_retry(
     )
     for letter in retried:
         console.print(f"retried {letter.id} to {letter.original_topic}", markup=False)
+
+
+api_key_app = typer.Typer(help="The HTTP API's keys: each belongs to one account (docs/api.md).")
+app.add_typer(api_key_app, name="api-key")
+
+
+@api_key_app.command("create")
+@friendly_errors
+def api_key_create(
+    account: str = typer.Option(..., help="the account the key sees and acts for"),
+    label: str = typer.Option("", help="what the key is for (shown by `api-key list`)"),
+) -> None:
+    """Create a key; it is printed once, alone on the last line (only its hash is kept)."""
+    from enrollstream.adapters.postgres.api_keys import create_api_key
+    from enrollstream.domain.bounds import MAX_ID_LENGTH
+
+    if not account or len(account) > MAX_ID_LENGTH:
+        raise typer.BadParameter(f"an account id of 1 to {MAX_ID_LENGTH} characters", param_hint="--account")
+    record, key = _query(lambda conn: create_api_key(conn, account, label))
+    err.print(f"key {record.key_id} for account {record.account_id}; store it now, it is not shown again",
+              markup=False, highlight=False)  # fmt: skip
+    print(key)
+
+
+@api_key_app.command("list")
+@friendly_errors
+def api_key_list(account: str | None = typer.Option(None, help="only this account's keys")) -> None:
+    """Every key (never the key itself): id, account, label, created, revoked."""
+    from enrollstream.adapters.postgres.api_keys import list_api_keys
+
+    keys = _query(lambda conn: list_api_keys(conn, account))
+    table = DataTable("key id", "account", "label", "created", "revoked", title=f"{len(keys)} API keys")
+    for key in keys:
+        table.add_row(key.key_id, key.account_id, key.label, _when(key.created_at),
+                      _when(key.revoked_at) if key.revoked_at else "")  # fmt: skip
+    console.print(table)
+
+
+@api_key_app.command("revoke")
+@friendly_errors
+def api_key_revoke(
+    key_id: Annotated[str, typer.Argument(help="the key's id, as `api-key list` shows it")],
+) -> None:
+    """Revoke a key: the next request with it is 401."""
+    from enrollstream.adapters.postgres.api_keys import revoke_api_key
+
+    revoked = _query(lambda conn: revoke_api_key(conn, key_id))
+    if revoked is None:
+        err.print(f"no API key {key_id!r}", markup=False)
+        raise typer.Exit(1)
+    console.print(f"revoked {revoked.key_id} of account {revoked.account_id}", markup=False, highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     unsubscribe_idle_timeout_s: float = Field(default=15.0, gt=0)
     unsubscribe_body_timeout_s: float = Field(default=10.0, gt=0)
     unsubscribe_max_connections: int = Field(default=256, ge=1)
+    # The HTTP API (role `api`, `enrollstream api`, docs/api.md).
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (the worker prints it)
+    # A write waits this long for its command's result, then answers 202 with a Location to poll.
+    api_result_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # The scheduler role: how often it claims due timers, how many per claim, and how long a claim's
     # lease lasts (a row whose command was deferred or went stale fires again after it).
     scheduler_interval_ms: int = Field(default=500, ge=10)

@@ -65,6 +65,11 @@ class CampaignCatalog(CompactedTable):
     def get(self, account_id: str, campaign_id: str) -> CampaignDefinition | None:
         return self._campaigns.get((account_id, campaign_id))
 
+    def of_account(self, account_id: str) -> list[CampaignDefinition]:
+        """The account's campaigns, by campaign id."""
+        found = [c for (account, _), c in self._campaigns.items() if account == account_id]
+        return sorted(found, key=lambda c: c.campaign_id)
+
     def paused(self) -> list[CampaignRef]:
         """(account_id, campaign_id) of the campaigns whose latest definition is paused."""
         return sorted(ref for ref, c in self._campaigns.items() if c.status is CampaignStatus.PAUSED)

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from enrollstream.adapters.dns.mx import MxVerifier, Nameserver
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.api.server import ApiServer
 from enrollstream.config import (
     InvalidSettings,
     Settings,
@@ -31,7 +32,7 @@ from enrollstream.runtime.webhook_relay import WebhookRelayService
 
 log = logging.getLogger(__name__)
 
-ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound", "relay", "unsubscribe")
+ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound", "relay", "unsubscribe", "api")
 # What runs when no roles are named: everything a sequence needs to be decided, projected, fired, sent
 # and stopped by a reply (inbound needs no settings and idles on an empty topic). The dispatcher needs
 # SMTP and sender settings: missing ones stop the worker at start, named (config.require_settings).
@@ -63,6 +64,7 @@ class Worker:
     scheduler: SchedulerService | None = None
     dispatcher: DispatcherService | None = None
     inbound: InboundService | None = None
+    api: ApiServer | None = None
 
     @property
     def topics(self) -> Topics:
@@ -154,6 +156,16 @@ class Worker:
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             )
             services.append(self.inbound)
+        if "api" in self.roles:
+            self.api = ApiServer(
+                self.bootstrap,
+                self.topics,
+                self.database_url,
+                host=self.settings.api_host,
+                port=self.settings.api_port,
+                result_timeout_s=self.settings.api_result_timeout_s,
+            )
+            services.append(self.api)
         try:
             for service in services:
                 await service.start()

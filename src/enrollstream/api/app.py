@@ -1,0 +1,42 @@
+"""The FastAPI application: routes, the error shape, the OpenAPI document.
+
+FastAPI rather than Litestar (docs/architecture.md "HTTP API"): our contracts are pydantic v2 models
+already, FastAPI validates bodies and writes OpenAPI 3.1 from them with no adapter, and it is what most
+teams adopting a Python service already know.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI
+
+from enrollstream import __version__
+from enrollstream.api import campaigns
+from enrollstream.api.context import ApiContext
+from enrollstream.api.errors import install_error_handlers
+
+TITLE = "enrollstream"
+DESCRIPTION = (
+    "Enrollments of contacts in drip campaigns (seed 001). Every write publishes a command and answers "
+    "with its result; every read comes from the read models. Authorization: Bearer <API key>."
+)
+
+
+def create_app(context: ApiContext | None = None) -> FastAPI:
+    """The application; `context` is set by the server that runs it (None: only for the OpenAPI document)."""
+    app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION)
+    app.state.context = context
+    install_error_handlers(app)
+    app.include_router(campaigns.router)
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    return create_app().openapi()
+
+
+def render_openapi() -> str:
+    """schemas/openapi.json, as committed and drift-checked (schemas_gen)."""
+    return json.dumps(openapi_document(), indent=2, sort_keys=True) + "\n"
