@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0014 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0015 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -28,6 +28,20 @@ CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public;
 SET default_tablespace = '';
 
 SET default_table_access_method = heap;
+
+--
+-- Name: api_keys; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.api_keys (
+    key_id text NOT NULL,
+    account_id text NOT NULL,
+    key_sha256 bytea NOT NULL,
+    label text DEFAULT ''::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    revoked_at timestamp with time zone,
+    CONSTRAINT api_keys_account_id_check CHECK (((length(account_id) >= 1) AND (length(account_id) <= 200)))
+);
 
 --
 -- Name: bulk_enrollments; Type: TABLE; Schema: public; Owner: -
@@ -425,6 +439,20 @@ CREATE TABLE public.unprojectable_events (
 );
 
 --
+-- Name: api_keys api_keys_key_sha256_key; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_key_sha256_key UNIQUE (key_sha256);
+
+--
+-- Name: api_keys api_keys_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (key_id);
+
+--
 -- Name: bulk_enrollments bulk_enrollments_event_id_key; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -521,6 +549,12 @@ ALTER TABLE ONLY public.timers
 
 ALTER TABLE ONLY public.unprojectable_events
     ADD CONSTRAINT unprojectable_events_pkey PRIMARY KEY (projection, topic, partition, "offset");
+
+--
+-- Name: api_keys_by_account; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX api_keys_by_account ON public.api_keys USING btree (account_id, created_at);
 
 --
 -- Name: bulk_enrollments_campaign; Type: INDEX; Schema: public; Owner: -
