@@ -39,8 +39,15 @@ def worker_environment() -> dict[str, str]:
     }
 
 
-def test_it_runs_kafka_postgres_an_smtp_sink_and_the_worker() -> None:
-    assert set(compose()["services"]) == {"kafka", "postgres", "mailpit", "worker"}
+def test_it_runs_kafka_postgres_an_smtp_sink_the_worker_and_the_api() -> None:
+    assert set(compose()["services"]) == {"kafka", "postgres", "mailpit", "worker", "api"}
+    api = compose()["services"]["api"]
+    assert api["command"][-1].endswith("enrollstream api")
+    # The same topics and database as the worker, so the API's commands reach its decider.
+    shared = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "ENROLLSTREAM_TOPIC_PREFIX", "ENROLLSTREAM_GROUP_ID")
+    for name in shared:
+        assert api["environment"][name] == compose()["services"]["worker"]["environment"][name]
+    assert api["ports"] == [f"127.0.0.1:{api['environment']['ENROLLSTREAM_API_PORT']}:8080"]
 
 
 def test_kafka_is_the_pinned_version_configured_for_transactions_on_one_node() -> None:
