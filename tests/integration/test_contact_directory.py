@@ -6,6 +6,8 @@ lists contacts by id reports the one without a profile as skipped in the bulk su
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 
 from enrollstream.adapters.kafka.topics import Topics
@@ -15,6 +17,7 @@ from enrollstream.domain import CampaignDefinition, ContactImport
 from enrollstream.runtime.campaigns import publish_campaign
 from enrollstream.runtime.contact_imports import publish_contact_import
 from tests.integration.test_bulk_enroll import bulk_enroll, summary_of
+from tests.integration.test_cli_operations import Ran, cli, cli_env
 from tests.integration.test_decider_runtime import ACCOUNT, send
 from tests.servers.dns import LocalDnsServer
 from tests.servers.smtp import RecordingSmtpServer
@@ -189,3 +192,31 @@ async def test_an_enroll_by_id_is_mx_verified_against_the_profiles_email(
     assert results["val"].status == "accepted"
     assert (results["cyd"].status, results["cyd"].code) == ("skipped", "mx_invalid")
     assert dns_server.query_count("good.test") == 1
+
+
+async def test_the_cli_puts_and_shows_a_contact_and_refuses_an_unknown_time_zone(
+    settings: Settings, topics: Topics
+) -> None:
+    env = cli_env(settings)
+    async with running_worker(settings):
+        put = await cli(
+            "contacts", "put", "lin", "--name", "Lin <script>", "--email", "lin@example.org",
+            "--time-zone", "Asia/Tokyo", env=env,
+        )  # fmt: skip
+        refused = await cli("contacts", "put", "bad", "--time-zone", "Mars/Base", env=env)
+
+        async def shown() -> Ran:
+            for _ in range(50):
+                show = await cli("contacts", "show", "lin", env=env)
+                if show.code == 0:
+                    return show
+                await asyncio.sleep(0.2)
+            return show
+
+        show = await shown()
+        theirs = await cli("contacts", "show", "lin", env={**env, "ENROLLSTREAM_ACCOUNT": "acct-other"})
+    assert put.code == 0 and "accepted: PutContact.v1" in put.out, (put.out, put.err)
+    assert refused.code == 1 and refused.one_error_line and "time_zone" in refused.err, refused.err
+    assert show.code == 0, show.err
+    assert "Lin <script>" in show.out and "lin@example.org" in show.out and "Asia/Tokyo" in show.out
+    assert theirs.code == 1 and "contact_not_found" in theirs.err

@@ -510,3 +510,9 @@ update contacts c
    set opted_out = true, last_version = u.version, updated_at = u.at
   from unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[]) as u(account_id, contact_id, version, at)
  where c.account_id = u.account_id and c.contact_id = u.contact_id and c.last_version < u.version;
+
+-- name: contact_by_id
+-- One contact of one account's directory (another account's contact of the same id is not found).
+select account_id, contact_id, name, email, mobile, line_type, time_zone, opted_out, last_version, updated_at
+  from contacts
+ where account_id = $1 and contact_id = $2;
