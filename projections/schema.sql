@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0015 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0016 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -276,6 +276,23 @@ UNION ALL
   WHERE (cardinality(d.event_ids) = 0);
 
 --
+-- Name: contacts; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.contacts (
+    account_id text NOT NULL,
+    contact_id text NOT NULL,
+    name text DEFAULT ''::text NOT NULL,
+    email text,
+    mobile text,
+    line_type text DEFAULT 'unknown'::text NOT NULL,
+    time_zone text,
+    opted_out boolean DEFAULT false NOT NULL,
+    last_version bigint NOT NULL,
+    updated_at timestamp with time zone NOT NULL
+);
+
+--
 -- Name: delivery_ledger; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -474,6 +491,13 @@ ALTER TABLE ONLY public.campaign_stats
     ADD CONSTRAINT campaign_stats_pkey PRIMARY KEY (account_id, campaign_id);
 
 --
+-- Name: contacts contacts_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.contacts
+    ADD CONSTRAINT contacts_pkey PRIMARY KEY (account_id, contact_id);
+
+--
 -- Name: decisions decisions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
 --
 
@@ -567,6 +591,12 @@ CREATE INDEX bulk_enrollments_campaign ON public.bulk_enrollments USING btree (a
 --
 
 CREATE INDEX bulk_enrollments_import ON public.bulk_enrollments USING btree (account_id, contact_import_id);
+
+--
+-- Name: contacts_by_name; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX contacts_by_name ON public.contacts USING btree (account_id, lower(name), contact_id);
 
 --
 -- Name: decisions_command; Type: INDEX; Schema: public; Owner: -

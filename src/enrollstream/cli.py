@@ -840,6 +840,59 @@ def api_key_revoke(
     console.print(f"revoked {revoked.key_id} of account {revoked.account_id}", markup=False, highlight=False)
 
 
+contacts_app = typer.Typer(
+    help="The contact directory of an account: profiles Enrolls by id take (seed 001)."
+)
+app.add_typer(contacts_app, name="contacts")
+
+
+@contacts_app.command("put")
+@friendly_errors
+def contacts_put(
+    contact: str = typer.Argument(..., help="the contact id"),
+    account: str = ACCOUNT,
+    name: str = typer.Option("", help="the contact's name"),
+    email: str | None = typer.Option(None, help="the contact's email address"),
+    mobile: str | None = typer.Option(None, help="the contact's mobile number"),
+    line_type: str = typer.Option("unknown", help="mobile, landline, voip or unknown"),
+    time_zone: str | None = typer.Option(None, help="an IANA time zone, e.g. Europe/Berlin"),
+    opted_out: bool = typer.Option(False, help="opt the contact out (never undone by a later put)"),
+    timeout: float = typer.Option(30.0, help="seconds to wait for the result"),
+) -> None:
+    """Create or replace a contact's profile (the whole profile) and wait for the result."""
+    from pydantic import ValidationError
+
+    try:
+        result = _send(
+            lambda c: c.put_contact_and_wait(
+                account, contact, name=name, email=email, mobile=mobile, line_type=line_type,
+                time_zone=time_zone, opted_out=opted_out, timeout=timeout,
+            )
+        )  # fmt: skip
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        err.print(f"error: {'.'.join(map(str, problem['loc'][1:]))}: {problem['msg']}", markup=False)
+        raise typer.Exit(code=EXIT_REFUSED) from None
+    _print_result(result)
+
+
+@contacts_app.command("show")
+@friendly_errors
+def contacts_show(contact: str = typer.Argument(..., help="the contact id"), account: str = ACCOUNT) -> None:
+    """The contact's profile as the read model has it (`contacts`, migration 0016)."""
+    from enrollstream.adapters.postgres.queries import query
+
+    row = _query(lambda conn: conn.fetchrow(query("contact_by_id"), account, contact))
+    if row is None:
+        err.print(f"contact_not_found: no contact {contact!r} in account {account!r}", markup=False)
+        raise typer.Exit(code=EXIT_REFUSED)
+    table = DataTable("field", "value", title=f"contact {contact}")
+    for field in ("name", "email", "mobile", "line_type", "time_zone", "opted_out", "updated_at"):
+        value = row[field]
+        table.add_row(field, "" if value is None else _when(value) if field == "updated_at" else str(value))
+    console.print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(app())

@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from enrollstream.adapters.kafka.topics import Topics, partition_numbers
 from enrollstream.domain import BulkEnroll, CommandResult, aggregate_key, parse_command
-from enrollstream.domain.commands import ContactCommand
+from enrollstream.domain.commands import ContactCommand, PutContact
 from enrollstream.domain.integration import AnyIntegrationEvent, integration_event_adapter
 
 
@@ -179,6 +179,106 @@ class EnrollstreamClient:
         """Seed 004 "Unenroll": a step being processed completes, nothing after it is sent."""
         data = {"contact_id": contact_id, "enrollment_id": enrollment_id, "note": note}
         return await self.send(self.envelope("Unenroll.v1", account_id, data), timeout)
+
+    # --- the contact directory ------------------------------------------------------------------
+
+    def put_contact_command(
+        self,
+        account_id: str,
+        contact_id: str,
+        *,
+        name: str = "",
+        email: str | None = None,
+        mobile: str | None = None,
+        line_type: str = "unknown",
+        time_zone: str | None = None,
+        opted_out: bool = False,
+        command_id: str | None = None,
+        actor: str | None = None,
+    ) -> PutContact:
+        """The PutContact.v1 for this profile, validated (pydantic.ValidationError names a field out of
+        bounds: a NUL, an overlong name, an unknown time zone)."""
+        data = {
+            "contact_id": contact_id,
+            "name": name,
+            "email": email,
+            "mobile": mobile,
+            "line_type": line_type,
+            "time_zone": time_zone,
+            "opted_out": opted_out,
+        }
+        command = parse_command(
+            self.envelope("PutContact.v1", account_id, data, command_id=command_id, actor=actor)
+        )
+        assert isinstance(command, PutContact)
+        return command
+
+    async def put_contact(
+        self,
+        account_id: str,
+        contact_id: str,
+        *,
+        name: str = "",
+        email: str | None = None,
+        mobile: str | None = None,
+        line_type: str = "unknown",
+        time_zone: str | None = None,
+        opted_out: bool = False,
+        command_id: str | None = None,
+        actor: str | None = None,
+    ) -> str:
+        """`PUT /contacts/{contact_id}`: create or replace the contact's profile in the account's directory
+        (upsert). Publishes PutContact.v1 and returns its command id; `put_contact_and_wait` also waits
+        for the result. `opted_out=True` opts the contact out; False never re-subscribes one."""
+        return await self.publish(
+            self.put_contact_command(
+                account_id, contact_id, name=name, email=email, mobile=mobile, line_type=line_type,
+                time_zone=time_zone, opted_out=opted_out, command_id=command_id, actor=actor,
+            )
+        )  # fmt: skip
+
+    async def put_contact_and_wait(
+        self,
+        account_id: str,
+        contact_id: str,
+        *,
+        name: str = "",
+        email: str | None = None,
+        mobile: str | None = None,
+        line_type: str = "unknown",
+        time_zone: str | None = None,
+        opted_out: bool = False,
+        command_id: str | None = None,
+        actor: str | None = None,
+        timeout: float = 30.0,
+    ) -> CommandResult:
+        """`put_contact`, then its result (status accepted, or rejected with a code)."""
+        command = self.put_contact_command(
+            account_id, contact_id, name=name, email=email, mobile=mobile, line_type=line_type,
+            time_zone=time_zone, opted_out=opted_out, command_id=command_id, actor=actor,
+        )  # fmt: skip
+        return await self.send(command, timeout)
+
+    async def enroll_contact(
+        self,
+        account_id: str,
+        contact_id: str,
+        campaign_id: str,
+        *,
+        batch_number: int = 0,
+        priority: bool = False,
+        command_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> CommandResult:
+        """Seed 001 `enroll_contact {contact_id, batch_number, priority}`: the facts come from the contact's
+        profile in the account's directory; a contact never put is rejected `contact_not_found`."""
+        data = {
+            "contact_id": contact_id,
+            "campaign_id": campaign_id,
+            "batch_number": batch_number,
+            "priority": priority,
+        }
+        return await self.send(self.envelope("Enroll.v1", account_id, data, command_id=command_id), timeout)
 
     # --- integration events ---------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, model_validator
+from pydantic import AfterValidator, Field, TypeAdapter, model_validator
 
 from .bounds import KEY_SEPARATOR, MAX_ID_LENGTH, Id, Instant, Int32, Line, Text
-from .campaign import CampaignDefinition, CampaignStatus, ContactFacts, Model, MxAnswer, Pause
+from .campaign import CampaignDefinition, CampaignStatus, ContactFacts, LineType, Model, MxAnswer, Pause
+from .schedule import valid_zone
 
 
 def aggregate_key(account_id: str, contact_id: str) -> str:
@@ -59,8 +60,9 @@ class EnrollData(ContactData):
     campaign_id: Id
     # The runtime fills the campaign in from the campaigns topic before deciding (None: not found).
     campaign: CampaignDefinition | None = None
-    # The contact's facts as upstream knows them (this system keeps no contact directory); None means
-    # the contact is unknown: `contact_not_found`.
+    # The contact's facts for this enrollment, inline (as before the directory existed), or None: the
+    # decider takes the profile of the contact's directory entry (`PutContact`); a contact never put is
+    # `contact_not_found`. Inline facts do not change the directory (docs/architecture.md "Contacts").
     contact: ContactFacts | None = None
     mx: MxAnswer | None = None  # required when the campaign verifies MX and sends email
     batch_number: Int32 = 0
@@ -143,6 +145,56 @@ def fan_out_bulk_enroll(cmd: BulkEnroll) -> list[Enroll]:
 
 def batch_count(cmd: BulkEnroll) -> int:
     return -(-len(cmd.data.contacts or []) // cmd.data.batch_size)
+
+
+# --- The contact directory ---------------------------------------------------------------------
+
+# Bounds of a contact profile (docs/client.md "Bounds"): the profile lives in the contact's snapshot and
+# is copied into every enrollment of the contact, so each field is bounded where it enters.
+MAX_CONTACT_NAME = 256
+MAX_EMAIL = 320  # RFC 3696: 64 for the local part, @, 255 for the domain
+MAX_MOBILE = 64
+MAX_TIME_ZONE = 64
+
+
+def _known_time_zone(value: str | None) -> str | None:
+    if value is not None and not valid_zone(value):
+        raise ValueError(f"unknown time zone {value!r}: use an IANA name such as Europe/Berlin")
+    return value
+
+
+class PutContactData(ContactData):
+    """A contact's whole profile in the account's directory (seed 001 "contact must be in the same
+    account"). Upsert: the profile given replaces the one before."""
+
+    name: Annotated[Line, Field(max_length=MAX_CONTACT_NAME)] = ""
+    email: Annotated[Line, Field(max_length=MAX_EMAIL)] | None = None
+    mobile: Annotated[Line, Field(max_length=MAX_MOBILE)] | None = None
+    line_type: LineType = LineType.UNKNOWN
+    time_zone: Annotated[Line, Field(max_length=MAX_TIME_ZONE), AfterValidator(_known_time_zone)] | None = (
+        None
+    )
+    # True opts the contact out (as OptOut does: running enrollments stop). False never re-subscribes a
+    # contact that opted out: the directory keeps `opted_out: true`.
+    opted_out: bool = False
+
+    def facts(self) -> ContactFacts:
+        return ContactFacts(
+            name=self.name,
+            email=self.email or None,
+            mobile=self.mobile or None,
+            line_type=self.line_type,
+            time_zone=self.time_zone or None,
+            opted_out=self.opted_out,
+        )
+
+
+class PutContact(CommandEnvelope):
+    """Create or replace a contact's profile in its account's directory; an Enroll that names only the
+    contact id takes its facts from there."""
+
+    type: Literal["PutContact.v1"] = "PutContact.v1"
+    data: PutContactData
 
 
 # --- Scheduler and dispatcher --------------------------------------------------------------------
@@ -330,6 +382,7 @@ class MarkFinished(CommandEnvelope):
 # Commands decided by one aggregate (BulkEnroll is fanned out first).
 ContactCommand = (
     Enroll
+    | PutContact
     | StepDue
     | DeliveryReported
     | ExpiryDue
@@ -346,6 +399,7 @@ ContactCommand = (
 Command = Annotated[ContactCommand | BulkEnroll, Field(discriminator="type")]
 COMMAND_TYPES: tuple[type[CommandEnvelope], ...] = (
     Enroll,
+    PutContact,
     BulkEnroll,
     StepDue,
     DeliveryReported,

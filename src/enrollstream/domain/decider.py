@@ -26,6 +26,7 @@ from .commands import (
     MarkFinished,
     OpenDetected,
     OptOut,
+    PutContact,
     ReplyDetected,
     StepDue,
     Stop,
@@ -40,6 +41,8 @@ from .events import (
     ContactEnrolledData,
     ContactOptedOut,
     ContactOptedOutData,
+    ContactProfileSet,
+    ContactProfileSetData,
     EnrollmentCompleted,
     EnrollmentCompletedData,
     EnrollmentExpired,
@@ -201,6 +204,8 @@ def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
         return _enroll(command, em)
     if isinstance(command, OptOut):
         return _opt_out(command, em)
+    if isinstance(command, PutContact):
+        return _put_contact(command, em)
     e = em.state.enrollments.get(command.data.enrollment_id)
     if e is None:
         return Rejection(RejectionCode.ENROLLMENT_NOT_FOUND, "no such enrollment for this contact")
@@ -235,9 +240,14 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
     campaign = d.campaign
     if campaign is None or campaign.account_id != cmd.account_id or campaign.campaign_id != d.campaign_id:
         return Rejection(RejectionCode.CAMPAIGN_NOT_FOUND, f"campaign {d.campaign_id} not found")
-    contact = d.contact
+    # Inline facts (as before the directory), else the contact's profile in its account's directory.
+    contact = d.contact if d.contact is not None else st.profile
     if contact is None and d.bulk_enroll_id is None:
-        return Rejection(RejectionCode.CONTACT_NOT_FOUND, f"contact {d.contact_id} not found")
+        return Rejection(
+            RejectionCode.CONTACT_NOT_FOUND,
+            f"contact {d.contact_id} not found in account {cmd.account_id}",
+            {"contact_id": d.contact_id},
+        )
     if campaign.status == "archived":
         return Rejection(RejectionCode.CAMPAIGN_ARCHIVED, "archived campaigns take no new enrollments")
     latest = st.latest_in(campaign.campaign_id)
@@ -681,15 +691,37 @@ def _bounce(cmd: BounceDetected, e: Enrollment, em: _Emitter) -> _Outcome:
 
 
 def _opt_out(cmd: OptOut, em: _Emitter) -> _Outcome:
-    running = [e for e in em.state.enrollments.values() if not e.status.is_terminal]
-    if em.state.opted_out and not running:
+    if em.state.opted_out and not _running(em):
         return Ignored.STALE
+    _opt_out_contact(em, cmd.data.channel, cmd.data.detail)
+    return None
+
+
+def _running(em: _Emitter) -> list[Enrollment]:
+    return [e for e in em.state.enrollments.values() if not e.status.is_terminal]
+
+
+def _opt_out_contact(em: _Emitter, channel: str | None, detail: str) -> None:
+    """Account-wide: the contact is opted out (once) and every enrollment that has not finished stops."""
     if not em.state.opted_out:
-        em.emit(
-            ContactOptedOut, None, None, ContactOptedOutData(channel=cmd.data.channel, detail=cmd.data.detail)
-        )
-    for e in running:
-        _end_stopped(em.enrollment(e.enrollment_id), StopReason.OPTED_OUT, em, note=cmd.data.detail)
+        em.emit(ContactOptedOut, None, None, ContactOptedOutData(channel=channel, detail=detail))
+    for e in _running(em):
+        _end_stopped(em.enrollment(e.enrollment_id), StopReason.OPTED_OUT, em, note=detail)
+
+
+PROFILE_OPT_OUT_DETAIL = "opted out in the contact's profile (PutContact)"
+
+
+def _put_contact(cmd: PutContact, em: _Emitter) -> _Outcome:
+    """The profile replaces the one before. Opt-out agrees with OptOut: `opted_out: true` opts the contact
+    out (its running enrollments stop, reason opted_out); `false` never re-subscribes a contact that opted
+    out, whose profile keeps `opted_out: true`."""
+    profile = cmd.data.facts()
+    if em.state.opted_out and not profile.opted_out:
+        profile = profile.model_copy(update={"opted_out": True})
+    em.emit(ContactProfileSet, None, None, ContactProfileSetData(profile=profile))
+    if cmd.data.opted_out:
+        _opt_out_contact(em, "profile", PROFILE_OPT_OUT_DETAIL)
     return None
 
 

@@ -32,7 +32,7 @@ class EventEnvelope(Model):
     type: str
     account_id: str
     contact_id: str
-    campaign_id: str | None  # None only for contact-wide facts (ContactOptedOut)
+    campaign_id: str | None  # None only for contact-wide facts (ContactOptedOut, ContactProfileSet)
     enrollment_id: str | None
     version: int = Field(ge=1)  # per aggregate, +1 per event
     occurred_at: AwareDatetime
@@ -333,6 +333,21 @@ class ContactOptedOut(EventEnvelope):
     data: ContactOptedOutData
 
 
+class ContactProfileSetData(Model):
+    """The contact's profile in its account's directory from now on (the whole profile: upsert).
+    `profile.opted_out` is true when the contact has opted out, whatever the PutContact said."""
+
+    profile: ContactFacts
+
+
+class ContactProfileSet(EventEnvelope):
+    """Contact-wide: campaign_id and enrollment_id are None. Enrollments keep the facts they were
+    enrolled with; the profile is what later Enrolls that name only the contact id take."""
+
+    type: Literal["ContactProfileSet.v1"] = "ContactProfileSet.v1"
+    data: ContactProfileSetData
+
+
 # --- Endings ------------------------------------------------------------------------------------
 
 
@@ -444,6 +459,7 @@ Event = (
     | ReplyReceived
     | MessageBounced
     | ContactOptedOut
+    | ContactProfileSet
     | EnrollmentStopped
     | EnrollmentCompleted
     | EnrollmentFailed
@@ -473,6 +489,7 @@ EVENT_TYPES: tuple[type[EventEnvelope], ...] = (
     ReplyReceived,
     MessageBounced,
     ContactOptedOut,
+    ContactProfileSet,
     EnrollmentStopped,
     EnrollmentCompleted,
     EnrollmentFailed,

@@ -17,6 +17,7 @@ from .events import (
     BulkEnrollAccepted,
     ContactEnrolled,
     ContactOptedOut,
+    ContactProfileSet,
     EnrollmentCompleted,
     EnrollmentExpired,
     EnrollmentFailed,
@@ -159,6 +160,9 @@ class ContactState(StateModel):
     version: int = 0
     opted_out: bool = False
     opted_out_at: datetime | None = None
+    # The contact's entry in its account's directory (PutContact); None: never put, so an Enroll that
+    # names only the contact id is `contact_not_found`.
+    profile: ContactFacts | None = None
     enrollments: dict[str, Enrollment] = Field(default_factory=dict)  # in enrollment order
     # Command id -> epoch seconds it was decided at (contact time), oldest first; see COMMAND_ID_WINDOW.
     processed_command_ids: dict[str, int] = Field(default_factory=dict)
@@ -316,6 +320,11 @@ def apply_in_place(state: ContactState, event: Event) -> None:
     if isinstance(event, ContactOptedOut):
         state.opted_out = True
         state.opted_out_at = at
+        if state.profile is not None and not state.profile.opted_out:
+            state.profile = state.profile.model_copy(update={"opted_out": True})
+        return
+    if isinstance(event, ContactProfileSet):
+        state.profile = event.data.profile
         return
     if isinstance(event, EnrollmentSkipped):
         return  # a skip creates no enrollment; the projector records it

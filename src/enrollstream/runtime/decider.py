@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -58,6 +59,7 @@ from enrollstream.domain import (
     ContactState,
     Enroll,
     MxAnswer,
+    PutContact,
     accept_bulk_enroll,
     aggregate_key,
     batch_count,
@@ -188,16 +190,35 @@ def issued_at_refusal(
     )
 
 
-def _needs_mx(command: Enroll) -> bool:
+def _needs_mx(command: Enroll, email: str | None) -> bool:
     d = command.data
     return (
         d.mx is None
         and d.campaign is not None
         and d.campaign.verify_email_mx
         and d.campaign.uses(Channel.EMAIL)
-        and d.contact is not None
-        and bool(d.contact.email)
+        and bool(email)
     )
+
+
+def _emails_to_verify(
+    prepared: list[tuple[object, _Prepared]], states: Mapping[str, ContactState]
+) -> dict[int, str]:
+    """The email each Enroll will be decided with, by its index in the batch: its inline facts', else the
+    contact's profile as it will be when the Enroll is decided (a PutContact earlier in the same batch
+    included), so an Enroll naming only the contact id is verified against the address it is sent to."""
+    profiles = {key: state.profile.email if state.profile else None for key, state in states.items()}
+    emails: dict[int, str] = {}
+    for i, (_, item) in enumerate(prepared):
+        if isinstance(item, PutContact):
+            profiles[aggregate_key(item.account_id, item.contact_id)] = item.data.email or None
+        elif isinstance(item, Enroll):
+            contact = item.data.contact
+            key = aggregate_key(item.account_id, item.contact_id)
+            email = contact.email if contact is not None else profiles.get(key)
+            if _needs_mx(item, email):
+                emails[i] = email or ""
+    return emails
 
 
 @dataclass
@@ -391,7 +412,7 @@ class DeciderService:
         producer = owner.producer
         # Parsing and lookups (the campaign, MX answers over DNS) happen before the transaction opens,
         # so a slow DNS server never holds a transaction open.
-        prepared = self._too_large_to_dead_letters(owner, await self._prepare(records))
+        prepared = self._too_large_to_dead_letters(owner, await self._prepare(records, owner.states))
         try:
             await producer.begin_transaction()
             for record, item in prepared:
@@ -525,13 +546,15 @@ class DeciderService:
             consumer.pause(tp)
             owner.resume_at = time.monotonic() + min(0.25 * 2 ** (failures - 2), self.max_retry_backoff_s)
 
-    async def _prepare(self, records: list[object]) -> list[tuple[object, _Prepared]]:
+    async def _prepare(
+        self, records: list[object], states: Mapping[str, ContactState]
+    ) -> list[tuple[object, _Prepared]]:
         """Each record parsed (or its dead letter, or its refusal) with the lookups its command needs
         filled in by the runtime, never taken from the command."""
         prepared: list[tuple[object, _Prepared]] = []
         for record in records:
             prepared.append((record, self._prepare_one(record)))
-        return await self._with_mx_answers(prepared)
+        return await self._with_mx_answers(prepared, states)
 
     def _prepare_one(self, record: Any) -> _Prepared:
         value: bytes | None = record.value
@@ -559,19 +582,19 @@ class DeciderService:
         return self._with_campaign(command) if isinstance(command, Enroll) else command
 
     async def _with_mx_answers(
-        self, prepared: list[tuple[object, _Prepared]]
+        self, prepared: list[tuple[object, _Prepared]], states: Mapping[str, ContactState]
     ) -> list[tuple[object, _Prepared]]:
         """Enrolls in campaigns that verify MX get the answer for the contact's email domain, looked up
         concurrently (the verifier caches and shares lookups). No verifier: the domain refuses them
         with `mx_answer_missing`, explicitly."""
         verifier = self.mx
-        wanted = [i for i, (_, item) in enumerate(prepared) if isinstance(item, Enroll) and _needs_mx(item)]
+        emails = _emails_to_verify(prepared, states)
+        wanted = list(emails)
         if verifier is None or not wanted:
             return prepared
         limit = asyncio.Semaphore(50)
 
-        async def answer(command: Enroll) -> MxAnswer:
-            email = command.data.contact.email if command.data.contact else ""
+        async def answer(email: str) -> MxAnswer:
             async with limit:
                 try:
                     return await verifier.verify(email or "")
@@ -582,8 +605,7 @@ class DeciderService:
                         answered=False,
                     )  # fmt: skip
 
-        enrolls = [prepared[i][1] for i in wanted]
-        answers = await asyncio.gather(*(answer(e) for e in enrolls if isinstance(e, Enroll)))
+        answers = await asyncio.gather(*(answer(emails[i]) for i in wanted))
         out = list(prepared)
         for i, mx in zip(wanted, answers, strict=True):
             record, command = out[i]

@@ -38,7 +38,14 @@ from enrollstream.adapters.kafka.reading import group_consumer
 from enrollstream.adapters.postgres.errors import Backoff, is_data_error
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.domain import CommandResult, parse_event
-from enrollstream.domain.events import BulkEnrollAccepted, EnrollmentSkipped, Event, ReplyReceived
+from enrollstream.domain.events import (
+    BulkEnrollAccepted,
+    ContactOptedOut,
+    ContactProfileSet,
+    EnrollmentSkipped,
+    Event,
+    ReplyReceived,
+)
 from enrollstream.observability import Progress
 from enrollstream.read_models import enrollments, timers
 
@@ -318,6 +325,7 @@ class ProjectorService:
                 await self._write_timeline(conn, events)
                 await self._write_skips_and_replies(conn, events)
                 await self._write_bulk_enrollments(conn, events)
+                await self._write_contacts(conn, events)
             await self._write_decisions(conn, results)
         self.applied_events += len(events)
         self.applied_results += len(results)
@@ -482,6 +490,38 @@ class ProjectorService:
             for e in accepted
         ]
         await conn.execute(query("insert_bulk_enrollments"), *map(list, zip(*rows, strict=True)))
+
+    async def _write_contacts(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+        """The contact directory (migration 0016): the last profile per contact of the batch, then the
+        opt-outs (each guarded by the aggregate version, so order across batches does not matter)."""
+        profiles: dict[tuple[str, str], ContactProfileSet] = {}
+        opt_outs: dict[tuple[str, str], ContactOptedOut] = {}
+        for e in events:
+            key = (e.account_id, e.contact_id)
+            if isinstance(e, ContactProfileSet):
+                profiles[key] = e
+            elif isinstance(e, ContactOptedOut):
+                opt_outs[key] = e
+        if profiles:
+            rows = [
+                (
+                    e.account_id,
+                    e.contact_id,
+                    e.data.profile.name,
+                    e.data.profile.email,
+                    e.data.profile.mobile,
+                    e.data.profile.line_type.value,
+                    e.data.profile.time_zone,
+                    e.data.profile.opted_out,
+                    e.version,
+                    e.occurred_at,
+                )
+                for e in profiles.values()
+            ]
+            await conn.execute(query("upsert_contacts"), *map(list, zip(*rows, strict=True)))
+        if opt_outs:
+            outs = [(e.account_id, e.contact_id, e.version, e.occurred_at) for e in opt_outs.values()]
+            await conn.execute(query("opt_out_contacts"), *map(list, zip(*outs, strict=True)))
 
 
 class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -30,6 +30,7 @@ COMPARED_TABLES: dict[str, str] = {
     "replies": "event_id",
     "campaign_stats": "account_id, campaign_id",
     "bulk_enrollments": "account_id, bulk_enroll_id",
+    "contacts": "account_id, contact_id",
     "timers": "enrollment_id, kind",
     "decisions": "result_partition, result_offset",
 }

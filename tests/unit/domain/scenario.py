@@ -30,6 +30,7 @@ from enrollstream.domain import (
     MarkFinished,
     OpenDetected,
     OptOut,
+    PutContact,
     Rejection,
     ReplyDetected,
     Step,
@@ -214,6 +215,19 @@ def wait_timeout(
     extra = {"campaign_pauses": pauses} if pauses is not None else {}
     result: WaitTimeout = _on_enrollment(WaitTimeout, at, enrollment, None, **extra)
     return result
+
+
+def put_contact(at: datetime = T0, command_id: str | None = None, **profile: Any) -> PutContact:
+    """The contact's directory entry (PutContact): Ada's profile unless told otherwise."""
+    fields: dict[str, Any] = {
+        "name": "Ada Lovelace",
+        "email": "ada@example.com",
+        "mobile": "+15550100",
+        "line_type": "mobile",
+        "time_zone": "Europe/London",
+    }
+    fields.update(profile)
+    return PutContact.model_validate(_envelope(at, command_id, fields))
 
 
 def opt_out(at: datetime = T0) -> OptOut:

@@ -71,6 +71,7 @@ BOOKKEEPING = {
     "ExpiryScheduled.v1",
     "ExpiryCancelled.v1",
     "WaitTimeoutExtended.v1",
+    "ContactProfileSet.v1",  # a directory entry, not an enrollment transition (and no PII to relays)
     "ContactOptedOut.v1",  # contact-wide; each running enrollment gets its own EnrollmentStopped
     "BulkEnrollAccepted.v1",
 }

@@ -43,7 +43,7 @@ from enrollstream.domain import (
     evolve,
     initial_state,
 )
-from enrollstream.domain.commands import DeliveryOutcome, DeliveryReported, Enroll, StepDue
+from enrollstream.domain.commands import DeliveryOutcome, DeliveryReported, Enroll, PutContactData, StepDue
 from enrollstream.domain.events import Event
 from enrollstream.read_models.enrollments import EnrollmentRow, apply, differences, row_of
 from tests.unit.domain.scenario import ACCOUNT, CONTACT, DAY, HOUR, T0, blast, campaign, contact, eid, step
@@ -70,6 +70,7 @@ CONTACTS = [
     contact(line_type="landline"),
     contact(email=None),
     contact(opted_out=True),
+    contact(time_zone="America/New_York"),
 ]
 GAPS = [timedelta(0), timedelta(0), HOUR, HOUR, DAY, DAY, 3 * DAY, 8 * DAY]
 
@@ -152,6 +153,8 @@ def _model(scene: _Scene, model: type[BaseModel]) -> dict[str, Any]:
         chosen = values["campaign"]
         if chosen is not None and not _chance(scene, 10):
             values["campaign_id"] = chosen.campaign_id
+    if model is PutContactData:  # a directory entry: one of the contacts, so later Enrolls by id run deep
+        values.update(_pick(scene, CONTACTS).model_dump())
     if (
         "outcome" in values and "retry_at" in values
     ):  # a report carries a retry time when, and only when, deferred

@@ -489,3 +489,30 @@ select projection, topic, partition, "offset", event_id, type, account_id, reaso
   from unprojectable_events
  order by at desc, topic desc, partition desc, "offset" desc
  limit $1;
+
+-- name: upsert_contacts
+-- From ContactProfileSet events (the last per contact of a batch): the whole profile. The version guard
+-- makes a replayed or older event a no-op.
+insert into contacts
+    (account_id, contact_id, name, email, mobile, line_type, time_zone, opted_out, last_version, updated_at)
+select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                     $8::bool[], $9::bigint[], $10::timestamptz[])
+on conflict (account_id, contact_id) do update
+   set name = excluded.name, email = excluded.email, mobile = excluded.mobile,
+       line_type = excluded.line_type, time_zone = excluded.time_zone, opted_out = excluded.opted_out,
+       last_version = excluded.last_version, updated_at = excluded.updated_at
+ where contacts.last_version < excluded.last_version;
+
+-- name: opt_out_contacts
+-- From ContactOptedOut events: a contact with a profile is opted out from then on. A contact without one
+-- gets it opted out when it is put (the decider records the profile opted out).
+update contacts c
+   set opted_out = true, last_version = u.version, updated_at = u.at
+  from unnest($1::text[], $2::text[], $3::bigint[], $4::timestamptz[]) as u(account_id, contact_id, version, at)
+ where c.account_id = u.account_id and c.contact_id = u.contact_id and c.last_version < u.version;
+
+-- name: contact_by_id
+-- One contact of one account's directory (another account's contact of the same id is not found).
+select account_id, contact_id, name, email, mobile, line_type, time_zone, opted_out, last_version, updated_at
+  from contacts
+ where account_id = $1 and contact_id = $2;
