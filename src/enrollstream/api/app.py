@@ -16,7 +16,6 @@ from enrollstream import __version__
 from enrollstream.api import campaigns
 from enrollstream.api.context import ApiContext
 from enrollstream.api.errors import install_error_handlers
-from enrollstream.console.app import create_console
 
 TITLE = "enrollstream"
 DESCRIPTION = (
@@ -31,6 +30,8 @@ def create_app(context: ApiContext | None = None) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     app.include_router(campaigns.router)
+    from enrollstream.console.app import create_console  # here: the console imports the API's context
+
     app.mount("/console", create_console(context))  # the Enrollments console (docs/console.md)
     return app
 
