@@ -335,7 +335,11 @@ async def test_the_console_keeps_its_walls(settings: Settings, database_url: str
 
         await sign_in(page, api, key)
         enrollments = f"{api.url}/console/campaigns/{CAMPAIGN}/enrollments"
-        await page.goto(enrollments)
+        page_answer = await page.goto(enrollments)
+        assert page_answer is not None
+        policy = page_answer.headers["content-security-policy"]
+        scripts = policy.split("script-src")[1].split(";")[0]
+        assert scripts.strip().startswith("'nonce-") and "unsafe-inline" not in scripts
         [row] = await sql(database_url, "select enrollment_id from enrollments where account_id = $1 and "
                           "contact_id = 'c01'", ACCOUNT)  # fmt: skip
         stop_url = f"{enrollments}/{row['enrollment_id']}/stop"
