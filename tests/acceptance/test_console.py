@@ -29,6 +29,7 @@ from enrollstream.client import EnrollstreamClient
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition
 from enrollstream.runtime.campaigns import publish_campaign
+from tests.servers.smtp import RecordingSmtpServer
 from tests.support import read_until, running_worker
 
 pytestmark = pytest.mark.acceptance
@@ -36,12 +37,19 @@ pytestmark = pytest.mark.acceptance
 CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by scripts/install-chromium.sh
 ACCOUNT, OTHER = "acct-console", "acct-elsewhere"
 CAMPAIGN = "welcome"
+PULSE = "pulse"  # one second between steps: the page follows its sends live
+SENDING_ROLES = ("decider", "projector", "scheduler", "dispatcher", "api")
 SCRIPT_NAME = "<script>alert(1)</script>"
 ORDINARY = [f"c{i:02d}" for i in range(1, 26)]  # 25 + the <script> contact: two pages of 20
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
 
 
-def welcome(account: str = ACCOUNT, campaign_id: str = CAMPAIGN, name: str = "Welcome") -> CampaignDefinition:
+def welcome(
+    account: str = ACCOUNT,
+    campaign_id: str = CAMPAIGN,
+    name: str = "Welcome",
+    delays: tuple[str, ...] = ("PT30M", "P2D", "P5D"),
+) -> CampaignDefinition:
     return CampaignDefinition.model_validate(
         {
             "campaign_id": campaign_id,
@@ -53,7 +61,7 @@ def welcome(account: str = ACCOUNT, campaign_id: str = CAMPAIGN, name: str = "We
             "steps": [
                 {"channel": "email", "delay": delay,
                  "content": {"subject": f"Step {n}", "body": "Hello {{ name }}"}}
-                for n, delay in ((1, "PT30M"), (2, "P2D"), (3, "P5D"))
+                for n, delay in enumerate(delays, start=1)
             ],
         }
     )  # fmt: skip
@@ -68,16 +76,21 @@ async def wait_for(what: str, check: Callable[[], Awaitable[bool]], timeout: flo
 
 
 @contextlib.asynccontextmanager
-async def console_stack(settings: Settings) -> AsyncIterator[tuple[ApiServer, EnrollstreamClient]]:
+async def console_stack(
+    settings: Settings, roles: tuple[str, ...] = ("decider", "projector", "api")
+) -> AsyncIterator[tuple[ApiServer, EnrollstreamClient]]:
     """The worker with the api role, the campaigns, and the enrolled contacts (projected)."""
     settings = settings.model_copy(update={"api_port": 0})
     assert settings.kafka_bootstrap_servers and settings.database_url
     bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
-    async with running_worker(settings, ("decider", "projector", "api")) as worker:
+    async with running_worker(settings, roles) as worker:
         assert worker.api is not None
         topic = f"{settings.topic_prefix}campaigns"
         await publish_campaign(bootstrap, topic, welcome())
         await publish_campaign(bootstrap, topic, welcome(OTHER, "theirs", "Their campaign"))
+        await publish_campaign(
+            bootstrap, topic, welcome(campaign_id=PULSE, name="Pulse", delays=("PT1S",) * 3)
+        )
         async with EnrollstreamClient(bootstrap, settings.topic_prefix, actor="crm") as client:
             contacts = [(c, f"Contact {c[1:]}", "alice" if i < 10 else "bob") for i, c in enumerate(ORDINARY)]
             contacts.append(("scripted", SCRIPT_NAME, "bob"))
@@ -158,13 +171,26 @@ async def card(page: Page, key: str) -> int:
     return int(await page.inner_text(f"#live a.card[data-card={key}] .n"))
 
 
-async def test_the_enrollments_page_in_a_real_browser(settings: Settings, database_url: str) -> None:
+async def test_the_enrollments_page_in_a_real_browser(
+    settings: Settings, database_url: str, smtp_server: RecordingSmtpServer
+) -> None:
     key_conn = await asyncpg.connect(database_url)
     try:
         _, key = await create_api_key(key_conn, ACCOUNT, "console test")
     finally:
         await key_conn.close()
-    async with console_stack(settings) as (api, client), async_playwright() as playwright:
+    sending = settings.model_copy(
+        update={
+            "smtp_host": smtp_server.host,
+            "smtp_port": smtp_server.port,
+            "smtp_starttls": False,
+            "sender_from": "Acme <hello@acme.example>",
+            "unsubscribe_url": "https://u.acme.example/u",
+            "unsubscribe_keys": "console-unsubscribe-key-0123456789",
+            "scheduler_interval_ms": 100,
+        }
+    )
+    async with console_stack(sending, SENDING_ROLES) as (api, client), async_playwright() as playwright:
         browser = await launch(playwright)
         context = await browser.new_context(viewport={"width": 1280, "height": 900})
         page = await context.new_page()
@@ -180,7 +206,7 @@ async def test_the_enrollments_page_in_a_real_browser(settings: Settings, databa
         assert await page.locator("text=Their campaign").count() == 0, "another account's campaign"
 
         # The campaign list -> View Enrollments.
-        await page.click("text=View Enrollments")
+        await page.locator("tr", has_text="Welcome").locator("text=View Enrollments").click()
         await page.wait_for_url(f"**/console/campaigns/{CAMPAIGN}/enrollments")
         counted = dict(
             (await sql(database_url,
@@ -298,6 +324,21 @@ async def test_the_enrollments_page_in_a_real_browser(settings: Settings, databa
         await page.check("#select-all")
         await page.click("button[data-batch=send_message]")
         assert "up to 10 contacts" in await page.inner_text(".problem")
+
+        # The page follows sends as they go out: two contacts of a campaign one second between steps,
+        # enrolled while its page is open, reach Completed with their three emails, with no reload.
+        await page.goto(f"{api.url}/console/campaigns/{PULSE}/enrollments")
+        await page.evaluate("window.notReloaded = true")
+        for contact_id, name in (("p1", "Pulse Ada"), ("p2", "Pulse Grace")):
+            enrolled = await client.enroll(
+                ACCOUNT, contact_id, PULSE, name=name, email=f"{contact_id}@example.org"
+            )
+            assert enrolled.status == "accepted"
+        await page.locator("#live a.card[data-card=completed] .n", has_text="2").wait_for(timeout=30_000)
+        assert [r["status"] for r in await rows_of(page)] == ["completed", "completed"]
+        assert await page.evaluate("window.notReloaded") is True
+        assert len(smtp_server.received_for("p1@example.org")) == 3
+        assert len(smtp_server.received_for("p2@example.org")) == 3
 
         # The contact's "why", in plain words.
         await page.goto(f"{api.url}/console/campaigns/{CAMPAIGN}/enrollments?q=contact+03")
