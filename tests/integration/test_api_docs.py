@@ -38,10 +38,15 @@ def test_every_curl_block_in_the_docs_says_its_status() -> None:
 
 async def enrollment_of(database_url: str, contact_id: str) -> str:
     async def projected() -> bool:
-        return await fetch_one(database_url, "select 1 from enrollments where contact_id = $1", contact_id) is not None
+        return (
+            await fetch_one(database_url, "select 1 from enrollments where contact_id = $1", contact_id)
+            is not None
+        )
 
     await eventually(projected, timeout=30, what=f"{contact_id}'s enrollment projected")
-    row = await fetch_one(database_url, "select enrollment_id from enrollments where contact_id = $1", contact_id)
+    row = await fetch_one(
+        database_url, "select enrollment_id from enrollments where contact_id = $1", contact_id
+    )
     assert row is not None
     return str(row["enrollment_id"])
 
@@ -58,7 +63,9 @@ async def test_every_curl_example_in_docs_api_md_answers_its_status(
     async with running_worker(settings), running_api(settings) as api:
         async with EnrollstreamClient(bootstrap, topics.prefix) as client:
             for contact_id in ("c-1", "c-2"):
-                put = await client.put_contact_and_wait(A, contact_id, name="Contact", email=f"{contact_id}@example.org")
+                put = await client.put_contact_and_wait(
+                    A, contact_id, name="Contact", email=f"{contact_id}@example.org"
+                )
                 assert put.status == "accepted"
         env = {
             **os.environ,
@@ -74,9 +81,12 @@ async def test_every_curl_example_in_docs_api_md_answers_its_status(
             if "$COMMAND_ID" in script:
 
                 async def decided() -> bool:
-                    return await fetch_one(
-                        database_url, "select 1 from decisions where command_id = $1", env["COMMAND_ID"]
-                    ) is not None
+                    return (
+                        await fetch_one(
+                            database_url, "select 1 from decisions where command_id = $1", env["COMMAND_ID"]
+                        )
+                        is not None
+                    )
 
                 await eventually(decided, timeout=30, what="the documented command decided")
             ran = await asyncio.create_subprocess_exec(

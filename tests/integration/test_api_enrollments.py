@@ -46,7 +46,10 @@ def drip(account_id: str, campaign_id: str = "welcome") -> CampaignDefinition:
 
 def contact_import(account_id: str, contact_import_id: str, n: int) -> ContactImport:
     contacts: list[dict[str, Any]] = [
-        {"contact_id": f"imp{i:03d}", "contact": {"name": f"Imported {i}", "email": f"imp{i:03d}@example.org"}}
+        {
+            "contact_id": f"imp{i:03d}",
+            "contact": {"name": f"Imported {i}", "email": f"imp{i:03d}@example.org"},
+        }
         for i in range(n)
     ]
     contacts[1]["contact"].pop("email")  # nothing to send an email step to: skipped, missing_address
@@ -89,7 +92,9 @@ async def api_stack(
     for campaign in (drip(A), drip(A, "other"), drip(B)):
         await publish_campaign(bootstrap, topics.campaigns, campaign)
     if imported:
-        await publish_contact_import(bootstrap, topics.contact_imports, contact_import(A, "import-1", imported))
+        await publish_contact_import(
+            bootstrap, topics.contact_imports, contact_import(A, "import-1", imported)
+        )
     key_a, key_b = await new_key(database_url, A), await new_key(database_url, B)
     async with running_worker(settings):
         async with EnrollstreamClient(bootstrap, topics.prefix, actor="crm") as client:
@@ -97,8 +102,14 @@ async def api_stack(
                 name = "<script>alert(1)</script>" if i == 0 else f"Contact {i}"
                 put = await client.put_contact_and_wait(A, f"c{i}", name=name, email=f"c{i}@example.org")
                 assert put.status == "accepted", put
-            assert (await client.put_contact_and_wait(B, "b0", name="B", email="b0@example.org")).status == "accepted"
-        async with running_api(settings) as server, client_for(server, key_a) as a, client_for(server, key_b) as b:
+            assert (
+                await client.put_contact_and_wait(B, "b0", name="B", email="b0@example.org")
+            ).status == "accepted"
+        async with (
+            running_api(settings) as server,
+            client_for(server, key_a) as a,
+            client_for(server, key_b) as b,
+        ):
             yield Api(server, a, b, database_url)
 
 
@@ -113,12 +124,17 @@ async def test_enroll_contact_by_id_lists_it_and_answers_seed_001s_errors(
 ) -> None:
     async with api_stack(settings, topics, database_url) as api:
         created = await api.a.post(
-            "/campaigns/welcome/enroll_contact", json={"contact_id": "c1", "batch_number": 1, "priority": True}
+            "/campaigns/welcome/enroll_contact",
+            json={"contact_id": "c1", "batch_number": 1, "priority": True},
         )
         assert created.status_code == 200, created.text
         enrollment = created.json()
         assert enrollment.keys() == {"id", "contact_id", "batch_number", "status"}
-        assert (enrollment["contact_id"], enrollment["batch_number"], enrollment["status"]) == ("c1", 1, "pending")
+        assert (enrollment["contact_id"], enrollment["batch_number"], enrollment["status"]) == (
+            "c1",
+            1,
+            "pending",
+        )
 
         again = await api.a.post("/campaigns/welcome/enroll_contact", json={"contact_id": "c1"})
         assert (again.status_code, error_code(again)) == (422, "contact_already_enrolled")
@@ -139,7 +155,9 @@ async def test_enroll_contact_by_id_lists_it_and_answers_seed_001s_errors(
         assert (row["sent_at"], row["opened_at"], row["replied_at"], row["bounce_reason"]) == (None,) * 4
         assert row["step_label"] == "Step 1 of 2" and row["sender"] is None  # nothing sent yet
         assert (await api.a.get("/campaigns/welcome/enrollments?status=sent")).json() == []
-        assert len((await api.a.get("/campaigns/welcome/enrollments?status=pending&batch_number=1")).json()) == 1
+        assert (
+            len((await api.a.get("/campaigns/welcome/enrollments?status=pending&batch_number=1")).json()) == 1
+        )
         assert (await api.a.get("/campaigns/welcome/enrollments?batch_number=0")).json() == []
 
         stats = (await api.a.get("/campaigns/welcome/stats")).json()
@@ -173,7 +191,9 @@ async def test_bulk_enroll_answers_seed_001s_summary_and_a_retry_with_its_key_an
         enrollments = await api.rows("select count(*) as n from enrollments")
         assert (bulk_rows[0]["n"], enrollments[0]["n"]) == (1, 44)  # one effect
 
-        unknown = await api.a.post("/campaigns/welcome/enroll", json={"contact_import_id": "nope", "batch_size": 5})
+        unknown = await api.a.post(
+            "/campaigns/welcome/enroll", json={"contact_import_id": "nope", "batch_size": 5}
+        )
         assert (unknown.status_code, error_code(unknown)) == (404, "contact_import_not_found")
 
         skips = (await api.a.get("/campaigns/welcome/skips?kind=missing_address&limit=10")).json()
@@ -195,8 +215,18 @@ async def test_bulk_enroll_answers_seed_001s_summary_and_a_retry_with_its_key_an
         by_batch = await api.a.get("/campaigns/welcome/enrollments?batch_number=3&limit=100")
         assert len(by_batch.json()) == 5 and "link" not in by_batch.headers
         named = (await api.a.get("/campaigns/welcome/enrollments?name=imported 4")).json()
-        assert sorted(r["contact_id"] for r in named) == ["imp004", "imp040", "imp041", "imp042", "imp043", "imp044"]
-        assert len((await api.a.get("/campaigns/welcome/enrollments?group=active&step=1&limit=100")).json()) == 44
+        assert sorted(r["contact_id"] for r in named) == [
+            "imp004",
+            "imp040",
+            "imp041",
+            "imp042",
+            "imp043",
+            "imp044",
+        ]
+        assert (
+            len((await api.a.get("/campaigns/welcome/enrollments?group=active&step=1&limit=100")).json())
+            == 44
+        )
         assert (await api.a.get("/campaigns/welcome/enrollments?group=stopped")).json() == []
         bad_cursor = await api.a.get("/campaigns/welcome/enrollments?cursor=not-a-cursor")
         assert bad_cursor.status_code == 422
@@ -218,26 +248,37 @@ async def test_stop_unenroll_and_mark_finished_a_selection_each_one_command_and_
         )
 
         key = {"Idempotency-Key": "stop-c0"}
-        stopped = await api.a.post("/campaigns/welcome/enrollments/stop", json={"enrollment_ids": [ids[0]]}, headers=key)
+        stopped = await api.a.post(
+            "/campaigns/welcome/enrollments/stop", json={"enrollment_ids": [ids[0]]}, headers=key
+        )
         assert stopped.status_code == 200, stopped.text
         [result] = stopped.json()["results"]
         assert (result["enrollment_id"], result["status"], result["code"]) == (ids[0], "accepted", None)
-        retried = await api.a.post("/campaigns/welcome/enrollments/stop", json={"enrollment_ids": [ids[0]]}, headers=key)
+        retried = await api.a.post(
+            "/campaigns/welcome/enrollments/stop", json={"enrollment_ids": [ids[0]]}, headers=key
+        )
         assert retried.status_code == 200 and retried.json() == stopped.json()
         again = await api.a.post("/campaigns/welcome/enrollments/stop", json={"enrollment_ids": [ids[0]]})
         [refused] = again.json()["results"]
         assert (refused["status"], refused["code"]) == ("rejected", "invalid_transition")
 
         both = await api.a.post(
-            "/campaigns/welcome/enrollments/unenroll", json={"enrollment_ids": [ids[1], ids[2]], "note": "asked"}
+            "/campaigns/welcome/enrollments/unenroll",
+            json={"enrollment_ids": [ids[1], ids[2]], "note": "asked"},
         )
         assert [r["status"] for r in both.json()["results"]] == ["accepted", "accepted"]
-        finished = await api.a.post("/campaigns/welcome/enrollments/mark_finished", json={"enrollment_ids": [ids[3]]})
+        finished = await api.a.post(
+            "/campaigns/welcome/enrollments/mark_finished", json={"enrollment_ids": [ids[3]]}
+        )
         assert [r["status"] for r in finished.json()["results"]] == ["accepted"]
 
-        unknown = await api.a.post("/campaigns/welcome/enrollments/stop", json={"enrollment_ids": [ids[3], "nope"]})
+        unknown = await api.a.post(
+            "/campaigns/welcome/enrollments/stop", json={"enrollment_ids": [ids[3], "nope"]}
+        )
         assert (unknown.status_code, error_code(unknown)) == (404, "enrollment_not_found")
-        other_campaign = await api.a.post("/campaigns/other/enrollments/stop", json={"enrollment_ids": [ids[3]]})
+        other_campaign = await api.a.post(
+            "/campaigns/other/enrollments/stop", json={"enrollment_ids": [ids[3]]}
+        )
         assert (other_campaign.status_code, error_code(other_campaign)) == (404, "enrollment_not_found")
 
         await api.projected(
@@ -255,7 +296,8 @@ async def test_stop_unenroll_and_mark_finished_a_selection_each_one_command_and_
             ids[3]: ("stopped", "marked_finished"),
         }
         stops = await api.rows(
-            "select count(*) as n from enrollment_timeline where enrollment_id = $1 and type = 'EnrollmentStopped.v1'",
+            "select count(*) as n from enrollment_timeline"
+            " where enrollment_id = $1 and type = 'EnrollmentStopped.v1'",
             ids[0],
         )
         assert stops[0]["n"] == 1  # the retried Stop had no second effect

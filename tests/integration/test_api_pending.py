@@ -23,7 +23,9 @@ async def test_a_write_not_decided_in_time_is_202_with_a_location_that_answers_o
     assert bootstrap
     await publish_campaign(bootstrap, topics.campaigns, drip(A))
     async with running_worker(settings), EnrollstreamClient(bootstrap, topics.prefix) as client:
-        assert (await client.put_contact_and_wait(A, "c1", name="Ada", email="ada@example.org")).status == "accepted"
+        assert (
+            await client.put_contact_and_wait(A, "c1", name="Ada", email="ada@example.org")
+        ).status == "accepted"
     key = await new_key(database_url, A)
     hurried = settings.model_copy(update={"api_result_timeout_s": 0.5})
     headers = {"Idempotency-Key": "enroll-c1"}
@@ -44,7 +46,11 @@ async def test_a_write_not_decided_in_time_is_202_with_a_location_that_answers_o
 
             await eventually(decided, timeout=60, what="the command decided and projected")
             command = (await as_a.get(location)).json()
-            assert (command["command_type"], command["status"], command["code"]) == ("Enroll.v1", "accepted", None)
+            assert (command["command_type"], command["status"], command["code"]) == (
+                "Enroll.v1",
+                "accepted",
+                None,
+            )
             [enrollment_id] = command["enrollment_ids"]
 
             answers = []
@@ -63,5 +69,7 @@ async def test_a_write_not_decided_in_time_is_202_with_a_location_that_answers_o
 
             await eventually(retried, timeout=60, what="the retried POST answered")
             assert set(answers) <= {200, 202}
-    enrollments = await fetch_one(database_url, "select count(*) as n from enrollments where contact_id = 'c1'")
+    enrollments = await fetch_one(
+        database_url, "select count(*) as n from enrollments where contact_id = 'c1'"
+    )
     assert enrollments is not None and enrollments["n"] == 1

@@ -11,7 +11,7 @@ import pytest
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.api.commands import command_id_for
 from enrollstream.config import Settings
-from tests.integration.test_api_enrollments import A, B, Api, api_stack, error_code
+from tests.integration.test_api_enrollments import A, Api, B, api_stack, error_code
 from tests.support import eventually
 
 
@@ -49,7 +49,9 @@ async def test_another_accounts_key_gets_404_on_every_endpoint_and_changes_nothi
 
         await eventually(decided, timeout=30, what="A's command answerable")
         await api.projected(
-            "select 1 from enrollments where enrollment_id = $1", enrollment_id, what="A's enrollment projected"
+            "select 1 from enrollments where enrollment_id = $1",
+            enrollment_id,
+            what="A's enrollment projected",
         )
         before = await snapshot_of_a(api)
 
@@ -70,14 +72,21 @@ async def test_another_accounts_key_gets_404_on_every_endpoint_and_changes_nothi
         ]
         for method, path, body in attempts:
             answer = await api.b.request(method, path, json=body)
-            assert (answer.status_code, error_code(answer)) == (404, "campaign_not_found"), (path, answer.text)
+            assert (answer.status_code, error_code(answer)) == (404, "campaign_not_found"), (
+                path,
+                answer.text,
+            )
 
         # With B's own campaign (B also has a `welcome`) and A's contact, import, enrollment, command ids.
         b_key = {"Idempotency-Key": "b-tries"}
-        contact = await api.b.post("/campaigns/welcome/enroll_contact", json={"contact_id": "c1"}, headers=b_key)
+        contact = await api.b.post(
+            "/campaigns/welcome/enroll_contact", json={"contact_id": "c1"}, headers=b_key
+        )
         assert (contact.status_code, error_code(contact)) == (404, "contact_not_found")
         imported = await api.b.post(
-            "/campaigns/welcome/enroll", json={"contact_import_id": "import-1", "batch_size": 5}, headers=b_key
+            "/campaigns/welcome/enroll",
+            json={"contact_import_id": "import-1", "batch_size": 5},
+            headers=b_key,
         )
         assert (imported.status_code, error_code(imported)) == (404, "contact_import_not_found")
         for action in ("stop", "unenroll", "mark_finished"):
@@ -96,7 +105,8 @@ async def test_another_accounts_key_gets_404_on_every_endpoint_and_changes_nothi
         b_enroll = command_id_for(B, "POST /campaigns/welcome/enroll_contact", "b-tries")
         b_bulk = command_id_for(B, "POST /campaigns/welcome/enroll", "b-tries")
         await api.projected(
-            "select 1 from decisions where account_id = $1 and command_id = any($2::text[]) having count(*) = 2",
+            "select 1 from decisions where account_id = $1 and command_id = any($2::text[])"
+            " having count(*) = 2",
             B,
             [b_enroll, b_bulk],
             what="B's refused commands projected",
@@ -126,8 +136,20 @@ async def test_invalid_bodies_queries_and_headers_are_422_invalid_request_naming
                 {},
                 ["body.batch_number", "body.priority"],
             ),
-            ("POST", "/campaigns/welcome/enroll_contact", {"contact_id": "c1", "batch_number": 2**31}, {}, ["body.batch_number"]),
-            ("POST", "/campaigns/welcome/enroll_contact", {"contact_id": "c1", "email": "x@y.z"}, {}, ["body.email"]),
+            (
+                "POST",
+                "/campaigns/welcome/enroll_contact",
+                {"contact_id": "c1", "batch_number": 2**31},
+                {},
+                ["body.batch_number"],
+            ),
+            (
+                "POST",
+                "/campaigns/welcome/enroll_contact",
+                {"contact_id": "c1", "email": "x@y.z"},
+                {},
+                ["body.email"],
+            ),
             ("POST", "/campaigns/welcome/enroll_contact", [1, 2], {}, ["body"]),
             (
                 "POST",
@@ -136,9 +158,21 @@ async def test_invalid_bodies_queries_and_headers_are_422_invalid_request_naming
                 {"Idempotency-Key": "k" * 300},
                 ["header.Idempotency-Key"],
             ),
-            ("POST", "/campaigns/welcome/enroll", {"contact_import_id": "i", "batch_size": 0}, {}, ["body.batch_size"]),
+            (
+                "POST",
+                "/campaigns/welcome/enroll",
+                {"contact_import_id": "i", "batch_size": 0},
+                {},
+                ["body.batch_size"],
+            ),
             ("POST", "/campaigns/welcome/enroll", {"batch_size": 5}, {}, ["body.contact_import_id"]),
-            ("POST", "/campaigns/welcome/enrollments/stop", {"enrollment_ids": []}, {}, ["body.enrollment_ids"]),
+            (
+                "POST",
+                "/campaigns/welcome/enrollments/stop",
+                {"enrollment_ids": []},
+                {},
+                ["body.enrollment_ids"],
+            ),
             (
                 "POST",
                 "/campaigns/welcome/enrollments/stop",
@@ -149,8 +183,20 @@ async def test_invalid_bodies_queries_and_headers_are_422_invalid_request_naming
             ("POST", "/campaigns/welcome/enrollments/pause", {"enrollment_ids": ["e"]}, {}, ["path.action"]),
             ("GET", "/campaigns/welcome/enrollments?status=delivered", None, {}, ["query.status"]),
             ("GET", "/campaigns/welcome/enrollments?limit=0", None, {}, ["query.limit"]),
-            ("GET", "/campaigns/welcome/enrollments?limit=101&batch_number=-1", None, {}, ["query.batch_number", "query.limit"]),
-            ("GET", "/campaigns/welcome/enrollments?group=everyone&step=0", None, {}, ["query.group", "query.step"]),
+            (
+                "GET",
+                "/campaigns/welcome/enrollments?limit=101&batch_number=-1",
+                None,
+                {},
+                ["query.batch_number", "query.limit"],
+            ),
+            (
+                "GET",
+                "/campaigns/welcome/enrollments?group=everyone&step=0",
+                None,
+                {},
+                ["query.group", "query.step"],
+            ),
             ("GET", "/campaigns/welcome/replies?limit=100000", None, {}, ["query.limit"]),
             ("GET", "/campaigns/welcome/skips?kind=weird", None, {}, ["query.kind"]),
         ]
