@@ -135,9 +135,9 @@ async def test_seed_001s_status_is_the_stage_filter_and_rows_name_the_latest_att
         (1, 2, "new@example.org"),
     ):
         await db.execute(
-            "insert into delivery_ledger (enrollment_id, step_index, attempt, message_id, account_id, contact_id,"
-            " channel, sender, recipient, started_at) values ('e001', $1, $2, $3, 'a', 'k001', 'email', $4,"
-            " 'k001@example.org', $5)",
+            "insert into delivery_ledger (enrollment_id, step_index, attempt, message_id, account_id,"
+            " contact_id, channel, sender, recipient, started_at)"
+            " values ('e001', $1, $2, $3, 'a', 'k001', 'email', $4, 'k001@example.org', $5)",
             step_index, attempt, f"es-{step_index}-{attempt}", sender, T0,
         )  # fmt: skip
     sent = await enrollments_page(db, "a", "c", EnrollmentFilter(stages=["sent", "opened"]))
