@@ -305,3 +305,39 @@ async def test_stop_unenroll_and_mark_finished_a_selection_each_one_command_and_
         assert sorted(r["id"] for r in stopped_group) == sorted([ids[0], ids[3]])
         stats = (await api.a.get("/campaigns/welcome/stats")).json()
         assert (stats["total"], stats["stopped"], stats["unenrolled"], stats["active"]) == (4, 2, 2, 0)
+
+
+@pytest.mark.timeout(120)
+async def test_replies_are_newest_first_with_hours_to_reply_and_only_the_accounts(
+    settings: Settings, topics: Topics, database_url: str
+) -> None:
+    # The replies read model as the projector leaves it after two replies in A's campaign and one in B's
+    # (same campaign id); driving real replies needs a dispatcher and an inbound mailbox (test_inbound.py).
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    for campaign in (drip(A), drip(B)):
+        await publish_campaign(bootstrap, topics.campaigns, campaign)
+    conn = await asyncpg.connect(database_url)
+    try:
+        for event_id, account, hours, at in (
+            ("r1", A, "1.50", "2026-11-02 10:00+00"),
+            ("r2", A, None, "2026-11-03 10:00+00"),
+            ("r3", B, "9.00", "2026-11-04 10:00+00"),
+        ):
+            await conn.execute(
+                "insert into replies (event_id, account_id, contact_id, campaign_id, enrollment_id,"
+                " replied_at, hours_to_reply, first_reply, reply_action, excerpt)"
+                " values ($1, $2, 'k-' || $1, 'welcome', 'e-' || $1, $3::text::timestamptz,"
+                " $4::text::numeric, true, 'stop', 'ok')",
+                event_id, account, at, hours,
+            )  # fmt: skip
+    finally:
+        await conn.close()
+    key_a = await new_key(database_url, A)
+    async with running_api(settings) as server, client_for(server, key_a) as as_a:
+        replies = (await as_a.get("/campaigns/welcome/replies")).json()
+        assert [(r["enrollment_id"], r["hours_to_reply"], r["reply_action"]) for r in replies] == [
+            ("e-r2", None, "stop"),
+            ("e-r1", 1.5, "stop"),
+        ]
+        assert len((await as_a.get("/campaigns/welcome/replies?limit=1")).json()) == 1
