@@ -341,3 +341,36 @@ async def test_replies_are_newest_first_with_hours_to_reply_and_only_the_account
             ("e-r1", 1.5, "stop"),
         ]
         assert len((await as_a.get("/campaigns/welcome/replies?limit=1")).json()) == 1
+
+
+@pytest.mark.timeout(240)
+async def test_a_contact_put_over_http_is_read_back_and_enrolled_by_its_id(
+    settings: Settings, topics: Topics, database_url: str
+) -> None:
+    async with api_stack(settings, topics, database_url, contacts=0) as api:
+        profile = {"name": "Grace", "email": "grace@example.org", "time_zone": "Europe/Berlin"}
+        put = await api.a.put("/contacts/g1", json=profile, headers={"Idempotency-Key": "put-g1"})
+        assert put.status_code == 200, put.text
+        assert (put.json()["contact_id"], put.json()["status"]) == ("g1", "accepted")
+        retried = await api.a.put("/contacts/g1", json=profile, headers={"Idempotency-Key": "put-g1"})
+        assert retried.status_code == 200 and retried.json() == put.json()
+        await api.projected(
+            "select 1 from contacts where account_id = $1 and contact_id = 'g1'", A, what="the contact row"
+        )
+        read = (await api.a.get("/contacts/g1")).json()
+        assert (read["name"], read["email"], read["time_zone"], read["opted_out"]) == (
+            "Grace",
+            "grace@example.org",
+            "Europe/Berlin",
+            False,
+        )
+        enrolled = await api.a.post("/campaigns/welcome/enroll_contact", json={"contact_id": "g1"})
+        assert enrolled.status_code == 200 and enrolled.json()["status"] == "pending"
+
+        unknown = await api.a.get("/contacts/nobody")
+        assert (unknown.status_code, error_code(unknown)) == (404, "contact_not_found")
+        bad = await api.a.put("/contacts/g2", json={"time_zone": "Mars/Olympus", "email": "x" * 321})
+        assert bad.status_code == 422
+        assert sorted(f["field"] for f in bad.json()["error"]["fields"]) == ["body.email", "body.time_zone"]
+        theirs = await api.b.get("/contacts/g1")
+        assert (theirs.status_code, error_code(theirs)) == (404, "contact_not_found")

@@ -24,7 +24,9 @@ async def snapshot_of_a(api: Api) -> dict[str, Any]:
     decisions = await api.rows("select count(*) as n from decisions where account_id = $1", A)
     events = await api.rows("select count(*) as n from enrollment_timeline where account_id = $1", A)
     bulk = await api.rows("select count(*) as n from bulk_enrollments where account_id = $1", A)
+    contacts = await api.rows("select * from contacts where account_id = $1 order by contact_id", A)
     return {
+        "contacts": [dict(r) for r in contacts],
         "enrollments": [dict(r) for r in enrollments],
         "decisions": decisions[0]["n"],
         "events": events[0]["n"],
@@ -92,6 +94,11 @@ async def test_another_accounts_key_gets_404_on_every_endpoint_and_changes_nothi
         for action in ("stop", "unenroll", "mark_finished"):
             answer = await api.b.post(f"/campaigns/welcome/enrollments/{action}", json=selection)
             assert (answer.status_code, error_code(answer)) == (404, "enrollment_not_found"), action
+        contact = await api.b.get("/contacts/c0")
+        assert (contact.status_code, error_code(contact)) == (404, "contact_not_found")
+        # B putting a contact of the same id makes B's contact; A's is untouched (checked below).
+        put = await api.b.put("/contacts/c0", json={"name": "B's own c0"}, headers=b_key)
+        assert put.status_code == 200, put.text
         why = await api.b.get("/campaigns/welcome/contacts/c0/why")
         assert (why.status_code, error_code(why)) == (404, "contact_not_found")
         command = await api.b.get(f"/commands/{a_command}")
@@ -104,11 +111,12 @@ async def test_another_accounts_key_gets_404_on_every_endpoint_and_changes_nothi
         # B's refused commands are decided and projected (as B's), and nothing of A's moved.
         b_enroll = command_id_for(B, "POST /campaigns/welcome/enroll_contact", "b-tries")
         b_bulk = command_id_for(B, "POST /campaigns/welcome/enroll", "b-tries")
+        b_put = command_id_for(B, "PUT /contacts/c0", "b-tries")
         await api.projected(
             "select 1 from decisions where account_id = $1 and command_id = any($2::text[])"
-            " having count(*) = 2",
+            " having count(*) = 3",
             B,
-            [b_enroll, b_bulk],
+            [b_enroll, b_bulk, b_put],
             what="B's refused commands projected",
         )
         assert await snapshot_of_a(api) == before

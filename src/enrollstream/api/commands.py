@@ -22,11 +22,11 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from enrollstream.adapters.postgres.read_side import command_decision
 from enrollstream.api.context import Account, ApiContext, Context
-from enrollstream.api.errors import ApiError, error_responses
+from enrollstream.api.errors import ApiError, FieldError, error_responses
 from enrollstream.client import CommandTimeout, new_command_id
 from enrollstream.domain import CommandResult, parse_command
 from enrollstream.domain.bounds import ID_PATTERN, MAX_ID_LENGTH
@@ -172,7 +172,14 @@ def envelope(command_type: str, account_id: str, command_id: str, data: dict[str
 async def publish_all(context: ApiContext, commands: list[dict[str, Any]]) -> list[CommandResult]:
     """Publish the commands (validated by the domain's models) and wait for every result within the
     bound; CommandPending names those still undecided."""
-    parsed = [parse_command(c) for c in commands]
+    try:
+        parsed = [parse_command(c) for c in commands]
+    except ValidationError as invalid:  # a bound the request model did not repeat: the domain's word
+        fields = [
+            FieldError(field=".".join(["body", *map(str, error["loc"][1:])]), message=error["msg"])
+            for error in invalid.errors()
+        ]
+        raise ApiError(422, "invalid_request", "the request is invalid", fields=fields) from None
     sends = [
         asyncio.create_task(context.client.send(command, timeout=context.result_timeout_s))
         for command in parsed

@@ -164,6 +164,14 @@ async def enrollments_of_campaign(
     return {r["enrollment_id"]: dict(r) for r in rows}
 
 
+async def contact_profile(
+    conn: asyncpg.Connection, account_id: str, contact_id: str
+) -> dict[str, Any] | None:
+    """One contact of the account's directory (None: never put, or another account's)."""
+    row = await conn.fetchrow(query("contact_by_id"), account_id, contact_id)
+    return None if row is None else dict(row)
+
+
 async def command_decision(
     conn: asyncpg.Connection, account_id: str, command_id: str
 ) -> dict[str, Any] | None:
