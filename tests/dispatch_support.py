@@ -110,10 +110,17 @@ async def dispatch_steps(
         await publish(
             bootstrap, topics.commands, json.dumps(enroll).encode(), key=f"{account_id}/{contact_id}"
         )
-    enrolled = await events(
-        bootstrap, topics, lambda es: sum(e.type == "StepScheduled.v1" for e in es) >= len(contacts)
-    )
-    ids = {e.contact_id: e.enrollment_id for e in enrolled if e.type == "ContactEnrolled.v1"}
+
+    # Only these contacts' events count: a test may call this again for more contacts.
+    def of_these(es: list[Event], kind: str) -> int:
+        return sum(e.type == kind and e.contact_id in contacts for e in es)
+
+    enrolled = await events(bootstrap, topics, lambda es: of_these(es, "StepScheduled.v1") >= len(contacts))
+    ids = {
+        e.contact_id: e.enrollment_id
+        for e in enrolled
+        if e.type == "ContactEnrolled.v1" and e.contact_id in contacts
+    }
     due_at = {e.enrollment_id: e.data.due_at for e in enrolled if isinstance(e, StepScheduled)}
     for contact_id, enrollment_id in ids.items():
         assert enrollment_id is not None
@@ -125,9 +132,7 @@ async def dispatch_steps(
             data=StepDueData(contact_id=contact_id, enrollment_id=enrollment_id, step_index=0, attempt=1),
         )
         await publish(bootstrap, topics.commands, due, key=f"{account_id}/{contact_id}")
-    await events(
-        bootstrap, topics, lambda es: sum(e.type == "StepDispatched.v1" for e in es) >= len(contacts)
-    )
+    await events(bootstrap, topics, lambda es: of_these(es, "StepDispatched.v1") >= len(contacts))
     return {contact_id: eid for contact_id, eid in ids.items() if eid is not None}
 
 

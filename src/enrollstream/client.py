@@ -318,7 +318,7 @@ class EnrollstreamClient:
         except TimeoutError:
             raise CommandTimeout(command_id, timeout) from None
         finally:
-            if waiter.done():
+            if waiter.done() and self._waiting.get(command_id) is waiter:
                 self._waiting.pop(command_id, None)
 
     async def _follow(self) -> None:
@@ -329,7 +329,8 @@ class EnrollstreamClient:
             for records in batch.values():
                 for record in records:
                     result = CommandResult.model_validate_json(record.value)
-                    future = self._waiting.get(result.command_id)
+                    # Popped on delivery: a waiter that timed out (the HTTP API's 202) is not kept forever.
+                    future = self._waiting.pop(result.command_id, None)
                     if future is not None and not future.done():
                         future.set_result(result)
                     elif future is None:

@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     http_port: int = Field(default=9464, ge=0, le=65535)
     log_format: Literal["json", "text"] = "json"
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
-    # /healthz says 503 "stuck" when a role has had records waiting on a partition without committing
-    # any for this long, or has failed this many times in a row at one offset.
+    # /healthz says 503 "stuck" when a role has had work waiting (records on a partition, a scheduler
+    # tick) without moving for this long, or has failed this many times in a row at one offset.
     stuck_after_s: float = Field(default=300.0, gt=0)
     stuck_retries: int = Field(default=5, ge=1)
     # Webhook relay (role `relay`, docs/webhooks.md): its own consumer group on the integration-events topic.

@@ -74,60 +74,73 @@ RETRIES = Counter(
 )
 STUCK_PARTITIONS = Gauge(
     "enrollstream_stuck_partitions",
-    "Partitions a role has work on and has not moved past for too long or too many attempts",
+    "Partitions (or named lanes of work) a role has work on and has not moved past for too long or too"
+    " many attempts",
     ["role"],
 )
 
 
+Lane = int | str  # a partition of the role's topic, or a named piece of work ("due timers", "fetching")
+
+
 @dataclass
 class Progress:
-    """Whether a role moves forward on the work it has, per partition: what makes /healthz say "stuck".
+    """Whether a role moves forward on the work it has, per lane: what makes /healthz say "stuck".
 
-    A partition is stuck when the same offset has failed `max_retries` times in a row, or when records
-    have been waiting (fetched, not yet committed) for longer than `stuck_after_s`. A role that has no
-    records to process is never stuck, however long it idles.
+    A lane is a partition the role consumes (an int), or a named piece of work of a role that has no
+    partition of its own (the scheduler's "due timers", the relay's "fetching"). A lane is stuck when the
+    same position (an offset; None for work without one) has failed `max_retries` times in a row, or
+    when work has been waiting (fetched or claimed, not yet done) for longer than `stuck_after_s`. A
+    role that has no work is never stuck, however long it idles.
     """
 
     role: str
     stuck_after_s: float = 300.0
     max_retries: int = 5
     clock: Callable[[], float] = time.monotonic
-    _waiting_since: dict[int, float] = field(default_factory=dict)
-    _retries: dict[int, tuple[int, int]] = field(default_factory=dict)  # partition -> (offset, times)
+    _waiting_since: dict[Lane, float] = field(default_factory=dict)
+    _retries: dict[Lane, tuple[int | None, int]] = field(default_factory=dict)  # lane -> (offset, times)
 
-    def working(self, partition: int) -> None:
-        """Records are there to process: the clock starts unless it already runs."""
-        self._waiting_since.setdefault(partition, self.clock())
+    def working(self, lane: Lane) -> None:
+        """Work is there to do: the clock starts unless it already runs."""
+        self._waiting_since.setdefault(lane, self.clock())
 
-    def advanced(self, partition: int) -> None:
-        """Committed: the partition moved; its clock and its retries start over."""
-        self._waiting_since.pop(partition, None)
-        self._retries.pop(partition, None)
+    def advanced(self, lane: Lane) -> None:
+        """Done (committed, published): the lane moved; its clock and its retries start over."""
+        self._waiting_since.pop(lane, None)
+        self._retries.pop(lane, None)
 
-    def retried(self, partition: int, offset: int) -> int:
+    def retried(self, lane: Lane, offset: int | None = None) -> int:
         """A failed attempt at `offset`, to be retried; returns how many in a row failed there."""
         RETRIES.labels(self.role).inc()
-        last, times = self._retries.get(partition, (offset, 0))
+        last, times = self._retries.get(lane, (offset, 0))
         times = times + 1 if last == offset else 1
-        self._retries[partition] = (offset, times)
+        self._retries[lane] = (offset, times)
         return times
 
-    def forget(self, partition: int) -> None:
+    def forget(self, lane: Lane) -> None:
         """No longer ours (revoked)."""
-        self.advanced(partition)
+        self.advanced(lane)
 
     def stuck(self) -> str | None:
         now = self.clock()
         reasons = []
-        for partition in sorted(set(self._retries) | set(self._waiting_since)):
-            offset, times = self._retries.get(partition, (0, 0))
-            waited = now - self._waiting_since.get(partition, now)
+        for lane in sorted(set(self._retries) | set(self._waiting_since), key=_lane_order):
+            offset, times = self._retries.get(lane, (None, 0))
+            waited = now - self._waiting_since.get(lane, now)
+            where = f"partition {lane}" if isinstance(lane, int) else lane
             if times >= self.max_retries:
-                reasons.append(f"partition {partition}: offset {offset} failed {times} times in a row")
+                at = f"offset {offset} " if offset is not None else ""
+                reasons.append(f"{where}: {at}failed {times} times in a row")
             elif waited > self.stuck_after_s:
-                reasons.append(f"partition {partition}: no progress for {waited:.0f}s with records waiting")
+                what = "records" if isinstance(lane, int) else "work"
+                reasons.append(f"{where}: no progress for {waited:.0f}s with {what} waiting")
         STUCK_PARTITIONS.labels(self.role).set(len(reasons))
         return f"{self.role}: " + "; ".join(reasons) if reasons else None
+
+
+def _lane_order(lane: Lane) -> tuple[int, int, str]:
+    return (0, lane, "") if isinstance(lane, int) else (1, 0, lane)
 
 
 def record_lag(role: str, partition: int, end: int | None, next_offset: int) -> None:

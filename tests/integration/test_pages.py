@@ -120,6 +120,34 @@ async def test_filters_by_status_batch_and_step(db: asyncpg.Connection) -> None:
     assert {r["step_label"] for r in page.rows} == {"Step 2 of 3"}
 
 
+async def test_seed_001s_status_is_the_stage_filter_and_rows_name_the_latest_attempts_sender(
+    db: asyncpg.Connection,
+) -> None:
+    rows = await seed_enrollments(db, n=10)
+    stages = ["pending", "sent", "opened", "replied", "bounced"]
+    for i, row in enumerate(rows):
+        await db.execute(
+            "update enrollments set stage = $2 where enrollment_id = $1", row["enrollment_id"], stages[i % 5]
+        )
+    for step_index, attempt, sender in (
+        (0, 1, "first@example.org"),
+        (1, 1, "old@example.org"),
+        (1, 2, "new@example.org"),
+    ):
+        await db.execute(
+            "insert into delivery_ledger (enrollment_id, step_index, attempt, message_id, account_id,"
+            " contact_id, channel, sender, recipient, started_at)"
+            " values ('e001', $1, $2, $3, 'a', 'k001', 'email', $4, 'k001@example.org', $5)",
+            step_index, attempt, f"es-{step_index}-{attempt}", sender, T0,
+        )  # fmt: skip
+    sent = await enrollments_page(db, "a", "c", EnrollmentFilter(stages=["sent", "opened"]))
+    assert [r["enrollment_id"] for r in sent.rows] == ["e001", "e002", "e006", "e007"]
+    assert {r["enrollment_id"]: r["sender"] for r in sent.rows}["e001"] == "new@example.org"
+    assert all(r["sender"] is None for r in sent.rows if r["enrollment_id"] != "e001")
+    bounced = await enrollments_page(db, "a", "c", EnrollmentFilter(stages=["bounced"], batch_number=4))
+    assert [r["enrollment_id"] for r in bounced.rows] == ["e004", "e009"]
+
+
 async def test_search_by_contact_name_is_a_case_insensitive_substring(db: asyncpg.Connection) -> None:
     rows = await seed_enrollments(db)
 
@@ -211,7 +239,7 @@ async def test_the_name_search_and_the_status_filter_use_indexes_on_a_large_tabl
         """
     )
     await db.execute("analyze enrollments")
-    base: list[Any] = ["a", "c0", None, None, None, None, None, None, 21]
+    base: list[Any] = ["a", "c0", None, None, None, None, None, None, 21, None]
 
     search = base.copy()
     search[5] = "quixo"

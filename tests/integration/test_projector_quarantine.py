@@ -170,3 +170,59 @@ async def fetch_int(database_url: str, sql: str) -> int:
 
 async def _ge(value: Any, least: int) -> bool:
     return int(await value) >= least
+
+
+async def test_an_event_the_contract_accepts_and_postgresql_refuses_is_quarantined(
+    settings: Settings, topics: Topics
+) -> None:
+    """The refusal comes from the real server: a CHECK constraint added to this test's database refuses
+    one contact's row (as a column limit or a later constraint would refuse an event already in the log),
+    so the event passes its contract and fails at INSERT. It is quarantined with PostgreSQL's reason, the
+    batch's other rows are written, and the projector goes on."""
+    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
+    assert bootstrap and database_url
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "alter table enrollments add constraint refuse_one check (contact_id <> 'refused-by-pg')"
+        )
+    finally:
+        await conn.close()
+    await publish_campaign(bootstrap, topics.campaigns, campaign())
+    async with running_worker(settings, roles=("decider",)):
+        for contact_id in ("before-pg", "refused-by-pg", "beside-pg"):
+            await send(settings, topics, enroll(contact_id), key=f"{ACCOUNT}/{contact_id}")
+        await read_until(
+            bootstrap,
+            topics.events,
+            lambda rs: sum(json.loads(r.value)["type"] == "ContactEnrolled.v1" for r in rs) >= 3,
+        )
+    async with running_worker(settings) as worker:
+
+        async def settled() -> bool:
+            quarantined = await fetch_int(database_url, "select count(*) from unprojectable_events")
+            projected = await fetch_int(
+                database_url,
+                "select count(*) from enrollments where contact_id in ('before-pg', 'beside-pg')",
+            )
+            return quarantined >= 1 and projected == 2
+
+        await eventually(settled, what="the refused event quarantined and the others projected")
+        await send(settings, topics, enroll("after-pg"), key=f"{ACCOUNT}/after-pg")
+        await eventually(
+            lambda: _ge(
+                fetch_int(database_url, "select count(*) from enrollments where contact_id = 'after-pg'"), 1
+            ),
+            what="the next event projected",
+        )
+        assert worker.failure is None and not worker.stop_event.is_set()
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("select * from unprojectable_events")
+    finally:
+        await conn.close()
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["account_id"] == ACCOUNT and row["type"] == "ContactEnrolled.v1"
+    assert "refuse_one" in row["reason"] or "CheckViolation" in row["reason"], row["reason"]
+    assert json.loads(row["value"])["contact_id"] == "refused-by-pg"

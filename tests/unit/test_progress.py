@@ -62,3 +62,30 @@ def test_a_revoked_partition_is_forgotten() -> None:
     progress.forget(2)
     clock.now = 100
     assert progress.stuck() is None
+
+
+def test_a_named_lane_of_work_is_stuck_after_failures_in_a_row_or_waiting_too_long() -> None:
+    """Work that is not a partition (the scheduler's due timers, the relay's fetching): no offset."""
+    clock = Clock()
+    progress = Progress("scheduler", stuck_after_s=60, max_retries=2, clock=clock)
+    progress.working("due timers")
+    progress.retried("due timers")
+    assert progress.stuck() is None
+    progress.retried("due timers")
+    assert progress.stuck() == "scheduler: due timers: failed 2 times in a row"
+    progress.advanced("due timers")
+    progress.working("due timers")  # a tick that hangs
+    clock.now = 61
+    assert progress.stuck() == "scheduler: due timers: no progress for 61s with work waiting"
+    progress.advanced("due timers")
+    assert progress.stuck() is None
+
+
+def test_partitions_and_named_lanes_are_reported_together_partitions_first() -> None:
+    progress = Progress("relay", max_retries=1, clock=Clock())
+    progress.retried("fetching")
+    progress.retried(2, 9)
+    assert (
+        progress.stuck()
+        == "relay: partition 2: offset 9 failed 1 times in a row; fetching: failed 1 times in a row"
+    )

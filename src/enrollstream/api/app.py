@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from enrollstream import __version__
-from enrollstream.api import campaigns
+from enrollstream.api import campaigns, commands, contacts, enrollments, operations
 from enrollstream.api.context import ApiContext
 from enrollstream.api.errors import install_error_handlers
 
@@ -29,7 +29,12 @@ def create_app(context: ApiContext | None = None) -> FastAPI:
     app = FastAPI(title=TITLE, version=__version__, description=DESCRIPTION)
     app.state.context = context
     install_error_handlers(app)
+    commands.install_pending_handler(app)
     app.include_router(campaigns.router)
+    app.include_router(enrollments.router)
+    app.include_router(operations.router)
+    app.include_router(contacts.router)
+    app.include_router(commands.router)
     from enrollstream.console.app import create_console  # here: the console imports the API's context
 
     app.mount("/console", create_console(context))  # the Enrollments console (docs/console.md)

@@ -35,12 +35,20 @@ class ErrorBody(BaseModel):
 class ApiError(Exception):
     """An answer with one of the documented codes."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        fields: list[FieldError] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers
+        self.fields = fields
 
 
 def campaign_not_found(campaign_id: str) -> ApiError:
@@ -67,7 +75,8 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
 def install_error_handlers(app: FastAPI) -> None:
     async def api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return JSONResponse(_body(exc.code, exc.message), status_code=exc.status, headers=exc.headers)
+        body = _body(exc.code, exc.message, exc.fields)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -22,6 +22,11 @@ Per StepDispatched (read with `read_committed` in the consumer group `<group>.di
 Records are processed one at a time, in order, per partition; partitions go side by side. Nothing
 waits for a rate limit: a deferral is one ledger write and one report, so the other senders' and
 channels' messages behind it on the partition keep flowing.
+
+/healthz reports the dispatcher stuck (`Progress`, per partition) when one record has failed
+`stuck_retries` times in a row (PostgreSQL away: the ledger cannot be read or written, so nothing is
+sent) or has been in hand for longer than `stuck_after_s`. An outcome of the send (bounced, failed,
+unknown) is the record done, not a failure of the role.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ from enrollstream.domain.delivery_policy import (
     report_fields,
 )
 from enrollstream.domain.events import StepDispatched
+from enrollstream.observability import Progress
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +157,14 @@ class DispatcherService:
         max_batch: int = 100,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        stuck_after_s: float = 300.0,
+        stuck_retries: int = 5,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
         self.database_url = database_url
         self.group_id = f"{group_id}.dispatcher"
+        self.progress = Progress("dispatcher", stuck_after_s=stuck_after_s, max_retries=stuck_retries)
         self.email = email
         self.identity = identity
         self.limits = limits or SendLimits()
@@ -217,6 +226,8 @@ class DispatcherService:
             limits=limits,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            stuck_after_s=settings.stuck_after_s,
+            stuck_retries=settings.stuck_retries,
             **kwargs,
         )
 
@@ -274,8 +285,10 @@ class DispatcherService:
         for record in records:
             if self._stop.is_set() or tp not in consumer.assignment():
                 break
+            self.progress.working(tp.partition)
             if not await self._handle_retrying(consumer, record, tp):
                 break
+            self.progress.advanced(tp.partition)
             done = record.offset + 1
         if done is not None:
             try:
@@ -293,6 +306,7 @@ class DispatcherService:
 
         def retrying(exc: BaseException) -> None:
             metrics.POSTGRES_RETRIES.labels("dispatcher").inc()
+            self.progress.retried(tp.partition, record.offset)
             log.warning(
                 "dispatcher: PostgreSQL unavailable (%s); trying %s offset %s again", exc, tp, record.offset
             )
@@ -559,6 +573,8 @@ class _WaitForSends(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self.service._in_flight.idle()
+        for tp in revoked:
+            self.service.progress.forget(tp.partition)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         return None

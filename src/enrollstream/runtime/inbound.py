@@ -13,6 +13,10 @@ Per record:
 
 Offsets are committed after what a record produced was acknowledged (at least once; the command id
 and the dead letter's original offset make repeats recognisable).
+
+/healthz reports the role stuck (`Progress`, per partition) when one record has failed `stuck_retries`
+times in a row (PostgreSQL away: the ledger cannot be asked) or has been in hand for longer than
+`stuck_after_s`. A record that matches nothing is a dead letter, i.e. done.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from enrollstream.domain.inbound import (
     referenced_message_ids,
     reply_command_id,
 )
+from enrollstream.observability import Progress
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,8 @@ class InboundService:
         max_batch: int = 200,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        stuck_after_s: float = 300.0,
+        stuck_retries: int = 5,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -71,6 +78,7 @@ class InboundService:
         self.replies = 0
         self.auto_replies = 0
         self.dead_letters = 0
+        self.progress = Progress(ROLE, stuck_after_s=stuck_after_s, max_retries=stuck_retries)
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
@@ -107,8 +115,10 @@ class InboundService:
             for tp, records in batch.items():
                 done: int | None = None
                 for record in records:
+                    self.progress.working(tp.partition)
                     if not await self._handle_retrying(record, stop):
                         break
+                    self.progress.advanced(tp.partition)
                     done = record.offset + 1
                 if done is not None:
                     try:
@@ -123,6 +133,7 @@ class InboundService:
 
         def retrying(exc: BaseException) -> None:
             metrics.POSTGRES_RETRIES.labels(ROLE).inc()
+            self.progress.retried(record.partition, record.offset)
             log.warning("inbound: PostgreSQL unavailable (%s); trying offset %s again", exc, record.offset)
 
         return await retry_while_unavailable(lambda: self.handle(record), stop, retrying)

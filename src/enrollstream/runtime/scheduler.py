@@ -21,6 +21,11 @@ decider does not count paused time and pushes such a timer back instead of endin
 an enrollment, rows are published in due order and a step before an expiry due at the same time, so an
 expiry never overtakes a step that was due before it. The clock is injected: `tick` takes `now`, the
 interval job passes `clock()`.
+
+/healthz reports the scheduler stuck (`Progress`, lane "due timers") when its tick has failed
+`stuck_retries` times in a row (PostgreSQL away, the commands not acknowledged by the broker: it cannot
+look for due timers, so it cannot tell that there are none), or when one tick has been claiming and
+publishing for longer than `stuck_after_s`. A tick that finds nothing due is progress.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from enrollstream.domain import (
 )
 from enrollstream.domain.campaign import CampaignStatus
 from enrollstream.domain.commands import StepDueData, TimerData
+from enrollstream.observability import Progress
 from enrollstream.read_models.timers import TimerKind
 from enrollstream.runtime.campaigns import CampaignCatalog
 
@@ -59,6 +65,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 TimerCommand = StepDue | ExpiryDue | WaitTimeout
 ACTOR = "scheduler"
+DUE_TIMERS = "due timers"  # the scheduler's one lane of work, for Progress
 
 
 def utc_now() -> datetime:
@@ -77,6 +84,8 @@ class SchedulerService:
         interval_ms: int = 500,
         batch: int = 500,
         lease_ms: int = 30_000,
+        stuck_after_s: float = 300.0,
+        stuck_retries: int = 5,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -93,6 +102,7 @@ class SchedulerService:
         self._next_backlog_count = 0.0
         self._backoff = Backoff()
         self._retry_at = 0.0  # monotonic; after a lost connection, ticks before it are skipped
+        self.progress = Progress("scheduler", stuck_after_s=stuck_after_s, max_retries=stuck_retries)
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=2)
@@ -136,6 +146,7 @@ class SchedulerService:
         try:
             await self._claim_and_count()
         except Exception as exc:
+            self.progress.retried(DUE_TIMERS)  # a tick that failed, for whatever reason, did not fire
             if not is_connection_error(exc):
                 raise
             # PostgreSQL away: skip ticks for a while (longer each time), then try again. Nothing was
@@ -153,9 +164,14 @@ class SchedulerService:
         self._backoff.reset()
 
     async def _claim_and_count(self) -> None:
-        # Keep claiming while claims come back full, so a backlog drains at the broker's pace.
-        while len(await self.tick(self.clock())) >= self.batch:
-            pass
+        # Keep claiming while claims come back full, so a backlog drains at the broker's pace. Each tick
+        # that returns is progress (a long drain is not "stuck"); one that hangs runs the clock.
+        while True:
+            self.progress.working(DUE_TIMERS)
+            fired = await self.tick(self.clock())
+            self.progress.advanced(DUE_TIMERS)
+            if len(fired) < self.batch:
+                break
         if self._pool is not None and time.monotonic() >= self._next_backlog_count:
             # The backlog gauge: counted now and then, not every tick (a count scans the due index).
             self._next_backlog_count = time.monotonic() + 5.0

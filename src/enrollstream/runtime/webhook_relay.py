@@ -15,6 +15,11 @@ event, signed, to the URLs its account subscribed (docs/webhooks.md).
   subscribers dedupe on `Enrollstream-Event-Id`.
 - After its last attempt an event goes to the dead-letter topic with `webhook.*` headers (url, attempts,
   last status, last error), and the lane moves on to its next event.
+- /healthz reports the relay stuck (`Progress`) when the relay itself cannot advance its consumer: a
+  record it cannot hand to the lanes (the subscriptions catalog or a dead letter cannot be written) that
+  failed `stuck_retries` times in a row or has been in hand for longer than `stuck_after_s`, fetching
+  that fails `stuck_retries` times in a row, or a dead letter a lane cannot write. Subscribers that fail,
+  all of them even, are not: that is their lanes' retries and breakers, and the main path goes on.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from enrollstream.adapters.webhooks.signing import (
 from enrollstream.adapters.webhooks.subscriptions import WebhookSubscription, WebhookSubscriptionCatalog
 from enrollstream.config import Settings
 from enrollstream.domain.integration import integration_event_adapter
+from enrollstream.observability import Lane, Progress
 
 __all__ = [
     "SIGNATURE_HEADER",
@@ -59,6 +65,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 USER_AGENT = "enrollstream-webhook-relay/1"
+# The relay's lanes of work besides its partitions, for Progress.
+FETCHING = "fetching"
+DEAD_LETTERS = "dead letters"  # written by the subscribers' lanes
 
 
 @dataclass(frozen=True)
@@ -176,7 +185,7 @@ class _Lane:
                 return
             if not outcome.delivered:
                 letter = relay._webhook_dead_letter(d.record, d.subscription.account_id, outcome)
-                if not await relay._dead_letter_until_written(letter):
+                if not await relay._dead_letter_until_written(letter, DEAD_LETTERS):
                     return
                 relay.dead_lettered += 1
             self.held -= 1
@@ -195,6 +204,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.relay._commit(self.consumer, {tp: t for tp, t in self.tracks.items() if tp in revoked})
         for tp in revoked:
             self.tracks.pop(tp, None)  # its queued deliveries still go out; the next owner repeats them
+            self.relay.progress.forget(tp.partition)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         for tp in assigned:
@@ -217,6 +227,8 @@ class WebhookRelayService:
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         clock: Callable[[], float] = time.time,
+        stuck_after_s: float = 300.0,
+        stuck_retries: int = 5,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -235,6 +247,7 @@ class WebhookRelayService:
         self._consumers: list[tuple[AIOKafkaConsumer, _Rebalance]] = []
         self._lanes: dict[str, _Lane] = {}
         self.delivered = 0  # records fully handled (delivered or dead-lettered), for status and tests
+        self.progress = Progress("relay", stuck_after_s=stuck_after_s, max_retries=stuck_retries)
         self.dead_lettered = 0
 
     @classmethod
@@ -249,6 +262,8 @@ class WebhookRelayService:
             backlog=settings.relay_subscriber_backlog,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            stuck_after_s=settings.stuck_after_s,
+            stuck_retries=settings.stuck_retries,
         )
 
     async def start(self) -> None:
@@ -321,14 +336,20 @@ class WebhookRelayService:
             try:
                 batch = await consumer.getmany(timeout_ms=200, max_records=100)
             except KafkaError as exc:
+                self.progress.retried(FETCHING)
                 log.warning("relay: fetching failed (%s); trying again", exc)
                 await self._pause(1.0)
                 continue
+            self.progress.advanced(FETCHING)
             for tp, records in batch.items():
                 track = listener.tracks.setdefault(tp, _PartitionTrack())
                 for record in records:
+                    # Handing a record to the lanes never waits for a delivery: a record in hand for
+                    # long, or failing again and again, is the relay's own (catalog, dead letters).
+                    self.progress.working(tp.partition)
                     if not await self._dispatch(track, record):
                         return  # stopping: nothing past the settled records is committed
+                    self.progress.advanced(tp.partition)
             await self._commit(consumer, listener.tracks)
 
     async def _dispatch(self, track: _PartitionTrack, record: Any) -> bool:
@@ -339,7 +360,7 @@ class WebhookRelayService:
             event = integration_event_adapter.validate_json(body or b"")
         except ValidationError as exc:
             letter = DeadLetter.of(record, "not a valid integration event", exc, role="relay")
-            if not await self._dead_letter_until_written(letter):
+            if not await self._dead_letter_until_written(letter, record.partition, record.offset):
                 return False
             self.dead_lettered += 1
             track.consumed(record.offset, 0)
@@ -351,6 +372,7 @@ class WebhookRelayService:
                 await self.catalog.catch_up()
                 break
             except Exception:
+                self.progress.retried(record.partition, record.offset)
                 log.exception("relay: catching up on webhook subscriptions failed; retrying")
                 if not await self._pause(self.policy.delay_after(1) or 1.0):
                     return False
@@ -375,7 +397,7 @@ class WebhookRelayService:
                 f"not attempted: {lane.held} earlier events wait for this URL (backlog full)",
             )
             letter = self._webhook_dead_letter(record, event.account_id, outcome)
-            if not await self._dead_letter_until_written(letter):
+            if not await self._dead_letter_until_written(letter, record.partition, record.offset):
                 return False
             self.dead_lettered += 1
             self._settle(track, record.offset)
@@ -472,13 +494,19 @@ class WebhookRelayService:
         ]
         return DeadLetter(letter.key, letter.value, [*letter.headers, *((k, v.encode()) for k, v in extra)])
 
-    async def _dead_letter_until_written(self, letter: DeadLetter) -> bool:
-        """Write the dead letter, retrying Kafka errors; False if the relay stopped first."""
+    async def _dead_letter_until_written(
+        self, letter: DeadLetter, lane: Lane, offset: int | None = None
+    ) -> bool:
+        """Write the dead letter, retrying Kafka errors (each a failed attempt at `lane`, `offset` for
+        /healthz); False if the relay stopped first."""
         while True:
             try:
                 await self._dead_letter(letter)
+                if lane == DEAD_LETTERS:
+                    self.progress.advanced(DEAD_LETTERS)
                 return True
             except KafkaError as exc:
+                self.progress.retried(lane, offset)
                 log.warning("relay: writing a dead letter failed (%s); retrying", exc)
                 if not await self._pause(1.0):
                     return False

@@ -123,6 +123,8 @@ class Worker:
                 interval_ms=self.settings.scheduler_interval_ms,
                 batch=self.settings.scheduler_batch,
                 lease_ms=self.settings.scheduler_lease_ms,
+                stuck_after_s=self.settings.stuck_after_s,
+                stuck_retries=self.settings.stuck_retries,
             )
             services.append(self.scheduler)
         if "relay" in self.roles:
@@ -154,6 +156,8 @@ class Worker:
                 self.settings.group_id,
                 session_timeout_ms=self.settings.session_timeout_ms,
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+                stuck_after_s=self.settings.stuck_after_s,
+                stuck_retries=self.settings.stuck_retries,
             )
             services.append(self.inbound)
         if "api" in self.roles:
@@ -191,12 +195,19 @@ class Worker:
         self.stop_event.set()
 
     def stuck(self) -> str | None:
-        """Why a role is stuck (no progress on records it has, or repeated failures at one offset), for
-        /healthz; None while every role moves. The decider and the projector report their progress per
-        partition."""
-        reasons = [reason for reason in (self.decider and self.decider.progress.stuck(),
-                                         self.projector and self.projector.stuck()) if reason]  # fmt: skip
-        return "; ".join(reasons) or None
+        """Why a role is stuck (no progress on work it has, or repeated failures at one offset), for
+        /healthz; None while every role moves. Each role that consumes or works reports its progress
+        (`Progress`: per partition, or per named lane such as the scheduler's due timers); the
+        unsubscribe endpoint only answers requests and has no work of its own to be stuck on."""
+        reasons = [
+            self.decider and self.decider.progress.stuck(),
+            self.projector and self.projector.stuck(),
+            self.scheduler and self.scheduler.progress.stuck(),
+            self.dispatcher and self.dispatcher.progress.stuck(),
+            self.inbound and self.inbound.progress.stuck(),
+            self.relay and self.relay.progress.stuck(),
+        ]
+        return "; ".join(reason for reason in reasons if reason) or None
 
 
 def check_settings(settings: Settings, roles: Iterable[str]) -> None:

@@ -210,18 +210,24 @@ select set_config('plan_cache_mode', 'force_custom_plan', true);
 -- The Enrollments page (seed 000 / seed 001 GET .../enrollments): one campaign, filtered by status
 -- (any of $3), batch number ($4), current step ($5) and contact name ($6: case-insensitive substring;
 -- % and _ match themselves), in stable order (enrolled_at, enrollment_id), from after the keyset
--- cursor ($7, $8) (null: the first page), at most $9 rows. Keyset rather than OFFSET: page 5,000 costs
--- what page 1 costs, and rows moving between pages cannot repeat or vanish.
+-- cursor ($7, $8) (null: the first page), at most $9 rows; $10: seed 001's status, the stage (any of).
+-- Keyset rather than OFFSET: page 5,000 costs what page 1 costs, and rows moving between pages cannot
+-- repeat or vanish. `sender` is the sender of the enrollment's latest attempt (the From address, or
+-- 'sms'; seed 001's smtp_credential_id), from the delivery ledger by its primary key.
 -- Indexes (0002, 0006): enrollments_campaign_page, enrollments_campaign_status_page,
 -- enrollments_campaign_batch_page, enrollments_contact_name_trgm.
 select enrollment_id, contact_id, contact_name, email, mobile, status, stage, stop_reason, outcome,
        current_step, total_steps, step_label, next_execution_at, next_execution_indicator, enrolled_at,
        batch_number, priority, sent_at, opened_at, replied_at, bounced_at, bounce_reason, hours_to_reply,
-       failure_reason, failure_detail, sequence_status, mx_check
-  from enrollment_table
+       failure_reason, failure_detail, sequence_status, mx_check,
+       (select l.sender from delivery_ledger l
+         where l.enrollment_id = t.enrollment_id
+         order by l.step_index desc, l.attempt desc limit 1) as sender
+  from enrollment_table t
  where account_id = $1
    and campaign_id = $2
    and ($3::text[] is null or status = any($3::text[]))
+   and ($10::text[] is null or stage = any($10::text[]))
    and ($4::int is null or batch_number = $4::int)
    and ($5::int is null or current_step = $5::int)
    and ($6::text is null
@@ -516,3 +522,20 @@ update contacts c
 select account_id, contact_id, name, email, mobile, line_type, time_zone, opted_out, last_version, updated_at
   from contacts
  where account_id = $1 and contact_id = $2;
+
+-- name: enrollments_of_campaign
+-- The API's operator actions: which of these enrollment ids ($3) are the account's ($1) in the campaign
+-- ($2), with the contact each belongs to (a command is keyed by its contact). Primary key lookups.
+select enrollment_id, contact_id, status
+  from enrollments
+ where account_id = $1 and campaign_id = $2 and enrollment_id = any($3::text[]);
+
+-- name: command_decision
+-- The API's `GET /commands/{id}` and idempotent retries: the first decision of a command in the
+-- account (a duplicate's later rows say only "decided before"). Index: decisions_command (0009).
+select command_id, command_type, status, code, message, details, enrollment_ids, campaign_id,
+       enrollment_id, contact_id, issued_at
+  from decisions
+ where command_id = $1 and account_id = $2
+ order by (status = 'duplicate'), result_partition, result_offset
+ limit 1;

@@ -108,6 +108,7 @@ class EnrollmentFilter:
     batch_number: int | None = None
     current_step: int | None = None  # 1-based, as "Step 2 of 5" shows it
     name: str | None = None  # case-insensitive substring of the contact name
+    stages: Sequence[str] | None = None  # seed 001's status: pending, sent, opened, replied, bounced
 
 
 @dataclass(frozen=True)
@@ -147,11 +148,37 @@ async def enrollments_page(
             after.enrolled_at if after else None,
             after.enrollment_id if after else None,
             limit + 1,  # one more than asked: is there a next page?
+            None if where.stages is None else list(where.stages),
         )
     rows = [dict(r) for r in records[:limit]]
     more = len(records) > limit
     cursor = PageCursor(rows[-1]["enrolled_at"], rows[-1]["enrollment_id"]) if more and rows else None
     return EnrollmentPage(rows, cursor)
+
+
+async def enrollments_of_campaign(
+    conn: asyncpg.Connection, account_id: str, campaign_id: str, enrollment_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Those of `enrollment_ids` that are the account's in the campaign, by id (with contact_id, status)."""
+    rows = await conn.fetch(query("enrollments_of_campaign"), account_id, campaign_id, list(enrollment_ids))
+    return {r["enrollment_id"]: dict(r) for r in rows}
+
+
+async def contact_profile(
+    conn: asyncpg.Connection, account_id: str, contact_id: str
+) -> dict[str, Any] | None:
+    """One contact of the account's directory (None: never put, or another account's)."""
+    row = await conn.fetchrow(query("contact_by_id"), account_id, contact_id)
+    return None if row is None else dict(row)
+
+
+async def command_decision(
+    conn: asyncpg.Connection, account_id: str, command_id: str
+) -> dict[str, Any] | None:
+    """The first decision of the account's command (None: not decided or not projected yet, or not
+    this account's)."""
+    row = await conn.fetchrow(query("command_decision"), command_id, account_id)
+    return None if row is None else {**dict(row), "details": _json(row["details"]) or {}}
 
 
 async def campaign_replies(
