@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	sh scripts/install-chromium.sh  # the console tests' browser: Debian's chromium (no-op when present)
 	touch $(STAMP)
 
 ## The demo (README "The demo"): a 3-step email campaign for 300 contacts, live, with replies, a bounce, an

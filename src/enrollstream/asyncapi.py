@@ -16,6 +16,7 @@ from faststream.specification.asyncapi import AsyncAPI
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.adapters.sms import OutboundSms
 from enrollstream.adapters.webhooks.subscriptions import WebhookSubscription
+from enrollstream.console.requests import OperatorRequest
 from enrollstream.domain import CampaignDefinition, CommandResult, ContactImport, ContactState
 from enrollstream.domain.commands import Command
 from enrollstream.domain.events import Event
@@ -83,6 +84,11 @@ def describe(topics: Topics | None = None) -> KafkaBroker:
         ),
         (t.commands, Command, "scheduler and dispatcher: StepDue, ExpiryDue, WaitTimeout, DeliveryReported"),
         (t.outbound_sms, OutboundSms, "dispatcher: SMS for a gateway relay, keyed by the recipient's number"),
+        (
+            t.operator_requests,
+            OperatorRequest,
+            "console: add-to-group and send-message requests for a downstream system (docs/console.md)",
+        ),
         (
             t.dead_letters,
             bytes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -323,12 +324,16 @@ def demo_command(
     quick: bool = typer.Option(False, help="delays of 1-2 seconds between steps: the CI run of the demo"),
     database: str = typer.Option("enrollstream_demo", help="the database the demo (re)creates for itself"),
     keep_stack: bool = typer.Option(False, help="leave the stack running afterwards"),
+    wait: bool = typer.Option(
+        True, "--wait/--no-wait", help="keep the console open after the summary until Enter (--no-wait: CI)"
+    ),
 ) -> None:
     """A three-step email campaign for a few hundred contacts, live, with replies, a bounce, an
     unenroll and an MX skip; then a summary that checks itself (non-zero exit on any mismatch)."""
     from enrollstream.demo import DemoPlan, print_report, run_demo
 
     plan = DemoPlan.quick(contacts, database) if quick else DemoPlan(contacts=contacts, database=database)
+    plan = dataclasses.replace(plan, wait=wait)
     settings = load_settings()
     if settings.kafka_bootstrap_servers and settings.database_url:
         # Servers from the environment: nothing to start, and the local stack's state file is left
@@ -350,7 +355,8 @@ def demo_command(
         )
     try:
         report = asyncio.run(run_demo(settings, servers, plan, console))
-        print_report(report, console)
+        if not report.printed:
+            print_report(report, console)
     finally:
         if started and not keep_stack:
             local_stack.down(settings)

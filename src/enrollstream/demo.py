@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
 import uuid
 from collections import Counter
@@ -40,6 +41,7 @@ from rich.text import Text
 
 from enrollstream import stack
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.adapters.postgres.api_keys import create_api_key
 from enrollstream.adapters.postgres.databases import create_database
 from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.adapters.postgres.queries import query
@@ -60,7 +62,7 @@ ACCOUNT = "demo-account"
 CAMPAIGN = "demo-welcome"
 DOMAIN = "example.org"  # has an MX record in the demo's DNS
 NO_MX_DOMAIN = "nomx.example"  # exists (an A record) but has no MX: the contact is skipped
-ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound")
+ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound", "api")  # api: the console
 FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "John", "Radia", "Ken")
 LAST_NAMES = ("Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Backus", "Perlman")
 SUBJECTS = ("Welcome, {{ first_name }}", "Getting started", "Still there?")
@@ -80,6 +82,9 @@ class DemoPlan:
     delays: tuple[int, ...] = (2, 2, 2)  # seconds: after enrollment, then after each delivery
     database: str = "enrollstream_demo"
     timeout: float = 180.0  # for the sending phase
+    # Keep the worker (and the console) up after the summary until Enter, when stdin is a terminal;
+    # `--no-wait` (CI) stops at once.
+    wait: bool = True
 
     @classmethod
     def quick(cls, contacts: int = 40, database: str = "enrollstream_demo") -> DemoPlan:
@@ -115,6 +120,8 @@ class DemoReport:
     checks: list[Check] = field(default_factory=list)
     timed_out: str | None = None
     seconds: float = 0.0
+    console_url: str = ""  # the Enrollments console of the demo's worker (docs/console.md)
+    printed: bool = False  # the summary was printed already (before waiting for Enter)
 
     @property
     def ok(self) -> bool:
@@ -432,6 +439,8 @@ async def run_demo(
                     "unsubscribe_url": "https://u.acme.example/u",
                     "unsubscribe_keys": "demo-unsubscribe-key-0123456789",
                     "scheduler_interval_ms": 250,
+                    # The console's port: ENROLLSTREAM_API_PORT when set, else any free one (printed).
+                    "api_port": settings.api_port if "api_port" in settings.model_fields_set else 0,
                 }
             )
             await _run(plan, demo_settings, bootstrap, topics, database_url, sink, report, say, console)
@@ -458,6 +467,7 @@ async def _run(
         "enrollment, a reply stops the sequence"
     )
 
+    started = time.monotonic()
     worker = Worker(settings, bootstrap, database_url, roles=ROLES)
     ready = asyncio.Event()
     worker_task = asyncio.create_task(worker.run(ready))
@@ -466,8 +476,19 @@ async def _run(
         worker_task.result()
     say(
         "   worker running in this process: decider (decides each command, exactly once), projector "
-        "(Postgres read models), scheduler (due steps), dispatcher (SMTP), inbound (replies)"
+        "(Postgres read models), scheduler (due steps), dispatcher (SMTP), inbound (replies), api "
+        "(the HTTP API and the console)"
     )
+    if worker.api is not None:
+        key_conn = await asyncpg.connect(database_url)
+        try:
+            _, key = await create_api_key(key_conn, ACCOUNT, "make demo")
+        finally:
+            await key_conn.close()
+        report.console_url = f"{worker.api.url}/console/campaigns/{CAMPAIGN}/enrollments"
+        console.print(f"   [bold]console[/bold]: {report.console_url}", highlight=False, soft_wrap=True)
+        console.print(f"   [bold]key[/bold] (paste it into the login form): {key}", highlight=False,
+                      soft_wrap=True)  # fmt: skip
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
     await producer.start()
     conn = await asyncpg.connect(database_url)
@@ -510,12 +531,30 @@ async def _run(
         assert worker.decider is not None
         report.events = worker.decider.emitted_events
         await _summarize(plan, conn, snapshot, sink, report)
+        if plan.wait and report.console_url and sys.stdin.isatty():
+            report.seconds = time.monotonic() - started
+            print_report(report, console)
+            report.printed = True
+            say(f"\nThe console stays open at {report.console_url} - press Enter to stop the demo.")
+            await _enter_pressed()
     finally:
         await conn.close()
         await producer.stop()
         worker.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(worker_task, timeout=30)
+
+
+async def _enter_pressed() -> None:
+    """Until a line arrives on stdin (or it closes), without blocking the loop the worker runs on."""
+    loop = asyncio.get_running_loop()
+    pressed = asyncio.Event()
+    loop.add_reader(sys.stdin.fileno(), pressed.set)
+    try:
+        await pressed.wait()
+        sys.stdin.readline()
+    finally:
+        loop.remove_reader(sys.stdin.fileno())
 
 
 async def _summarize(

@@ -46,7 +46,7 @@ def test_the_quick_demo_sends_replies_bounces_skips_and_unenrolls_and_its_summar
     }
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "enrollstream.cli", "demo", "--quick",
+            [sys.executable, "-m", "enrollstream.cli", "demo", "--quick", "--no-wait",
              "--contacts", str(CONTACTS), "--database", database],
             capture_output=True, text=True, timeout=240, env=env, check=False,
         )  # fmt: skip
@@ -67,3 +67,6 @@ def test_the_quick_demo_sends_replies_bounces_skips_and_unenrolls_and_its_summar
         assert phase in result.stdout
     assert result.stdout.count("reply ") >= 3 and "bounce " in result.stdout and "unenroll " in result.stdout
     assert " NO " not in result.stdout, output
+    # The console of the demo's worker: its URL and a key for the demo account (docs/console.md).
+    assert re.search(r"console: http://127\.0\.0\.1:\d+/console/campaigns/demo-welcome/enrollments", output)
+    assert re.search(r"key \(paste it into the login form\): es_\w+_\S+", output), output

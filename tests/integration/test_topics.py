@@ -35,6 +35,7 @@ async def test_bootstrap_creates_every_topic_once_and_then_changes_nothing(
             "outbound-sms",
             "webhook-subscriptions",
             "inbound-email",
+            "operator-requests",
         )
     }
 

@@ -35,6 +35,9 @@ def create_app(context: ApiContext | None = None) -> FastAPI:
     app.include_router(operations.router)
     app.include_router(contacts.router)
     app.include_router(commands.router)
+    from enrollstream.console.app import create_console  # here: the console imports the API's context
+
+    app.mount("/console", create_console(context))  # the Enrollments console (docs/console.md)
     return app
 
 

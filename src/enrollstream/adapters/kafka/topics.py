@@ -70,6 +70,10 @@ class Topics:
     def inbound_email(self) -> str:
         return f"{self.prefix}inbound-email"
 
+    @property
+    def operator_requests(self) -> str:
+        return f"{self.prefix}operator-requests"
+
     def specs(self, partitions: int) -> list[TopicSpec]:
         compacted = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": str(DAY_MS)}
         week = {"retention.ms": str(7 * DAY_MS)}
@@ -112,6 +116,14 @@ class Topics:
                 partitions,
                 week,
                 "received email (InboundEmailReceived) for reply detection, keyed by account",
+            ),
+            # The console's batch actions outside the enrollment domain (seed 003: add to group, send a
+            # message), for a downstream system (docs/console.md). Keyed account_id/contact_id.
+            TopicSpec(
+                self.operator_requests,
+                partitions,
+                week,
+                "console requests for downstream systems: add contacts to a group, send them a message",
             ),
         ]
 
