@@ -14,7 +14,18 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, encode, header
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.config import Settings
-from enrollstream.domain import CampaignDefinition, Channel, Step, StepContent, ids
+from enrollstream.domain import (
+    Accepted,
+    CampaignDefinition,
+    Channel,
+    Step,
+    StepContent,
+    decide,
+    fold,
+    ids,
+    initial_state,
+    parse_command,
+)
 from enrollstream.runtime.campaigns import campaign_key, campaign_version_key, publish_campaign
 from tests.support import publish, read_until, running_worker
 
@@ -259,3 +270,47 @@ def _type(record: Any) -> str:
 
 def _step(body: str) -> Step:
     return Step(channel=Channel.EMAIL, content=StepContent(subject="Hi", body=body))
+
+
+async def test_a_changelog_snapshot_written_before_references_still_restores(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    v1 = campaign().model_copy(update={"steps": [_step("v1 first step")]})
+    await publish_campaign(bootstrap, topics.campaigns, v1)
+    # The snapshot as the decider wrote it before compact snapshots: the definition embedded in it.
+    enrolled = decide(
+        parse_command(json.dumps(enroll("judy", campaign=json.loads(encode(v1)))).encode()),
+        initial_state(ACCOUNT, "judy"),
+    )
+    assert isinstance(enrolled, Accepted)
+    state = fold(initial_state(ACCOUNT, "judy"), enrolled.events)
+    legacy = state.model_dump_json().replace('"campaign_version":1,', "")
+    assert '"steps"' in legacy and "campaign_version" not in legacy
+    key = f"{ACCOUNT}/judy"
+    await publish(bootstrap, topics.aggregates, legacy.encode(), key=key)
+    enrollment = ids.enrollment_id(ACCOUNT, "judy", "welcome", 1)
+    due = {
+        "command_id": f"cmd-{uuid.uuid4()}",
+        "type": "StepDue.v1",
+        "account_id": ACCOUNT,
+        "issued_at": datetime(2026, 11, 22, 10, 0, tzinfo=UTC).isoformat(),
+        "actor": "scheduler",
+        "data": {"contact_id": "judy", "enrollment_id": enrollment, "step_index": 0, "attempt": 1},
+    }
+    async with running_worker(settings, roles=("decider",)) as worker:
+        await send(settings, topics, due, key)
+        results = await read_until(
+            bootstrap, topics.command_results, lambda rs: due["command_id"] in results_by_id(rs)
+        )
+        assert worker.decider is not None
+        restored = {k: s for owner in worker.decider.owners.values() for k, s in owner.states.items()}
+        # Migrated on read: the embedded definition became the catalog's one object for that version.
+        definition = restored[key].enrollments[enrollment].campaign
+        assert definition is worker.decider.catalog.get_version(ACCOUNT, "welcome", 1)
+    assert results_by_id(results)[due["command_id"]]["status"] == "accepted"
+    dispatched = await read_until(bootstrap, topics.events, lambda rs: "StepDispatched.v1" in map(_type, rs))
+    assert json.loads(dispatched[-1].value)["data"]["content"]["body"] == "v1 first step"
+    snapshots = await read_until(bootstrap, topics.aggregates, lambda rs: len(rs) >= 2)
+    assert b'"steps"' not in snapshots[-1].value  # written back compact
