@@ -149,6 +149,12 @@ class Enrollment(StateModel):
     version: int = 0
     updated_at: datetime | None = None
 
+    @model_validator(mode="after")
+    def _version_of_its_campaign(self) -> Enrollment:
+        # One fact: the reference a snapshot keeps is always the version of the definition held.
+        self.campaign_version = self.campaign.version
+        return self
+
     @property
     def step_count(self) -> int:
         return len(self.campaign.steps)
@@ -187,25 +193,19 @@ class ContactState(StateModel):
         lookup: CampaignVersions | None = (info.context or {}).get("campaigns")
         enrollments: dict[str, Any] = {}
         for key, e in value["enrollments"].items():
-            if isinstance(e, dict):
-                e = dict(e)
-                embedded = e.get("campaign")
-                if embedded is None and "campaign_version" in e:
-                    if lookup is None:
-                        raise ValueError("a compact snapshot is restored with a campaigns lookup")
-                    account, campaign_id = str(value.get("account_id", "")), str(e.get("campaign_id", ""))
-                    found = lookup(account, campaign_id, e["campaign_version"])
-                    if found is None:
-                        raise ValueError(
-                            f"campaign {campaign_id!r} version {e['campaign_version']} of enrollment {key!r} "
-                            "is not in the catalog"
-                        )
-                    e["campaign"] = found
-                elif "campaign_version" not in e:  # written before references: the definition embedded
-                    version = embedded.version if isinstance(embedded, CampaignDefinition) else None
-                    if isinstance(embedded, dict):
-                        version = embedded.get("version")
-                    e["campaign_version"] = version
+            # Without `campaign`: a reference. With it: embedded (a fallback, or a snapshot written before
+            # references), and `campaign_version` follows from it (`_version_of_its_campaign`).
+            if isinstance(e, dict) and e.get("campaign") is None and "campaign_version" in e:
+                if lookup is None:
+                    raise ValueError("a compact snapshot is restored with a campaigns lookup")
+                account, campaign_id = str(value.get("account_id", "")), str(e.get("campaign_id", ""))
+                found = lookup(account, campaign_id, e["campaign_version"])
+                if found is None:
+                    raise ValueError(
+                        f"campaign {campaign_id!r} version {e['campaign_version']} of enrollment {key!r} "
+                        "is not in the catalog"
+                    )
+                e = {**e, "campaign": found}
             enrollments[key] = e
         return {**value, "enrollments": enrollments}
 
