@@ -22,7 +22,8 @@ from typing import Any
 from bench import workload
 from bench.common import Result, Sizes, median, produce, run_id
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
-from enrollstream.domain import CampaignDefinition, ContactState
+from enrollstream.domain import CampaignDefinition, ContactState, snapshot_bytes
+from enrollstream.runtime.campaigns import publish_campaign
 
 TARGET = "1M contacts restored < 30 s, < 1 KiB resident per contact"
 
@@ -35,10 +36,18 @@ def mem_available() -> int:
     return 0
 
 
-async def _changelog(bootstrap: str, contacts: int) -> Topics:
+async def _changelog(bootstrap: str, contacts: int, compact: bool = True) -> Topics:
+    """Compact: snapshots as the decider writes them now (definitions by reference, the campaigns on
+    the campaigns topic); else as before issue 14 (every definition embedded, no campaigns published)."""
     topics = Topics(prefix=f"bench-{run_id()}.")
     await ensure_topics(bootstrap, topics, 1)
-    template = workload.template_snapshot().model_dump_json()
+    state = workload.template_snapshot()
+    if compact:
+        for campaign in workload.campaigns():
+            await publish_campaign(bootstrap, topics.campaigns, campaign)
+        template = snapshot_bytes(state, lambda account, campaign: True).decode()
+    else:
+        template = state.model_dump_json()
     chunk = 50_000
     for start in range(0, contacts, chunk):
         records = [workload.snapshot_bytes(template, i) for i in range(start, min(contacts, start + chunk))]
@@ -62,6 +71,40 @@ async def _child(bootstrap: str, topics: Topics, mode: str) -> dict[str, Any]:
         raise RuntimeError(f"restore child ({mode}) failed: {err.decode()[-2000:]}")
     result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     return result
+
+
+async def _measure(
+    bootstrap: str, contacts: int, reps: int, *, compact: bool, say: Callable[[str], None]
+) -> dict[str, Any]:
+    form = "compact" if compact else "embedded (before issue 14)"
+    say(f"restore {contacts:,} {form}: producing snapshots")
+    topics = await _changelog(bootstrap, contacts, compact)
+    await _child(bootstrap, topics, "raw")  # warm-up: page cache, broker
+    restores = [await _child(bootstrap, topics, "restore") for _ in range(reps)]
+    raws = [await _child(bootstrap, topics, "raw") for _ in range(reps)]
+    for r in restores:
+        if r["contacts"] != contacts:
+            raise RuntimeError(f"restored {r['contacts']} contacts, expected {contacts}")
+    seconds = median([r["seconds"] for r in restores])
+    per_contact = median([(r["rss_after"] - r["rss_before"]) / contacts for r in restores])
+    measured = {
+        "status": "measured",
+        "contacts": contacts,
+        "reps": reps,
+        "snapshot_format": form,
+        "restore_seconds": round(seconds, 3),
+        "restore_runs": [round(r["seconds"], 3) for r in restores],
+        "raw_read_seconds": round(median([r["seconds"] for r in raws]), 3),
+        "raw_read_runs": [round(r["seconds"], 3) for r in raws],
+        "contacts_per_s": round(contacts / seconds),
+        "rss_bytes_per_contact": round(per_contact),
+        "rss_delta_mib": round(per_contact * contacts / 2**20, 1),
+    }
+    say(
+        f"restore {contacts:,} {form}: {seconds:.2f} s ({contacts / seconds:,.0f} contacts/s), "
+        f"{per_contact:,.0f} B/contact resident; raw read {measured['raw_read_seconds']:.2f} s"
+    )
+    return measured
 
 
 def heap_per_contact(sample: int = 2_000, *, share_campaigns: bool = False) -> int:
@@ -88,7 +131,8 @@ def heap_per_contact(sample: int = 2_000, *, share_campaigns: bool = False) -> i
 
 async def scenario(bootstrap: str, sizes: Sizes, say: Callable[[str], None]) -> Result:
     template = workload.template_snapshot()
-    snapshot_bytes = len(template.model_dump_json())
+    embedded_bytes = len(template.model_dump_json())
+    compact_bytes = len(snapshot_bytes(template, lambda account, campaign: True))
     per_size: dict[str, dict[str, Any]] = {}
     per_contact_estimate: float | None = None
     last: dict[str, Any] | None = None
@@ -101,34 +145,11 @@ async def scenario(bootstrap: str, sizes: Sizes, say: Callable[[str], None]) -> 
             }
             say(f"restore {contacts:,}: not run ({per_size[str(contacts)]['reason']})")
             continue
-        say(f"restore {contacts:,}: producing snapshots")
-        topics = await _changelog(bootstrap, contacts)
         reps = sizes.reps if contacts <= 100_000 else sizes.restore_reps_above_100k
-        await _child(bootstrap, topics, "raw")  # warm-up: page cache, broker
-        restores = [await _child(bootstrap, topics, "restore") for _ in range(reps)]
-        raws = [await _child(bootstrap, topics, "raw") for _ in range(reps)]
-        for r in restores:
-            if r["contacts"] != contacts:
-                raise RuntimeError(f"restored {r['contacts']} contacts, expected {contacts}")
-        seconds = median([r["seconds"] for r in restores])
-        per_contact = median([(r["rss_after"] - r["rss_before"]) / contacts for r in restores])
-        per_contact_estimate = per_contact
-        last = per_size[str(contacts)] = {
-            "status": "measured",
-            "contacts": contacts,
-            "reps": reps,
-            "restore_seconds": round(seconds, 3),
-            "restore_runs": [round(r["seconds"], 3) for r in restores],
-            "raw_read_seconds": round(median([r["seconds"] for r in raws]), 3),
-            "raw_read_runs": [round(r["seconds"], 3) for r in raws],
-            "contacts_per_s": round(contacts / seconds),
-            "rss_bytes_per_contact": round(per_contact),
-            "rss_delta_mib": round(per_contact * contacts / 2**20, 1),
-        }
-        say(
-            f"restore {contacts:,}: {seconds:.2f} s ({contacts / seconds:,.0f} contacts/s), "
-            f"{per_contact:,.0f} B/contact resident; raw read {last['raw_read_seconds']:.2f} s"
-        )
+        before = await _measure(bootstrap, contacts, reps, compact=False, say=say)
+        last = per_size[str(contacts)] = {**await _measure(bootstrap, contacts, reps, compact=True, say=say)}
+        last["before_issue_14"] = before
+        per_contact_estimate = last["rss_bytes_per_contact"]
     if last is None:
         raise RuntimeError("no restore size could run")
     largest = last["contacts"]
@@ -158,7 +179,8 @@ async def scenario(bootstrap: str, sizes: Sizes, say: Callable[[str], None]) -> 
             "tracemalloc_bytes_per_contact_campaigns_shared": heap_per_contact(share_campaigns=True),
             "memory_method": "RSS delta (VmRSS) around DeciderService._restore(0) in a fresh subprocess, "
             "after gc, states kept",
-            "snapshot": f"ContactState, {len(template.enrollments)} enrollments, {snapshot_bytes} bytes JSON",
+            "snapshot": f"ContactState, {len(template.enrollments)} enrollments, {compact_bytes} bytes JSON "
+            f"compact ({embedded_bytes} bytes with the definitions embedded, before issue 14)",
             "changelog": "one partition, uncompressed as the decider writes it, all contacts on partition 0",
         },
     )

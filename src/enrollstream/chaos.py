@@ -53,12 +53,19 @@ from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.adapters.postgres.read_side import campaign_stats_mismatches
 from enrollstream.config import Settings
-from enrollstream.domain import CampaignDefinition, ContactState, aggregate_key, fold, initial_state
+from enrollstream.domain import (
+    CampaignDefinition,
+    ContactState,
+    aggregate_key,
+    fold,
+    initial_state,
+    state_from_snapshot,
+)
 from enrollstream.domain.commands import child_command_id
 from enrollstream.domain.events import BulkEnrollAccepted, parse_event
 from enrollstream.domain.ids import enrollment_id
 from enrollstream.read_models.enrollments import EnrollmentRow, differences, row_of
-from enrollstream.runtime.campaigns import publish_campaign
+from enrollstream.runtime.campaigns import CampaignCatalog, publish_campaign
 from enrollstream.runtime.projector import PROJECTION
 from enrollstream.runtime.replay import replay
 from enrollstream.smtp_sink import SmtpSink
@@ -712,9 +719,14 @@ async def _verify_events(bootstrap: str, topics: Topics, report: ChaosReport) ->
             report.details.append(f"{key}: {twice} versions twice, {gaps} missing")
 
     snapshots: dict[str, ContactState] = {}
-    async for _, record in _read_all(bootstrap, [topics.aggregates]):
-        if record.key is not None and record.value is not None:
-            snapshots[record.key.decode()] = ContactState.model_validate_json(record.value)
+    catalog = CampaignCatalog(bootstrap, topics.campaigns)  # snapshots refer to its versions
+    await catalog.start()
+    try:
+        async for _, record in _read_all(bootstrap, [topics.aggregates]):
+            if record.key is not None and record.value is not None:
+                snapshots[record.key.decode()] = state_from_snapshot(record.value, catalog.get_version)
+    finally:
+        await catalog.stop()
     for key, events in events_by_key.items():
         account_id, _, contact_id = key.partition("/")
         folded = fold(initial_state(account_id, contact_id), events)

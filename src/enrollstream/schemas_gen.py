@@ -33,6 +33,19 @@ from enrollstream.domain.integration import integration_event_adapter
 SUBDIRS = ("commands", "events", "integration", "envelopes")
 
 
+def _compact_snapshot_schema() -> dict[str, Any]:
+    """A snapshot leaves an enrollment's `campaign` out when the catalog keeps its version (it refers to
+    it by account, `campaign_id` and `campaign_version`; domain/state.py `snapshot_bytes`)."""
+    schema = ContactState.model_json_schema()
+    enrollment = schema["$defs"]["Enrollment"]
+    enrollment["required"] = [name for name in enrollment["required"] if name != "campaign"]
+    enrollment["properties"]["campaign"]["description"] = (
+        "The definition enrolled under; left out when the campaigns topic keeps that version "
+        "(account_id, campaign_id, campaign_version)"
+    )
+    return schema
+
+
 def _type_name(model: type[Any]) -> str:
     return str(model.model_fields["type"].default)
 
@@ -51,7 +64,7 @@ def render() -> dict[str, str]:
     schemas["envelopes/event.json"] = event_adapter.json_schema()
     schemas["envelopes/integration_event.json"] = integration_event_adapter.json_schema()
     schemas["envelopes/command_result.json"] = CommandResult.model_json_schema()
-    schemas["envelopes/contact_state_snapshot.json"] = ContactState.model_json_schema()
+    schemas["envelopes/contact_state_snapshot.json"] = _compact_snapshot_schema()
     # What upstream publishes on the contact-imports topic (BulkEnroll without inline contacts).
     schemas["envelopes/contact_import.json"] = ContactImport.model_json_schema()
     # What an inbound mail relay publishes on the inbound-email topic (reply detection).

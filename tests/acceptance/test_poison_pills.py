@@ -33,7 +33,7 @@ from enrollstream.domain import CampaignDefinition
 from enrollstream.runtime.campaigns import publish_campaign
 from enrollstream.runtime.projector import PROJECTION
 from tests.integration.test_decider_runtime import ACCOUNT, campaign, enroll, results_by_id
-from tests.integration.test_oversized_records import html_campaign
+from tests.integration.test_oversized_records import html_campaign, publish_unversioned
 from tests.integration.test_worker_lifecycle import WorkerProcess, get, worker_env
 from tests.servers.dns import LocalDnsServer
 from tests.support import eventually, read_until
@@ -174,7 +174,7 @@ async def test_every_poison_pill_in_one_run_is_accounted_for_and_the_worker_neve
     verifying = CampaignDefinition.model_validate(definition(campaign_id="verified", verify_email_mx=True))
     await publish_campaign(bootstrap, topics.campaigns, verifying)
     for i in range(1, 5):
-        await publish_campaign(bootstrap, topics.campaigns, big_campaign(i))
+        await publish_unversioned(bootstrap, topics.campaigns, big_campaign(i))  # embedded in snapshots
 
     defaults = Settings.model_fields
     env = worker_env(

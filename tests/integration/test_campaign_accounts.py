@@ -17,7 +17,12 @@ from enrollstream.adapters.postgres.read_side import campaign_stats_card, enroll
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition, StepDue
 from enrollstream.operations import apply_campaign, known_campaign
-from enrollstream.runtime.campaigns import CampaignCatalog, publish_campaign
+from enrollstream.runtime.campaigns import (
+    CampaignCatalog,
+    campaign_key,
+    campaign_version_key,
+    publish_campaign,
+)
 from tests.integration.test_scheduler import events_of, results, scheduler, timers, wait_for_timers
 from tests.servers.clock import ManualClock
 from tests.support import eventually, publish, running_worker
@@ -191,5 +196,49 @@ async def test_campaign_apply_of_the_same_id_by_another_account_is_its_own_campa
         await publish_raw(bootstrap, topics.campaigns, CAMPAIGN.encode(), None)
         await catalog.catch_up()
         assert catalog.get(A, CAMPAIGN) is None and catalog.get(B, CAMPAIGN) is not None
+    finally:
+        await catalog.stop()
+
+
+async def test_every_published_version_stays_resolvable_per_account_and_only_kept_ones_are_referable(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    # A's v1 from before versions were kept: only under the latest key, which an edit supersedes.
+    await publish_raw(
+        bootstrap, topics.campaigns, campaign_key(A, CAMPAIGN), campaign(A).model_dump_json().encode()
+    )
+    await publish_campaign(bootstrap, topics.campaigns, campaign(A, version=2))
+    await publish_campaign(bootstrap, topics.campaigns, campaign(B))  # the same id and version, B's
+    catalog = CampaignCatalog(bootstrap, topics.campaigns)
+    await catalog.start()
+    try:
+        v1, v2, theirs = (
+            catalog.get_version(A, CAMPAIGN, 1),
+            catalog.get_version(A, CAMPAIGN, 2),
+            catalog.get_version(B, CAMPAIGN, 1),
+        )
+        assert v1 is not None and v2 is not None and theirs is not None
+        assert (theirs.account_id, theirs.steps[0].content.subject) == (B, f"Hello from {B}")
+        assert catalog.get(A, CAMPAIGN) is v2  # one object per version, latest and versioned alike
+        # Compaction may drop v1 (it was only ever the latest record): a snapshot must embed it.
+        assert not catalog.resolves(A, v1)
+        assert catalog.resolves(A, v2) and catalog.resolves(B, theirs)
+        assert not catalog.resolves(A, theirs)  # another account's definition is never A's version
+        # Deleting A's campaign stops new enrollments; the version its enrollments use stays.
+        await publish_raw(bootstrap, topics.campaigns, campaign_key(A, CAMPAIGN), None)
+        await catalog.catch_up()
+        assert catalog.get(A, CAMPAIGN) is None
+        assert catalog.get_version(A, CAMPAIGN, 2) is v2 and catalog.resolves(A, v2)
+        # A versioned key whose value names another campaign or version is ignored.
+        await publish_raw(
+            bootstrap,
+            topics.campaigns,
+            campaign_version_key(A, CAMPAIGN, 7),
+            campaign(A, version=3).model_dump_json().encode(),
+        )
+        await catalog.catch_up()
+        assert catalog.get_version(A, CAMPAIGN, 7) is None and catalog.get_version(A, CAMPAIGN, 3) is None
     finally:
         await catalog.stop()

@@ -7,11 +7,26 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, header
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, encode, header
 from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.config import Settings
-from enrollstream.domain import CampaignDefinition
-from enrollstream.runtime.campaigns import publish_campaign
+from enrollstream.domain import (
+    Accepted,
+    CampaignDefinition,
+    Channel,
+    Step,
+    StepContent,
+    decide,
+    fold,
+    ids,
+    initial_state,
+    parse_command,
+)
+from enrollstream.runtime.campaigns import campaign_key, campaign_version_key, publish_campaign
 from tests.support import publish, read_until, running_worker
 
 ACCOUNT = "acct-a"
@@ -154,3 +169,148 @@ async def test_a_restarted_decider_restores_its_contacts_from_the_changelog(
     assert restored == 1
     events = await read_until(bootstrap, topics.events, lambda rs: len(rs) >= 1)
     assert all(json.loads(e.value)["causation_id"] == first["command_id"] for e in events)
+
+
+async def compact_campaigns_topic(bootstrap: str, topic: str, kept: list[tuple[bytes, bytes]]) -> None:
+    """What log compaction leaves of the campaigns topic: every record deleted, then only the ones
+    compaction keeps (the latest per key) written again, in order."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        end = (await consumer.end_offsets([tp]))[tp]
+    finally:
+        await consumer.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        # A compacted topic refuses DeleteRecords: allowed for the time of the call.
+        for policy in ("compact,delete", "compact"):
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": policy})
+            await admin.alter_configs([resource])
+            if policy != "compact":
+                await admin.delete_records({tp: RecordsToDelete(end)})
+    finally:
+        await admin.close()
+    for key, value in kept:
+        await publish(bootstrap, topic, value, key=key.decode())
+
+
+async def test_an_enrollment_keeps_its_versions_steps_after_an_edit_compaction_and_a_restart(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    v1 = campaign().model_copy(update={"steps": [_step("v1 first step")]})
+    v2 = v1.model_copy(update={"version": 2, "steps": [_step("v2 first step")]})
+    await publish_campaign(bootstrap, topics.campaigns, v1)
+    first = enroll("heidi")
+    key = f"{ACCOUNT}/heidi"
+    async with running_worker(settings, roles=("decider",)):
+        await send(settings, topics, first, key)
+        await read_until(
+            bootstrap, topics.command_results, lambda rs: first["command_id"] in results_by_id(rs)
+        )
+    # The snapshot names the version; the definition lives once, on the campaigns topic.
+    snapshots = await read_until(bootstrap, topics.aggregates, lambda rs: len(rs) >= 1)
+    assert b'"steps"' not in snapshots[-1].value and b'"campaign_version":1' in snapshots[-1].value
+
+    # The campaign is edited, then the campaigns topic compacted: v1 is left only under its versioned key.
+    await publish_campaign(bootstrap, topics.campaigns, v2)
+    await compact_campaigns_topic(
+        bootstrap,
+        topics.campaigns,
+        [
+            (campaign_version_key(ACCOUNT, "welcome", 1), encode(v1)),
+            (campaign_version_key(ACCOUNT, "welcome", 2), encode(v2)),
+            (campaign_key(ACCOUNT, "welcome"), encode(v2)),
+        ],
+    )
+    enrollment = ids.enrollment_id(ACCOUNT, "heidi", "welcome", 1)
+    due = {
+        "command_id": f"cmd-{uuid.uuid4()}",
+        "type": "StepDue.v1",
+        "account_id": ACCOUNT,
+        "issued_at": datetime(2026, 11, 22, 10, 0, tzinfo=UTC).isoformat(),
+        "actor": "scheduler",
+        "data": {"contact_id": "heidi", "enrollment_id": enrollment, "step_index": 0, "attempt": 1},
+    }
+    newcomer = enroll("ivan")
+    # A new process: it restores heidi from the changelog and resolves v1 from the compacted topic.
+    async with running_worker(settings, roles=("decider",)) as worker:
+        await send(settings, topics, due, key)
+        await send(settings, topics, newcomer, f"{ACCOUNT}/ivan")
+        wanted = {due["command_id"], newcomer["command_id"]}
+        results = await read_until(
+            bootstrap, topics.command_results, lambda rs: wanted <= set(results_by_id(rs))
+        )
+        assert worker.decider is not None
+        states = {k: s for owner in worker.decider.owners.values() for k, s in owner.states.items()}
+    assert results_by_id(results)[due["command_id"]]["status"] == "accepted"
+    types = ["StepDispatched.v1", "ContactEnrolled.v1", "ContactEnrolled.v1"]
+    records = await read_until(
+        bootstrap, topics.events, lambda rs: sorted(types) <= sorted(t for t in map(_type, rs) if t in types)
+    )
+    events = [json.loads(e.value) for e in records]
+    dispatched = [e for e in events if e["type"] == "StepDispatched.v1"]
+    assert [e["data"]["content"]["body"] for e in dispatched] == ["v1 first step"]
+    enrolled = {
+        e["contact_id"]: e["data"]["campaign"]["version"] for e in events if e["type"] == "ContactEnrolled.v1"
+    }
+    assert enrolled == {"heidi": 1, "ivan": 2}  # the edit affects new enrollments only
+    # One definition object per version, shared by the catalog and every enrollment of it.
+    assert states[key].enrollments[enrollment].campaign is worker.decider.catalog.get_version(
+        ACCOUNT, "welcome", 1
+    )
+
+
+def _type(record: Any) -> str:
+    return str(json.loads(record.value)["type"])
+
+
+def _step(body: str) -> Step:
+    return Step(channel=Channel.EMAIL, content=StepContent(subject="Hi", body=body))
+
+
+async def test_a_changelog_snapshot_written_before_references_still_restores(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    v1 = campaign().model_copy(update={"steps": [_step("v1 first step")]})
+    await publish_campaign(bootstrap, topics.campaigns, v1)
+    # The snapshot as the decider wrote it before compact snapshots: the definition embedded in it.
+    enrolled = decide(
+        parse_command(json.dumps(enroll("judy", campaign=json.loads(encode(v1)))).encode()),
+        initial_state(ACCOUNT, "judy"),
+    )
+    assert isinstance(enrolled, Accepted)
+    state = fold(initial_state(ACCOUNT, "judy"), enrolled.events)
+    legacy = state.model_dump_json().replace('"campaign_version":1,', "")
+    assert '"steps"' in legacy and "campaign_version" not in legacy
+    key = f"{ACCOUNT}/judy"
+    await publish(bootstrap, topics.aggregates, legacy.encode(), key=key)
+    enrollment = ids.enrollment_id(ACCOUNT, "judy", "welcome", 1)
+    due = {
+        "command_id": f"cmd-{uuid.uuid4()}",
+        "type": "StepDue.v1",
+        "account_id": ACCOUNT,
+        "issued_at": datetime(2026, 11, 22, 10, 0, tzinfo=UTC).isoformat(),
+        "actor": "scheduler",
+        "data": {"contact_id": "judy", "enrollment_id": enrollment, "step_index": 0, "attempt": 1},
+    }
+    async with running_worker(settings, roles=("decider",)) as worker:
+        await send(settings, topics, due, key)
+        results = await read_until(
+            bootstrap, topics.command_results, lambda rs: due["command_id"] in results_by_id(rs)
+        )
+        assert worker.decider is not None
+        restored = {k: s for owner in worker.decider.owners.values() for k, s in owner.states.items()}
+        # Migrated on read: the embedded definition became the catalog's one object for that version.
+        definition = restored[key].enrollments[enrollment].campaign
+        assert definition is worker.decider.catalog.get_version(ACCOUNT, "welcome", 1)
+    assert results_by_id(results)[due["command_id"]]["status"] == "accepted"
+    dispatched = await read_until(bootstrap, topics.events, lambda rs: "StepDispatched.v1" in map(_type, rs))
+    assert json.loads(dispatched[-1].value)["data"]["content"]["body"] == "v1 first step"
+    snapshots = await read_until(bootstrap, topics.aggregates, lambda rs: len(rs) >= 2)
+    assert b'"steps"' not in snapshots[-1].value  # written back compact

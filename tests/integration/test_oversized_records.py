@@ -23,11 +23,23 @@ from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition
 from enrollstream.observability import ObservabilityServer, Probe
 from enrollstream.operations import OperatorError, dead_letters, retry_dead_letters
-from enrollstream.runtime.campaigns import publish_campaign
+from enrollstream.runtime.campaigns import campaign_key, publish_campaign
 from tests.support import eventually, read_until, running_worker
 
 ACCOUNT = "acct-big"
 AT = datetime(2026, 11, 22, 9, 0, tzinfo=UTC).isoformat()
+
+
+async def publish_unversioned(bootstrap: str, topic: str, campaign: CampaignDefinition) -> None:
+    """Publish `campaign` as publishers did before versions were kept: only under its latest key. Such a
+    version may be compacted away after an edit, so snapshots embed it (the fallback) and grow with it."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        key = campaign_key(campaign.account_id, campaign.campaign_id)
+        await producer.send_and_wait(topic, campaign.model_dump_json().encode(), key=key, partition=0)
+    finally:
+        await producer.stop()
 
 
 def html_campaign(campaign_id: str, body_bytes: int) -> CampaignDefinition:
@@ -82,10 +94,11 @@ async def test_a_snapshot_that_would_outgrow_a_record_is_refused_with_state_too_
 ) -> None:
     bootstrap = settings.kafka_bootstrap_servers
     assert bootstrap
-    # Four campaigns of ~290 KB of HTML each: one contact in all four would need a ~1.2 MB snapshot.
+    # Four campaigns of ~290 KB of HTML each, published before versions were kept (so embedded in the
+    # snapshot): one contact in all four would need a ~1.2 MB snapshot.
     campaigns = [html_campaign(f"news-{i}", 290_000) for i in range(1, 5)]
     for campaign in campaigns:
-        await publish_campaign(bootstrap, topics.campaigns, campaign)
+        await publish_unversioned(bootstrap, topics.campaigns, campaign)
     key = f"{ACCOUNT}/ada"  # every command on one key, so on one partition, in this order
     enrolls = [enroll("ada", c.campaign_id) for c in campaigns]
     aborted_before = aborted_transactions()
@@ -122,6 +135,32 @@ async def test_a_snapshot_that_would_outgrow_a_record_is_refused_with_state_too_
     assert len(latest["enrollments"]) == len(kept)
     assert all(len(r.value) < MAX_RECORD_BYTES for r in snapshots)
     assert aborted_transactions() == aborted_before  # refused up front, never produced and retried
+
+
+async def test_a_contact_in_campaigns_larger_than_a_record_keeps_a_small_snapshot(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    # The same four ~290 KB campaigns, published with their versions kept: the snapshot refers to them.
+    campaigns = [html_campaign(f"news-{i}", 290_000) for i in range(1, 5)]
+    for campaign in campaigns:
+        await publish_campaign(bootstrap, topics.campaigns, campaign)
+    key = f"{ACCOUNT}/ada"
+    enrolls = [enroll("ada", c.campaign_id) for c in campaigns]
+    async with running_worker(settings, roles=("decider",)):
+        for e in enrolls:
+            await produce(bootstrap, topics.commands, json.dumps(e).encode(), key)
+        records = await read_until(
+            bootstrap,
+            topics.command_results,
+            lambda rs: {e["command_id"] for e in enrolls} <= set(results_by_id(rs)),
+            timeout=15,
+        )
+    assert [results_by_id(records)[e["command_id"]]["status"] for e in enrolls] == ["accepted"] * 4
+    snapshots = await read_until(bootstrap, topics.aggregates, lambda rs: len(rs) == 4, timeout=15)
+    assert len(json.loads(snapshots[-1].value)["enrollments"]) == 4
+    assert len(snapshots[-1].value) < 4096  # four references, not 1.2 MB of definitions
 
 
 async def test_a_command_compressed_past_the_request_size_becomes_a_dead_letter_by_reference(

@@ -106,11 +106,14 @@ from .state import (
     COMMAND_ID_WINDOW,
     PROCESSED_COMMAND_IDS_CAP,
     REPLY_MESSAGE_IDS_KEPT,
+    CampaignVersions,
     ContactState,
     Enrollment,
     evolve,
     fold,
     initial_state,
+    snapshot_bytes,
+    state_from_snapshot,
 )
 from .statuses import EnrollmentStatus, FailureReason, Outcome, SkipKind, Stage, StopReason
 
@@ -131,6 +134,7 @@ __all__ = [
     "CampaignDefinition",
     "CampaignKind",
     "CampaignStatus",
+    "CampaignVersions",
     "Channel",
     "Command",
     "CommandEnvelope",
@@ -222,6 +226,8 @@ __all__ = [
     "parse_command",
     "parse_event",
     "paused_between",
+    "snapshot_bytes",
+    "state_from_snapshot",
     "step_due_command_id",
     "timer_command_id",
     "to_integration_events",

@@ -1,15 +1,23 @@
 """The aggregate: one contact's enrollments across campaigns, and `evolve` to apply events to it.
 
-The runtime snapshots `ContactState` (model_dump_json) on a compacted topic and restores it with
-model_validate_json, so it must stay a plain pydantic model.
+The runtime snapshots `ContactState` on a compacted topic (`snapshot_bytes`) and restores it
+(`state_from_snapshot`), so it must stay a plain pydantic model.
+
+Compact snapshots: in memory an enrollment holds the definition it was enrolled under (`campaign`, a
+frozen object the runtime shares between every enrollment of that version, so `decide` stays a pure
+function of the command and the state); a snapshot keeps only the reference (account, `campaign_id`,
+`campaign_version`) when the runtime says the catalog can resolve it, and the definition itself
+otherwise (the fallback: a version the catalog never kept). Fields at their default are left out.
+A snapshot written before (every definition embedded, every field written) still loads.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from . import ids
 from .campaign import CampaignDefinition, CampaignKind, ContactFacts, MxCheck
@@ -85,7 +93,9 @@ class Enrollment(StateModel):
     enrollment_id: str
     campaign_id: str
     sequence: int
-    campaign: CampaignDefinition  # the version enrolled under
+    # The version enrolled under: all a compact snapshot keeps of `campaign` (with the account and id).
+    campaign_version: int = 0
+    campaign: CampaignDefinition  # the version enrolled under, shared (the runtime resolves it)
     contact: ContactFacts
     time_zone: str
     batch_number: int = 0
@@ -139,6 +149,12 @@ class Enrollment(StateModel):
     version: int = 0
     updated_at: datetime | None = None
 
+    @model_validator(mode="after")
+    def _version_of_its_campaign(self) -> Enrollment:
+        # One fact: the reference a snapshot keeps is always the version of the definition held.
+        self.campaign_version = self.campaign.version
+        return self
+
     @property
     def step_count(self) -> int:
         return len(self.campaign.steps)
@@ -167,6 +183,32 @@ class ContactState(StateModel):
     # Command id -> epoch seconds it was decided at (contact time), oldest first; see COMMAND_ID_WINDOW.
     processed_command_ids: dict[str, int] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_campaigns(cls, value: Any, info: ValidationInfo) -> Any:
+        """A snapshot's enrollment names its definition by version: resolved through the
+        `campaigns` lookup of the validation context (`state_from_snapshot`)."""
+        if not isinstance(value, dict) or not isinstance(value.get("enrollments"), dict):
+            return value
+        lookup: CampaignVersions | None = (info.context or {}).get("campaigns")
+        enrollments: dict[str, Any] = {}
+        for key, e in value["enrollments"].items():
+            # Without `campaign`: a reference. With it: embedded (a fallback, or a snapshot written before
+            # references), and `campaign_version` follows from it (`_version_of_its_campaign`).
+            if isinstance(e, dict) and e.get("campaign") is None and "campaign_version" in e:
+                if lookup is None:
+                    raise ValueError("a compact snapshot is restored with a campaigns lookup")
+                account, campaign_id = str(value.get("account_id", "")), str(e.get("campaign_id", ""))
+                found = lookup(account, campaign_id, e["campaign_version"])
+                if found is None:
+                    raise ValueError(
+                        f"campaign {campaign_id!r} version {e['campaign_version']} of enrollment {key!r} "
+                        "is not in the catalog"
+                    )
+                e = {**e, "campaign": found}
+            enrollments[key] = e
+        return {**value, "enrollments": enrollments}
+
     @field_validator("processed_command_ids", mode="before")
     @classmethod
     def _from_legacy_list(cls, value: object) -> object:
@@ -189,6 +231,33 @@ class ContactState(StateModel):
 
     def has_processed(self, command_id: str) -> bool:
         return command_key(command_id) in self.processed_command_ids
+
+
+# (account_id, campaign_id, version) -> that version's definition, or None if unknown.
+CampaignVersions = Callable[[str, str, int], CampaignDefinition | None]
+
+
+def snapshot_bytes(state: ContactState, referable: Callable[[str, CampaignDefinition], bool]) -> bytes:
+    """The compact snapshot of `state`: fields at their default left out, and the definition of each
+    enrollment left out when `referable(account_id, definition)` (the catalog resolves that version to
+    this very definition), so it is restored by reference."""
+    by_reference = {
+        key: {"campaign"} for key, e in state.enrollments.items() if referable(state.account_id, e.campaign)
+    }
+    exclude = {"enrollments": by_reference} if by_reference else None
+    return state.model_dump_json(exclude_defaults=True, exclude=exclude).encode()
+
+
+def state_from_snapshot(raw: bytes | str, campaigns: CampaignVersions) -> ContactState:
+    """A snapshot (compact, or from before references) as a state whose enrollments share the
+    definitions `campaigns` resolves: an embedded definition equal to the catalog's version is replaced
+    by the catalog's object, so a contact restored from an old snapshot costs no more memory."""
+    state = ContactState.model_validate_json(raw, context={"campaigns": campaigns})
+    for e in state.enrollments.values():
+        known = campaigns(state.account_id, e.campaign_id, e.campaign_version)
+        if known is not None and known is not e.campaign and known == e.campaign:
+            e.campaign = known
+    return state
 
 
 def initial_state(account_id: str, contact_id: str) -> ContactState:
@@ -303,6 +372,7 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             enrollment_id=event.enrollment_id or "",
             campaign_id=event.campaign_id or "",
             sequence=enrolled.sequence,
+            campaign_version=enrolled.campaign.version,
             campaign=enrolled.campaign,
             contact=enrolled.contact,
             time_zone=enrolled.time_zone,

@@ -69,6 +69,8 @@ from enrollstream.domain import (
     fold,
     initial_state,
     parse_command,
+    snapshot_bytes,
+    state_from_snapshot,
     to_integration_events,
 )
 from enrollstream.domain.rejections import Accepted, Rejection, RejectionCode
@@ -381,7 +383,12 @@ class DeciderService:
         return producer
 
     async def _restore(self, partition: int) -> dict[str, ContactState]:
-        """Latest snapshot per contact from the compacted changelog: cost grows with contacts, not events."""
+        """Latest snapshot per contact from the compacted changelog: cost grows with contacts, not events.
+
+        A snapshot refers to the campaign versions of its enrollments: the catalog is brought up to the
+        end of the campaigns topic first, and every enrollment of a version gets the catalog's one
+        shared definition."""
+        await self.catalog.catch_up()
         tp = TopicPartition(self.topics.aggregates, partition)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, isolation_level="read_committed", enable_auto_commit=False
@@ -398,7 +405,9 @@ class DeciderService:
                     if record.value is None:
                         states.pop(record.key.decode(), None)
                     else:
-                        states[record.key.decode()] = ContactState.model_validate_json(record.value)
+                        states[record.key.decode()] = state_from_snapshot(
+                            record.value, self.catalog.get_version
+                        )
         finally:
             await consumer.stop()
         return states
@@ -684,7 +693,9 @@ class DeciderService:
                     _Send(self.topics.integration_events, encode(public), public_key)
                     for public in to_integration_events(event)
                 )
-            sends.append(_Send(self.topics.aggregates, encode(after), key_bytes(key), partition))
+            # Compact: an enrollment's definition is kept by reference when the catalog keeps that version.
+            snapshot = snapshot_bytes(after, self.catalog.resolves)
+            sends.append(_Send(self.topics.aggregates, snapshot, key_bytes(key), partition))
             too_large = self._too_large(command, sends)
             if too_large is not None:
                 log.warning(

@@ -27,6 +27,8 @@ from enrollstream.domain import (
     fold,
     initial_state,
     parse_event,
+    snapshot_bytes,
+    state_from_snapshot,
     to_integration_events,
 )
 from enrollstream.domain.commands import command_adapter
@@ -212,6 +214,10 @@ def test_random_command_sequences_keep_every_invariant(data: st.DataObject) -> N
             assert not (e.status.is_terminal and e.scheduled is not None)
     assert fold(initial_state(ACCOUNT, CONTACT), history) == state  # replay gives the same state
     assert ContactState.model_validate_json(state.model_dump_json()) == state  # snapshot round trip
+    # ... and through the compact snapshot, every definition by reference to the catalog's version
+    versions = {(ACCOUNT, e.campaign_id, e.campaign_version): e.campaign for e in state.enrollments.values()}
+    compact = snapshot_bytes(state, lambda account, definition: True)
+    assert state_from_snapshot(compact, lambda *version: versions.get(version)) == state
 
 
 def test_emitted_events_validate_against_the_committed_json_schemas() -> None:
