@@ -374,3 +374,53 @@ async def test_a_contact_put_over_http_is_read_back_and_enrolled_by_its_id(
         assert sorted(f["field"] for f in bad.json()["error"]["fields"]) == ["body.email", "body.time_zone"]
         theirs = await api.b.get("/contacts/g1")
         assert (theirs.status_code, error_code(theirs)) == (404, "contact_not_found")
+
+
+@pytest.mark.timeout(240)
+async def test_a_bulk_enroll_needs_no_kafka_producer_contacts_and_the_import_go_over_http(
+    settings: Settings, topics: Topics, database_url: str
+) -> None:
+    """Seed 001's bulk enroll from HTTP alone: the directory has c0..c2 (PUT /contacts), the import lists
+    two of them by id, one with inline facts and one unknown id; B's key cannot use A's import."""
+    async with api_stack(settings, topics, database_url) as api:
+        body = {
+            "contacts": [
+                {"contact_id": "c1"},
+                {"contact_id": "c2"},
+                {"contact_id": "inline-1", "contact": {"name": "Inline", "email": "inline@example.org"}},
+                {"contact_id": "ghost"},
+            ]
+        }
+        put = await api.a.put("/contact_imports/http-import", json=body)
+        assert put.status_code == 200, put.text
+        assert put.json() == {"contact_import_id": "http-import", "contacts": 4}
+
+        # The import is A's: B's key enrolling from it finds no such import, and nothing is enrolled.
+        foreign = await api.b.post(
+            "/campaigns/welcome/enroll", json={"contact_import_id": "http-import", "batch_size": 10}
+        )
+        assert (foreign.status_code, error_code(foreign)) == (404, "contact_import_not_found")
+
+        enrolled = await api.a.post(
+            "/campaigns/welcome/enroll", json={"contact_import_id": "http-import", "batch_size": 10}
+        )
+        assert enrolled.status_code == 200, enrolled.text
+        answer = enrolled.json()
+        assert (answer["enrolled"], answer["batches"]) == (3, 1)
+        assert [(s["contact_id"], s["kind"]) for s in answer["skipped"]] == [("ghost", "contact_not_found")]
+        rows = await api.rows("select account_id, contact_id from enrollments order by contact_id")
+        assert [(r["account_id"], r["contact_id"]) for r in rows] == [(A, "c1"), (A, "c2"), (A, "inline-1")]
+
+        # Bounded where it enters: no MX answer from a caller, no empty list, no field it does not know.
+        for bad in (
+            {"contacts": []},
+            {"contacts": [{"contact_id": "x", "mx": {"domain": "a.example", "valid": True}}]},
+            {"contacts": [{"contact_id": "a/b"}]},
+            {"contacts": [{"contact_id": "x", "contact": {"name": "bad\x00name"}}]},
+        ):
+            refused = await api.a.put("/contact_imports/bad-import", json=bad)
+            assert (refused.status_code, error_code(refused)) == (422, "invalid_request"), bad
+        missing = await api.a.post(
+            "/campaigns/welcome/enroll", json={"contact_import_id": "bad-import", "batch_size": 10}
+        )
+        assert error_code(missing) == "contact_import_not_found"  # no refused body was published
