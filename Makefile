@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo demo-quick test check unit integration chaos bench bench-quick stack-up stack-down schemas schema-sql clean
+.PHONY: demo demo-quick test check unit integration soak chaos bench bench-quick stack-up stack-down schemas schema-sql clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration tests/acceptance
+
+## The soak tests make test leaves out (marked `soak`): a short crash run and the bench harness's smoke.
+soak: $(STAMP)
+	$(BIN)/python -m pytest -m soak
 
 ## The crash suite: SIGKILL the workers at random while commands flow, then verify exactly-once (minutes).
 chaos: $(STAMP)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from enrollstream import stack
 from enrollstream.chaos import ChaosPlan, run_chaos
 
 
+@pytest.mark.soak
 async def test_workers_killed_mid_stream_lose_nothing_and_do_nothing_twice(
     endpoints: stack.Endpoints, tmp_path: Path
 ) -> None:

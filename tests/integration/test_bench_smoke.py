@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from bench.common import SCENARIOS, Sizes
 from bench.run import run_scenarios, table
 from rich.console import Console
@@ -16,6 +17,7 @@ from enrollstream.config import Settings
 FIELDS = {"status", "mode", "value", "unit", "baseline", "ratio", "target", "params", "reason", "runs"}
 
 
+@pytest.mark.soak
 async def test_quick_bench_decider_and_projector_write_results_json(
     endpoints: stack.Endpoints, tmp_path: Path
 ) -> None:
