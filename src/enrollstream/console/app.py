@@ -470,6 +470,18 @@ def create_console(context: ApiContext | None) -> FastAPI:
                                     enrollment_ids)  # fmt: skip
         return [dict(r) for r in rows]
 
+    async def action_on(
+        context: ApiContext, account: str, campaign_id: str, enrollment_id: str, action: str
+    ) -> tuple[dict[str, Any], tuple[str, str, str]]:
+        """The enrollment an action names and the action (command type, label, consequence); 404 when
+        either is not there (another account's or campaign's enrollment included)."""
+        if action not in ACTIONS:
+            raise StarletteHTTPException(404, "no such action")
+        rows = await enrollment_of(context, account, campaign_id, [enrollment_id])
+        if not rows:
+            raise StarletteHTTPException(404, "no such enrollment in this campaign")
+        return rows[0], ACTIONS[action]
+
     @app.get("/campaigns/{campaign_id}/enrollments/{enrollment_id}/{action}", response_class=HTMLResponse)
     async def confirm(
         request: Request,
@@ -480,13 +492,8 @@ def create_console(context: ApiContext | None) -> FastAPI:
         action: str,
         back: Annotated[str, Query(max_length=2000)] = "",
     ) -> Response:
-        if action not in ACTIONS:
-            raise StarletteHTTPException(404, "no such action")
-        rows = await enrollment_of(context, account, campaign_id, [enrollment_id])
-        if not rows:
-            raise StarletteHTTPException(404, "no such enrollment in this campaign")
-        _, label, consequence = ACTIONS[action]
-        return render(request, "confirm.html", account=account, campaign_id=campaign_id, row=rows[0],
+        row, (_, label, consequence) = await action_on(context, account, campaign_id, enrollment_id, action)
+        return render(request, "confirm.html", account=account, campaign_id=campaign_id, row=row,
                       action=action, label=label, consequence=consequence, back=back)  # fmt: skip
 
     async def send(context: ApiContext, account: str, command_type: str, row: dict[str, Any]) -> str:
@@ -520,13 +527,8 @@ def create_console(context: ApiContext | None) -> FastAPI:
         action: str,
         back: Annotated[str, Form(max_length=2000)] = "",
     ) -> Response:
-        if action not in ACTIONS:
-            raise StarletteHTTPException(404, "no such action")
-        rows = await enrollment_of(context, account, campaign_id, [enrollment_id])
-        if not rows:
-            raise StarletteHTTPException(404, "no such enrollment in this campaign")
-        command_type, label, _ = ACTIONS[action]
-        line = await send(context, account, command_type, rows[0])
+        row, (command_type, label, _) = await action_on(context, account, campaign_id, enrollment_id, action)
+        line = await send(context, account, command_type, row)
         return back_to(request, campaign_id, back, f"{label}: {line}")
 
     @app.post("/campaigns/{campaign_id}/batch", response_class=HTMLResponse, dependencies=[Csrf])
