@@ -50,7 +50,9 @@ def endpoints() -> Iterator[stack.Endpoints]:
 
 
 @pytest.fixture
-def settings(endpoints: stack.Endpoints, topics: Topics, database_url: str) -> Settings:
+def settings(
+    endpoints: stack.Endpoints, topics: Topics, database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
     return Settings(
         kafka_bootstrap_servers=endpoints.kafka_bootstrap_servers,
         database_url=database_url,
@@ -62,6 +64,8 @@ def settings(endpoints: stack.Endpoints, topics: Topics, database_url: str) -> S
         # tests/integration/test_poison_inputs.py.
         command_max_future_skew_s=0,
         command_max_age_s=0,
+        # The decider's stores under the session's temporary directory (each group has its own path).
+        state_dir=tmp_path_factory.getbasetemp() / "decider-state",
     )
 
 

@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -99,6 +100,7 @@ class ChaosReport:
     projection_mismatches: int = 0
     duplicate_sends: int = 0  # a step delivered to the SMTP server more than once (or without a ledger row)
     unknown_sends: int = 0  # sends caught in the ambiguous window by a kill: reported unknown, never resent
+    store_write_kills: int = 0  # kills between a decider's Kafka commit and its state store's write
     row_mismatches: int = 0  # enrollments rows that differ from the domain's snapshot (or have none)
     details: list[str] = field(default_factory=list)
 
@@ -294,13 +296,17 @@ def workload(plan: ChaosPlan, run: str, issued: datetime | None = None) -> list[
 
 
 class WorkerProcess:
-    """`enrollstream worker` in a child process with this run's settings; logs to a file."""
+    """`enrollstream worker` in a child process with this run's settings; logs to a file. Each has a
+    state directory of its own, as each host of a deployment would, and a trigger file: while it
+    exists, the worker's decider kills itself between a Kafka commit and the store's write."""
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path, roles: str) -> None:
         self.name = name
-        self.env = env
+        self.state_dir = log_dir / f"{name}-state"
+        self.env = {**env, "ENROLLSTREAM_STATE_DIR": str(self.state_dir)}
         self.roles = roles
         self.log_path = log_dir / f"{name}.log"
+        self.trigger = log_dir / f"{name}.die-at-store-write"
         self.process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
@@ -309,9 +315,9 @@ class WorkerProcess:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "enrollstream",
-                "worker",
-                "--roles",
+                "enrollstream.chaos",
+                DYING_WORKER,
+                str(self.trigger),
                 self.roles,
                 env=self.env,
                 stdout=log,
@@ -319,6 +325,22 @@ class WorkerProcess:
             )
         finally:
             log.close()
+
+    async def die_at_store_write(self, timeout: float) -> bool:
+        """Let the decider kill itself at its next store write; True if it did within `timeout` (else
+        it is killed from outside, as any other kill)."""
+        self.trigger.touch()
+        try:
+            if self.process is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.process.wait(), timeout)
+            return not self.running and not self.trigger.exists()
+        finally:
+            self.trigger.unlink(missing_ok=True)
+            await self.kill()
+
+    def delete_state(self) -> None:
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     @property
     def running(self) -> bool:
@@ -412,6 +434,10 @@ async def run_chaos(
             await primary.terminate()
             await second.terminate()
         await verify(bootstrap, topics, database_url, records, report, sink if plan.sends else None)
+    console.print(
+        f"{report.store_write_kills} of the kills landed between a decider's Kafka commit and its state "
+        "store's write; every fourth restart began with the state store deleted"
+    )
     for line in report.details:
         console.print(line, markup=False)  # data (dead-letter bytes, ids), never rich markup
     return report
@@ -462,11 +488,20 @@ async def _kill_repeatedly(
 ) -> None:
     """SIGKILL at random moments: during start-up and restore, mid-batch, mid-transaction."""
     gap = plan.seconds / (plan.kills + 1)
-    for _ in range(plan.kills):
+    for n in range(plan.kills):
         await asyncio.sleep(rng.uniform(0.3 * gap, 1.7 * gap))
+        how = "SIGKILL to the primary worker"
+        # Every third kill lands between a Kafka commit and the state store's write (if the decider
+        # writes within the bound), every fourth restart starts with no state store on disk.
+        if n % 3 == 1 and await worker.die_at_store_write(timeout=gap / 2):
+            report.store_write_kills += 1
+            how = "the primary's decider killed between its Kafka commit and its state store's write"
         await worker.kill()
         report.kills += 1
-        console.print(f"  kill {report.kills}/{plan.kills}: SIGKILL to the primary worker; restarting it")
+        if n % 4 == 3:
+            worker.delete_state()
+            how += "; its state store deleted"
+        console.print(f"  kill {report.kills}/{plan.kills}: {how}; restarting it")
         await worker.start()
 
 
@@ -781,6 +816,31 @@ async def _verify_projections(bootstrap: str, topics: Topics, database_url: str,
         report.details.append(f"stats card differs from the count: {mismatch}")
 
 
+# --- a worker that can die between the Kafka commit and the store write -------------------------------
+
+DYING_WORKER = "worker-dying-at-store-write"
+
+
+def run_worker_dying_at_store_write(trigger: Path, roles: str) -> None:
+    """`enrollstream worker --roles ROLES`, except that while `trigger` exists the decider SIGKILLs
+    itself right after a Kafka transaction committed and before its state store recorded it: the
+    window the store must survive (it holds less than the changelog; the restart replays the tail).
+    The trigger is removed as it fires."""
+    from enrollstream.cli import app
+    from enrollstream.state.partition import PartitionState
+
+    commit = PartitionState.commit
+
+    def commit_or_die(self: PartitionState[Any], changes: Any, applied_offset: int) -> None:
+        if trigger.exists():
+            trigger.unlink(missing_ok=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        commit(self, changes, applied_offset)
+
+    PartitionState.commit = commit_or_die  # type: ignore[method-assign]
+    app(["worker", "--roles", roles])
+
+
 def main(plan: ChaosPlan, settings: Settings, console: Console) -> int:
     state = stack.up(settings)
     try:
@@ -791,3 +851,9 @@ def main(plan: ChaosPlan, settings: Settings, console: Console) -> int:
                 stack.down(settings)
     print(report.line(), flush=True)  # plain: the last line is parsed by people and scripts
     return 0 if report.clean else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != DYING_WORKER:
+        sys.exit(f"usage: python -m enrollstream.chaos {DYING_WORKER} TRIGGER_FILE ROLES")
+    run_worker_dying_at_store_write(Path(sys.argv[2]), sys.argv[3])

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     # tick) without moving for this long, or has failed this many times in a row at one offset.
     stuck_after_s: float = Field(default=300.0, gt=0)
     stuck_retries: int = Field(default=5, ge=1)
+    # The decider's local state (docs/architecture.md "Local state"): one RocksDB store per owned partition
+    # under this directory, a cache of the aggregates changelog, so a restart replays only the changelog's
+    # tail. "memory": no store on disk (every assignment restores the whole partition).
+    state_store: Literal["disk", "memory"] = "disk"
+    state_dir: Path = Field(default_factory=lambda: _home_dir(".local", "state", "enrollstream", "decider"))
+    # Memory for state, per worker process, whatever the number of contacts: a quarter for RocksDB (block
+    # cache and memtables), the rest for decoded hot aggregates.
+    state_cache_mb: int = Field(default=128, ge=8, le=1_048_576)
     # Webhook relay (role `relay`, docs/webhooks.md): its own consumer group on the integration-events topic.
     relay_group_id: str | None = None  # default: `<group_id>.webhook-relay`
     relay_consumers: int = Field(default=1, ge=1)  # consumers in this process; each owns some partitions

@@ -38,6 +38,11 @@ BATCH_RECORDS = Histogram(
 TRANSACTIONS = Counter(
     "enrollstream_transactions", "Batch transactions (Kafka or PostgreSQL) by outcome", ["role", "outcome"]
 )
+STATE_RESTORED_RECORDS = Counter(
+    "enrollstream_state_restored_records",
+    "Changelog records copied into the decider's state stores on assignment: cold (from the start) or tail",
+    ["kind"],
+)
 DEAD_LETTERS = Counter("enrollstream_dead_letters", "Records sent to the dead-letter topic", ["role"])
 CONSUMER_LAG = Gauge(
     "enrollstream_consumer_lag",

@@ -165,7 +165,7 @@ async def test_a_zombie_that_lost_its_partition_is_fenced_and_its_batch_leaves_n
     catalog = CampaignCatalog(bootstrap, topics.campaigns)
     await catalog.start()
     zombie = DeciderService(bootstrap, topics, settings.group_id, catalog)
-    zombie_owner = PartitionOwner(tp0, await zombie._new_producer(tp0))
+    zombie_owner = PartitionOwner(tp0, await zombie._new_producer(tp0), await zombie._open_state(0))
     zombie.owners[tp0] = zombie_owner
     try:
         async with running_worker(settings) as live:

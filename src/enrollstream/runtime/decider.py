@@ -23,9 +23,10 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -38,7 +39,7 @@ from aiokafka.errors import (
 
 from enrollstream import observability as metrics
 from enrollstream.adapters.dns.mx import MxLookupUnavailable, MxVerifier
-from enrollstream.adapters.kafka.reading import batches_to_end, group_consumer
+from enrollstream.adapters.kafka.reading import group_consumer
 from enrollstream.adapters.kafka.records import (
     MAX_COMMAND_BYTES,
     MAX_OUTPUT_BYTES,
@@ -77,6 +78,17 @@ from enrollstream.domain.rejections import Accepted, Rejection, RejectionCode
 from enrollstream.observability import Progress
 from enrollstream.runtime.campaigns import CampaignCatalog
 from enrollstream.runtime.contact_imports import ContactImportCatalog
+from enrollstream.state import (
+    MemoryStore,
+    PartitionState,
+    PartitionStore,
+    RecoveryReport,
+    StoreIdentity,
+    StoreOptions,
+    open_rocksdb_store,
+    recover,
+)
+from enrollstream.state.partition import StateStoreError
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +99,9 @@ EnrollLike = TypeVar("EnrollLike", Enroll, BulkEnroll)
 MAX_ENROLL_STATE_BYTES = MAX_OUTPUT_BYTES * 3 // 4
 # Too large, as a producer (client side) or a broker (server side) says it.
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+# What a decoded ContactState holds in memory per byte of its compact snapshot (tracemalloc over the bench
+# workload's contacts: 8.7); the cache weighs its entries by it.
+DECODED_BYTES_PER_SNAPSHOT_BYTE = 9
 
 
 class OutputTooLarge(Exception):
@@ -109,7 +124,7 @@ class PartitionOwner:
 
     partition: TopicPartition
     producer: AIOKafkaProducer
-    states: dict[str, ContactState] = field(default_factory=dict)
+    state: PartitionState[ContactState]
     next_offset: int = 0
     # Inputs whose output was refused as too large: on the next attempt each becomes a dead letter.
     too_large: dict[int, str] = field(default_factory=dict)
@@ -204,12 +219,12 @@ def _needs_mx(command: Enroll, email: str | None) -> bool:
 
 
 def _emails_to_verify(
-    prepared: list[tuple[object, _Prepared]], states: Mapping[str, ContactState]
+    prepared: list[tuple[object, _Prepared]], states: Callable[[str], ContactState | None]
 ) -> dict[int, str]:
     """The email each Enroll will be decided with, by its index in the batch: its inline facts', else the
     contact's profile as it will be when the Enroll is decided (a PutContact earlier in the same batch
     included), so an Enroll naming only the contact id is verified against the address it is sent to."""
-    profiles = {key: state.profile.email if state.profile else None for key, state in states.items()}
+    profiles: dict[str, str | None] = {}  # set by a PutContact earlier in the batch
     emails: dict[int, str] = {}
     for i, (_, item) in enumerate(prepared):
         if isinstance(item, PutContact):
@@ -217,10 +232,25 @@ def _emails_to_verify(
         elif isinstance(item, Enroll):
             contact = item.data.contact
             key = aggregate_key(item.account_id, item.contact_id)
-            email = contact.email if contact is not None else profiles.get(key)
+            if contact is not None:
+                email = contact.email
+            elif key in profiles:
+                email = profiles[key]
+            else:
+                email = _profile_email(states, key)
             if _needs_mx(item, email):
                 emails[i] = email or ""
     return emails
+
+
+def _profile_email(states: Callable[[str], ContactState | None], key: str) -> str | None:
+    try:
+        state = states(key)
+    except StateStoreError:
+        raise
+    except Exception:
+        return None  # an undecodable snapshot: deciding the command makes it that command's dead letter
+    return state.profile.email if state is not None and state.profile else None
 
 
 @dataclass
@@ -228,6 +258,7 @@ class _Staged:
     """One batch's output for one partition, sent inside its transaction, applied after commit."""
 
     states: dict[str, ContactState] = field(default_factory=dict)
+    snapshots: dict[str, bytes] = field(default_factory=dict)  # the encoded form of each of `states`
     commands: int = 0
     events: int = 0
     dead_letters: int = 0
@@ -235,6 +266,7 @@ class _Staged:
     # Every send's delivery, with the offset of the input it was for; awaited before the commit, since
     # aiokafka commits a transaction even when one of its batches was refused by the broker.
     deliveries: list[tuple[int, bool, asyncio.Future[Any]]] = field(default_factory=list)
+    changelog: list[asyncio.Future[Any]] = field(default_factory=list)  # the snapshots' deliveries
     offset: int = -1  # the input being processed
     dead_letter: bool = False  # ... and whether it is being dead-lettered
 
@@ -257,6 +289,9 @@ class DeciderService:
         max_retry_backoff_s: float = 30.0,
         max_future_skew: timedelta | None = None,
         max_age: timedelta | None = None,
+        state_dir: Path | None = None,
+        state_cache_bytes: int = 96 * 2**20,
+        store_options: StoreOptions | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
@@ -271,6 +306,12 @@ class DeciderService:
         self.max_future_skew = max_future_skew
         self.max_age = max_age
         self.owners: dict[TopicPartition, PartitionOwner] = {}
+        # Where each owned partition's store lives (None: in memory, rebuilt from the changelog on every
+        # assignment), and how many bytes of decoded aggregates all partitions may keep hot together.
+        self.state_dir = state_dir
+        self.state_cache_bytes = state_cache_bytes
+        self.store_options = store_options or StoreOptions()
+        self.restores: list[RecoveryReport] = []  # every restore of a partition's state, in order
         self._lock = asyncio.Lock()  # a rebalance waits for the batch in flight to commit
         self._consumer: AIOKafkaConsumer | None = None
         self.processed_commands = 0
@@ -297,6 +338,7 @@ class DeciderService:
         async with self._lock:
             for owner in list(self.owners.values()):
                 await _close(owner.producer)
+                owner.state.close()
             self.owners.clear()
         if self._consumer is not None:
             await self._consumer.stop()
@@ -346,15 +388,20 @@ class DeciderService:
             for tp in partitions:
                 if tp in self.owners:
                     continue
-                producer = await self._new_producer(tp)  # fences the previous owner first
-                owner = PartitionOwner(tp, producer)
-                owner.states = await self._restore(tp.partition)
+                # The new producer fences the previous owner first: its open transaction is aborted, so
+                # the changelog's end is stable before the store catches up to it.
+                producer = await self._new_producer(tp)
+                owner = PartitionOwner(tp, producer, await self._open_state(tp.partition))
                 consumer = self._consumer
                 assert consumer is not None
                 committed = await consumer.committed(tp)
                 owner.next_offset = committed or 0
                 self.owners[tp] = owner
-                log.info("decider owns %s: %d contacts restored", tp, len(owner.states))
+                log.info(
+                    "decider owns %s: about %d contacts in its state store",
+                    tp, owner.state.store.approximate_count(),
+                )  # fmt: skip
+            self._share_cache()
 
     async def _revoked(self, partitions: set[TopicPartition]) -> None:
         async with self._lock:
@@ -363,6 +410,13 @@ class DeciderService:
                 self.progress.forget(tp.partition)
                 if owner is not None:
                     await _close(owner.producer)
+                    owner.state.close()  # its next owner may be a process on this machine
+            self._share_cache()
+
+    def _share_cache(self) -> None:
+        """The cache budget split evenly between the partitions owned now."""
+        for owner in self.owners.values():
+            owner.state.cache.resize(self.state_cache_bytes // max(1, len(self.owners)))
 
     def _transactional_id(self, tp: TopicPartition) -> str:
         return f"{self.group_id}.{tp.topic}.{tp.partition}"
@@ -382,35 +436,49 @@ class DeciderService:
         await producer.start()  # init_transactions: bumps the epoch, aborts a zombie's open transaction
         return producer
 
-    async def _restore(self, partition: int) -> dict[str, ContactState]:
-        """Latest snapshot per contact from the compacted changelog: cost grows with contacts, not events.
+    def _store_path(self, partition: int) -> Path:
+        assert self.state_dir is not None
+        return self.state_dir / self.group_id / f"{self.topics.aggregates}-{partition}"
+
+    async def _open_state(self, partition: int) -> PartitionState[ContactState]:
+        """The partition's store, brought up to the end of its changelog partition: only the tail after
+        the offset it has applied when the store is on disk, everything when it is new or unusable.
 
         A snapshot refers to the campaign versions of its enrollments: the catalog is brought up to the
-        end of the campaigns topic first, and every enrollment of a version gets the catalog's one
-        shared definition."""
+        end of the campaigns topic first, and a decoded enrollment gets the catalog's one definition."""
         await self.catalog.catch_up()
         tp = TopicPartition(self.topics.aggregates, partition)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, isolation_level="read_committed", enable_auto_commit=False
-        )
-        await consumer.start()
-        states: dict[str, ContactState] = {}
+        identity = StoreIdentity(self.topics.aggregates, partition)
+        store: PartitionStore
+        if self.state_dir is None:
+            store, found = MemoryStore(), "memory"
+            store.reset(identity)
+        else:
+            store, found = await asyncio.to_thread(
+                open_rocksdb_store, self._store_path(partition), identity, self.store_options
+            )
         try:
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
-            async for batch in batches_to_end(consumer, [tp]):
-                for record in batch[tp]:
-                    if record.key is None:
-                        continue
-                    if record.value is None:
-                        states.pop(record.key.decode(), None)
-                    else:
-                        states[record.key.decode()] = state_from_snapshot(
-                            record.value, self.catalog.get_version
-                        )
-        finally:
-            await consumer.stop()
-        return states
+            report = await recover(store, self.bootstrap, tp, identity)
+        except KafkaError:
+            store.close()
+            raise
+        except Exception as exc:
+            # The disk failed under the store: the decider goes on with one in memory (loudly), since
+            # the store is only a cache of the changelog.
+            log.error("state store of %s failed while restoring (%r); keeping it in memory instead", tp, exc)
+            store.close()
+            store = MemoryStore()
+            store.reset(identity)
+            report = await recover(store, self.bootstrap, tp, identity)
+        log.info("decider state %s (store %s)", report.describe(), found)
+        self.restores.append(report)
+        metrics.STATE_RESTORED_RECORDS.labels("cold" if report.cold else "tail").inc(report.records)
+        return PartitionState(
+            store,
+            lambda raw: state_from_snapshot(raw, self.catalog.get_version),
+            cache_bytes=self.state_cache_bytes // max(1, len(self.owners) + 1),
+            weigh=lambda raw: DECODED_BYTES_PER_SNAPSHOT_BYTE * len(raw),
+        )
 
     # --- one batch of one partition -------------------------------------------------------------
 
@@ -421,7 +489,11 @@ class DeciderService:
         producer = owner.producer
         # Parsing and lookups (the campaign, MX answers over DNS) happen before the transaction opens,
         # so a slow DNS server never holds a transaction open.
-        prepared = self._too_large_to_dead_letters(owner, await self._prepare(records, owner.states))
+        try:
+            prepared = self._too_large_to_dead_letters(owner, await self._prepare(records, owner.state.get))
+        except StateStoreError as exc:
+            await self._store_failed(owner, exc)
+            return False
         try:
             await producer.begin_transaction()
             for record, item in prepared:
@@ -460,6 +532,10 @@ class DeciderService:
                 )
             await self._recover(owner)
             return False
+        except StateStoreError as exc:
+            metrics.TRANSACTIONS.labels("decider", "aborted").inc()
+            await self._store_failed(owner, exc)  # its new producer aborts the open transaction
+            return False
         except (KafkaError, IllegalOperation) as exc:
             metrics.TRANSACTIONS.labels("decider", "aborted").inc()
             # Fenced (ProducerFenced, or IllegalOperation once the fencing reached the producer in the
@@ -477,8 +553,16 @@ class DeciderService:
             log.warning("decider transaction on %s failed (%r); re-creating its producer", tp, exc)
             await self._recover(owner)
             return False
-        owner.states.update(staged.states)
         owner.next_offset = records[-1].offset + 1  # type: ignore[attr-defined]
+        if staged.snapshots:
+            # Only now, after the commit: the store never holds what the changelog might not.
+            applied = max(delivery.result().offset for delivery in staged.changelog) + 1
+            changes = {key: (raw, staged.states[key]) for key, raw in staged.snapshots.items()}
+            try:
+                owner.state.commit(changes, applied)
+            except StateStoreError as exc:
+                await self._store_failed(owner, exc)
+                return False
         for offset in [o for o in owner.too_large if o < owner.next_offset]:
             del owner.too_large[offset]
         self.progress.advanced(tp.partition)
@@ -533,12 +617,22 @@ class DeciderService:
         except _TOO_LARGE as exc:  # the producer's own check: nothing of this record was sent
             raise _OutputTooLarge(staged.offset, staged.dead_letter, f"{type(exc).__name__}: {exc}") from exc
         staged.deliveries.append((staged.offset, staged.dead_letter, delivery))
+        if topic == self.topics.aggregates:
+            staged.changelog.append(delivery)
 
     def _still_assigned(self, tp: TopicPartition) -> bool:
         return self._consumer is not None and tp in self._consumer.assignment()
 
-    async def _recover(self, owner: PartitionOwner) -> None:
-        """New producer (fences the old one, aborts its open transaction), state and position re-read.
+    async def _store_failed(self, owner: PartitionOwner, exc: StateStoreError) -> None:
+        """The store could not be read or written: not the input's fault. It is opened again (rebuilt
+        from the changelog if it cannot be), and the batch is decided again."""
+        log.error("decider state store of %s failed (%s); opening it again", owner.partition, exc)
+        owner.state.close()
+        await self._recover(owner, reopen=True)
+
+    async def _recover(self, owner: PartitionOwner, *, reopen: bool = False) -> None:
+        """New producer (fences the old one, aborts its open transaction), the store brought up to the
+        changelog's end (a commit whose fate was unknown may have happened), position re-read.
 
         Failing again at the same offset pauses the partition a little longer each time (up to
         `max_retry_backoff_s`), and often enough makes /healthz report the decider stuck."""
@@ -546,7 +640,23 @@ class DeciderService:
         failures = self.progress.retried(tp.partition, owner.next_offset)
         await _close(owner.producer)
         owner.producer = await self._new_producer(tp)
-        owner.states = await self._restore(tp.partition)
+        if not reopen:
+            owner.state.cache.clear()
+            changelog = TopicPartition(self.topics.aggregates, tp.partition)
+            identity = StoreIdentity(changelog.topic, changelog.partition)
+            try:
+                report = await recover(owner.state.store, self.bootstrap, changelog, identity)
+                log.info("decider state %s", report.describe())
+                self.restores.append(report)
+            except KafkaError:
+                raise
+            except Exception as exc:
+                log.error("decider state store of %s failed (%r); opening it again", tp, exc)
+                owner.state.close()
+                reopen = True
+        if reopen:
+            owner.state = await self._open_state(tp.partition)
+            self._share_cache()
         consumer = self._consumer
         assert consumer is not None
         owner.next_offset = (await consumer.committed(tp)) or 0
@@ -556,7 +666,7 @@ class DeciderService:
             owner.resume_at = time.monotonic() + min(0.25 * 2 ** (failures - 2), self.max_retry_backoff_s)
 
     async def _prepare(
-        self, records: list[object], states: Mapping[str, ContactState]
+        self, records: list[object], states: Callable[[str], ContactState | None]
     ) -> list[tuple[object, _Prepared]]:
         """Each record parsed (or its dead letter, or its refusal) with the lookups its command needs
         filled in by the runtime, never taken from the command."""
@@ -591,7 +701,7 @@ class DeciderService:
         return self._with_campaign(command) if isinstance(command, Enroll) else command
 
     async def _with_mx_answers(
-        self, prepared: list[tuple[object, _Prepared]], states: Mapping[str, ContactState]
+        self, prepared: list[tuple[object, _Prepared]], states: Callable[[str], ContactState | None]
     ) -> list[tuple[object, _Prepared]]:
         """Enrolls in campaigns that verify MX get the answer for the contact's email domain, looked up
         concurrently (the verifier caches and shares lookups). No verifier: the domain refuses them
@@ -641,6 +751,8 @@ class DeciderService:
                 key, sends, result = self._fan_out(owner, item)
             else:
                 key, sends, result, after = self._decide(owner, staged, record, item)
+        except StateStoreError:
+            raise  # the store's failure, not the record's
         except Exception as exc:
             log.warning("decider could not decide a record: %r", exc, exc_info=True)
             staged.dead_letter = True
@@ -649,6 +761,7 @@ class DeciderService:
         staged.commands += 1
         if after is not None:
             staged.states[key] = after
+            staged.snapshots[key] = sends[-1].value  # the last send is the snapshot
         staged.events += sum(1 for send in sends if send.topic == self.topics.events)
         for send in sends:
             await self._send(owner, staged, send.topic, send.value, send.key, send.partition)
@@ -672,7 +785,7 @@ class DeciderService:
 
         state = (
             staged.states.get(key)
-            or owner.states.get(key)
+            or owner.state.get(key)
             or initial_state(command.account_id, command.contact_id)
         )
         started = time.perf_counter()

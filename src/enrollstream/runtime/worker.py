@@ -29,6 +29,7 @@ from enrollstream.runtime.projector import ProjectorService
 from enrollstream.runtime.scheduler import SchedulerService, utc_now
 from enrollstream.runtime.unsubscribe_server import UnsubscribeServer
 from enrollstream.runtime.webhook_relay import WebhookRelayService
+from enrollstream.state import StoreOptions
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ class Worker:
                 stuck_retries=self.settings.stuck_retries,
                 max_future_skew=_seconds_or_none(self.settings.command_max_future_skew_s),
                 max_age=_seconds_or_none(self.settings.command_max_age_s),
+                state_dir=self.settings.state_dir if self.settings.state_store == "disk" else None,
+                state_cache_bytes=self.settings.state_cache_mb * 2**20 * 3 // 4,
+                store_options=StoreOptions(memory_bytes=self.settings.state_cache_mb * 2**20 // 4),
             )
             services.append(self.decider)
         if "projector" in self.roles:
