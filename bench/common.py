@@ -11,7 +11,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-SCENARIOS = ("decider", "projector", "scheduler", "end_to_end", "restore", "snapshots", "broker")
+SCENARIOS = (
+    "decider",
+    "projector",
+    "scheduler",
+    "end_to_end",
+    "restore",
+    "decider_resident",
+    "snapshots",
+    "broker",
+)
 
 
 @dataclass
@@ -28,6 +37,8 @@ class Sizes:
     projector_warmup: int = 4_000
     restore_contacts: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     restore_reps_above_100k: int = 1
+    resident_contacts: int = 1_000_000
+    resident_commands: int = 30_000
     broker_records: int = 1_000_000
     scheduler_burst: int = 100_000
     scheduler_steady_seconds: int = 10
@@ -43,6 +54,8 @@ class Sizes:
             projector_events=6_000,
             projector_warmup=1_000,
             restore_contacts=(10_000,),
+            resident_contacts=20_000,
+            resident_commands=3_000,
             broker_records=100_000,
             scheduler_burst=10_000,
             scheduler_steady_seconds=3,

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -84,7 +85,11 @@ async def _until_done(
     return clock.elapsed(), n - base
 
 
-async def run_decider(bootstrap: str, topics: Topics, sizes: Sizes, n: int) -> Run:
+async def run_decider(
+    bootstrap: str, topics: Topics, sizes: Sizes, n: int, state_dir: Path | None = None
+) -> Run:
+    """The decider as the worker runs it: with `state_dir`, its stores on disk (the default), else in
+    memory. The clock starts once it owns every partition, its state restored."""
     catalog = CampaignCatalog(bootstrap, topics.campaigns)
     imports = ContactImportCatalog(bootstrap, topics.contact_imports)
     await catalog.start()
@@ -96,6 +101,7 @@ async def run_decider(bootstrap: str, topics: Topics, sizes: Sizes, n: int) -> R
         catalog,
         imports=imports,
         max_batch=sizes.decider_max_batch,
+        state_dir=state_dir,
     )
     stop = asyncio.Event()
     await service.start()

@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import broker, decider, machine, pending, projector, restore, snapshots
+from bench import broker, decider, machine, pending, projector, resident, restore, snapshots
 from bench.common import SCENARIOS, Result, Sizes, not_run
 from enrollstream import stack
 from enrollstream.config import Settings
@@ -93,6 +93,8 @@ async def run_scenarios(
                 results[name] = await pending.end_to_end(bootstrap, server_url, sizes, say)
             elif name == "restore":
                 results[name] = await restore.scenario(bootstrap, sizes, say)
+            elif name == "decider_resident":
+                results[name] = await resident.scenario(bootstrap, sizes, say)
             elif name == "snapshots":
                 results[name] = await snapshots.scenario(sizes, say)
             elif name == "broker":
