@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-SCENARIOS = ("decider", "projector", "scheduler", "end_to_end", "restore", "snapshots", "broker")
+SCENARIOS = ("decider", "peer", "projector", "scheduler", "end_to_end", "restore", "snapshots", "broker")
 
 
 @dataclass
