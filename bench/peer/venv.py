@@ -13,6 +13,7 @@ import hashlib
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -31,12 +32,11 @@ def ready() -> bool:
     return PYTHON.exists() and STAMP.exists() and STAMP.read_text().strip() == _wanted()
 
 
-def ensure(say: object = print) -> Path:
+def ensure(say: Callable[[str], None] = print) -> Path:
     """The peer venv's python, creating or refreshing the venv first if needed (a minute or two)."""
     if ready():
         return PYTHON
-    if callable(say):
-        say(f"peer: creating {VENV} (quixstreams and its pins, once)")
+    say(f"peer: creating {VENV} (quixstreams and its pins, once)")
     if VENV.exists():
         shutil.rmtree(VENV)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
