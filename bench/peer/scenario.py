@@ -1,8 +1,9 @@
 """Peer: the decider against a Quix Streams application making the same decisions, in the same run.
 
 Per repetition, on one fresh commands topic (bench/workload.py, as the decider scenario): the aiokafka
-transactional passthrough, the decider, then the peer (bench/peer/app.py, a subprocess in its own venv,
-exactly-once, RocksDB state), each from offset 0 with its own group. Then the outputs are checked
+transactional passthrough, then the decider and the peer (bench/peer/app.py, a subprocess in its own
+venv, exactly-once, RocksDB state) in turns (the peer first every other repetition), each from offset 0
+with its own group and its own output topics. Then the outputs are checked
 against each other, failing the scenario loudly on any difference: every command's result (the whole
 record, by command id), the events by type and the dead letters. The row's value is the decider's
 commands/s, its baseline the peer's, so its ratio is decider / peer; params also hold the passthrough's
@@ -23,7 +24,8 @@ import signal
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +44,30 @@ COMMIT_INTERVAL_S = 1.0  # the peer's checkpoint: a transaction per second (Quix
 OUTPUTS = ("events", "integration", "results", "dead_letters")
 
 
+@dataclass
+class Timed(Run):
+    busy: float = 0.0  # CPU seconds of the process / wall seconds (1.0 = one core busy all along)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _with_busy(run: Awaitable[Run]) -> Timed:
+    """The decider in this process: CPU / wall over the whole call (group join and restore included)."""
+    cpu, wall = time.process_time(), time.monotonic()
+    done = await run
+    busy = (time.process_time() - cpu) / (time.monotonic() - wall)
+    return Timed(done.rate, done.records, done.seconds, done.outputs, busy=busy)
+
+
 def peer_prefix(topics: Topics) -> str:
     return f"{topics.prefix}peer."
 
 
-async def run_peer(bootstrap: str, topics: Topics, sizes: Sizes, n: int, python: Path) -> Run:
+async def run_peer(bootstrap: str, topics: Topics, sizes: Sizes, n: int, python: Path) -> Timed:
     prefix = peer_prefix(topics)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -77,7 +98,7 @@ async def run_peer(bootstrap: str, topics: Topics, sizes: Sizes, n: int, python:
 
 async def _timed(
     bootstrap: str, process: asyncio.subprocess.Process, group: str, topic: str, n: int, stderr: Path
-) -> Run:
+) -> Timed:
     def failed() -> None:
         if process.returncode is not None:
             tail = stderr.read_text(errors="replace")[-3000:]
@@ -94,6 +115,7 @@ async def _timed(
             line = await asyncio.wait_for(process.stdout.readline(), timeout=1)
             if line.startswith(b"{"):
                 started = float(json.loads(line)["started"])
+    cpu = _cpu_seconds(process.pid)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -111,7 +133,8 @@ async def _timed(
     finally:
         await admin.close()
     seconds = time.monotonic() - started  # CLOCK_MONOTONIC: one clock for every process
-    return Run((n - 1) / seconds, n - 1, seconds)  # timed from the first record processed
+    busy = (_cpu_seconds(process.pid) - cpu) / seconds
+    return Timed((n - 1) / seconds, n - 1, seconds, busy=busy)  # timed from the first record processed
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:
@@ -211,14 +234,18 @@ async def scenario(bootstrap: str, sizes: Sizes, say: Callable[[str], None]) -> 
     await check_same_decisions(bootstrap, warm, sizes, sizes.decider_warmup)
     n = sizes.decider_commands
     passthroughs: list[Run] = []
-    deciders: list[Run] = []
-    peers: list[Run] = []
+    deciders: list[Timed] = []
+    peers: list[Timed] = []
     checked: dict[str, Any] = {}
     for rep in range(sizes.reps):
         topics = await _prepared_topics(bootstrap, sizes, n)
         passthroughs.append(await run_passthrough(bootstrap, topics, sizes, n))
-        deciders.append(await run_decider(bootstrap, topics, sizes, n))
-        peers.append(await run_peer(bootstrap, topics, sizes, n, python))
+        if rep % 2:  # every other repetition the peer goes first, so drift on a shared machine hits both
+            peers.append(await run_peer(bootstrap, topics, sizes, n, python))
+            deciders.append(await _with_busy(run_decider(bootstrap, topics, sizes, n)))
+        else:
+            deciders.append(await _with_busy(run_decider(bootstrap, topics, sizes, n)))
+            peers.append(await run_peer(bootstrap, topics, sizes, n, python))
         checked = await check_same_decisions(bootstrap, topics, sizes, n)
         say(
             f"peer rep {rep + 1}/{sizes.reps}: peer {peers[-1].rate:,.0f} commands/s, decider "
@@ -253,6 +280,10 @@ async def scenario(bootstrap: str, sizes: Sizes, say: Callable[[str], None]) -> 
             "decider_over_passthrough": round(decider / passthrough, 3),
             "peer_over_passthrough": round(peer / passthrough, 3),
             "passthrough_runs": [round(r.rate, 1) for r in passthroughs],
+            # CPU / wall: the peer's process over its timed window; the decider's (this process) over the
+            # whole run, set-up included. Near 1.0: bound by one core; lower: waiting (or starved).
+            "peer_cpu_per_wall": [round(r.busy, 2) for r in peers],
+            "decider_cpu_per_wall": [round(r.busy, 2) for r in deciders],
             "peer": {
                 "quixstreams": QUIX_VERSION,
                 "processing_guarantee": "exactly-once",
