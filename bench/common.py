@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 SCENARIOS = (
     "decider",
+    "peer",
     "projector",
     "scheduler",
     "end_to_end",

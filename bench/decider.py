@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,8 +89,11 @@ async def _until_done(
 async def run_decider(
     bootstrap: str, topics: Topics, sizes: Sizes, n: int, state_dir: Path | None = None
 ) -> Run:
-    """The decider as the worker runs it: with `state_dir`, its stores on disk (the default), else in
-    memory. The clock starts once it owns every partition, its state restored."""
+    """The decider as the worker runs it, its stores on disk (in `state_dir`, else a temporary directory
+    of its own). The clock starts once it owns every partition, its state restored."""
+    if state_dir is None:
+        with tempfile.TemporaryDirectory(prefix="enrollstream-bench-decider-") as tmp:
+            return await run_decider(bootstrap, topics, sizes, n, Path(tmp))
     catalog = CampaignCatalog(bootstrap, topics.campaigns)
     imports = ContactImportCatalog(bootstrap, topics.contact_imports)
     await catalog.start()

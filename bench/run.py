@@ -23,6 +23,7 @@ from rich.table import Table
 
 from bench import broker, decider, machine, pending, projector, resident, restore, snapshots
 from bench.common import SCENARIOS, Result, Sizes, not_run
+from bench.peer import scenario as peer
 from enrollstream import stack
 from enrollstream.config import Settings
 
@@ -85,6 +86,8 @@ async def run_scenarios(
         try:
             if name == "decider":
                 results[name] = await decider.scenario(bootstrap, sizes, say, profiler)
+            elif name == "peer":
+                results[name] = await peer.scenario(bootstrap, sizes, say)
             elif name == "projector":
                 results[name] = await projector.scenario(bootstrap, server_url, sizes, say, profiler)
             elif name == "scheduler":
