@@ -57,3 +57,27 @@ async def test_quick_bench_decider_and_projector_write_results_json(
     for name in ("restore", "broker"):
         assert loaded[name]["status"] == "not_run"  # not selected here
     console.print(table(loaded))  # the table renders from what was written
+
+
+@pytest.mark.soak
+async def test_quick_bench_restore_and_resident_contacts_measure_the_state_store(
+    endpoints: stack.Endpoints, tmp_path: Path
+) -> None:
+    sizes = Sizes.quick()
+    sizes.reps = 1
+    sizes.restore_contacts = (600,)
+    sizes.resident_contacts, sizes.resident_commands = 900, 150
+    console = Console(file=(tmp_path / "bench.log").open("w"), width=160)
+    results = await run_scenarios(
+        endpoints, Settings(), sizes, ("restore", "decider_resident"), console=console
+    )
+
+    restore = results["restore"]
+    assert restore["status"] == "measured", restore
+    size = restore["params"]["sizes"]["600"]
+    assert size["contacts"] == 600 and size["warm_tail_records"] == 600  # the tail is bounded by contacts
+    assert size["cold_seconds"] > 0 and size["warm_seconds"] > 0 and size["disk_bytes_per_contact"] > 0
+    resident = results["decider_resident"]
+    assert resident["status"] == "measured", resident
+    assert resident["params"]["resident_contacts"] == 900 and resident["params"]["commands"] == 150
+    assert resident["value"] > 0 and resident["params"]["decider_with_no_resident_contacts"] > 0
