@@ -546,6 +546,7 @@ class DeciderService:
                 self.owners.pop(tp, None)
                 self.progress.forget(tp.partition)
                 await _close(producer)
+                owner.state.close()  # its new owner may be on this machine, and needs the store
                 return False
             # Still ours by the group's say. A new producer with the same transactional id aborts what
             # is open (a zombie's, if one re-created our id); state and position are re-read from the
