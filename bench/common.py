@@ -11,7 +11,16 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-SCENARIOS = ("decider", "projector", "scheduler", "end_to_end", "restore", "snapshots", "broker")
+SCENARIOS = (
+    "decider",
+    "projector",
+    "scheduler",
+    "end_to_end",
+    "restore",
+    "snapshots",
+    "state_engines",
+    "broker",
+)
 
 
 @dataclass
@@ -33,6 +42,9 @@ class Sizes:
     scheduler_steady_seconds: int = 10
     end_to_end_rate: int = 200
     end_to_end_seconds: int = 15
+    state_engine_contacts: int = 1_000_000
+    state_engine_gets: int = 100_000
+    state_engine_overwrites: int = 10_000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -47,6 +59,7 @@ class Sizes:
             scheduler_burst=10_000,
             scheduler_steady_seconds=3,
             end_to_end_seconds=5,
+            state_engine_contacts=100_000,
         )
 
     @classmethod
