@@ -20,6 +20,7 @@ SCENARIOS = (
     "restore",
     "decider_resident",
     "snapshots",
+    "state_engines",
     "broker",
 )
 
@@ -45,6 +46,9 @@ class Sizes:
     scheduler_steady_seconds: int = 10
     end_to_end_rate: int = 200
     end_to_end_seconds: int = 15
+    state_engine_contacts: int = 1_000_000
+    state_engine_gets: int = 100_000
+    state_engine_overwrites: int = 10_000
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -61,6 +65,7 @@ class Sizes:
             scheduler_burst=10_000,
             scheduler_steady_seconds=3,
             end_to_end_seconds=5,
+            state_engine_contacts=100_000,
         )
 
     @classmethod

@@ -21,7 +21,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import broker, decider, machine, pending, projector, resident, restore, snapshots
+from bench import (
+    broker,
+    decider,
+    machine,
+    pending,
+    projector,
+    resident,
+    restore,
+    snapshots,
+    state_engines,
+)
 from bench.common import SCENARIOS, Result, Sizes, not_run
 from bench.peer import scenario as peer
 from enrollstream import stack
@@ -100,6 +110,8 @@ async def run_scenarios(
                 results[name] = await resident.scenario(bootstrap, sizes, say)
             elif name == "snapshots":
                 results[name] = await snapshots.scenario(sizes, say)
+            elif name == "state_engines":
+                results[name] = await state_engines.scenario(sizes, say, settings.cache_dir)
             elif name == "broker":
                 results[name] = await broker.scenario(bootstrap, settings.cache_dir, sizes, say)
         except Exception as exc:
