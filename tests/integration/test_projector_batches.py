@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiokafka import TopicPartition
+from bench import workload
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from bench import workload
 from enrollstream.adapters.kafka.records import encode
 from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.runtime.projector import ProjectorService

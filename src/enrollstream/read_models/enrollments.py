@@ -174,7 +174,7 @@ def _stage(row: EnrollmentRow, target: Stage) -> EnrollmentRow:
 def _finish(row: EnrollmentRow, status: EnrollmentStatus, at: datetime, **changes: object) -> EnrollmentRow:
     if row.status in _TERMINAL:
         return row
-    return replace(row, status=status.value, next_execution_at=None, completed_at=at, **changes)  # type: ignore[arg-type]
+    return replace(row, status=status.value, next_execution_at=None, completed_at=at, **changes)
 
 
 def apply(row: EnrollmentRow | None, event: Event) -> EnrollmentRow | None:
