@@ -28,6 +28,7 @@ from enrollstream.runtime.replay import compare
 
 TOPIC = "events"
 PARTITIONS = 3
+REDELIVERED = 5  # per partition
 EVENTS = workload.events(400)
 
 
@@ -40,11 +41,15 @@ class Record:
 
 
 def _partitioned() -> dict[int, list[Record]]:
-    """The events as the events topic holds them: by aggregate key, in decision order per partition."""
+    """The events as the events topic holds them: by aggregate key, in decision order per partition,
+    each partition ending with its first events again at new offsets, as a redelivered command's
+    events are (same event ids): the timeline keeps their first rows, the folds skip them."""
     parts: dict[int, list[Record]] = {p: [] for p in range(PARTITIONS)}
     for decided in EVENTS:
         records = parts[zlib.crc32(decided.key.encode()) % PARTITIONS]
         records.append(Record(len(records), encode(decided.event)))
+    for records in parts.values():
+        records.extend(Record(len(records) + i, r.value) for i, r in enumerate(records[:REDELIVERED]))
     return parts
 
 

@@ -425,27 +425,35 @@ class ProjectorService:
             await conn.execute(query("upsert_timers"), *map(list, zip(*rows, strict=True)))
 
     async def _write_timeline(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        """The batch's events in one COPY into a staging table, then into the timeline where their
-        event id is new (a redelivered BulkEnroll repeats its events, ids included)."""
+        """The batch's events in one COPY straight into the timeline. An event id already there (a
+        redelivered BulkEnroll repeats its events, ids included) keeps its first row: then, and only
+        then, the COPY goes into a staging table and on into the timeline where the id is new."""
+        records = [
+            (
+                e.event_id,
+                e.account_id,
+                e.contact_id,
+                e.campaign_id,
+                e.enrollment_id,
+                e.version,
+                e.type,
+                e.occurred_at,
+                e.causation_id,
+                e.data.model_dump_json(),
+            )
+            for e in events
+        ]
+        try:
+            async with conn.transaction():  # a savepoint: a refused COPY leaves the batch's work standing
+                await conn.copy_records_to_table(
+                    "enrollment_timeline", records=records, columns=list(_TIMELINE_COLUMNS)
+                )
+            return
+        except asyncpg.UniqueViolationError:
+            pass
         await conn.execute(query("create_timeline_stage"))
         await conn.copy_records_to_table(
-            "enrollment_timeline_stage",
-            records=[
-                (
-                    e.event_id,
-                    e.account_id,
-                    e.contact_id,
-                    e.campaign_id,
-                    e.enrollment_id,
-                    e.version,
-                    e.type,
-                    e.occurred_at,
-                    e.causation_id,
-                    e.data.model_dump_json(),
-                )
-                for e in events
-            ],
-            columns=list(_TIMELINE_COLUMNS),
+            "enrollment_timeline_stage", records=records, columns=list(_TIMELINE_COLUMNS)
         )
         await conn.execute(query("merge_timeline_stage"))
 
