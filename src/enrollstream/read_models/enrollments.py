@@ -9,7 +9,7 @@ chaos verifier checks the same on the live tables against the changelog snapshot
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 
@@ -77,6 +77,19 @@ class EnrollmentRow:
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(EnrollmentRow))
+# Status values as stored (str), so the fold's "is it finished" needs no enum construction per event.
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
+
+
+def replace(row: EnrollmentRow, **changes: object) -> EnrollmentRow:
+    """`dataclasses.replace` for this row, without its per-call field walk and `__init__` (the fold's
+    main cost in the projector, docs/benchmarks.md): the row has no `__post_init__` and no validation,
+    so copying its attributes and setting the changed ones is the same new row."""
+    new = object.__new__(EnrollmentRow)
+    attributes = new.__dict__
+    attributes.update(row.__dict__)
+    attributes.update(changes)
+    return new
 
 
 def hours_column(hours: float | None) -> Decimal | None:
@@ -135,7 +148,7 @@ def differences(row: EnrollmentRow | None, expected: EnrollmentRow) -> dict[str,
 def _status(row: EnrollmentRow, status: EnrollmentStatus) -> EnrollmentRow:
     # A finished enrollment stays finished: a send that was already processing when the contact was
     # unenrolled still reports its delivery (seed 004), which must not bring the row back to life.
-    if EnrollmentStatus(row.status) in TERMINAL_STATUSES:
+    if row.status in _TERMINAL:
         return row
     return replace(row, status=status.value)
 
@@ -159,9 +172,9 @@ def _stage(row: EnrollmentRow, target: Stage) -> EnrollmentRow:
 
 
 def _finish(row: EnrollmentRow, status: EnrollmentStatus, at: datetime, **changes: object) -> EnrollmentRow:
-    if EnrollmentStatus(row.status) in TERMINAL_STATUSES:
+    if row.status in _TERMINAL:
         return row
-    return replace(row, status=status.value, next_execution_at=None, completed_at=at, **changes)  # type: ignore[arg-type]
+    return replace(row, status=status.value, next_execution_at=None, completed_at=at, **changes)
 
 
 def apply(row: EnrollmentRow | None, event: Event) -> EnrollmentRow | None:
@@ -217,7 +230,7 @@ def _apply_change(row: EnrollmentRow, event: Event) -> EnrollmentRow:
         case TriggerAwaited():
             return _status(row, EnrollmentStatus.AWAITING_TRIGGER)
         case StepScheduled():
-            if EnrollmentStatus(row.status) in TERMINAL_STATUSES:
+            if row.status in _TERMINAL:
                 return row
             return replace(
                 row,
@@ -227,7 +240,7 @@ def _apply_change(row: EnrollmentRow, event: Event) -> EnrollmentRow:
             )
         case StepDispatched():
             row = replace(row, current_step=event.data.step_index + 1, total_steps=event.data.step_count)
-            if EnrollmentStatus(row.status) in TERMINAL_STATUSES:
+            if row.status in _TERMINAL:
                 return row
             return replace(_status(row, EnrollmentStatus.PROCESSING), next_execution_at=None)
         case StepDelivered():

@@ -43,6 +43,10 @@ class TimerKind(StrEnum):
     WAIT_TIMEOUT = "wait_timeout"  # fires WaitTimeout: the trigger's or the queue's timeout
 
 
+# The kinds as stored (str): reading an enum member's `.value` is a Python property call, per event.
+_STEP_DUE, _EXPIRY, _WAIT_TIMEOUT = (kind.value for kind in TimerKind)
+_KINDS = (_STEP_DUE, _EXPIRY, _WAIT_TIMEOUT)
+
 ENDINGS = (
     EnrollmentStopped,
     EnrollmentCompleted,
@@ -146,8 +150,8 @@ class TimerFold:
         info.last_version = event.version
         if isinstance(event, ENDINGS):
             info.ended = True
-            for kind in TimerKind:
-                self.changes[(eid, kind.value)] = None
+            for kind in _KINDS:
+                self.changes[(eid, kind)] = None
             return
         if info.ended:
             return
@@ -162,20 +166,20 @@ class TimerFold:
                     event.data.attempt,
                 )
             case StepDispatched():
-                self.changes[(eid, TimerKind.STEP_DUE.value)] = None
+                self.changes[(eid, _STEP_DUE)] = None
             case ExpiryScheduled():  # at the first delivery, and again when a pause pushed it back
                 self._set(eid, info, TimerKind.EXPIRY, event.data.expires_at)
             case ExpiryCancelled():
-                self.changes[(eid, TimerKind.EXPIRY.value)] = None
+                self.changes[(eid, _EXPIRY)] = None
             case TriggerAwaited() | EnrollmentQueued():  # a wait begins, with or without a timeout
                 if event.data.timeout_at is None:
-                    self.changes[(eid, TimerKind.WAIT_TIMEOUT.value)] = None
+                    self.changes[(eid, _WAIT_TIMEOUT)] = None
                 else:
                     self._set(eid, info, TimerKind.WAIT_TIMEOUT, event.data.timeout_at)
             case WaitTimeoutExtended():  # a pause pushed the wait's timeout back
                 self._set(eid, info, TimerKind.WAIT_TIMEOUT, event.data.timeout_at)
             case TriggerReceived() | EnrollmentReleased():  # the wait is over
-                self.changes[(eid, TimerKind.WAIT_TIMEOUT.value)] = None
+                self.changes[(eid, _WAIT_TIMEOUT)] = None
 
     def _set(
         self,
@@ -186,9 +190,10 @@ class TimerFold:
         step_index: int | None = None,
         attempt: int | None = None,
     ) -> None:
-        self.changes[(eid, kind.value)] = TimerRow(
+        value = str(kind)  # StrEnum: its value, without the `.value` property
+        self.changes[(eid, value)] = TimerRow(
             enrollment_id=eid,
-            kind=kind.value,
+            kind=value,
             account_id=info.account_id,
             contact_id=info.contact_id,
             campaign_id=info.campaign_id,

@@ -56,6 +56,18 @@ PROJECTION = "read_models"
 # third of the projector's time (docs/benchmarks.md); the values are scalars, a shallow read suffices.
 _ENROLLMENT_VALUES = attrgetter(*enrollments.COLUMNS)
 _TIMER_VALUES = attrgetter(*timers.COLUMNS)
+_TIMELINE_COLUMNS = (
+    "event_id",
+    "account_id",
+    "contact_id",
+    "campaign_id",
+    "enrollment_id",
+    "version",
+    "type",
+    "occurred_at",
+    "causation_id",
+    "data",
+)
 # How much of an unprojectable record's value `unprojectable_events` keeps (its size and hash: all of it).
 QUARANTINE_VALUE_PREFIX = 64 * 1024
 _INFRASTRUCTURE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
@@ -319,9 +331,10 @@ class ProjectorService:
             if not advanced:
                 return 0
             if events:
-                # Timers first: their fold reads the enrollments rows as they were before this batch.
-                await self._write_timers(conn, events)
-                await self._write_enrollments(conn, events)
+                # One read of the rows the batch touches, as they were before it: both folds start there.
+                before = await _enrollments_before(conn, events)
+                await self._write_timers(conn, events, before)
+                await self._write_enrollments(conn, events, before)
                 await self._write_timeline(conn, events)
                 await self._write_skips_and_replies(conn, events)
                 await self._write_bulk_enrollments(conn, events)
@@ -360,21 +373,22 @@ class ProjectorService:
         ]
         await conn.execute(query("insert_decisions"), *map(list, zip(*rows, strict=True)))
 
-    async def _write_enrollments(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        ids = sorted({e.enrollment_id for e in events if e.enrollment_id})
-        if not ids:
-            return
+    async def _write_enrollments(
+        self, conn: asyncpg.Connection, events: list[Event], before: Mapping[str, asyncpg.Record]
+    ) -> None:
+        """Every event folded in memory into the final row per enrollment (`enrollments.apply`, the
+        same fold one event at a time would run), then the changed rows in one COPY and one guarded
+        upsert, which also moves the campaign_stats counters."""
         rows: dict[str, enrollments.EnrollmentRow | None] = {
-            record["enrollment_id"]: enrollments.EnrollmentRow(**dict(record))
-            for record in await conn.fetch(query("enrollments_by_id"), ids)
+            key: enrollments.EnrollmentRow(**dict(record)) for key, record in before.items()
         }
         changed: set[str] = set()
         for event in events:
             if not event.enrollment_id:
                 continue
-            before = rows.get(event.enrollment_id)
-            after = enrollments.apply(before, event)
-            if after is not None and after != before:
+            previous = rows.get(event.enrollment_id)
+            after = enrollments.apply(previous, event)
+            if after is not None and after != previous:
                 rows[event.enrollment_id] = after
                 changed.add(event.enrollment_id)
         if not changed:
@@ -387,15 +401,17 @@ class ProjectorService:
         )
         await conn.execute(query("merge_enrollments_stage"))
 
-    async def _write_timers(self, conn: asyncpg.Connection, events: list[Event]) -> None:
+    async def _write_timers(
+        self, conn: asyncpg.Connection, events: list[Event], before: Mapping[str, asyncpg.Record]
+    ) -> None:
         relevant = [e for e in events if timers.concerns_timers(e)]
         if not relevant:
             return
-        ids = sorted({e.enrollment_id for e in relevant if e.enrollment_id})
         fold = timers.TimerFold(
             {
-                record["enrollment_id"]: timers.EnrollmentInfo.from_row(dict(record))
-                for record in await conn.fetch(query("timer_enrollments"), ids)
+                e.enrollment_id: timers.EnrollmentInfo.from_row(dict(record))
+                for e in relevant
+                if e.enrollment_id and (record := before.get(e.enrollment_id)) is not None
             }
         )
         for event in relevant:
@@ -409,9 +425,11 @@ class ProjectorService:
             await conn.execute(query("upsert_timers"), *map(list, zip(*rows, strict=True)))
 
     async def _write_timeline(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        columns: list[list[object]] = [[] for _ in range(10)]
-        for e in events:
-            values = (
+        """The batch's events in one COPY straight into the timeline. An event id already there (a
+        redelivered BulkEnroll repeats its events, ids included) keeps its first row: then, and only
+        then, the COPY goes into a staging table and on into the timeline where the id is new."""
+        records = [
+            (
                 e.event_id,
                 e.account_id,
                 e.contact_id,
@@ -423,9 +441,21 @@ class ProjectorService:
                 e.causation_id,
                 e.data.model_dump_json(),
             )
-            for column, value in zip(columns, values, strict=True):
-                column.append(value)
-        await conn.execute(query("insert_timeline"), *columns)
+            for e in events
+        ]
+        try:
+            async with conn.transaction():  # a savepoint: a refused COPY leaves the batch's work standing
+                await conn.copy_records_to_table(
+                    "enrollment_timeline", records=records, columns=list(_TIMELINE_COLUMNS)
+                )
+            return
+        except asyncpg.UniqueViolationError:
+            pass
+        await conn.execute(query("create_timeline_stage"))
+        await conn.copy_records_to_table(
+            "enrollment_timeline_stage", records=records, columns=list(_TIMELINE_COLUMNS)
+        )
+        await conn.execute(query("merge_timeline_stage"))
 
     async def _write_skips_and_replies(self, conn: asyncpg.Connection, events: list[Event]) -> None:
         skips = [e for e in events if isinstance(e, EnrollmentSkipped)]
@@ -522,6 +552,14 @@ class ProjectorService:
         if opt_outs:
             outs = [(e.account_id, e.contact_id, e.version, e.occurred_at) for e in opt_outs.values()]
             await conn.execute(query("opt_out_contacts"), *map(list, zip(*outs, strict=True)))
+
+
+async def _enrollments_before(conn: asyncpg.Connection, events: list[Event]) -> dict[str, asyncpg.Record]:
+    """The `enrollments` rows of the enrollments `events` concern, read before the batch writes them."""
+    ids = sorted({e.enrollment_id for e in events if e.enrollment_id})
+    if not ids:
+        return {}
+    return {record["enrollment_id"]: record for record in await conn.fetch(query("enrollments_by_id"), ids)}
 
 
 class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]

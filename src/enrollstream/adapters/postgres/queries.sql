@@ -110,11 +110,16 @@ on conflict (account_id, campaign_id) do update set
     handed_off = s.handed_off + excluded.handed_off,
     unenrolled = s.unenrolled + excluded.unenrolled;
 
--- name: insert_timeline
+-- name: create_timeline_stage
+create temporary table enrollment_timeline_stage (like enrollment_timeline) on commit drop;
+
+-- name: merge_timeline_stage
+-- A batch's events, COPY-ed into the stage, into the timeline; an event id already there (a redelivered
+-- BulkEnroll repeats its events, ids included) keeps its first row.
 insert into enrollment_timeline
     (event_id, account_id, contact_id, campaign_id, enrollment_id, version, type, occurred_at, causation_id, data)
-select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[],
-                     $8::timestamptz[], $9::text[], $10::jsonb[])
+select event_id, account_id, contact_id, campaign_id, enrollment_id, version, type, occurred_at, causation_id, data
+  from enrollment_timeline_stage
 on conflict (event_id) do nothing;
 
 -- name: insert_decisions
@@ -372,14 +377,6 @@ select w.at, w.version, w.kind, w.what, w.campaign_id, w.enrollment_id, w.comman
   from contact_why w
  where w.account_id = $1 and w.contact_id = $2 and ($3::text is null or w.campaign_id = $3)
  order by w.version, w.position;
-
--- name: timer_enrollments
--- What the timers fold needs of the enrollments a batch touches, read before the batch writes them:
--- the dispatch order, whether the enrollment ended, and the last version folded (the idempotence guard).
-select enrollment_id, account_id, contact_id, campaign_id, batch_number, priority, enrolled_at,
-       last_version, status
-  from enrollments
- where enrollment_id = any($1::text[]);
 
 -- name: delete_timers
 delete from timers t
