@@ -565,8 +565,9 @@ async def _nothing_after(bootstrap: str, topic: str, positions: dict[int, int]) 
         for tp in partitions:
             if tp.partition in positions:
                 consumer.seek(tp, positions[tp.partition])
-            else:
-                await consumer.seek_to_beginning(tp)
+        unread = [tp for tp in partitions if tp.partition not in positions]
+        if unread:
+            await consumer.seek_to_beginning(*unread)  # one reset: each call waits a fetcher round
         async for batch in batches_to_end(consumer, partitions):
             if any(batch.values()):
                 return False
