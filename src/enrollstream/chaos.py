@@ -508,7 +508,9 @@ async def settle(
         )
         quiet = quiet + 1 if still else 0
         if quiet < 2:
-            await asyncio.sleep(1.0)
+            # The confirming look comes a second after a quiet one; while work is still visibly in
+            # flight, look again sooner (a quiet look found late only delays the confirmation).
+            await asyncio.sleep(1.0 if quiet else 0.25)
     # Not settled: the chaos run's verifier reports what is missing rather than hiding it.
     return quiet >= 2
 
