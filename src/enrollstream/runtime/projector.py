@@ -587,11 +587,16 @@ class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
                     await backoff.wait(self.service._stop)
                     if self.service._stop.is_set():
                         return
+        fresh = []
         for tp in assigned:
             if tp.partition in stored[tp.topic]:
                 consumer.seek(tp, stored[tp.topic][tp.partition])
             else:
-                await consumer.seek_to_beginning(tp)
+                fresh.append(tp)
+        if fresh:
+            # One reset for them all: each call waits for the fetcher's next round (up to its fetch
+            # wait, 0.5 s), so one per partition held every start and rebalance up for seconds.
+            await consumer.seek_to_beginning(*fresh)
 
 
 def _clean(text: str, limit: int) -> str:
