@@ -15,6 +15,7 @@ from enrollstream.config import Settings
 from enrollstream.domain import ids
 from enrollstream.runtime.as_of import AsOfInputError, campaign_as_of, contact_as_of
 from enrollstream.runtime.campaigns import publish_campaign
+from enrollstream.runtime.worker import Worker
 from tests.api_support import client_for, new_key, running_api
 from tests.integration.test_decider_runtime import ACCOUNT, campaign, enroll, results_by_id, send
 from tests.support import eventually, read_until, running_worker
@@ -39,12 +40,21 @@ def _command(kind: str, contact: str, at: datetime, actor: str, **data: Any) -> 
 
 
 async def _record_a_sequence(settings: Settings, topics: Topics) -> int:
-    """alice: enrolled, step 1 due, delivered, replied (the campaign stops on reply); bob: enrolled only.
-    Returns how many events the decider wrote, once the live projector applied them all."""
+    """A two-step campaign, then `send_a_sequence` through a decider and a projector."""
     bootstrap = settings.kafka_bootstrap_servers
     assert bootstrap
     two_steps = campaign().model_copy(update={"steps": campaign().steps * 2})
     await publish_campaign(bootstrap, topics.campaigns, two_steps)
+    async with running_worker(settings) as worker:
+        return await send_a_sequence(settings, topics, worker)
+
+
+async def send_a_sequence(settings: Settings, topics: Topics, worker: Worker) -> int:
+    """Through a running worker (decider and projector), in account ACCOUNT's campaign `welcome`: alice
+    enrolled, her step 1 due, sent, then a reply (the campaign stops on reply); bob enrolled only.
+    Returns how many events the decider wrote, once the live projector applied them all."""
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
     alice = ids.enrollment_id(ACCOUNT, "alice", "welcome", 1)
     step = {"enrollment_id": alice, "step_index": 0, "attempt": 1}
     commands = [
@@ -54,20 +64,19 @@ async def _record_a_sequence(settings: Settings, topics: Topics) -> int:
         ("alice", _command("DeliveryReported", "alice", SENT, "dispatcher", **step, outcome="sent")),
         ("alice", _command("ReplyDetected", "alice", REPLIED, "inbound", enrollment_id=alice)),
     ]
-    async with running_worker(settings) as worker:
-        for contact, command in commands:
-            await send(settings, topics, command, f"{ACCOUNT}/{contact}")
-            await read_until(
-                bootstrap, topics.command_results, lambda rs, c=command: c["command_id"] in results_by_id(rs)
-            )
-        assert worker.decider is not None and worker.projector is not None
-        emitted = worker.decider.emitted_events
-        projector = worker.projector
+    for contact, command in commands:
+        await send(settings, topics, command, f"{ACCOUNT}/{contact}")
+        await read_until(
+            bootstrap, topics.command_results, lambda rs, c=command: c["command_id"] in results_by_id(rs)
+        )
+    assert worker.decider is not None and worker.projector is not None
+    emitted = worker.decider.emitted_events
+    projector = worker.projector
 
-        async def caught_up() -> bool:
-            return projector.applied_events >= emitted
+    async def caught_up() -> bool:
+        return projector.applied_events >= emitted
 
-        await eventually(caught_up, what="the live projector caught up")
+    await eventually(caught_up, what="the live projector caught up")
     return emitted
 
 
