@@ -221,3 +221,25 @@ async def test_the_as_of_endpoint_answers_for_the_keys_account_only(
     assert b_contact.status_code == 200 and b_contact.json()["rows"] == []
     assert b_campaign.status_code == 404 and b_campaign.json()["error"]["code"] == "campaign_not_found"
     assert unauthorized.status_code == 401
+
+
+async def test_the_as_of_command_prints_the_rows_and_cards_then(settings: Settings, topics: Topics) -> None:
+    from tests.integration.test_cli_operations import cli, cli_env
+
+    await _record_a_sequence(settings, topics)
+    env = {**cli_env(settings), "ENROLLSTREAM_ACCOUNT": ACCOUNT}
+    one = await cli("as-of", "2026-11-22T11:30", "--contact", "alice", env=env)
+    whole = await cli("as-of", "2026-11-22T11:30:00Z", "--campaign", "welcome", env=env)
+    later = await cli("as-of", "now", "--contact", "alice", env=env)
+    walled = await cli("as-of", "now", "--campaign", "welcome", env={**env, "ENROLLSTREAM_ACCOUNT": OTHER})
+    bad = await cli("as-of", "yesterday", "--contact", "alice", env=env)
+    neither = await cli("as-of", "now", env=env)
+
+    assert one.code == 0, one.err
+    assert "active" in one.out and "2 of 2" in one.out and "timeline index" in one.out
+    assert whole.code == 0, whole.err
+    assert "rebuild" in whole.out and "pending" in whole.out and "active" in whole.out
+    assert later.code == 0 and "stopped (replied)" in later.out
+    assert walled.code == 1 and walled.one_error_line and "welcome" in walled.err
+    assert bad.code == 1 and bad.one_error_line and "not a time" in bad.err
+    assert neither.code == 1 and neither.one_error_line
