@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
@@ -21,11 +22,16 @@ router = APIRouter(tags=["time travel"])
 IdQuery = Annotated[str | None, Query(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 
 
+@dataclass(frozen=True)
+class AsOfRow(EnrollmentRow):
+    """An `enrollments` row as it was at T (a name of its own: the API's `EnrollmentRow` is seed 001's)."""
+
+
 class AsOfAnswer(BaseModel):
     at: datetime  # T, in UTC
     campaign_id: str | None
     contact_id: str | None
-    rows: list[EnrollmentRow]  # the enrollments table's columns, as they were at T
+    rows: list[AsOfRow]  # the enrollments table's columns, as they were at T
     cards: StatsCards | None  # a campaign's stats cards at T; null for a contact
     method: str  # timeline index, partition scan (one contact) or rebuild (a campaign)
     records_read: int  # event records read from the events topic to answer
@@ -71,7 +77,7 @@ async def get_as_of(
         at=found.at,
         campaign_id=found.campaign_id,
         contact_id=found.contact_id,
-        rows=found.rows,
+        rows=[AsOfRow(**row.__dict__) for row in found.rows],
         cards=None if found.cards is None else StatsCards(**found.cards),
         method=found.method,
         records_read=found.records_read,
