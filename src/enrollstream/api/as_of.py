@@ -66,8 +66,9 @@ async def get_as_of(
         await context.campaign(account, campaign_id)  # 404 for another account's, as for none
     bootstrap, events_topic = context.client.bootstrap, context.client.topics.events
     if contact_id is not None:
-        async with context.pool.acquire() as conn:
-            found = await contact_as_of(bootstrap, events_topic, conn, account, contact_id, when, campaign_id)
+        found = await contact_as_of(
+            bootstrap, events_topic, context.pool, account, contact_id, when, campaign_id
+        )
     else:
         assert campaign_id is not None and context.database_url is not None
         found = await campaign_as_of(

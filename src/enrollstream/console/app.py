@@ -606,10 +606,9 @@ def create_console(context: ApiContext | None) -> FastAPI:
                 contact_id = contact.strip() or None
                 bootstrap, events_topic = context.client.bootstrap, context.client.topics.events
                 if contact_id is not None:
-                    async with context.pool.acquire() as conn:
-                        values["found"] = await contact_as_of(
-                            bootstrap, events_topic, conn, account, contact_id, when, campaign_id
-                        )
+                    values["found"] = await contact_as_of(
+                        bootstrap, events_topic, context.pool, account, contact_id, when, campaign_id
+                    )
                 else:
                     assert context.database_url is not None
                     values["found"] = await campaign_as_of(

@@ -93,13 +93,14 @@ class AsOf:
 async def contact_as_of(
     bootstrap: str,
     events_topic: str,
-    conn: asyncpg.Connection,
+    db: asyncpg.Connection | asyncpg.Pool,
     account_id: str,
     contact_id: str,
     at: datetime,
     campaign_id: str | None = None,
 ) -> AsOf:
-    """One contact's enrollment rows at `at` (of one campaign when given), from its own events."""
+    """One contact's enrollment rows at `at` (of one campaign when given), from its own events. `db`: a
+    pool is held only for its two queries, not while Kafka is read."""
     at = bounded_time(at)
     account_id = bounded_id("account", account_id)
     contact_id = bounded_id("contact", contact_id)
@@ -113,8 +114,8 @@ async def contact_as_of(
     tp = TopicPartition(events_topic, partition)
     # The checkpoint before the index: what the projector applies in between is then in both (read
     # twice, kept once), never in neither.
-    checkpoint = await conn.fetchval(query("events_checkpoint", QUERIES), events_topic, partition) or 0
-    positions = await conn.fetch(query("contact_event_positions", QUERIES), account_id, contact_id, at)
+    checkpoint = await db.fetchval(query("events_checkpoint", QUERIES), events_topic, partition) or 0
+    positions = await db.fetch(query("contact_event_positions", QUERIES), account_id, contact_id, at)
     notes: list[str] = []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
