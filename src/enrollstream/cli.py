@@ -704,15 +704,21 @@ def why_command(
     contact: str = typer.Argument(..., help="the contact id"),
     account: str = ACCOUNT,
     campaign: str | None = typer.Option(None, help="only what concerns this campaign"),
+    words: bool = typer.Option(False, "--words", help="one sentence per decision, with its cause"),
 ) -> None:
     """Why a contact is where it is: every decision about it in order, the events and the commands that
     changed nothing (refused, duplicate, stale, deferred), each with its command, actor and reason."""
     from enrollstream.adapters.postgres.read_side import contact_why
+    from enrollstream.read_models.why import explain
 
     rows = _query(lambda conn: contact_why(conn, account, contact, campaign))
     if not rows:
         scope = f" in campaign {campaign!r}" if campaign else ""
         raise OperatorError(f"no decisions about contact {contact!r}{scope} in account {account!r}")
+    if words:
+        for row, sentence in zip(rows, explain(rows), strict=True):
+            console.print(f"{_when(row['at'])}  {sentence}", markup=False, highlight=False)
+        return
     table = DataTable("when", "v", "decision", "campaign", "what", "command", "by", title=f"why {contact}")
     for row in rows:
         if row["kind"] == "event":

@@ -41,9 +41,9 @@ from enrollstream.console.requests import (
     AddToGroupRequested,
     MessageRequested,
 )
-from enrollstream.console.words import sentence
 from enrollstream.domain import aggregate_key
 from enrollstream.domain.bounds import MAX_ID_LENGTH
+from enrollstream.read_models.why import explain
 from enrollstream.runtime.as_of import campaign_as_of, contact_as_of
 
 KEY_COOKIE = "enrollstream_key"
@@ -635,7 +635,7 @@ def create_console(context: ApiContext | None) -> FastAPI:
             why = await contact_why(conn, account, contact_id, campaign_id)
         if not rows and not why:
             raise StarletteHTTPException(404, "no such contact in this campaign")
-        timeline = [{**row, "sentence": sentence(row)} for row in why]
+        timeline = [{**row, "sentence": words} for row, words in zip(why, explain(why), strict=True)]
         return render(request, "contact.html", account=account, campaign=campaign, contact_id=contact_id,
                       enrollments=[dict(r) for r in rows], timeline=timeline, terminal=TERMINAL)  # fmt: skip
 
