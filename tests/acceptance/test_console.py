@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -42,7 +44,9 @@ PULSE = "pulse"  # one second between steps: the page follows its sends live
 SENDING_ROLES = ("decider", "projector", "scheduler", "dispatcher", "api")
 SCRIPT_NAME = "<script>alert(1)</script>"
 ORDINARY = [f"c{i:02d}" for i in range(1, 26)]  # 25 + the <script> contact: two pages of 20
-IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+# The screenshots in docs/img are refreshed only when asked (`ENROLLSTREAM_SCREENSHOTS=docs/img`), so a test
+# run leaves the tree as it found it; otherwise they go to a temporary directory.
+IMG = Path(os.environ.get("ENROLLSTREAM_SCREENSHOTS") or tempfile.mkdtemp(prefix="enrollstream-screenshots-"))
 
 
 def welcome(
