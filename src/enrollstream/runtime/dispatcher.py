@@ -167,6 +167,7 @@ class DispatcherService:
         self.progress = Progress("dispatcher", stuck_after_s=stuck_after_s, max_retries=stuck_retries)
         self.email = email
         self.identity = identity
+        self._sender_key = parseaddr(identity.from_address)[1].lower()  # the rate-limit key
         self.limits = limits or SendLimits()
         self.sms = sms
         self.clock = clock
@@ -523,7 +524,7 @@ class DispatcherService:
             except TemplateFieldMissing as exc:
                 return _Prepared(SMS_SENDER, d.to, unusable=SendResult(SendOutcome.ERROR, f"template: {exc}"))
             return _Prepared(SMS_SENDER, d.to, sms_body=body)
-        sender = parseaddr(self.identity.from_address)[1].lower()
+        sender = self._sender_key
         try:
             message = build_step_message(
                 sender=self.identity,
