@@ -441,18 +441,35 @@ class DispatcherService:
             started, deferred = await self._start(sendable)
             rows.update({_row_key(r): r for r in deferred})
         # Every `started` row is committed: now the content may go out, side by side over the pool.
+        # Outcomes are recorded as the sends end (one statement for all that ended together), so a
+        # crash leaves `started`, hence `unknown`, only the sends that had not ended.
         self.sends += len(started)
-        sent = await asyncio.gather(
-            *(self._send(prepared[_row_key(r)][1], r["message_id"]) for r in started), return_exceptions=True
-        )
-        failure: BaseException | None = None
-        for row, result in zip(started, sent, strict=True):
-            if isinstance(result, BaseException):  # left `started`: reported unknown when read again
-                failure = failure or result
-                continue
-            log.info("dispatcher: attempt %s -> %s (%s)", _row_key(row), result.outcome.value, result.detail)
-            outcomes[_row_key(row)] = result
         rows.update(await self._finish(outcomes))
+        sending = {
+            asyncio.ensure_future(self._send(prepared[_row_key(r)][1], r["message_id"])): r for r in started
+        }
+        failure: BaseException | None = None
+        try:
+            while sending:
+                ended, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                outcomes_now: dict[_Key, SendResult] = {}
+                for task in ended:
+                    row = sending.pop(task)
+                    if task.exception() is not None:  # left `started`: reported unknown when read again
+                        failure = failure or task.exception()
+                        continue
+                    result = task.result()
+                    log.info(
+                        "dispatcher: attempt %s -> %s (%s)",
+                        _row_key(row),
+                        result.outcome.value,
+                        result.detail,
+                    )
+                    outcomes_now[_row_key(row)] = result
+                rows.update(await self._finish(outcomes_now))
+        finally:
+            for task in sending:  # cancelled (a crash, for the ledger): their rows stay `started`
+                task.cancel()
         if failure is not None:
             raise failure
         return rows
