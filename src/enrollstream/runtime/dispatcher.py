@@ -19,9 +19,11 @@ Per StepDispatched (read with `read_committed` in the consumer group `<group>.di
    after the broker acknowledged it is the ledger row marked reported and the consumer offset
    committed. A crash anywhere repeats at most a report.
 
-Records are processed one at a time, in order, per partition; partitions go side by side. Nothing
-waits for a rate limit: a deferral is one ledger write and one report, so the other senders' and
-channels' messages behind it on the partition keep flowing.
+Records come in poll batches (all the partitions owned, up to `max_batch`): one ledger read, one
+transaction of `started` rows committed before any content goes out, the sends side by side over the
+SMTP connection pool, outcomes written as the sends end, all reports published and acknowledged, one
+`mark_reported`, one offset commit (docs/delivery.md, "Batches"). Nothing waits for a rate limit: a
+deferral is a ledger row and a report, so the other senders' and channels' messages keep flowing.
 
 /healthz reports the dispatcher stuck (`Progress`, per partition) when one record has failed
 `stuck_retries` times in a row (PostgreSQL away: the ledger cannot be read or written, so nothing is
