@@ -121,7 +121,9 @@ class ContactRun:
     truncated: bool = False
 
 
-def recorded_outcomes(reports: Iterable[DeliveryReported]) -> dict[tuple[str, int, int], DeliveryReportedData]:
+def recorded_outcomes(
+    reports: Iterable[DeliveryReported],
+) -> dict[tuple[str, int, int], DeliveryReportedData]:
     """The first final outcome recorded per (enrollment, step, attempt); deferrals are left out (a rate
     limit of the past says nothing about a send at another time)."""
     found: dict[tuple[str, int, int], DeliveryReportedData] = {}
@@ -176,8 +178,10 @@ def simulate_contact(
         command: ContactCommand
         if reports:
             command = reports.pop(0)
-        elif next_input < len(pending) and pending[next_input].issued_at <= until and (
-            timer is None or pending[next_input].issued_at <= timer.due
+        elif (
+            next_input < len(pending)
+            and pending[next_input].issued_at <= until
+            and (timer is None or pending[next_input].issued_at <= timer.due)
         ):
             command = _with_lookups(pending[next_input], campaign)
             next_input += 1
@@ -237,8 +241,13 @@ def _fire(account_id: str, contact_id: str, campaign: CampaignDefinition, timer:
             account_id=account_id,
             issued_at=timer.due,
             actor="scheduler",
-            data=StepDueData(contact_id=contact_id, enrollment_id=eid, step_index=timer.step_index,
-                             attempt=timer.attempt, campaign_status=campaign.status),  # fmt: skip
+            data=StepDueData(
+                contact_id=contact_id,
+                enrollment_id=eid,
+                step_index=timer.step_index,
+                attempt=timer.attempt,
+                campaign_status=campaign.status,
+            ),
         )
     data = TimerData(contact_id=contact_id, enrollment_id=eid, campaign_pauses=campaign.pauses)
     if timer.kind == "expiry":
@@ -264,8 +273,8 @@ def _track(
     """What the scheduler and the dispatcher do with an event: set or clear timers, send a step."""
     eid = event.enrollment_id or ""
     if isinstance(event, StepScheduled):
-        d = event.data
-        _set(timers, eid, "step", d.due_at, step_index=d.step_index, attempt=d.attempt)
+        due = event.data
+        _set(timers, eid, "step", due.due_at, step_index=due.step_index, attempt=due.attempt)
     elif isinstance(event, StepDispatched):
         timers.pop((eid, "step"), None)
         d = event.data
@@ -277,8 +286,13 @@ def _track(
                                       attempt=d.attempt, dispatch=d.dispatch, outcome=DeliveryOutcome.SENT)
         )  # fmt: skip
         reports.append(
-            DeliveryReported(command_id=delivery_report_command_id(d.message_id), account_id=account_id,
-                             issued_at=now, actor="dispatcher", data=outcome)  # fmt: skip
+            DeliveryReported(
+                command_id=delivery_report_command_id(d.message_id),
+                account_id=account_id,
+                issued_at=now,
+                actor="dispatcher",
+                data=outcome,
+            )
         )
     elif isinstance(event, ExpiryScheduled):
         _set(timers, eid, "expiry", event.data.expires_at)
@@ -366,6 +380,10 @@ def compare(
 ) -> Comparison:
     """Each contact's inputs through the same simulation under both definitions."""
     return Comparison(
-        baseline={c: simulate_contact(account_id, c, baseline, cmds, outcomes, until) for c, cmds in inputs.items()},
-        changed={c: simulate_contact(account_id, c, changed, cmds, outcomes, until) for c, cmds in inputs.items()},
+        baseline={
+            c: simulate_contact(account_id, c, baseline, cmds, outcomes, until) for c, cmds in inputs.items()
+        },
+        changed={
+            c: simulate_contact(account_id, c, changed, cmds, outcomes, until) for c, cmds in inputs.items()
+        },
     )

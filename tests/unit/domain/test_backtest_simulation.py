@@ -1,6 +1,7 @@
 """The backtest's simulation (docs/time-travel.md "Backtest"): given one contact's recorded inputs, when
 they are re-decided under a definition with the scheduler and the dispatcher simulated, then this
-timeline. Expected times are computed by hand from the scenario's clock (T0: Monday 2 March 2026, 09:00 UTC)."""
+timeline. Expected times are computed by hand from the scenario's clock (T0: Monday 2 March 2026,
+09:00 UTC)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,13 @@ def test_a_send_window_moves_the_step_and_every_later_step_with_it() -> None:
     evening = campaign(steps=[step(), step(delay=10 * HOUR), step(delay=DAY)])
     weekdays_9_to_17 = SendWindow(days=["mon", "tue", "wed", "thu", "fri"], start_hour=9, end_hour=17)
     windowed = evening.model_copy(
-        update={"steps": [evening.steps[0], evening.steps[1].model_copy(update={"window": weekdays_9_to_17}),
-                          evening.steps[2]]}  # fmt: skip
+        update={
+            "steps": [
+                evening.steps[0],
+                evening.steps[1].model_copy(update={"window": weekdays_9_to_17}),
+                evening.steps[2],
+            ]
+        }
     )
     result = run(windowed, enroll(BASE))
     # Step 2 due Monday 19:00, outside the window: Tuesday 09:00; step 3 a day after that delivery.
@@ -79,7 +85,9 @@ def test_the_recorded_outcome_of_the_same_step_and_attempt_is_reused() -> None:
     )  # fmt: skip
 
 
-def test_a_recorded_retryable_failure_is_retried_and_the_retry_without_a_record_is_assumed_delivered() -> None:
+def test_a_recorded_retryable_failure_is_retried_and_the_retry_without_a_record_is_assumed_delivered() -> (
+    None
+):
     failed = recorded_outcomes([reported("failed", 0, retryable=True)])
     result = run(BASE, enroll(BASE), outcomes=failed)
     retry = timedelta(minutes=15)  # retry_delay x attempt 1
@@ -116,7 +124,9 @@ def test_a_runaway_contact_is_truncated_not_spun() -> None:
 
 def test_compare_counts_both_runs_and_names_the_contacts_that_differ() -> None:
     inputs = {CONTACT: [enroll(BASE), reply(at=T0 + 2 * DAY)]}
-    result = compare(ACCOUNT, campaign(reply_action="continue"), campaign(reply_action="stop"), inputs, {}, UNTIL)
+    result = compare(
+        ACCOUNT, campaign(reply_action="continue"), campaign(reply_action="stop"), inputs, {}, UNTIL
+    )
     assert result.totals("baseline")["sent"] == 3 and result.totals("changed")["sent"] == 2
     assert result.totals("changed")["stopped"] == 1 and result.differing() == [CONTACT]
     same = compare(ACCOUNT, BASE, BASE, inputs, {}, UNTIL)
