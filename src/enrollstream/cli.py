@@ -879,8 +879,8 @@ def backtest_command(
     if found.out_of_reach:
         missing = found.out_of_reach
         console.print(
-            f"out of reach (their Enroll is no longer held, or before --from): {len(missing)} contacts, "
-            f"e.g. {', '.join(missing[:5])}",
+            f"out of reach (their Enroll is no longer held, or before --from): {len(missing)} "
+            f"contact{'s' if len(missing) > 1 else ''}, e.g. {', '.join(missing[:5])}",
             markup=False,
             highlight=False,
         )

@@ -5,10 +5,18 @@ timeline. Expected times are computed by hand from the scenario's clock (T0: Mon
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from enrollstream.domain import SendWindow
-from enrollstream.domain.backtest import Happening, compare, recorded_outcomes, simulate_contact
+from enrollstream.domain import CampaignDefinition, ContactCommand, SendWindow
+from enrollstream.domain.backtest import (
+    MAX_DECISIONS_PER_CONTACT,
+    ContactRun,
+    Happening,
+    Outcomes,
+    compare,
+    recorded_outcomes,
+    simulate_contact,
+)
 
 from .scenario import ACCOUNT, CONTACT, DAY, HOUR, T0, campaign, enroll, reply, reported, step, step_due
 
@@ -21,8 +29,14 @@ def timeline(*lines: tuple[timedelta, str]) -> list[Happening]:
     return [Happening(T0 + offset, what) for offset, what in lines]
 
 
-def run(definition=BASE, *inputs, outcomes=None, until=UNTIL, **kw):  # type: ignore[no-untyped-def]
-    return simulate_contact(ACCOUNT, CONTACT, definition, list(inputs), outcomes or {}, until, **kw)
+def run(
+    definition: CampaignDefinition,
+    *inputs: ContactCommand,
+    outcomes: Outcomes | None = None,
+    until: datetime = UNTIL,
+    max_decisions: int = MAX_DECISIONS_PER_CONTACT,
+) -> ContactRun:
+    return simulate_contact(ACCOUNT, CONTACT, definition, list(inputs), outcomes or {}, until, max_decisions)
 
 
 def test_the_steps_go_out_at_the_due_times_the_simulated_decider_schedules() -> None:
@@ -123,7 +137,7 @@ def test_a_runaway_contact_is_truncated_not_spun() -> None:
 
 
 def test_compare_counts_both_runs_and_names_the_contacts_that_differ() -> None:
-    inputs = {CONTACT: [enroll(BASE), reply(at=T0 + 2 * DAY)]}
+    inputs: dict[str, list[ContactCommand]] = {CONTACT: [enroll(BASE), reply(at=T0 + 2 * DAY)]}
     result = compare(
         ACCOUNT, campaign(reply_action="continue"), campaign(reply_action="stop"), inputs, {}, UNTIL
     )
