@@ -72,7 +72,7 @@ from .events import (
     TriggerReceived,
     WaitTimeoutExtended,
 )
-from .rejections import Accepted, Rejection
+from .rejections import Accepted, Ignored, Rejection
 from .state import fold, initial_state
 
 # The recorded inputs a backtest re-decides. The timers (StepDue, ExpiryDue, WaitTimeout) and the
@@ -172,6 +172,7 @@ def simulate_contact(
     )
     timers: dict[tuple[str, str], _Timer] = {}
     reports: list[DeliveryReported] = []
+    held: list[_Timer] = []
     next_input = 0
     for _ in range(max_decisions):
         timer = min(timers.values(), default=None)
@@ -197,6 +198,11 @@ def simulate_contact(
                 run.counts["refused"] += 1
             continue
         assert isinstance(decision, Accepted)
+        if decision.ignored is Ignored.DEFERRED and isinstance(command, StepDue):
+            # A paused definition: the scheduler would fire it again after a resume the backtest cannot
+            # know of; it stays due, as the Enrollments page would show it (Overdue).
+            assert timer is not None  # a StepDue is only ever a fired timer here
+            held.append(timer)
         if not decision.events:
             continue
         state = fold(state, decision.events)
@@ -205,6 +211,9 @@ def simulate_contact(
             _track(event, timers, reports, outcomes, account_id, contact_id, command.issued_at)
     else:
         run.truncated = True
+    for timer in held:
+        run.timeline.append(Happening(timer.due, f"step {timer.step_index + 1} held: campaign paused"))
+        run.counts["still_due"] += 1
     for timer in sorted(timers.values()):
         if timer.kind == "step":
             run.timeline.append(Happening(timer.due, f"step {timer.step_index + 1} due after the range"))

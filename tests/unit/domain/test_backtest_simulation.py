@@ -145,3 +145,11 @@ def test_compare_counts_both_runs_and_names_the_contacts_that_differ() -> None:
     assert result.totals("changed")["stopped"] == 1 and result.differing() == [CONTACT]
     same = compare(ACCOUNT, BASE, BASE, inputs, {}, UNTIL)
     assert same.differing() == []
+
+
+def test_a_paused_definition_holds_every_step_due_instead_of_dropping_it() -> None:
+    result = run(campaign(status="paused"), enroll(BASE))
+    assert result.timeline == timeline(
+        (timedelta(0), "enrolled"), (timedelta(0), "step 1 held: campaign paused")
+    )
+    assert result.counts["still_due"] == 1 and result.counts["sent"] == 0
