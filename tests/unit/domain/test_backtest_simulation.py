@@ -153,3 +153,24 @@ def test_a_paused_definition_holds_every_step_due_instead_of_dropping_it() -> No
         (timedelta(0), "enrolled"), (timedelta(0), "step 1 held: campaign paused")
     )
     assert result.counts["still_due"] == 1 and result.counts["sent"] == 0
+
+
+def test_an_input_at_the_instant_a_step_is_due_is_decided_first() -> None:
+    result = run(campaign(reply_action="stop"), enroll(BASE), reply(at=T0 + DAY))
+    assert result.timeline[-2:] == timeline((DAY, "replied"), (DAY, "stopped: replied"))
+    assert result.counts["sent"] == 1
+
+
+def test_an_expiry_the_changed_definition_sets_fires_at_its_time() -> None:
+    expiring = campaign(expiry_after_delivery=12 * HOUR)
+    result = run(expiring, enroll(BASE))
+    assert result.timeline == timeline(
+        (timedelta(0), "enrolled"), (timedelta(0), "sent step 1"), (12 * HOUR, "expired")
+    )
+    assert result.counts["expired"] == 1 and result.counts["still_due"] == 0
+
+
+def test_a_trigger_timeout_stops_a_wait_that_no_recorded_trigger_ended() -> None:
+    waits = campaign(awaits_trigger=True, trigger_timeout=2 * DAY)
+    result = run(waits, enroll(BASE))
+    assert result.timeline == timeline((timedelta(0), "enrolled"), (2 * DAY, "stopped: timeout"))
