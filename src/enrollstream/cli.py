@@ -827,7 +827,6 @@ def backtest_command(
     import json
 
     from enrollstream.operations import load_campaign_file
-    from enrollstream.runtime.as_of import AsOfInputError
     from enrollstream.runtime.backtest import BacktestInputError, backtest, check_definition_file, report
 
     settings = load_settings()
@@ -840,7 +839,7 @@ def backtest_command(
                 backtest(target.kafka_bootstrap_servers, _topics(settings), account, campaign, changed,
                          _parse_time(since) if since is not None else None, _parse_time(until), max_contacts)
             )  # fmt: skip
-    except (BacktestInputError, AsOfInputError) as exc:
+    except BacktestInputError as exc:
         raise OperatorError(str(exc)) from None
     result = report(found, sample)
     if as_json:

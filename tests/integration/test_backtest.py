@@ -238,6 +238,8 @@ async def test_a_backtest_refuses_what_is_out_of_its_bounds(settings: Settings, 
         ACCOUNT, "drip", changed, T0 - timedelta(days=40), T0
     )
     assert "after --to" in await refused(ACCOUNT, "drip", changed, T0, T0 - H)
+    assert "account" in await refused("a/b", "drip", changed, SINCE, UNTIL)
+    assert "time" in await refused(ACCOUNT, "drip", changed, datetime(1999, 1, 1, tzinfo=UTC), T0)
     assert "not 'drip' of 'acct-a'" in await refused(ACCOUNT, "drip", other_accounts, SINCE, UNTIL)
     assert "unknown campaign" in await refused(OTHER, "drip", other_accounts, SINCE, UNTIL)
     assert "max-contacts" in await refused(ACCOUNT, "drip", changed, SINCE, UNTIL, max_contacts=0)

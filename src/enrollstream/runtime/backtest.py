@@ -37,7 +37,7 @@ from enrollstream.domain.backtest import (
 from enrollstream.domain.bounds import EARLIEST, KEY_SEPARATOR
 from enrollstream.domain.campaign import CampaignDefinition
 from enrollstream.domain.commands import ContactCommand, DeliveryReported, Enroll
-from enrollstream.runtime.as_of import bounded_id, bounded_time
+from enrollstream.runtime.as_of import AsOfInputError, bounded_id, bounded_time
 from enrollstream.runtime.campaigns import CampaignCatalog
 
 MAX_DEFINITION_BYTES = 256 * 1024  # a definition file; real ones are a few KiB
@@ -105,9 +105,12 @@ async def backtest(
 ) -> Backtest:
     """Re-run the account's recorded inputs of every contact enrolled into the campaign within
     [since, until] under its current definition and under `changed`, up to `until`."""
-    account_id = bounded_id("account", account_id)
-    campaign_id = bounded_id("campaign", campaign_id)
-    since, until = bounded_range(since, until)
+    try:
+        account_id = bounded_id("account", account_id)
+        campaign_id = bounded_id("campaign", campaign_id)
+        since, until = bounded_range(since, until)
+    except AsOfInputError as exc:  # the same bounds as as-of's, said as this command's refusal
+        raise BacktestInputError(str(exc)) from None
     if not 1 <= max_contacts <= MAX_CONTACTS:
         raise BacktestInputError(f"--max-contacts must be within 1..{MAX_CONTACTS}")
     if (changed.account_id, changed.campaign_id) != (account_id, campaign_id):
