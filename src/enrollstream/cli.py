@@ -807,6 +807,92 @@ def as_of_command(
         console.print(note, markup=False, highlight=False)
 
 
+@app.command("backtest")
+@friendly_errors
+def backtest_command(
+    definition: Annotated[
+        Path, typer.Option("--definition", help="the changed definition, as `campaign apply` takes it")
+    ],
+    campaign: str = typer.Option(
+        ..., "--campaign", help="the campaign whose recorded enrollments are re-run"
+    ),
+    account: str = ACCOUNT,
+    since: str | None = typer.Option(
+        None, "--from", help="enrollments from T1 (default: 31 days before --to)"
+    ),
+    until: str = typer.Option(
+        "now", "--to", help="enrollments up to T2, and the simulation's end (default: now)"
+    ),
+    sample: int = typer.Option(5, min=0, max=50, help="contacts that differ to show with both timelines"),
+    max_contacts: int = typer.Option(10_000, min=1, max=100_000, help="refuse a backtest of more contacts"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Re-run the campaign's recorded enrollments (the commands topic: 7 days) under a changed definition
+    and under the current one, side by side: what would be sent, skipped, stopped or expired differently.
+    Reads only; publishes nothing, sends nothing, writes no table (docs/time-travel.md "Backtest")."""
+    import json
+
+    from enrollstream.operations import load_campaign_file
+    from enrollstream.runtime.backtest import BacktestInputError, backtest, check_definition_file, report
+
+    settings = load_settings()
+    target = endpoints(settings)
+    try:
+        check_definition_file(definition)
+        changed = load_campaign_file(definition)
+        with console.status("reading the commands topic and simulating both definitions..."):
+            found = asyncio.run(
+                backtest(target.kafka_bootstrap_servers, _topics(settings), account, campaign, changed,
+                         _parse_time(since) if since is not None else None, _parse_time(until), max_contacts)
+            )  # fmt: skip
+    except BacktestInputError as exc:
+        raise OperatorError(str(exc)) from None
+    result = report(found, sample)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    counts = DataTable("", f"current (version {found.baseline.version})", "changed", "difference",
+                       title=f"backtest of {campaign}: {result['contacts']} contacts enrolled "
+                       f"{found.since.isoformat()} .. {found.until.isoformat()}")  # fmt: skip
+    for metric, row in result["counts"].items():  # type: ignore[attr-defined]
+        if row["current"] or row["changed"]:
+            counts.add_row(metric.replace("_", " "), str(row["current"]), str(row["changed"]),
+                           f"{row['difference']:+d}" if row["difference"] else "")  # fmt: skip
+    console.print(counts)
+    console.print(f"{result['differing_contacts']} of {result['contacts']} contacts would go differently",
+                  markup=False, highlight=False)  # fmt: skip
+    for contact in result["sample"]:  # type: ignore[attr-defined]
+        side = DataTable("current", "changed", title=f"contact {contact['contact_id']}")
+        current, changed_lines = contact["current"], contact["changed"]
+        for i in range(max(len(current), len(changed_lines))):
+            left = current[i] if i < len(current) else None
+            right = changed_lines[i] if i < len(changed_lines) else None
+            side.add_row(
+                *(
+                    f"{_when(datetime.fromisoformat(x['at']))}  {x['what']}" if x else ""
+                    for x in (left, right)
+                )
+            )
+        console.print(side)
+    held = (
+        f"the account's commands are held from {result['log_start']}"
+        if result["log_start"]
+        else "no commands held"
+    )
+    console.print(f"{result['records_read']} command records read; {held}; nothing was published",
+                  markup=False, highlight=False)  # fmt: skip
+    if found.out_of_reach:
+        missing = found.out_of_reach
+        console.print(
+            f"out of reach (their Enroll is no longer held, or before --from): {len(missing)} "
+            f"contact{'s' if len(missing) > 1 else ''}, e.g. {', '.join(missing[:5])}",
+            markup=False,
+            highlight=False,
+        )
+    for note in found.notes:
+        console.print(note, markup=False, highlight=False)
+
+
 @dlq_app.command("list")
 @friendly_errors
 def dlq_list(
