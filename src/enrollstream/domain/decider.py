@@ -146,20 +146,31 @@ _Outcome = Rejection | Ignored | None
 
 
 def decide(command: ContactCommand | BulkEnroll, state: ContactState) -> Decision:
+    return decide_and_fold(command, state)[0]
+
+
+def decide_and_fold(
+    command: ContactCommand | BulkEnroll, state: ContactState
+) -> tuple[Decision, ContactState]:
+    """The decision and the state after it: `fold(state, events)` when accepted with events (the working
+    state the events were applied to as they were emitted, so not folded a second time), else `state`."""
     if isinstance(command, BulkEnroll):
-        return Rejection(RejectionCode.UNSUPPORTED_COMMAND, "fan BulkEnroll out with fan_out_bulk_enroll")
+        unsupported = "fan BulkEnroll out with fan_out_bulk_enroll"
+        return Rejection(RejectionCode.UNSUPPORTED_COMMAND, unsupported), state
     if command.account_id != state.account_id or command.data.contact_id != state.contact_id:
-        return Rejection(RejectionCode.ACCOUNT_MISMATCH, "command is for another account/contact")
+        return Rejection(RejectionCode.ACCOUNT_MISMATCH, "command is for another account/contact"), state
     if state.has_processed(command.command_id):
-        return Accepted([], Ignored.DUPLICATE)
+        return Accepted([], Ignored.DUPLICATE), state
     em = _Emitter(command, state)
     outcome = _handle(command, em)
     if isinstance(outcome, Rejection):
-        return outcome
+        return outcome, state
     if outcome is not None:
-        return Accepted([], outcome)
+        return Accepted([], outcome), state
     _release_queue(em)
-    return Accepted(em.events) if em.events else Accepted([], Ignored.STALE)
+    if not em.events:
+        return Accepted([], Ignored.STALE), state
+    return Accepted(em.events), em.state
 
 
 def accept_bulk_enroll(command: BulkEnroll) -> Decision:
