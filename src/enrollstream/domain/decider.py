@@ -161,6 +161,9 @@ def decide_and_fold(
         return Rejection(RejectionCode.ACCOUNT_MISMATCH, "command is for another account/contact"), state
     if state.has_processed(command.command_id):
         return Accepted([], Ignored.DUPLICATE), state
+    for_an_enrollment = not isinstance(command, Enroll | OptOut | PutContact)
+    if for_an_enrollment and command.data.enrollment_id not in state.enrollments:  # type: ignore[union-attr]
+        return _no_such_enrollment(), state  # as `_handle` would, without copying the state first
     em = _Emitter(command, state)
     outcome = _handle(command, em)
     if isinstance(outcome, Rejection):
@@ -210,6 +213,10 @@ def accept_bulk_enroll(command: BulkEnroll) -> Decision:
     return Accepted([accepted])
 
 
+def _no_such_enrollment() -> Rejection:
+    return Rejection(RejectionCode.ENROLLMENT_NOT_FOUND, "no such enrollment for this contact")
+
+
 def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
     if isinstance(command, Enroll):
         return _enroll(command, em)
@@ -219,7 +226,7 @@ def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
         return _put_contact(command, em)
     e = em.state.enrollments.get(command.data.enrollment_id)
     if e is None:
-        return Rejection(RejectionCode.ENROLLMENT_NOT_FOUND, "no such enrollment for this contact")
+        return _no_such_enrollment()
     if isinstance(command, StepDue):
         return _step_due(command, e, em)
     if isinstance(command, DeliveryReported):

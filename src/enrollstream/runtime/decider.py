@@ -371,9 +371,11 @@ class DeciderService:
                 raise RuntimeError("the decider could not take over its partitions") from self.failure
             if not batch:
                 continue
-            await self.catalog.catch_up()
+            # Both catalogs brought to their ends together (each is a round trip for its end offsets).
             if self.imports is not None:
-                await self.imports.catch_up()
+                await asyncio.gather(self.catalog.catch_up(), self.imports.catch_up())
+            else:
+                await self.catalog.catch_up()
             # A revoke waits on this lock, so it waits for every partition's batch in flight.
             async with self._lock:
                 work = []
