@@ -6,7 +6,7 @@ confluent-kafka), started by bench/peer/scenario.py as a subprocess:
     bench/peer/.venv/bin/python -m bench.peer.app --bootstrap HOST:PORT --commands TOPIC ...
 
 It reads the commands topic and decides each command with enrollstream's own pure domain (`parse_command`,
-`decide`, `fold`, `command_result`, `to_integration_events`, `snapshot_bytes` / `state_from_snapshot`),
+`decide_and_fold`, `command_result`, `to_integration_events`, `snapshot_bytes` / `state_from_snapshot`),
 imported from this checkout, exactly as the decider's `_prepare_one` and `_decide` use it: the campaign
 comes from the campaigns topic (read to its end at start), never from the command; a record that is
 empty, too large, keyed by bytes that are not UTF-8 or not a valid command becomes a dead letter; a
@@ -44,8 +44,7 @@ from enrollstream.domain import (
     Enroll,
     aggregate_key,
     command_result,
-    decide,
-    fold,
+    decide_and_fold,
     initial_state,
     parse_command,
     snapshot_bytes,
@@ -175,9 +174,8 @@ class Decider:
             )
             return [("results", out_key, encode(command_result(command, rejection)))]
         before = self._state(key, state, command)
-        decision = decide(command, before)
+        decision, after = decide_and_fold(command, before)
         changed = isinstance(decision, Accepted) and bool(decision.events)
-        after = fold(before, decision.events) if isinstance(decision, Accepted) and changed else before
         outputs: list[Output] = []
         if isinstance(decision, Accepted) and changed:
             for event in decision.events:

@@ -289,7 +289,7 @@ async def scenario(bootstrap: str, sizes: Sizes, say: Callable[[str], None]) -> 
                 "processing_guarantee": "exactly-once",
                 "commit_interval_s": COMMIT_INTERVAL_S,
                 "state": "RocksDB store + changelog topic, the compact snapshot bytes per contact",
-                "decisions": "enrollstream.domain (decide, fold, command_result, snapshot encoding)",
+                "decisions": "enrollstream.domain (decide_and_fold, command_result, snapshot encoding)",
                 "processes": 1,
             },
             "decider_max_batch": sizes.decider_max_batch,

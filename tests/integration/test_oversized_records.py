@@ -158,9 +158,16 @@ async def test_a_contact_in_campaigns_larger_than_a_record_keeps_a_small_snapsho
             timeout=15,
         )
     assert [results_by_id(records)[e["command_id"]]["status"] for e in enrolls] == ["accepted"] * 4
-    snapshots = await read_until(bootstrap, topics.aggregates, lambda rs: len(rs) == 4, timeout=15)
+    # One snapshot per transaction that changed ada (fewer when several Enrolls shared one): the last
+    # holds all four enrollments.
+    snapshots = await read_until(
+        bootstrap,
+        topics.aggregates,
+        lambda rs: any(len(json.loads(r.value)["enrollments"]) == 4 for r in rs),
+        timeout=15,
+    )
     assert len(json.loads(snapshots[-1].value)["enrollments"]) == 4
-    assert len(snapshots[-1].value) < 4096  # four references, not 1.2 MB of definitions
+    assert all(len(s.value) < 4096 for s in snapshots)  # references, not up to 1.2 MB of definitions
 
 
 async def test_a_command_compressed_past_the_request_size_becomes_a_dead_letter_by_reference(

@@ -125,14 +125,14 @@ async def test_any_failure_while_deciding_one_record_is_its_dead_letter(
     assert settings.kafka_bootstrap_servers
     await publish_campaign(settings.kafka_bootstrap_servers, topics.campaigns, campaign())
     cursed = enroll("ada")
-    real_decide = decider_runtime.decide
+    real_decide = decider_runtime.decide_and_fold
 
     def decide(command: Any, state: Any) -> Any:
         if command.command_id == cursed["command_id"]:
             raise ArithmeticError("a defect no bound caught")
         return real_decide(command, state)
 
-    monkeypatch.setattr(decider_runtime, "decide", decide)
+    monkeypatch.setattr(decider_runtime, "decide_and_fold", decide)
     good = enroll("ada")
     async with running_worker(settings, roles=("decider",)) as worker:
         await publish_in_order(settings, topics, [command_record(cursed), command_record(good)])

@@ -188,3 +188,57 @@ async def test_a_cache_smaller_than_the_partition_decides_from_the_store(
     assert sum(len(c) for c in caches) < 20
     # Evicted contacts were read back from the store: every repeat is refused as already enrolled.
     assert {r["code"] for r in repeated.values()} == {"contact_already_enrolled"}
+
+
+async def test_a_transaction_writes_one_snapshot_per_contact_with_its_last_state_and_a_restart_restores_it(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    await publish_campaign(bootstrap, topics.campaigns, campaign())
+    await publish_campaign(bootstrap, topics.campaigns, campaign(campaign_id="news"))
+    key = f"{ACCOUNT}/ada"
+    # Given three commands for ada in the commands topic before the decider starts (so its first poll
+    # takes them together, into one transaction) ...
+    commands = [enroll("ada"), enroll("ada", "news"), enroll("ada", "welcome")]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for command in commands:
+            await producer.send(topics.commands, json.dumps(command).encode(), key=key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    wanted = {c["command_id"] for c in commands}
+    async with running_worker(settings, roles=("decider",)) as worker:
+        records = await read_until(
+            bootstrap, topics.command_results, lambda rs: wanted <= set(results_by_id(rs)), timeout=60
+        )
+        decided = decider_state(worker, key)
+    results = results_by_id(records)
+    assert [results[c["command_id"]]["status"] for c in commands] == ["accepted", "accepted", "rejected"]
+    assert decided is not None and set(e.campaign_id for e in decided.enrollments.values()) == {
+        "welcome",
+        "news",
+    }
+
+    # ... then the changelog has one snapshot of ada, her state after the last of them.
+    def last_state_read(rs: list[Any]) -> bool:
+        return any(r.key == key.encode() and json.loads(r.value)["version"] == decided.version for r in rs)
+
+    snapshots = [
+        s for s in await read_until(bootstrap, topics.aggregates, last_state_read) if s.key == key.encode()
+    ]
+    assert len(snapshots) == 1
+
+    # A restart without a store on disk rebuilds ada from that one snapshot.
+    shutil.rmtree(store_dir(settings))
+    again = enroll("ada", "news")
+    async with running_worker(settings, roles=("decider",)) as worker:
+        restores = await restores_on_assignment(worker, settings.partitions)
+        results = await decide_all(settings, topics, [again])
+        restored = decider_state(worker, key)
+    assert sum(r.records for r in restores) == 1
+    assert restored is not None and restored.version == decided.version
+    assert set(restored.enrollments) == set(decided.enrollments)
+    assert results[again["command_id"]]["code"] == "contact_already_enrolled"

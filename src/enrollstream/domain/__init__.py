@@ -59,7 +59,7 @@ from .commands import (
     step_due_command_id,
     timer_command_id,
 )
-from .decider import accept_bulk_enroll, decide
+from .decider import accept_bulk_enroll, decide, decide_and_fold
 from .events import (
     EVENT_TYPES,
     BulkEnrollAccepted,
@@ -217,6 +217,7 @@ __all__ = [
     "batch_count",
     "command_result",
     "decide",
+    "decide_and_fold",
     "delivery_deferral_command_id",
     "delivery_report_command_id",
     "evolve",

@@ -146,20 +146,34 @@ _Outcome = Rejection | Ignored | None
 
 
 def decide(command: ContactCommand | BulkEnroll, state: ContactState) -> Decision:
+    return decide_and_fold(command, state)[0]
+
+
+def decide_and_fold(
+    command: ContactCommand | BulkEnroll, state: ContactState
+) -> tuple[Decision, ContactState]:
+    """The decision and the state after it: `fold(state, events)` when accepted with events (the working
+    state the events were applied to as they were emitted, so not folded a second time), else `state`."""
     if isinstance(command, BulkEnroll):
-        return Rejection(RejectionCode.UNSUPPORTED_COMMAND, "fan BulkEnroll out with fan_out_bulk_enroll")
+        unsupported = "fan BulkEnroll out with fan_out_bulk_enroll"
+        return Rejection(RejectionCode.UNSUPPORTED_COMMAND, unsupported), state
     if command.account_id != state.account_id or command.data.contact_id != state.contact_id:
-        return Rejection(RejectionCode.ACCOUNT_MISMATCH, "command is for another account/contact")
+        return Rejection(RejectionCode.ACCOUNT_MISMATCH, "command is for another account/contact"), state
     if state.has_processed(command.command_id):
-        return Accepted([], Ignored.DUPLICATE)
+        return Accepted([], Ignored.DUPLICATE), state
+    for_an_enrollment = not isinstance(command, Enroll | OptOut | PutContact)
+    if for_an_enrollment and command.data.enrollment_id not in state.enrollments:  # type: ignore[union-attr]
+        return _no_such_enrollment(), state  # as `_handle` would, without copying the state first
     em = _Emitter(command, state)
     outcome = _handle(command, em)
     if isinstance(outcome, Rejection):
-        return outcome
+        return outcome, state
     if outcome is not None:
-        return Accepted([], outcome)
+        return Accepted([], outcome), state
     _release_queue(em)
-    return Accepted(em.events) if em.events else Accepted([], Ignored.STALE)
+    if not em.events:
+        return Accepted([], Ignored.STALE), state
+    return Accepted(em.events), em.state
 
 
 def accept_bulk_enroll(command: BulkEnroll) -> Decision:
@@ -199,6 +213,10 @@ def accept_bulk_enroll(command: BulkEnroll) -> Decision:
     return Accepted([accepted])
 
 
+def _no_such_enrollment() -> Rejection:
+    return Rejection(RejectionCode.ENROLLMENT_NOT_FOUND, "no such enrollment for this contact")
+
+
 def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
     if isinstance(command, Enroll):
         return _enroll(command, em)
@@ -208,7 +226,7 @@ def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
         return _put_contact(command, em)
     e = em.state.enrollments.get(command.data.enrollment_id)
     if e is None:
-        return Rejection(RejectionCode.ENROLLMENT_NOT_FOUND, "no such enrollment for this contact")
+        return _no_such_enrollment()
     if isinstance(command, StepDue):
         return _step_due(command, e, em)
     if isinstance(command, DeliveryReported):

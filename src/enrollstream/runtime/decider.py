@@ -6,9 +6,11 @@ this is how a zombie owner of a partition is fenced: the new owner's `init_trans
 of the same transactional id and aborts whatever the old one left open.
 
 Per poll batch and partition, one Kafka transaction carries: the events, the aggregates' new snapshots
-(compacted changelog), one result per command, dead letters, fanned-out child commands, and the input
-offsets. In-memory state changes only after that transaction commits; if the commit's fate is unknown the
-producer is re-created and the partition re-read from its last committed offset.
+(compacted changelog: one per contact the transaction changed, its last state), one result per command,
+dead letters, fanned-out child commands, and the input offsets. In-memory state changes only after that
+transaction commits; if the commit's fate is unknown the producer is re-created and the partition re-read
+from its last committed offset. The partitions of one poll batch are decided concurrently, each in its
+own transaction on its own producer.
 
 An output that can never be written is not retried as if it might be: a command whose snapshot or events
 would exceed what one record may hold is refused with `state_too_large` before anything is produced, and
@@ -65,9 +67,8 @@ from enrollstream.domain import (
     aggregate_key,
     batch_count,
     command_result,
-    decide,
+    decide_and_fold,
     fan_out_bulk_enroll,
-    fold,
     initial_state,
     parse_command,
     snapshot_bytes,
@@ -254,11 +255,25 @@ def _profile_email(states: Callable[[str], ContactState | None], key: str) -> st
 
 
 @dataclass
+class _OpenBatch:
+    """Records of one transaction for one topic on the owned partition, built here and handed to the
+    producer whole (one enqueue and one delivery future per batch instead of per record)."""
+
+    builder: Any  # aiokafka's BatchBuilder
+    records: int = 0
+    offset: int = -1  # the input of its last record (a refusal is pinned on it, one input at a time)
+    dead_letter: bool = False
+
+
+@dataclass
 class _Staged:
     """One batch's output for one partition, sent inside its transaction, applied after commit."""
 
     states: dict[str, ContactState] = field(default_factory=dict)
-    snapshots: dict[str, bytes] = field(default_factory=dict)  # the encoded form of each of `states`
+    # The encoded form of each of `states`, sent once per contact at the end of the transaction (a
+    # contact's earlier states in the same transaction would be compacted away unread), and the input
+    # offset of the command that made it (a snapshot refused as too large is pinned on that input).
+    snapshots: dict[str, tuple[int, bytes]] = field(default_factory=dict)
     commands: int = 0
     events: int = 0
     dead_letters: int = 0
@@ -266,7 +281,9 @@ class _Staged:
     # Every send's delivery, with the offset of the input it was for; awaited before the commit, since
     # aiokafka commits a transaction even when one of its batches was refused by the broker.
     deliveries: list[tuple[int, bool, asyncio.Future[Any]]] = field(default_factory=list)
-    changelog: list[asyncio.Future[Any]] = field(default_factory=list)  # the snapshots' deliveries
+    # The snapshots' deliveries, with how many records each is for (a batch's reports its first offset).
+    changelog: list[tuple[asyncio.Future[Any], int]] = field(default_factory=list)
+    batches: dict[str, _OpenBatch] = field(default_factory=dict)  # by topic, on the owned partition
     offset: int = -1  # the input being processed
     dead_letter: bool = False  # ... and whether it is being dead-lettered
 
@@ -354,10 +371,14 @@ class DeciderService:
                 raise RuntimeError("the decider could not take over its partitions") from self.failure
             if not batch:
                 continue
-            await self.catalog.catch_up()
+            # Both catalogs brought to their ends together (each is a round trip for its end offsets).
             if self.imports is not None:
-                await self.imports.catch_up()
+                await asyncio.gather(self.catalog.catch_up(), self.imports.catch_up())
+            else:
+                await self.catalog.catch_up()
+            # A revoke waits on this lock, so it waits for every partition's batch in flight.
             async with self._lock:
+                work = []
                 for tp, records in batch.items():
                     owner = self.owners.get(tp)
                     if owner is None:
@@ -366,12 +387,21 @@ class DeciderService:
                     if not records:
                         continue
                     self.progress.working(tp.partition)
-                    if records[0].offset > owner.single_until:
-                        await self._process(owner, records)
-                        continue
-                    for record in records:  # one per transaction, to pin a too-large output on its input
-                        if self.owners.get(tp) is not owner or not await self._process(owner, [record]):
-                            break
+                    work.append(self._process_partition(owner, records))
+                # Each partition has its own producer and transaction: one partition's commit round
+                # trips and deliveries overlap another's deciding.
+                outcomes = await asyncio.gather(*work, return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+
+    async def _process_partition(self, owner: PartitionOwner, records: list[Any]) -> None:
+        if records[0].offset > owner.single_until:
+            await self._process(owner, records)
+            return
+        for record in records:  # one per transaction, to pin a too-large output on its input
+            if self.owners.get(owner.partition) is not owner or not await self._process(owner, [record]):
+                return
 
     def _resume_due(self, consumer: AIOKafkaConsumer) -> None:
         now = time.monotonic()
@@ -500,6 +530,13 @@ class DeciderService:
                 staged.offset = record.offset  # type: ignore[attr-defined]
                 staged.dead_letter = isinstance(item, DeadLetter)
                 await self._process_record(owner, staged, record, item)
+            for key, (offset, raw) in staged.snapshots.items():
+                staged.offset, staged.dead_letter = offset, False
+                await self._send(
+                    owner, staged, self.topics.aggregates, raw, key_bytes(key), owner.partition.partition
+                )
+            for topic in list(staged.batches):
+                await self._flush(owner, staged, topic)
             await self._delivered(staged)
             await producer.send_offsets_to_transaction(
                 {tp: records[-1].offset + 1},  # type: ignore[attr-defined]
@@ -557,8 +594,8 @@ class DeciderService:
         owner.next_offset = records[-1].offset + 1  # type: ignore[attr-defined]
         if staged.snapshots:
             # Only now, after the commit: the store never holds what the changelog might not.
-            applied = max(delivery.result().offset for delivery in staged.changelog) + 1
-            changes = {key: (raw, staged.states[key]) for key, raw in staged.snapshots.items()}
+            applied = max(delivery.result().offset + records for delivery, records in staged.changelog)
+            changes = {key: (raw, staged.states[key]) for key, (_, raw) in staged.snapshots.items()}
             try:
                 owner.state.commit(changes, applied)
             except StateStoreError as exc:
@@ -597,11 +634,15 @@ class DeciderService:
 
     async def _delivered(self, staged: _Staged) -> None:
         """Wait for every send of the transaction: a refused batch must fail it, not vanish from it."""
+        if not staged.deliveries:
+            return
+        await asyncio.wait([delivery for _, _, delivery in staged.deliveries])
         for offset, dead_letter, delivery in staged.deliveries:
-            try:
-                await delivery
-            except _TOO_LARGE as exc:
+            exc = delivery.exception()
+            if isinstance(exc, _TOO_LARGE):
                 raise _OutputTooLarge(offset, dead_letter, f"{type(exc).__name__}: {exc}") from exc
+            if exc is not None:
+                raise exc
 
     async def _send(
         self,
@@ -613,13 +654,46 @@ class DeciderService:
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
-        try:
-            delivery = await owner.producer.send(topic, value, key=key, partition=partition, headers=headers)
-        except _TOO_LARGE as exc:  # the producer's own check: nothing of this record was sent
-            raise _OutputTooLarge(staged.offset, staged.dead_letter, f"{type(exc).__name__}: {exc}") from exc
-        staged.deliveries.append((staged.offset, staged.dead_letter, delivery))
+        if partition is None or partition != owner.partition.partition:
+            # Keyed (public events, fanned-out children): the producer's partitioner places it.
+            try:
+                delivery = await owner.producer.send(
+                    topic, value, key=key, partition=partition, headers=headers
+                )
+            except _TOO_LARGE as exc:  # the producer's own check: nothing of this record was sent
+                raise _OutputTooLarge(
+                    staged.offset, staged.dead_letter, f"{type(exc).__name__}: {exc}"
+                ) from exc
+            staged.deliveries.append((staged.offset, staged.dead_letter, delivery))
+            if topic == self.topics.aggregates:
+                staged.changelog.append((delivery, 1))
+            return
+        # The producer's own check (`max_request_size`), made here since a built batch skips it.
+        size = record_size(key, value, headers)
+        if size > MAX_RECORD_BYTES:
+            raise _OutputTooLarge(
+                staged.offset,
+                staged.dead_letter,
+                f"MessageSizeTooLargeError: the record is {size} bytes, over max_request_size "
+                f"{MAX_RECORD_BYTES}",
+            )
+        batch = staged.batches.get(topic)
+        if batch is None:
+            batch = staged.batches[topic] = _OpenBatch(owner.producer.create_batch())
+        if batch.builder.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+            await self._flush(owner, staged, topic)  # full: handed over, and a new one started
+            batch = staged.batches[topic] = _OpenBatch(owner.producer.create_batch())
+            batch.builder.append(key=key, value=value, timestamp=None, headers=headers or [])  # 1st fits
+        batch.records += 1
+        batch.offset, batch.dead_letter = staged.offset, staged.dead_letter
+
+    async def _flush(self, owner: PartitionOwner, staged: _Staged, topic: str) -> None:
+        """Hand the topic's open batch to the producer, in this transaction."""
+        batch = staged.batches.pop(topic)
+        delivery = await owner.producer.send_batch(batch.builder, topic, partition=owner.partition.partition)
+        staged.deliveries.append((batch.offset, batch.dead_letter, delivery))
         if topic == self.topics.aggregates:
-            staged.changelog.append(delivery)
+            staged.changelog.append((delivery, batch.records))
 
     def _still_assigned(self, tp: TopicPartition) -> bool:
         return self._consumer is not None and tp in self._consumer.assignment()
@@ -761,8 +835,9 @@ class DeciderService:
             return
         staged.commands += 1
         if after is not None:
+            snapshot = sends.pop()  # the last send is the snapshot: sent once per contact, at the end
             staged.states[key] = after
-            staged.snapshots[key] = sends[-1].value  # the last send is the snapshot
+            staged.snapshots[key] = (staged.offset, snapshot.value)
         staged.events += sum(1 for send in sends if send.topic == self.topics.events)
         for send in sends:
             await self._send(owner, staged, send.topic, send.value, send.key, send.partition)
@@ -790,9 +865,8 @@ class DeciderService:
             or initial_state(command.account_id, command.contact_id)
         )
         started = time.perf_counter()
-        decision = decide(command, state)
+        decision, after = decide_and_fold(command, state)
         changed = isinstance(decision, Accepted) and bool(decision.events)
-        after = fold(state, decision.events) if isinstance(decision, Accepted) and changed else state
         result = command_result(command, decision, after.version)
         if isinstance(decision, Accepted) and changed:
             metrics.DECIDE_SECONDS.observe(time.perf_counter() - started)

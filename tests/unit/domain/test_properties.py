@@ -23,6 +23,7 @@ from enrollstream.domain import (
     ContactState,
     Rejection,
     decide,
+    decide_and_fold,
     evolve,
     fold,
     initial_state,
@@ -186,6 +187,8 @@ def test_random_command_sequences_keep_every_invariant(data: st.DataObject) -> N
         assert decide(command, state) == decision  # deterministic
         assert state.model_dump_json() == before  # decide never mutates its input
         if isinstance(decision, Rejection):
+            refused, unchanged = decide_and_fold(command, state)
+            assert refused == decision and unchanged is state
             continue
         assert isinstance(decision, Accepted)
         terminal_before = {
@@ -204,6 +207,11 @@ def test_random_command_sequences_keep_every_invariant(data: st.DataObject) -> N
             if event.type == "StepDelivered.v1":
                 deliveries[(event.enrollment_id or "", event.data.step_index)] += 1  # type: ignore[union-attr]
         assert state.model_dump_json() == before  # evolve never mutates its input
+        # The runtime's one call: the same decision, and the working state it applied the events to
+        # equal to folding them (the state itself when nothing happened), the input still untouched.
+        also, folded = decide_and_fold(command, state)
+        assert also == decision and folded == after and (folded is state) == (not decision.events)
+        assert state.model_dump_json() == before
         state = after
         history.extend(decision.events)
         assert all(count == 1 for count in deliveries.values()), "a step was delivered twice"
