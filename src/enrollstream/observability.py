@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -152,6 +153,17 @@ def record_lag(role: str, partition: int, end: int | None, next_offset: int) -> 
     """`end` is the partition's last stable offset as the consumer last saw it (None: unknown yet)."""
     if end is not None:
         CONSUMER_LAG.labels(role, str(partition)).set(max(0, end - next_offset))
+
+
+async def record_consumer_lag(role: str, consumer: Any, tp: Any, done: int | None = None) -> None:
+    """The lag of one assigned partition after a batch (`done`: the next offset processed) or an idle
+    poll: from the consumer's position, which steps over transaction markers, so a drained partition
+    whose last records were written in a transaction reads 0, not 1 (the marker's offset)."""
+    try:
+        position = await consumer.position(tp)
+    except Exception:  # no longer assigned: its next owner reports it
+        return
+    record_lag(role, tp.partition, consumer.last_stable_offset(tp), max(done or 0, position))
 
 
 @dataclass

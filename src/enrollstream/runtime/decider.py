@@ -370,6 +370,8 @@ class DeciderService:
             if self.failure is not None:
                 raise RuntimeError("the decider could not take over its partitions") from self.failure
             if not batch:
+                for idle in list(self.owners.values()):
+                    await metrics.record_consumer_lag("decider", consumer, idle.partition, idle.next_offset)
                 continue
             # Both catalogs brought to their ends together (each is a round trip for its end offsets).
             if self.imports is not None:
@@ -627,9 +629,7 @@ class DeciderService:
         for (command_type, status), n in staged.results.items():
             metrics.COMMANDS.labels(command_type, status).inc(n)
         if self._consumer is not None:
-            metrics.record_lag(
-                "decider", tp.partition, self._consumer.last_stable_offset(tp), owner.next_offset
-            )
+            await metrics.record_consumer_lag("decider", self._consumer, tp, owner.next_offset)
         return True
 
     def _too_large_to_dead_letters(

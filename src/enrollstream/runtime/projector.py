@@ -159,6 +159,9 @@ class ProjectorService:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
             if not batch:
+                for tp in consumer.assignment():
+                    if tp.topic == self.topic:
+                        await metrics.record_consumer_lag("projector", consumer, tp)
                 continue
             for tp in batch:
                 self._progress_of(tp).working(tp.partition)
@@ -194,8 +197,7 @@ class ProjectorService:
             for tp, records in batch.items():
                 if tp.topic != self.topic:
                     continue  # the lag gauge is per partition of the events topic
-                end = consumer.last_stable_offset(tp)
-                metrics.record_lag("projector", tp.partition, end, records[-1].offset + 1)
+                await metrics.record_consumer_lag("projector", consumer, tp, records[-1].offset + 1)
             # Only for lag monitoring; the checkpoints in Postgres are the truth.
             with contextlib.suppress(Exception):
                 await consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
