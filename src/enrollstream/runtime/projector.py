@@ -192,6 +192,8 @@ class ProjectorService:
             for tp, records in batch.items():
                 if tp.topic != self.topic:
                     continue  # the lag gauge is per partition of the events topic
+                if tp not in consumer.assignment():
+                    continue  # revoked by a rebalance while the batch was written (another process joined)
                 end = consumer.last_stable_offset(tp)
                 metrics.record_lag("projector", tp.partition, end, records[-1].offset + 1)
             # Only for lag monitoring; the checkpoints in Postgres are the truth.
