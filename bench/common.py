@@ -22,6 +22,7 @@ SCENARIOS = (
     "snapshots",
     "state_engines",
     "broker",
+    "scale_out",
 )
 
 

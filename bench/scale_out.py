@@ -1,0 +1,263 @@
+"""Scale out: the decider as 1 and as 2 worker processes on the same pre-produced workload, in one run.
+
+Each run is the real deployment: `enrollstream worker --roles decider` (one process) against
+`enrollstream worker --roles decider --processes 2` (a supervisor and two children in one consumer group),
+each on its own copy of the same seeded commands (the decider bench's mix, `workload.commands`) in fresh
+topics with `sizes.partitions` partitions and a fresh state directory.
+
+The commands are produced before the workers start, inside one Kafka transaction left open: the decider
+reads `read_committed`, so it sees none of them until the bench commits that transaction. The workers
+start, the decider's group becomes stable with every partition owned by the expected number of members
+(and the members' logs stop announcing partitions they took), then the transaction commits and the clock
+starts: every process begins with the whole workload at the same moment, none of it decided while the
+second child was still joining. The clock stops when the group's committed offsets reach the end of the
+commands topic (the decider commits them in each batch's transaction). The order of the two alternates
+between repetitions, so a drift in the machine's load does not favour one of them.
+
+The dispatcher is not measured here: its input is decided events whose steps are due and an SMTP server to
+take them, which the decider bench's workload does not produce; see docs/architecture.md "Scale out".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.group import MemberAssignment
+
+from bench import machine, workload
+from bench.common import Result, Sizes, Stopwatch, median, run_id
+from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.adapters.postgres.databases import create_database, drop_database
+from enrollstream.adapters.postgres.migrations import migrate
+from enrollstream.runtime.campaigns import publish_campaign
+
+TARGET = "2 processes >= 1.5x one process, given a free core per process (the partitions bound it)"
+
+
+@dataclass
+class Run:
+    processes: int
+    rate: float  # commands/s
+    commands: int  # commands timed
+    seconds: float
+
+
+async def _prepared_topics(bootstrap: str, sizes: Sizes) -> Topics:
+    topics = Topics(prefix=f"bench-scale-{run_id()}.")
+    await ensure_topics(bootstrap, topics, sizes.partitions)
+    for campaign in workload.campaigns():
+        await publish_campaign(bootstrap, topics.campaigns, campaign)
+    return topics
+
+
+async def _held_back(
+    bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]]
+) -> AIOKafkaProducer:
+    """The records sent inside a transaction left open (invisible to read_committed consumers): commit
+    it to release them all at once."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        transactional_id=f"bench-scale-{run_id()}",
+        enable_idempotence=True,
+        acks="all",
+        linger_ms=20,
+        max_batch_size=256 * 1024,
+        transaction_timeout_ms=600_000,  # open while the workers start and their group settles
+    )
+    await producer.start()
+    await producer.begin_transaction()
+    pending = [await producer.send(topic, value, key=key) for key, value in records]
+    for sent in pending:
+        await sent
+    return producer
+
+
+def _announced(log_path: Path) -> int:
+    """How many partitions the workers have said they took (one line per partition taken)."""
+    return log_path.read_text(errors="replace").count('"decider owns ')
+
+
+async def _members(admin: AIOKafkaAdminClient, group: str) -> list[set[int]]:
+    """The partitions each member of a stable group owns ([] while it rebalances)."""
+    [response] = await admin.describe_consumer_groups([group])
+    described = response.to_object()["groups"][0]
+    if described["state"] != "Stable":
+        return []
+    return [
+        {
+            p
+            for _, partitions in MemberAssignment.decode(m["member_assignment"]).assignment
+            for p in partitions
+        }
+        for m in described["members"]
+    ]
+
+
+async def _committed(admin: AIOKafkaAdminClient, group: str) -> int:
+    offsets = await admin.list_consumer_group_offsets(group)
+    return sum(meta.offset for meta in offsets.values() if meta.offset >= 0)
+
+
+def _environment(
+    bootstrap: str, database_url: str, topics: Topics, sizes: Sizes, state_dir: Path
+) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("ENROLLSTREAM_")}
+    return {
+        **inherited,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "DATABASE_URL": database_url,
+        "ENROLLSTREAM_TOPIC_PREFIX": topics.prefix,
+        "ENROLLSTREAM_GROUP_ID": f"{topics.prefix}group",
+        "ENROLLSTREAM_PARTITIONS": str(sizes.partitions),
+        "ENROLLSTREAM_STATE_DIR": str(state_dir),
+        "ENROLLSTREAM_HTTP_PORT": "0",
+        "ENROLLSTREAM_LOG_FORMAT": "json",
+        # The workload's commands carry a fixed issued_at (as in the decider bench: skew unchecked).
+        "ENROLLSTREAM_COMMAND_MAX_FUTURE_SKEW_S": "0",
+        "ENROLLSTREAM_COMMAND_MAX_AGE_S": "0",
+    }
+
+
+async def run_worker(
+    bootstrap: str,
+    database_url: str,
+    topics: Topics,
+    sizes: Sizes,
+    records: list[tuple[bytes | None, bytes]],
+    processes: int,
+    workdir: Path,
+) -> Run:
+    """`enrollstream worker --roles decider --processes P` until the group has committed all the records."""
+    n = len(records)
+    group = f"{topics.prefix}group.decider"
+    log_path = workdir / f"{topics.prefix}log"
+    args = ["--roles", "decider"] + (["--processes", str(processes)] if processes > 1 else [])
+    held = await _held_back(bootstrap, topics.commands, records)
+    with log_path.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "enrollstream", "worker", *args,
+            env=_environment(bootstrap, database_url, topics, sizes, workdir / f"{topics.prefix}state"),
+            stdout=asyncio.subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+
+    def failed() -> None:
+        if process.returncode is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the worker exited with status {process.returncode}: {tail}")
+
+    try:
+        deadline = Stopwatch()
+        announced, quiet_since = -1, Stopwatch()
+        while True:
+            failed()
+            if deadline.elapsed() > 120:
+                raise TimeoutError(f"the decider's group not stable with {processes} members within 120 s")
+            await asyncio.sleep(0.1)
+            owned = await _members(admin, group)
+            if not (len(owned) == processes and all(owned) and sum(map(len, owned)) == sizes.partitions):
+                continue
+            now_announced = _announced(log_path)
+            if now_announced != announced:  # a member still taking partitions
+                announced, quiet_since = now_announced, Stopwatch()
+            elif now_announced >= sizes.partitions and quiet_since.elapsed() > 2.0:
+                break
+        await held.commit_transaction()
+        clock = Stopwatch()
+        limit = 120 + n / 100
+        while (done := await _committed(admin, group)) < n:
+            failed()
+            if clock.elapsed() > limit:
+                raise TimeoutError(f"only {done} of {n} commands decided after {limit:.0f} s")
+            await asyncio.sleep(0.02)
+        seconds = clock.elapsed()
+    finally:
+        await held.stop()
+        await admin.close()
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 60)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+    if process.returncode != 0:
+        raise RuntimeError(f"the worker did not stop cleanly (status {process.returncode})")
+    return Run(processes, n / seconds, n, seconds)
+
+
+async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[[str], None]) -> Result:
+    """`reps` pairs (1 process, 2 processes), alternating which goes first; medians of each."""
+    n = sizes.decider_commands
+    commands = workload.commands(n)
+    records: list[tuple[bytes | None, bytes]] = [
+        (r.key if isinstance(r.key, bytes) else r.key.encode(), r.value) for r in commands
+    ]
+    name = f"bench_scale_{run_id()}"
+    database_url = await create_database(server_url, name)  # the worker checks the schema at start
+    conn = await asyncpg.connect(database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    runs: dict[int, list[Run]] = {1: [], 2: []}
+    load_at_start = machine.load_average()
+    try:
+        with tempfile.TemporaryDirectory(prefix="enrollstream-bench-scale-") as tmp:
+            for rep in range(sizes.reps):
+                for processes in (1, 2) if rep % 2 == 0 else (2, 1):
+                    topics = await _prepared_topics(bootstrap, sizes)
+                    run = await run_worker(
+                        bootstrap, database_url, topics, sizes, records, processes, Path(tmp)
+                    )
+                    runs[processes].append(run)
+                    say(
+                        f"scale_out rep {rep + 1}/{sizes.reps}: {processes} process(es) "
+                        f"{run.rate:,.0f} commands/s ({run.commands} in {run.seconds:.2f} s)"
+                    )
+    finally:
+        await drop_database(server_url, name)
+    value = median([r.rate for r in runs[2]])
+    baseline = median([r.rate for r in runs[1]])
+    ratios = [two.rate / one.rate for one, two in zip(runs[1], runs[2], strict=True)]
+    return Result(
+        status="measured",
+        unit="commands/s",
+        target=TARGET,
+        value=value,
+        baseline=baseline,
+        baseline_name="the same decider as one process (`enrollstream worker --roles decider`)",
+        runs=[r.rate for r in runs[2]],
+        baseline_runs=[r.rate for r in runs[1]],
+        target_met=value >= 1.5 * baseline,
+        params={
+            "commands": n,
+            "reps": sizes.reps,
+            "partitions": sizes.partitions,
+            "processes": [1, 2],
+            "ratio_per_rep": [round(r, 3) for r in ratios],
+            "roles": "decider",
+            "dispatcher": "not measured: its input (due steps, an SMTP server) is not the decider's workload",
+            "how": "enrollstream worker --roles decider [--processes 2], real subprocesses; the commands "
+            "held in an open transaction until the group is stable, the clock from its commit to the "
+            "group's committed offsets at the topic's end",
+            "state": "ENROLLSTREAM_STATE_DIR fresh per run, shared by the children; STATE_CACHE_MB 128 each",
+            "workload": "enrollstream.chaos.workload mix without BulkEnroll, ~5 commands per contact, seeded",
+            "cpus_usable": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": machine.load_average(),
+        },
+    )
