@@ -21,6 +21,8 @@ take them, which the decider bench's workload does not produce; see docs/archite
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import sys
@@ -50,6 +52,41 @@ class Run:
     rate: float  # commands/s
     commands: int  # commands timed
     seconds: float
+    worker_cores: float  # CPU seconds of the worker processes per second of the timed window
+    machine_busy: float  # the share of the machine's CPU time busy (anyone) in the timed window
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of every CPU since boot, from /proc/stat (0, 0 where there is none)."""
+    try:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (from /proc; gone ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _worker_pids(process_pid: int, log_path: Path) -> list[int]:
+    """The worker process and, under a supervisor, its children (from the supervisor's log lines)."""
+    pids = [process_pid]
+    for line in log_path.read_text(errors="replace").splitlines():
+        if '"started worker-' in line:
+            with contextlib.suppress(ValueError, KeyError):
+                pids.append(int(json.loads(line)["pid"]))
+    return pids
 
 
 async def _prepared_topics(bootstrap: str, sizes: Sizes) -> Topics:
@@ -173,6 +210,8 @@ async def run_worker(
                 announced, quiet_since = now_announced, Stopwatch()
             elif now_announced >= sizes.partitions and quiet_since.elapsed() > 2.0:
                 break
+        pids = _worker_pids(process.pid, log_path)
+        cpu_before, machine_before = _cpu_seconds(pids), _machine_cpu()
         await held.commit_transaction()
         clock = Stopwatch()
         limit = 120 + n / 100
@@ -182,6 +221,7 @@ async def run_worker(
                 raise TimeoutError(f"only {done} of {n} commands decided after {limit:.0f} s")
             await asyncio.sleep(0.02)
         seconds = clock.elapsed()
+        worker_cpu, machine_after = _cpu_seconds(pids) - cpu_before, _machine_cpu()
     finally:
         await held.stop()
         await admin.close()
@@ -194,7 +234,8 @@ async def run_worker(
                 await process.wait()
     if process.returncode != 0:
         raise RuntimeError(f"the worker did not stop cleanly (status {process.returncode})")
-    return Run(processes, n / seconds, n, seconds)
+    busy, total = (after - before for after, before in zip(machine_after, machine_before, strict=True))
+    return Run(processes, n / seconds, n, seconds, worker_cpu / seconds, busy / total if total else 0.0)
 
 
 async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[[str], None]) -> Result:
@@ -224,7 +265,8 @@ async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[
                     runs[processes].append(run)
                     say(
                         f"scale_out rep {rep + 1}/{sizes.reps}: {processes} process(es) "
-                        f"{run.rate:,.0f} commands/s ({run.commands} in {run.seconds:.2f} s)"
+                        f"{run.rate:,.0f} commands/s ({run.commands} in {run.seconds:.2f} s), workers "
+                        f"using {run.worker_cores:.2f} cores, machine {run.machine_busy:.0%} busy"
                     )
     finally:
         await drop_database(server_url, name)
@@ -247,6 +289,14 @@ async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[
             "partitions": sizes.partitions,
             "processes": [1, 2],
             "ratio_per_rep": [round(r, 3) for r in ratios],
+            # Whether the second process had a core to use: the workers' CPU per wall second, and how
+            # busy the whole machine (broker, database, anything else) was, in each timed window.
+            "worker_cores_1": [round(r.worker_cores, 2) for r in runs[1]],
+            "worker_cores_2": [round(r.worker_cores, 2) for r in runs[2]],
+            "machine_busy_1": [round(r.machine_busy, 3) for r in runs[1]],
+            "machine_busy_2": [round(r.machine_busy, 3) for r in runs[2]],
+            "seconds_1": [round(r.seconds, 2) for r in runs[1]],
+            "seconds_2": [round(r.seconds, 2) for r in runs[2]],
             "roles": "decider",
             "dispatcher": "not measured: its input (due steps, an SMTP server) is not the decider's workload",
             "how": "enrollstream worker --roles decider [--processes 2], real subprocesses; the commands "
