@@ -22,6 +22,7 @@ SCENARIOS = (
     "snapshots",
     "state_engines",
     "broker",
+    "dispatcher",
     "scale_out",
 )
 

@@ -25,6 +25,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from bench import workload
 from bench.common import Result, Sizes, Stopwatch, median, produce, run_id
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.domain import CampaignDefinition
 from enrollstream.runtime.campaigns import CampaignCatalog, publish_campaign
 from enrollstream.runtime.contact_imports import ContactImportCatalog
 from enrollstream.runtime.decider import DeciderService
@@ -42,17 +43,23 @@ class Run:
     outputs: int = 0  # records written (events, snapshots, results, ... or copies)
 
 
-async def _prepared_topics(bootstrap: str, sizes: Sizes, n: int) -> Topics:
+async def fresh_topics(bootstrap: str, partitions: int, campaigns: list[CampaignDefinition]) -> Topics:
+    """A new set of topics (and the passthrough's output topic), the campaigns published."""
     topics = Topics(prefix=f"bench-{run_id()}.")
-    await ensure_topics(bootstrap, topics, sizes.partitions)
+    await ensure_topics(bootstrap, topics, partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(passthrough_topic(topics), sizes.partitions, 1)])
+        await admin.create_topics([NewTopic(passthrough_topic(topics), partitions, 1)])
     finally:
         await admin.close()
-    for campaign in workload.campaigns():
+    for campaign in campaigns:
         await publish_campaign(bootstrap, topics.campaigns, campaign)
+    return topics
+
+
+async def _prepared_topics(bootstrap: str, sizes: Sizes, n: int) -> Topics:
+    topics = await fresh_topics(bootstrap, sizes.partitions, workload.campaigns())
     records = workload.commands(n)
     keyed: list[tuple[bytes | None, bytes]] = [
         (r.key if isinstance(r.key, bytes) else r.key.encode(), r.value) for r in records

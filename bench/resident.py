@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from bench import workload
-from bench.common import Result, Sizes, median, produce, run_id
-from bench.decider import Run, passthrough_topic, run_decider, run_passthrough
+from bench.common import Result, Sizes, median, produce
+from bench.decider import Run, fresh_topics, run_decider, run_passthrough
+from bench.restore import produce_snapshots
 from bench.restore_child import rss_bytes
-from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.chaos import ACCOUNT, chaos_campaign
-from enrollstream.domain import snapshot_bytes
-from enrollstream.runtime.campaigns import publish_campaign
 
 TARGET = "with 1M contacts resident: >= 0.5 of the same decider with none (the store's cost per command)"
 CAMPAIGN = "bench-resident"
@@ -51,23 +50,10 @@ def _enroll(i: int) -> tuple[bytes, bytes]:
 
 
 async def _topics(bootstrap: str, sizes: Sizes, resident: int, commands: int) -> Topics:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    topics = Topics(prefix=f"bench-{run_id()}.")
-    await ensure_topics(bootstrap, topics, sizes.partitions)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(passthrough_topic(topics), sizes.partitions, 1)])
-    finally:
-        await admin.close()
-    for campaign in [*workload.campaigns(), chaos_campaign(CAMPAIGN)]:
-        await publish_campaign(bootstrap, topics.campaigns, campaign)
-    template = snapshot_bytes(workload.template_snapshot(), lambda account, campaign: True).decode()
-    chunk = 50_000
-    for start in range(0, resident, chunk):
-        records = [workload.snapshot_bytes(template, i) for i in range(start, min(resident, start + chunk))]
-        await produce(bootstrap, topics.aggregates, [(k, v) for k, v in records])
+    topics = await fresh_topics(
+        bootstrap, sizes.partitions, [*workload.campaigns(), chaos_campaign(CAMPAIGN)]
+    )
+    await produce_snapshots(bootstrap, topics.aggregates, resident)
     step = max(1, resident // commands) if resident else 1
     await produce(bootstrap, topics.commands, [_enroll(i * step) for i in range(commands)])
     return topics

@@ -37,12 +37,18 @@ async def _changelog(bootstrap: str, contacts: int) -> tuple[Topics, str]:
     await ensure_topics(bootstrap, topics, 1)
     for campaign in workload.campaigns():
         await publish_campaign(bootstrap, topics.campaigns, campaign)
+    return topics, await produce_snapshots(bootstrap, topics.aggregates, contacts)
+
+
+async def produce_snapshots(bootstrap: str, topic: str, contacts: int) -> str:
+    """The template contact's compact snapshot for contacts 0..`contacts`-1, each with its own ids, keyed
+    as the decider writes them; returns the template."""
     template = snapshot_bytes(workload.template_snapshot(), lambda account, campaign: True).decode()
     chunk = 50_000
     for start in range(0, contacts, chunk):
         records = [workload.snapshot_bytes(template, i) for i in range(start, min(contacts, start + chunk))]
-        await produce(bootstrap, topics.aggregates, [(k, v) for k, v in records])
-    return topics, template
+        await produce(bootstrap, topic, [(k, v) for k, v in records])
+    return template
 
 
 async def _tail(bootstrap: str, topics: Topics, template: str, contacts: int, changes: int) -> None:

@@ -24,6 +24,7 @@ from rich.table import Table
 from bench import (
     broker,
     decider,
+    dispatcher,
     machine,
     pending,
     projector,
@@ -115,6 +116,8 @@ async def run_scenarios(
                 results[name] = await state_engines.scenario(sizes, say, settings.cache_dir)
             elif name == "broker":
                 results[name] = await broker.scenario(bootstrap, settings.cache_dir, sizes, say)
+            elif name == "dispatcher":
+                results[name] = await dispatcher.scenario(bootstrap, server_url, sizes, say)
             elif name == "scale_out":
                 results[name] = await scale_out.scenario(bootstrap, server_url, sizes, say)
         except Exception as exc:

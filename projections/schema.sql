@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0016 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0017 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -228,7 +228,9 @@ CREATE TABLE public.enrollment_timeline (
     type text NOT NULL,
     occurred_at timestamp with time zone NOT NULL,
     causation_id text NOT NULL,
-    data jsonb NOT NULL
+    data jsonb NOT NULL,
+    event_partition integer,
+    event_offset bigint
 );
 
 --

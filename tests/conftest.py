@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -96,38 +98,97 @@ def _with_database(url: str, database: str) -> str:
     return f"{base}/{database}"
 
 
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+class _DatabaseDropper:
+    """Drops the tests' databases on a thread of its own, so no test waits for the last one's drop
+    (dropping a migrated database takes the server a second or more: its files, its buffers). Each
+    database has a name of its own, so a drop still running never touches the next test's data; the
+    session waits for every drop at its end."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.names: queue.Queue[str | None] = queue.Queue()
+        self.failures: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="drop-test-databases", daemon=True)
+        self.thread.start()
+
+    def drop(self, name: str) -> None:
+        self.names.put(name)
+
+    def _run(self) -> None:
+        while (name := self.names.get()) is not None:
+            try:
+                asyncio.run(_admin(self.admin_url, f'drop database if exists "{name}" with (force)'))
+            except Exception as exc:  # reported at the session's end, not lost
+                self.failures.append(f"{name}: {exc!r}")
+
+    def close(self) -> None:
+        self.names.put(None)
+        self.thread.join(timeout=300)
+        assert not self.thread.is_alive(), "test databases still being dropped after 300s"
+        assert not self.failures, f"test databases not dropped: {self.failures}"
+
+
+@pytest.fixture(scope="session")
+def database_dropper(endpoints: stack.Endpoints) -> Iterator[_DatabaseDropper]:
+    dropper = _DatabaseDropper(endpoints.database_url)
+    try:
+        yield dropper
+    finally:
+        dropper.close()
+
+
 @pytest.fixture
-def empty_database_url(endpoints: stack.Endpoints) -> Iterator[str]:
+def empty_database_url(endpoints: stack.Endpoints, database_dropper: _DatabaseDropper) -> Iterator[str]:
     """A fresh, empty database on the real server, dropped afterwards."""
     name = f"test_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(endpoints.database_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'create database "{name}"'))
+    asyncio.run(_admin(endpoints.database_url, f'create database "{name}"'))
     try:
         yield _with_database(endpoints.database_url, name)
     finally:
-        asyncio.run(admin(f'drop database if exists "{name}" with (force)'))
+        database_dropper.drop(name)
 
 
-@pytest.fixture
-def database_url(empty_database_url: str) -> str:
-    """A fresh database with every migration applied."""
+@pytest.fixture(scope="session")
+def migrated_template(endpoints: stack.Endpoints, database_dropper: _DatabaseDropper) -> Iterator[str]:
+    """One database with every migration applied, once per run: each test's database is a copy of it.
+    Nothing connects to it after its migration (CREATE DATABASE ... TEMPLATE needs it idle)."""
+    name = f"test_template_{uuid.uuid4().hex[:12]}"
 
-    async def run() -> None:
-        conn = await asyncpg.connect(empty_database_url)
+    async def create_and_migrate() -> None:
+        await _admin(endpoints.database_url, f'create database "{name}"')
+        conn = await asyncpg.connect(_with_database(endpoints.database_url, name))
         try:
             await migrate(conn)
         finally:
             await conn.close()
 
-    asyncio.run(run())
-    return empty_database_url
+    asyncio.run(create_and_migrate())
+    try:
+        yield name
+    finally:
+        database_dropper.drop(name)
+
+
+@pytest.fixture
+def database_url(
+    endpoints: stack.Endpoints, migrated_template: str, database_dropper: _DatabaseDropper
+) -> Iterator[str]:
+    """A fresh database with every migration applied: a copy of the run's migrated template (the same
+    schema and migration records that migrating it would give, without running them per test)."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(endpoints.database_url, f'create database "{name}" template "{migrated_template}"'))
+    try:
+        yield _with_database(endpoints.database_url, name)
+    finally:
+        database_dropper.drop(name)
 
 
 @pytest.fixture

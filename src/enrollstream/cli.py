@@ -776,15 +776,21 @@ def why_command(
     contact: str = typer.Argument(..., help="the contact id"),
     account: str = ACCOUNT,
     campaign: str | None = typer.Option(None, help="only what concerns this campaign"),
+    words: bool = typer.Option(False, "--words", help="one sentence per decision, with its cause"),
 ) -> None:
     """Why a contact is where it is: every decision about it in order, the events and the commands that
     changed nothing (refused, duplicate, stale, deferred), each with its command, actor and reason."""
     from enrollstream.adapters.postgres.read_side import contact_why
+    from enrollstream.read_models.why import explain
 
     rows = _query(lambda conn: contact_why(conn, account, contact, campaign))
     if not rows:
         scope = f" in campaign {campaign!r}" if campaign else ""
         raise OperatorError(f"no decisions about contact {contact!r}{scope} in account {account!r}")
+    if words:
+        for row, sentence in zip(rows, explain(rows), strict=True):
+            console.print(f"{_when(row['at'])}  {sentence}", markup=False, highlight=False)
+        return
     table = DataTable("when", "v", "decision", "campaign", "what", "command", "by", title=f"why {contact}")
     for row in rows:
         if row["kind"] == "event":
@@ -801,6 +807,162 @@ def why_command(
         table.add_row(_when(row["at"]), str(row["version"]), decision, row["campaign_id"] or "", what,
                       command, row["actor"] or "")  # fmt: skip
     console.print(table)
+
+
+def _parse_time(text: str) -> datetime:
+    """An ISO 8601 time (`2026-12-01T10:00:00+01:00`, `2026-12-01 10:00`: UTC without a zone) or `now`."""
+    if text.strip().lower() == "now":
+        return datetime.now(UTC)
+    try:
+        return datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise OperatorError(f"not a time: {text!r} (ISO 8601, e.g. 2026-12-01T10:00:00Z, or now)") from None
+
+
+@app.command("as-of")
+@friendly_errors
+def as_of_command(
+    timestamp: str = typer.Argument(..., help="T: an ISO 8601 time (UTC without a zone) or `now`"),
+    account: str = ACCOUNT,
+    campaign: str | None = typer.Option(None, help="the campaign (alone: all its rows and stats cards)"),
+    contact: str | None = typer.Option(None, help="one contact (reads its own events only)"),
+    limit: int = typer.Option(100, min=1, max=1000, help="rows of a campaign to list (the cards count all)"),
+) -> None:
+    """The enrollment rows and stats cards as they were at T, rebuilt from the events topic up to T
+    (docs/time-travel.md). One contact reads its own events; a campaign rebuilds from the whole topic."""
+    from enrollstream.runtime.as_of import AsOfInputError, campaign_as_of, contact_as_of
+
+    if campaign is None and contact is None:
+        raise OperatorError("name a campaign (--campaign), a contact (--contact) or both")
+    at = _parse_time(timestamp)
+    settings = load_settings()
+    target = endpoints(settings)
+    events_topic = _topics(settings).events
+    try:
+        if contact is not None:
+            found = _query(
+                lambda conn: contact_as_of(
+                    target.kafka_bootstrap_servers, events_topic, conn, account, contact, at, campaign
+                )
+            )
+        else:
+            assert campaign is not None
+            _require_campaign(account, campaign)
+            with console.status("rebuilding the campaign from the events topic..."):
+                found = asyncio.run(
+                    campaign_as_of(
+                        target.kafka_bootstrap_servers, events_topic, target.database_url, account, campaign,
+                        at, limit,
+                    )
+                )  # fmt: skip
+    except AsOfInputError as exc:
+        raise OperatorError(str(exc)) from None
+    scope = f"contact {contact}" if contact else f"campaign {campaign}"
+    table = DataTable("contact", "campaign", "status", "stage", "step", "next execution", "enrolled", "sent",
+                      "replied", title=f"{scope} as of {found.at.isoformat()}")  # fmt: skip
+    for row in found.rows:
+        why = row.failure_reason or row.stop_reason
+        table.add_row(
+            row.contact_name or row.contact_id, row.campaign_id,
+            f"{row.status} ({why})" if why else row.status, row.stage,
+            f"{row.current_step} of {row.total_steps}" if row.current_step else "",
+            _when(row.next_execution_at), _when(row.enrolled_at), _when(row.sent_at), _when(row.replied_at),
+        )  # fmt: skip
+    console.print(table)
+    if found.cards is not None:
+        cards = DataTable("card", "count", title=f"stats of {campaign} as of {found.at.isoformat()}")
+        for card, count in found.cards.items():
+            cards.add_row(card.replace("_", " "), str(count))
+        console.print(cards)
+    console.print(f"{found.method}: {found.records_read} event records read", markup=False, highlight=False)
+    for note in found.notes:
+        console.print(note, markup=False, highlight=False)
+
+
+@app.command("backtest")
+@friendly_errors
+def backtest_command(
+    definition: Annotated[
+        Path, typer.Option("--definition", help="the changed definition, as `campaign apply` takes it")
+    ],
+    campaign: str = typer.Option(
+        ..., "--campaign", help="the campaign whose recorded enrollments are re-run"
+    ),
+    account: str = ACCOUNT,
+    since: str | None = typer.Option(
+        None, "--from", help="enrollments from T1 (default: 31 days before --to)"
+    ),
+    until: str = typer.Option(
+        "now", "--to", help="enrollments up to T2, and the simulation's end (default: now)"
+    ),
+    sample: int = typer.Option(5, min=0, max=50, help="contacts that differ to show with both timelines"),
+    max_contacts: int = typer.Option(10_000, min=1, max=100_000, help="refuse a backtest of more contacts"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Re-run the campaign's recorded enrollments (the commands topic: 7 days) under a changed definition
+    and under the current one, side by side: what would be sent, skipped, stopped or expired differently.
+    Reads only; publishes nothing, sends nothing, writes no table (docs/time-travel.md "Backtest")."""
+    import json
+
+    from enrollstream.operations import load_campaign_file
+    from enrollstream.runtime.backtest import BacktestInputError, backtest, check_definition_file, report
+
+    settings = load_settings()
+    target = endpoints(settings)
+    try:
+        check_definition_file(definition)
+        changed = load_campaign_file(definition)
+        with console.status("reading the commands topic and simulating both definitions..."):
+            found = asyncio.run(
+                backtest(target.kafka_bootstrap_servers, _topics(settings), account, campaign, changed,
+                         _parse_time(since) if since is not None else None, _parse_time(until), max_contacts)
+            )  # fmt: skip
+    except BacktestInputError as exc:
+        raise OperatorError(str(exc)) from None
+    result = report(found, sample)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    counts = DataTable("", f"current (version {found.baseline.version})", "changed", "difference",
+                       title=f"backtest of {campaign}: {result['contacts']} contacts enrolled "
+                       f"{found.since.isoformat()} .. {found.until.isoformat()}")  # fmt: skip
+    for metric, row in result["counts"].items():  # type: ignore[attr-defined]
+        if row["current"] or row["changed"]:
+            counts.add_row(metric.replace("_", " "), str(row["current"]), str(row["changed"]),
+                           f"{row['difference']:+d}" if row["difference"] else "")  # fmt: skip
+    console.print(counts)
+    console.print(f"{result['differing_contacts']} of {result['contacts']} contacts would go differently",
+                  markup=False, highlight=False)  # fmt: skip
+    for contact in result["sample"]:  # type: ignore[attr-defined]
+        side = DataTable("current", "changed", title=f"contact {contact['contact_id']}")
+        current, changed_lines = contact["current"], contact["changed"]
+        for i in range(max(len(current), len(changed_lines))):
+            left = current[i] if i < len(current) else None
+            right = changed_lines[i] if i < len(changed_lines) else None
+            side.add_row(
+                *(
+                    f"{_when(datetime.fromisoformat(x['at']))}  {x['what']}" if x else ""
+                    for x in (left, right)
+                )
+            )
+        console.print(side)
+    held = (
+        f"the account's commands are held from {result['log_start']}"
+        if result["log_start"]
+        else "no commands held"
+    )
+    console.print(f"{result['records_read']} command records read; {held}; nothing was published",
+                  markup=False, highlight=False)  # fmt: skip
+    if found.out_of_reach:
+        missing = found.out_of_reach
+        console.print(
+            f"out of reach (their Enroll is no longer held, or before --from): {len(missing)} "
+            f"contact{'s' if len(missing) > 1 else ''}, e.g. {', '.join(missing[:5])}",
+            markup=False,
+            highlight=False,
+        )
+    for note in found.notes:
+        console.print(note, markup=False, highlight=False)
 
 
 @dlq_app.command("list")

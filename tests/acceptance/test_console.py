@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from enrollstream.adapters.kafka.topics import Topics
 from enrollstream.adapters.postgres.api_keys import create_api_key, revoke_api_key
 from enrollstream.api import ApiServer
 from enrollstream.client import EnrollstreamClient
@@ -41,7 +44,9 @@ PULSE = "pulse"  # one second between steps: the page follows its sends live
 SENDING_ROLES = ("decider", "projector", "scheduler", "dispatcher", "api")
 SCRIPT_NAME = "<script>alert(1)</script>"
 ORDINARY = [f"c{i:02d}" for i in range(1, 26)]  # 25 + the <script> contact: two pages of 20
-IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+# The screenshots in docs/img are refreshed only when asked (`ENROLLSTREAM_SCREENSHOTS=docs/img`), so a test
+# run leaves the tree as it found it; otherwise they go to a temporary directory.
+IMG = Path(os.environ.get("ENROLLSTREAM_SCREENSHOTS") or tempfile.mkdtemp(prefix="enrollstream-screenshots-"))
 
 
 def welcome(
@@ -419,3 +424,78 @@ async def test_the_console_keeps_its_walls(settings: Settings, database_url: str
         await other_page.goto(f"{api.url}/console/campaigns")
         assert other_page.url.endswith("/console/login")
         await browser.close()
+
+
+async def test_the_as_of_view_shows_the_rows_and_cards_as_they_were(
+    settings: Settings, database_url: str, topics: Topics
+) -> None:
+    """Issue 16: alice enrolled, her step 1 sent, then a reply; as of a moment between the send and the
+    reply the view shows her active at step 2 of 3, as of now stopped (replied); another account's key
+    gets a 404 for the campaign."""
+    from tests.integration.test_as_of import ACCOUNT as AS_OF_ACCOUNT
+    from tests.integration.test_as_of import BETWEEN, send_a_sequence
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        _, key = await create_api_key(conn, AS_OF_ACCOUNT, "as-of test")
+        _, other_key = await create_api_key(conn, OTHER, "elsewhere")
+    finally:
+        await conn.close()
+    assert settings.kafka_bootstrap_servers
+    settings = settings.model_copy(update={"api_port": 0})
+    await publish_campaign(settings.kafka_bootstrap_servers, topics.campaigns, welcome(AS_OF_ACCOUNT))
+    async with running_worker(settings, ("decider", "projector", "api")) as worker:
+        assert worker.api is not None
+        api = worker.api
+        await send_a_sequence(settings, topics, worker)
+        async with async_playwright() as playwright:
+            browser = await launch(playwright)
+            page = await (await browser.new_context()).new_page()
+            await sign_in(page, api, key)
+            await page.goto(f"{api.url}/console/campaigns/{CAMPAIGN}/enrollments")
+            await page.click("#as-of-link")
+            await page.fill("input[name=at]", BETWEEN.strftime("%Y-%m-%dT%H:%M:%S"))
+            await page.fill("input[name=contact]", "alice")
+            await page.click("#as-of-form button")
+            await page.wait_for_selector("#as-of-rows")
+            alice = page.locator("#as-of-rows tr[data-contact=alice]")
+            assert await alice.locator("[data-status]").get_attribute("data-status") == "active"
+            assert (await alice.locator("td[data-step]").inner_text()).strip() == "Step 2 of 3"
+            assert "timeline index" in await page.inner_text("#as-of-at")
+
+            # The whole campaign then: its cards from a rebuild up to that moment.
+            await page.fill("input[name=contact]", "")
+            await page.click("#as-of-form button")
+            await page.wait_for_selector("#as-of-cards")
+            assert await page.inner_text("#as-of-cards [data-card=active] .n") == "2"  # alice and bob
+            assert await page.inner_text("#as-of-cards [data-card=stopped] .n") == "0"
+            statuses = await page.eval_on_selector_all(
+                "#as-of-rows [data-status]", "els => els.map(e => e.dataset.status)"
+            )
+            assert sorted(statuses) == ["active", "pending"]
+
+            # As of now: the reply stopped her.
+            await page.fill("input[name=at]", "2099-01-01T00:00:00")
+            await page.click("#as-of-form button")
+            await page.wait_for_selector("#as-of-cards")
+            assert await page.inner_text("#as-of-cards [data-card=stopped] .n") == "1"
+            assert (
+                await page.locator("#as-of-rows tr[data-contact=alice] [data-status]").get_attribute(
+                    "data-status"
+                )
+                == "stopped"
+            )
+
+            # A time out of bounds is a readable refusal, not an error page.
+            answer = await page.goto(f"{api.url}/console/campaigns/{CAMPAIGN}/as-of?at=1999-01-01")
+            assert answer is not None and answer.status == 400
+            assert "out of range" in await page.inner_text("#problem")
+
+            # Another account's key: no such campaign.
+            other = await (await browser.new_context()).new_page()
+            await sign_in(other, api, other_key)
+            answer = await other.goto(
+                f"{api.url}/console/campaigns/{CAMPAIGN}/as-of?at=2099-01-01&contact=alice"
+            )
+            assert answer is not None and answer.status == 404
+            await browser.close()

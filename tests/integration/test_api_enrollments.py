@@ -166,6 +166,12 @@ async def test_enroll_contact_by_id_lists_it_and_answers_seed_001s_errors(
         assert why["contact_id"] == "c1"
         whats = [e["what"] for e in why["entries"]]
         assert "ContactEnrolled.v1" in whats and "rejected" in whats  # the second enroll: already enrolled
+        refused = next(e for e in why["entries"] if e["what"] == "rejected")
+        assert (
+            refused["sentence"].startswith("Enroll ")
+            and "refused (contact_already_enrolled)" in (refused["sentence"])
+        )
+        assert f"(Enroll {refused['command_id']} from " in refused["sentence"]  # which command, from whom
         assert (await api.a.get("/campaigns/welcome/replies")).json() == []
         missing = await api.a.get("/campaigns/welcome/contacts/never-seen/why")
         assert (missing.status_code, error_code(missing)) == (404, "contact_not_found")

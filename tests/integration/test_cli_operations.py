@@ -110,7 +110,13 @@ async def test_apply_enroll_stop_then_the_pages_the_stats_and_the_timeline_show_
             return why
 
         why = await refusal_projected()
+        stop_in_words = await cli("why", "c2", "--words", env=env)
     assert only_stopped.code == 0, only_stopped.err
+    # In plain words, the stop names its command and who sent it, and the step it left unsent.
+    assert stop_in_words.code == 0, stop_in_words.err
+    stopped_line = next(line for line in stop_in_words.out.splitlines() if "Stopped by cli" in line)
+    assert "Caused by Stop " in stopped_line and "from cli at " in stopped_line, stopped_line
+    assert "step 1 of 2, due " in stopped_line and stopped_line.endswith("will not be sent."), stopped_line
     # "Why" lists the refused second enroll with its code and who asked, after the enrollment it met.
     assert why.code == 0, why.err
     assert why.out.index("ContactEnrolled") < why.out.index("contact_already_enrolled"), why.out

@@ -4,6 +4,8 @@ per-sender rate limits on the injected clock."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import uuid
 from datetime import datetime
@@ -514,3 +516,81 @@ async def test_an_invalid_phone_number_ends_the_enrollment_as_failed_in_the_tabl
     )
     assert label == "Failed"  # seed 003's label agrees with the Failed card
     assert (await _ledger(db, enrollments["ivy"]))["state"] == "invalid_recipient"
+
+
+async def test_sends_share_pooled_connections_and_a_connection_the_server_dropped_is_replaced(
+    settings: Settings, topics: Topics, smtp_server: RecordingSmtpServer, manual_clock: ManualClock
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = _account()
+    first = {f"p{i}": f"p{i}@example.org" for i in range(6)}
+    then = {f"q{i}": f"q{i}@example.org" for i in range(6)}
+    async with running_worker(settings):
+        await dispatch_steps(settings, manual_clock, account, first)
+        async with running(new_dispatcher(settings, smtp_server, manual_clock)) as dispatcher:
+            await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 6)
+            assert smtp_server.connections < 6  # six messages, fewer connections (a pool of 4)
+            # The relay closes its idle clients mid-run: the next sends open new connections.
+            assert smtp_server.drop_connections() >= 1
+            await dispatch_steps(settings, manual_clock, account, then)
+            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 12)
+            assert dispatcher.sends == 12
+    assert sorted(r["data"]["contact_id"] for r in reports) == sorted([*first, *then])
+    assert {r["data"]["outcome"] for r in reports} == {"sent"}
+    for address in [*first.values(), *then.values()]:
+        assert len(smtp_server.received_for(address)) == 1, address  # none lost, none twice
+    assert smtp_server.connections < 12
+
+
+async def test_a_kill_mid_batch_leaves_each_message_sent_once_or_unknown(
+    settings: Settings,
+    topics: Topics,
+    smtp_server: RecordingSmtpServer,
+    manual_clock: ManualClock,
+    db: asyncpg.Connection,
+) -> None:
+    """Four steps in one poll batch on one partition; the first one's 250 never comes. The sends of a
+    batch overlap and their outcomes are recorded as they end, so the three behind it are `sent`
+    while it is still `started`. The dispatcher dies there (its task cancelled: nothing more is
+    written, no offset committed); the next one sends nothing, reports the held one `unknown` and
+    the three `sent`, and the server has each message once."""
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap and settings.partitions
+    account = _account()
+    held, *others = contacts_on_one_partition(account, "k", 4, settings.partitions)
+    smtp_server.behave(f"{held}@example.org", Behaviour.HOLD_AFTER_DATA)
+    async with running_worker(settings):
+        contacts = {c: f"{c}@example.org" for c in (held, *others)}  # dispatched in this order
+        enrollments = await dispatch_steps(settings, manual_clock, account, contacts)
+        first = new_dispatcher(settings, smtp_server, manual_clock)
+        await first.start()
+        task = asyncio.create_task(first.run(asyncio.Event()))
+
+        async def others_sent_while_held() -> bool:
+            rows = await db.fetch(
+                "select enrollment_id, state from delivery_ledger where enrollment_id = any($1::text[])",
+                list(enrollments.values()),
+            )
+            state = {r["enrollment_id"]: r["state"] for r in rows}
+            return state.get(enrollments[held]) == "started" and all(
+                state.get(enrollments[c]) == "sent" for c in others
+            )
+
+        try:
+            await eventually(others_sent_while_held, what="three sent while the first is held")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await first.stop()
+        smtp_server.release(f"{held}@example.org")
+        async with running(new_dispatcher(settings, smtp_server, manual_clock)) as second:
+            reports = await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 4)
+            assert second.sends == 0
+    outcomes = {r["data"]["contact_id"]: r["data"]["outcome"] for r in reports}
+    assert outcomes == {held: "unknown", **{c: "sent" for c in others}}
+    for contact in contacts:
+        assert len(smtp_server.received_for(f"{contact}@example.org")) == 1, contact
+        row = await _ledger(db, enrollments[contact])
+        assert (row["state"], row["reported"]) == ("unknown" if contact == held else "sent", True)

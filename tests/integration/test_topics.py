@@ -7,6 +7,7 @@ import uuid
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import InvalidTopicError
 
 from enrollstream import stack
 from enrollstream.adapters.kafka.topics import TopicMismatchError, Topics, ensure_topics
@@ -75,3 +76,12 @@ async def test_a_partition_count_that_disagrees_with_the_deployment_is_a_clear_e
     await ensure_topics(endpoints.kafka_bootstrap_servers, topics, partitions=2)
     with pytest.raises(TopicMismatchError, match="partition count is fixed per deployment"):
         await ensure_topics(endpoints.kafka_bootstrap_servers, topics, partitions=3)
+
+
+async def test_a_topic_the_broker_refuses_to_create_is_an_error_naming_it(
+    endpoints: stack.Endpoints,
+) -> None:
+    # A space is not allowed in a topic name: the broker refuses every topic of the request.
+    topics = Topics(prefix=f"bad prefix {uuid.uuid4().hex[:8]}.")
+    with pytest.raises(InvalidTopicError, match=f"creating topic {topics.prefix}"):
+        await ensure_topics(endpoints.kafka_bootstrap_servers, topics, partitions=2)

@@ -102,6 +102,14 @@ class _RecordingSMTP(SMTP):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self._recorder = recorder
 
+    def connection_made(self, transport: Any) -> None:
+        self._recorder.opened(transport)
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._recorder.closed(self.transport)
+        super().connection_lost(exc)
+
     async def smtp_DATA(self, arg: str) -> None:
         rcpts = self.envelope.rcpt_tos if self.envelope is not None else []
         if any(self._recorder.behaviour_for(r) is Behaviour.DROP_AT_DATA for r in rcpts):
@@ -129,6 +137,8 @@ class RecordingSmtpServer:
         self._server: asyncio.Server | None = None
         self.released = asyncio.Event()  # bound to the server's loop on first use there
         self._holds: dict[str, threading.Event] = {}
+        self.connections = 0  # connections accepted so far
+        self._open: set[Any] = set()  # their transports, while open
 
     # --- configuration and observations -----------------------------------------------------------
 
@@ -156,6 +166,29 @@ class RecordingSmtpServer:
     def messages(self) -> list[ReceivedMessage]:
         with self._lock:
             return list(self._messages)
+
+    def opened(self, transport: Any) -> None:
+        with self._lock:
+            self.connections += 1
+            self._open.add(transport)
+
+    def closed(self, transport: Any) -> None:
+        with self._lock:
+            self._open.discard(transport)
+
+    def drop_connections(self) -> int:
+        """Close every open connection from the server's side, as a relay does to idle clients: how
+        many were open."""
+        assert self._loop is not None
+
+        async def drop() -> int:
+            with self._lock:
+                transports = list(self._open)
+            for transport in transports:
+                transport.abort()
+            return len(transports)
+
+        return asyncio.run_coroutine_threadsafe(drop(), self._loop).result(timeout=10)
 
     def received_for(self, recipient: str) -> list[ReceivedMessage]:
         return [m for m in self.messages if recipient.lower() in (r.lower() for r in m.rcpt_tos)]

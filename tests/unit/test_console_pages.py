@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 
 from enrollstream.console.app import TEMPLATES, Filters, decode_cursor, encode_cursor
 from enrollstream.console.requests import AddToGroupRequested, MessageRequested
-from enrollstream.console.words import sentence
+from enrollstream.read_models.why import sentence
 
 AT = datetime(2026, 12, 3, 10, 0, tzinfo=UTC)
 

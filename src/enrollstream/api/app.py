@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from enrollstream import __version__
-from enrollstream.api import campaigns, commands, contact_imports, contacts, enrollments, operations
+from enrollstream.api import as_of, campaigns, commands, contact_imports, contacts, enrollments, operations
 from enrollstream.api.context import ApiContext
 from enrollstream.api.errors import install_error_handlers
 
@@ -36,6 +36,7 @@ def create_app(context: ApiContext | None = None) -> FastAPI:
     app.include_router(contacts.router)
     app.include_router(contact_imports.router)
     app.include_router(commands.router)
+    app.include_router(as_of.router)
     from enrollstream.console.app import create_console  # here: the console imports the API's context
 
     app.mount("/console", create_console(context))  # the Enrollments console (docs/console.md)

@@ -24,6 +24,8 @@ class ApiContext:
     campaigns: CampaignCatalog
     # How long a write waits for its command's result before answering 202 with a Location to poll.
     result_timeout_s: float = 5.0
+    # The read models' database, for what needs a connection of its own (as-of's rebuilt schema).
+    database_url: str | None = None
 
     async def campaign(self, account_id: str, campaign_id: str) -> CampaignDefinition:
         """The account's campaign, or 404 `campaign_not_found` (also for another account's)."""

@@ -24,6 +24,7 @@ from enrollstream.api.context import Account, Context
 from enrollstream.api.enrollments import Body
 from enrollstream.api.errors import ApiError, error_responses
 from enrollstream.domain.bounds import ID_PATTERN, MAX_ID_LENGTH, Id, Text
+from enrollstream.read_models.why import explain
 
 router = APIRouter(tags=["enrollment page"])
 
@@ -162,6 +163,7 @@ class WhyEntry(BaseModel):
     code: str | None
     reason: str
     data: dict[str, Any]
+    sentence: str  # the same in plain words, with its cause and what it meant for a waiting step
 
 
 class Why(BaseModel):
@@ -183,8 +185,9 @@ async def get_why(
         rows = await contact_why(conn, account, contact_id, campaign_id)
     if not rows:
         raise ApiError(404, "contact_not_found", f"no contact {contact_id!r} in this campaign and account")
+    fields = set(WhyEntry.model_fields) - {"data", "sentence"}
     entries = [
-        WhyEntry(**{k: r[k] for k in WhyEntry.model_fields if k != "data"}, data=r["data"] or {})
-        for r in rows
+        WhyEntry(**{k: r[k] for k in fields}, data=r["data"] or {}, sentence=words)
+        for r, words in zip(rows, explain(rows), strict=True)
     ]
     return Why(contact_id=contact_id, campaign_id=campaign_id, entries=entries)

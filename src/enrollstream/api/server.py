@@ -69,7 +69,7 @@ class ApiServer:
             await catalog.stop()
             await pool.close()
             raise
-        self._context = ApiContext(pool, client, catalog, self.result_timeout_s)
+        self._context = ApiContext(pool, client, catalog, self.result_timeout_s, self.database_url)
         self._socket = socket.create_server((self.host, self.port), reuse_port=False)
         self._socket.setblocking(False)
         self.port = self._socket.getsockname()[1]

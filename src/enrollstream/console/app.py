@@ -41,8 +41,10 @@ from enrollstream.console.requests import (
     AddToGroupRequested,
     MessageRequested,
 )
-from enrollstream.console.words import sentence
 from enrollstream.domain import aggregate_key
+from enrollstream.domain.bounds import MAX_ID_LENGTH
+from enrollstream.read_models.why import explain
+from enrollstream.runtime.as_of import campaign_as_of, contact_as_of
 
 KEY_COOKIE = "enrollstream_key"
 CSRF_COOKIE = "enrollstream_csrf"
@@ -584,6 +586,44 @@ def create_console(context: ApiContext | None) -> FastAPI:
         notice = f"{BATCH_ACTIONS[action]}: {len(rows)} contacts {what} (sent to the downstream system)"
         return back_to(request, campaign_id, back, notice)
 
+    @app.get("/campaigns/{campaign_id}/as-of", response_class=HTMLResponse)
+    async def as_of(
+        request: Request,
+        context: Context,
+        account: Account,
+        campaign_id: str,
+        at: Annotated[str, Query(max_length=40)] = "",
+        contact: Annotated[str, Query(max_length=MAX_ID_LENGTH)] = "",
+    ) -> Response:
+        """Read-only: the campaign's rows and cards (or one contact's rows) as they were at `at`, rebuilt
+        from the events topic (docs/time-travel.md). `at` without a zone is UTC."""
+        campaign = await context.campaign(account, campaign_id)
+        values: dict[str, Any] = {"account": account, "campaign": campaign, "at": at, "contact": contact,
+                                  "found": None, "problem": "", "cards": CARDS}  # fmt: skip
+        if at:
+            try:
+                when = datetime.fromisoformat(at.strip().replace("Z", "+00:00"))
+                contact_id = contact.strip() or None
+                bootstrap, events_topic = context.client.bootstrap, context.client.topics.events
+                if contact_id is not None:
+                    values["found"] = await contact_as_of(
+                        bootstrap, events_topic, context.pool, account, contact_id, when, campaign_id
+                    )
+                else:
+                    assert context.database_url is not None
+                    values["found"] = await campaign_as_of(
+                        bootstrap,
+                        events_topic,
+                        context.database_url,
+                        account,
+                        campaign_id,
+                        when,
+                        PAGE_SIZE * 5,
+                    )
+            except ValueError as exc:  # not a time, or a time or id out of bounds (AsOfInputError)
+                values["problem"] = f"{exc}"
+        return render(request, "as_of.html", 400 if values["problem"] else 200, **values)
+
     @app.get("/campaigns/{campaign_id}/contacts/{contact_id}", response_class=HTMLResponse)
     async def contact(
         request: Request, context: Context, account: Account, campaign_id: str, contact_id: str
@@ -595,7 +635,7 @@ def create_console(context: ApiContext | None) -> FastAPI:
             why = await contact_why(conn, account, contact_id, campaign_id)
         if not rows and not why:
             raise StarletteHTTPException(404, "no such contact in this campaign")
-        timeline = [{**row, "sentence": sentence(row)} for row in why]
+        timeline = [{**row, "sentence": words} for row, words in zip(why, explain(why), strict=True)]
         return render(request, "contact.html", account=account, campaign=campaign, contact_id=contact_id,
                       enrollments=[dict(r) for r in rows], timeline=timeline, terminal=TERMINAL)  # fmt: skip
 

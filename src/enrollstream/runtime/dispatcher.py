@@ -19,9 +19,11 @@ Per StepDispatched (read with `read_committed` in the consumer group `<group>.di
    after the broker acknowledged it is the ledger row marked reported and the consumer offset
    committed. A crash anywhere repeats at most a report.
 
-Records are processed one at a time, in order, per partition; partitions go side by side. Nothing
-waits for a rate limit: a deferral is one ledger write and one report, so the other senders' and
-channels' messages behind it on the partition keep flowing.
+Records come in poll batches (all the partitions owned, up to `max_batch`): one ledger read, one
+transaction of `started` rows committed before any content goes out, the sends side by side over the
+SMTP connection pool, outcomes written as the sends end, all reports published and acknowledged, one
+`mark_reported`, one offset commit (docs/delivery.md, "Batches"). Nothing waits for a rate limit: a
+deferral is a ledger row and a report, so the other senders' and channels' messages keep flowing.
 
 /healthz reports the dispatcher stuck (`Progress`, per partition) when one record has failed
 `stuck_retries` times in a row (PostgreSQL away: the ledger cannot be read or written, so nothing is
@@ -167,6 +169,7 @@ class DispatcherService:
         self.progress = Progress("dispatcher", stuck_after_s=stuck_after_s, max_retries=stuck_retries)
         self.email = email
         self.identity = identity
+        self._sender_key = parseaddr(identity.from_address)[1].lower()  # the rate-limit key
         self.limits = limits or SendLimits()
         self.sms = sms
         self.clock = clock
@@ -253,6 +256,8 @@ class DispatcherService:
 
     async def stop(self) -> None:
         self._stop.set()
+        if isinstance(self.email, SmtpSender):
+            await self.email.aclose()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -270,174 +275,264 @@ class DispatcherService:
         try:
             while not self._stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
-                # Partitions side by side, each in order: one slow SMTP exchange holds back only its own
-                # partition, and the sends of a batch overlap (each opens its own connection).
-                await asyncio.gather(
-                    *(self._process_partition(consumer, tp, records) for tp, records in batch.items())
-                )
+                if batch:
+                    await self._process_batch(consumer, batch)
         finally:
             watcher.cancel()
 
-    async def _process_partition(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]
+    async def _process_batch(
+        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]
     ) -> None:
-        done: int | None = None
-        for record in records:
-            if self._stop.is_set() or tp not in consumer.assignment():
-                break
-            self.progress.working(tp.partition)
-            if not await self._handle_retrying(consumer, record, tp):
-                break
-            self.progress.advanced(tp.partition)
-            done = record.offset + 1
-        if done is not None:
-            try:
-                await consumer.commit({tp: done})
-            except (CommitFailedError, KafkaError) as exc:  # a rebalance: the next owner re-reports
-                log.warning("dispatcher: commit of %s at %d failed: %s", tp, done, exc)
-        last = records[-1].offset + 1
-        if (done or records[0].offset) < last and tp in consumer.assignment():
-            consumer.seek(tp, done if done is not None else records[0].offset)  # read the rest again
+        """One poll batch, all its partitions together: the ledger read, the `started` inserts, the
+        outcomes and the reports are one statement (or one round of acks) each for the whole batch;
+        the sends overlap over the SMTP connection pool. The offsets are committed once every report
+        of the batch was acknowledged."""
 
-    async def _handle_retrying(self, consumer: AIOKafkaConsumer, record: Any, tp: TopicPartition) -> bool:
-        """`handle`, waiting out a lost PostgreSQL connection (the ledger makes a second try safe: an
-        attempt started and not finished is reported unknown, never resent). False if stopped or
-        revoked before it was handled."""
+        def owned() -> dict[TopicPartition, list[Any]]:
+            return {tp: rs for tp, rs in batch.items() if tp in consumer.assignment()}
 
         def retrying(exc: BaseException) -> None:
             metrics.POSTGRES_RETRIES.labels("dispatcher").inc()
-            self.progress.retried(tp.partition, record.offset)
-            log.warning(
-                "dispatcher: PostgreSQL unavailable (%s); trying %s offset %s again", exc, tp, record.offset
-            )
+            for tp, records in owned().items():
+                self.progress.retried(tp.partition, records[0].offset)
+            log.warning("dispatcher: PostgreSQL unavailable (%s); trying the batch again", exc)
 
-        return await retry_while_unavailable(
-            lambda: self.handle(record, tp), self._stop, retrying, lambda: tp in consumer.assignment()
-        )
+        for tp in owned():
+            self.progress.working(tp.partition)
+        # A partition revoked while PostgreSQL is away is left to its next owner; the rest go on.
+        handled: dict[TopicPartition, list[Any]] = {}
 
-    # --- one record -----------------------------------------------------------------------------
+        async def work() -> None:
+            handled.clear()
+            handled.update(owned())
+            await self._handle_records(handled)
 
-    async def handle(self, record: Any, tp: TopicPartition | None = None) -> None:
-        try:
-            event = parse_event(record.value or b"")
-        except (ValidationError, ValueError) as exc:
-            log.error("dispatcher: undecodable event at %s offset %s: dead-lettered", tp, record.offset)
-            await self._dead_letter(DeadLetter.of(record, "not a valid event", exc, role="dispatcher"))
-            return
-        if isinstance(event, StepDispatched):
-            await self.dispatch(event)
+        done = await retry_while_unavailable(work, self._stop, retrying, lambda: bool(owned()))
+        if done:
+            for tp in handled:
+                self.progress.advanced(tp.partition)
+            offsets = {tp: rs[-1].offset + 1 for tp, rs in handled.items() if tp in consumer.assignment()}
+            if offsets:
+                try:
+                    await consumer.commit(offsets)
+                except (CommitFailedError, KafkaError) as exc:  # a rebalance: the next owner re-reports
+                    log.warning("dispatcher: commit of %s failed: %s", offsets, exc)
+        for tp, records in batch.items():
+            if (not done or tp not in handled) and tp in consumer.assignment():
+                consumer.seek(tp, records[0].offset)  # read them again
+
+    async def _handle_records(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+        dispatched: list[StepDispatched] = []
+        for tp, records in batch.items():
+            for record in records:
+                try:
+                    event = parse_event(record.value or b"")
+                except (ValidationError, ValueError) as exc:
+                    log.error(
+                        "dispatcher: undecodable event at %s offset %s: dead-lettered", tp, record.offset
+                    )
+                    await self._dead_letter(
+                        DeadLetter.of(record, "not a valid event", exc, role="dispatcher")
+                    )
+                    continue
+                if isinstance(event, StepDispatched):
+                    dispatched.append(event)
+        await self.dispatch_batch(dispatched)
+
+    # --- a batch of StepDispatched --------------------------------------------------------------
 
     async def dispatch(self, event: StepDispatched) -> None:
         """Send the attempt once, or defer it, or recall what happened to it; report the outcome."""
-        assert self._pool is not None and event.enrollment_id is not None
-        d = event.data
-        key = (event.enrollment_id, d.step_index, d.attempt)
-        row = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
-        if row is None or (row["state"] == "deferred" and row["dispatch"] < d.dispatch):
-            row = await self._attempt(event)
-            if row is None:  # another instance wrote the row between our read and our write
-                row = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
-                assert row is not None
-        if row["state"] == "started":
-            log.warning(
-                "dispatcher: attempt %s (%s) was started at %s and has no outcome: a restart inside "
-                "the send; reported unknown, never resent",
-                key,
-                row["message_id"],
-                row["started_at"].isoformat(),
-            )
-            row = await self._finish(
-                key,
-                SendResult(
+        await self.dispatch_batch([event])
+
+    async def dispatch_batch(self, events: list[StepDispatched]) -> None:
+        """`dispatch` for each event. Events of one attempt are taken in turns, in order (a topic read
+        from the start holds a deferred dispatch and the next one of the same attempt)."""
+        wave: list[StepDispatched] = []
+        keys: set[_Key] = set()
+        for event in events:
+            key = _key(event)
+            if key in keys:
+                await self._dispatch_wave(wave)
+                wave, keys = [], set()
+            wave.append(event)
+            keys.add(key)
+        if wave:
+            await self._dispatch_wave(wave)
+
+    async def _dispatch_wave(self, events: list[StepDispatched]) -> None:
+        """Events of distinct attempts: one ledger read, one write per kind of row, the sends side by
+        side, one finish, the reports."""
+        assert self._pool is not None
+        keys = [_key(e) for e in events]
+        rows = await self._rows(keys)
+        fresh = [
+            e
+            for e, key in zip(events, keys, strict=True)
+            if (row := rows.get(key)) is None
+            or (row["state"] == "deferred" and row["dispatch"] < e.data.dispatch)
+        ]
+        outcomes: dict[_Key, SendResult] = {}
+        for key, row in rows.items():
+            if row["state"] == "started":
+                log.warning(
+                    "dispatcher: attempt %s (%s) was started at %s and has no outcome: a restart inside "
+                    "the send; reported unknown, never resent",
+                    key,
+                    row["message_id"],
+                    row["started_at"].isoformat(),
+                )
+                outcomes[key] = SendResult(
                     SendOutcome.UNKNOWN,
                     f"the attempt was started at {row['started_at'].isoformat()} and its outcome was "
                     "never recorded (the dispatcher stopped inside the send); not resent by policy",
-                ),
-            )
-        await self._report(row, d.dispatch)
+                )
+        # What is reported as found: final rows and deferrals of this dispatch or later. The others
+        # are written now (or were by another instance first: read again below).
+        rows = {k: r for k, r in rows.items() if k not in outcomes}
+        for e in fresh:
+            rows.pop(_key(e), None)
+        if fresh:
+            self._in_flight.enter()
+            try:
+                rows.update(await self._attempt(fresh, outcomes))
+            finally:
+                self._in_flight.leave()
+        else:
+            rows.update(await self._finish(outcomes))
+        missing = [key for key in keys if key not in rows]  # another instance wrote them first
+        if missing:
+            rows.update(await self._rows(missing))
+        await self._report([(rows[key], e.data.dispatch) for e, key in zip(events, keys, strict=True)])
 
-    async def _attempt(self, event: StepDispatched) -> Mapping[str, Any] | None:
-        """The first processing of this dispatch: its final or deferred ledger row, or None if another
-        instance wrote the row first."""
-        assert self._pool is not None and event.enrollment_id is not None
-        d = event.data
-        key = (event.enrollment_id, d.step_index, d.attempt)
-        prepared = self._prepare(event)
-        values = (
-            *key,
-            d.message_id,
-            prepared.message_id_header,
-            event.account_id,
-            event.contact_id,
-            d.channel.value,
-            prepared.sender,
-            prepared.recipient,
-        )
-        if prepared.unusable is not None:
-            result = prepared.unusable
-            log.warning("dispatcher: attempt %s not sendable: %s", key, result.detail)
-            now = self.clock()
-            inserted = await self._pool.fetchval(
+    async def _rows(self, keys: list[_Key]) -> dict[_Key, Mapping[str, Any]]:
+        assert self._pool is not None
+        found = await self._pool.fetch(query("ledger_rows", LEDGER), *_columns(keys, 3))
+        return {(r["enrollment_id"], r["step_index"], r["attempt"]): r for r in found}
+
+    async def _attempt(
+        self, events: list[StepDispatched], outcomes: dict[_Key, SendResult]
+    ) -> dict[_Key, Mapping[str, Any]]:
+        """The first processing of these dispatches: their final or deferred rows (those another
+        instance wrote first are missing). `outcomes` (of rows found `started`) are finished with the
+        sends' outcomes, in the same statement."""
+        assert self._pool is not None
+        rows: dict[_Key, Mapping[str, Any]] = {}
+        prepared = {_key(e): (e, self._prepare(e)) for e in events}
+        unusable = [(e, p) for e, p in prepared.values() if p.unusable is not None]
+        sendable = [(e, p) for e, p in prepared.values() if p.unusable is None]
+        if unusable:
+            for e, p in unusable:
+                assert p.unusable is not None
+                log.warning("dispatcher: attempt %s not sendable: %s", _key(e), p.unusable.detail)
+            results = [p.unusable for _, p in unusable if p.unusable is not None]
+            found = await self._pool.fetch(
                 query("insert_final", LEDGER),
-                *values,
-                _state(result),
-                result.retryable,
-                result.detail,
-                result.code,
-                result.provider_message_id,
-                now,
-                d.dispatch,
+                *_columns([_values(e, p) for e, p in unusable], 10),
+                [_state(r) for r in results],
+                [r.retryable for r in results],
+                [r.detail for r in results],
+                [r.code for r in results],
+                [r.provider_message_id for r in results],
+                self.clock(),
+                [e.data.dispatch for e, _ in unusable],
             )
-            if inserted is None:
-                return None
-            final: Mapping[str, Any] | None = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
-            assert final is not None
-            return final
-        self._in_flight.enter()
+            rows.update({_row_key(r): r for r in found})
+        started: list[Mapping[str, Any]] = []
+        if sendable:
+            started, deferred = await self._start(sendable)
+            rows.update({_row_key(r): r for r in deferred})
+        # Every `started` row is committed: now the content may go out, side by side over the pool.
+        # Outcomes are recorded as the sends end (one statement for all that ended together), so a
+        # crash leaves `started`, hence `unknown`, only the sends that had not ended.
+        self.sends += len(started)
+        rows.update(await self._finish(outcomes))
+        sending = {
+            asyncio.ensure_future(self._send(prepared[_row_key(r)][1], r["message_id"])): r for r in started
+        }
+        failure: BaseException | None = None
         try:
-            row = await self._start(values, prepared.sender, d.dispatch)
-            if row is None or row["state"] != "started":
-                return row  # another instance's row (None), or a deferral: nothing was started
-            self.sends += 1
-            result = await self._send(prepared, d.message_id)
-            log.info("dispatcher: attempt %s -> %s (%s)", key, result.outcome.value, result.detail)
-            return await self._finish(key, result)
+            while sending:
+                ended, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+                outcomes_now: dict[_Key, SendResult] = {}
+                for task in ended:
+                    row = sending.pop(task)
+                    if task.exception() is not None:  # left `started`: reported unknown when read again
+                        failure = failure or task.exception()
+                        continue
+                    result = task.result()
+                    log.info(
+                        "dispatcher: attempt %s -> %s (%s)",
+                        _row_key(row),
+                        result.outcome.value,
+                        result.detail,
+                    )
+                    outcomes_now[_row_key(row)] = result
+                rows.update(await self._finish(outcomes_now))
         finally:
-            self._in_flight.leave()
+            for task in sending:  # cancelled (a crash, for the ledger): their rows stay `started`
+                task.cancel()
+        if failure is not None:
+            raise failure
+        return rows
 
-    async def _start(self, values: tuple[Any, ...], sender: str, dispatch: int) -> Mapping[str, Any] | None:
-        """Within the sender's limits: insert `started`. Over them: insert `deferred` with the time
-        the sender may send again; nothing waits. None if another instance's row is there already."""
+    async def _start(
+        self, sendable: list[tuple[StepDispatched, _Prepared]]
+    ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """In one transaction: the rows within their sender's limits become `started`, the rest
+        `deferred` with the time the sender may send again; nothing waits. (started, deferred) rows
+        as inserted; an attempt another instance's row holds already is in neither."""
         assert self._pool is not None
         windows = self.limits.windows
         async with self._pool.acquire() as conn, conn.transaction():
             now = self.clock()
-            at = now
-            if windows and sender != SMS_SENDER:
+            go: list[tuple[StepDispatched, _Prepared]] = []
+            wait: list[tuple[StepDispatched, _Prepared, datetime]] = []
+            senders = sorted({p.sender for _, p in sendable if p.sender != SMS_SENDER}) if windows else []
+            recent: dict[str, list[datetime]] = {}
+            for sender in senders:  # in order: two instances lock their senders in the same order
                 await conn.execute(query("lock_sender", LEDGER), sender)
                 since = now - max(w.window for w in windows)
-                recent = await conn.fetch(query("sender_sends_since", LEDGER), sender, since)
-                at = next_send_at([r["started_at"] for r in recent], now, self.limits)
-            if at <= now:
-                row: Mapping[str, Any] | None = await conn.fetchrow(
-                    query("insert_started", LEDGER), *values, now, dispatch
+                found = await conn.fetch(query("sender_sends_since", LEDGER), sender, since)
+                recent[sender] = [r["started_at"] for r in found]
+            for e, p in sendable:
+                if p.sender not in recent:
+                    go.append((e, p))
+                    continue
+                at = next_send_at(recent[p.sender], now, self.limits)
+                if at <= now:
+                    recent[p.sender].append(now)
+                    go.append((e, p))
+                else:
+                    wait.append((e, p, at))
+            started: list[Mapping[str, Any]] = []
+            if go:
+                started = await conn.fetch(
+                    query("insert_started", LEDGER),
+                    *_columns([_values(e, p) for e, p in go], 10),
+                    now,
+                    [e.data.dispatch for e, _ in go],
                 )
-                return row
-            deferred: Mapping[str, Any] | None = await conn.fetchrow(
-                query("insert_deferred", LEDGER),
-                *values,
-                f"sender {sender} is at its rate limit until {at.isoformat()}",
-                now,
-                dispatch,
-                at,
+            deferred: list[Mapping[str, Any]] = []
+            if wait:
+                deferred = await conn.fetch(
+                    query("insert_deferred", LEDGER),
+                    *_columns([_values(e, p) for e, p, _ in wait], 10),
+                    [f"sender {p.sender} is at its rate limit until {at.isoformat()}" for _, p, at in wait],
+                    now,
+                    [e.data.dispatch for e, _, _ in wait],
+                    [at for _, _, at in wait],
+                )
+        for row in deferred:
+            self.deferrals += 1
+            metrics.SENDS.labels(row["channel"], "deferred").inc()
+            log.info(
+                "dispatcher: sender %s is at its limit; %s deferred until %s",
+                row["sender"],
+                _row_key(row),
+                row["retry_at"],
             )
-            if deferred is not None:
-                self.deferrals += 1
-                metrics.SENDS.labels(values[7], "deferred").inc()
-                log.info(
-                    "dispatcher: sender %s is at its limit; %s deferred until %s", sender, values[:3], at
-                )
-            return deferred
+        return list(started), list(deferred)
 
     def _prepare(self, event: StepDispatched) -> _Prepared:
         d = event.data
@@ -448,7 +543,7 @@ class DispatcherService:
             except TemplateFieldMissing as exc:
                 return _Prepared(SMS_SENDER, d.to, unusable=SendResult(SendOutcome.ERROR, f"template: {exc}"))
             return _Prepared(SMS_SENDER, d.to, sms_body=body)
-        sender = parseaddr(self.identity.from_address)[1].lower()
+        sender = self._sender_key
         try:
             message = build_step_message(
                 sender=self.identity,
@@ -473,32 +568,38 @@ class DispatcherService:
         assert self.sms is not None and prepared.sms_body is not None
         return await self.sms.send(prepared.recipient, prepared.sms_body, message_id)
 
-    async def _finish(self, key: tuple[str, int, int], result: SendResult) -> Mapping[str, Any]:
+    async def _finish(self, outcomes: Mapping[_Key, SendResult]) -> dict[_Key, Mapping[str, Any]]:
+        """`started` -> each outcome, in one statement. An attempt whose row is no longer `started`
+        (someone else recorded an outcome first: theirs stands) is missing from the answer."""
         assert self._pool is not None
-        row: Mapping[str, Any] | None = await self._pool.fetchrow(
+        if not outcomes:
+            return {}
+        keys = list(outcomes)
+        results = [outcomes[k] for k in keys]
+        found = await self._pool.fetch(
             query("finish", LEDGER),
-            *key,
-            _state(result),
-            result.retryable,
-            result.detail,
-            result.code,
-            result.provider_message_id,
+            *_columns(keys, 3),
+            [_state(r) for r in results],
+            [r.retryable for r in results],
+            [r.detail for r in results],
+            [r.code for r in results],
+            [r.provider_message_id for r in results],
             self.clock(),
         )
-        if row is None:  # no longer `started`: someone else recorded an outcome first; theirs stands
-            row = await self._pool.fetchrow(query("ledger_row", LEDGER), *key)
-            log.warning("dispatcher: attempt %s already had the outcome %s", key, row and row["state"])
-        assert row is not None
-        metrics.SENDS.labels(row["channel"], row["state"]).inc()
-        return row
+        rows = {_row_key(r): r for r in found}
+        for key in keys:
+            if key not in rows:
+                log.warning("dispatcher: attempt %s already had an outcome; it stands", key)
+        for row in found:
+            metrics.SENDS.labels(row["channel"], row["state"]).inc()
+        return rows
 
-    async def _report(self, row: Mapping[str, Any], dispatch: int) -> None:
-        """Publish the row's DeliveryReported and wait for the broker's ack; then mark it reported.
+    def _command(self, row: Mapping[str, Any], dispatch: int) -> DeliveryReported:
+        """The row's DeliveryReported.
 
         A deferral is reported for the dispatch it deferred. A final outcome is the attempt's, whichever
         dispatch sent it: it is reported for the dispatch at hand too (never older than the row's), so
         the dispatch the decider has in flight always gets it."""
-        assert self._producer is not None and self._pool is not None
         state = DeliveryOutcome(row["state"])
         if state is DeliveryOutcome.DEFERRED:
             reported_dispatch = row["dispatch"]
@@ -514,7 +615,7 @@ class DispatcherService:
             fields = report_fields(
                 SendResult(_STATE_TO_SEND[state], row["detail"], row["code"], row["provider_message_id"])
             )
-        command = DeliveryReported(
+        return DeliveryReported(
             command_id=command_id,
             account_id=row["account_id"],
             issued_at=row["finished_at"],  # from the ledger: a re-report is the same command
@@ -530,20 +631,30 @@ class DispatcherService:
                 }
             ),
         )
-        await self._producer.send_and_wait(
-            self.topics.commands,
-            encode(command),
-            key=key_bytes(aggregate_key(row["account_id"], row["contact_id"])),
-        )
-        self.reports += 1
+
+    async def _report(self, reports: list[tuple[Mapping[str, Any], int]]) -> None:
+        """Publish each row's DeliveryReported (in order), wait for every ack; then mark them all
+        reported in one statement."""
+        assert self._producer is not None and self._pool is not None
+        if not reports:
+            return
+        acks = [
+            await self._producer.send(
+                self.topics.commands,
+                encode(self._command(row, dispatch)),
+                key=key_bytes(aggregate_key(row["account_id"], row["contact_id"])),
+            )
+            for row, dispatch in reports
+        ]
+        await asyncio.gather(*acks)
+        self.reports += len(reports)
+        rows = [row for row, _ in reports]
         await self._pool.execute(
             query("mark_reported", LEDGER),
-            row["enrollment_id"],
-            row["step_index"],
-            row["attempt"],
+            *_columns([_row_key(r) for r in rows], 3),
+            [r["state"] for r in rows],
+            [r["dispatch"] for r in rows],
             self.clock(),
-            row["state"],
-            row["dispatch"],
         )
 
     async def _dead_letter(self, letter: DeadLetter) -> None:
@@ -551,6 +662,37 @@ class DispatcherService:
         await self._producer.send_and_wait(
             self.topics.dead_letters, letter.value, key=letter.key, headers=letter.headers
         )
+
+
+_Key = tuple[str, int, int]  # (enrollment, step, attempt): the ledger's key
+
+
+def _key(event: StepDispatched) -> _Key:
+    assert event.enrollment_id is not None
+    return (event.enrollment_id, event.data.step_index, event.data.attempt)
+
+
+def _row_key(row: Mapping[str, Any]) -> _Key:
+    return (row["enrollment_id"], row["step_index"], row["attempt"])
+
+
+def _values(event: StepDispatched, prepared: _Prepared) -> tuple[Any, ...]:
+    """A new row's identifying columns, in the order of the ledger's insert statements."""
+    return (
+        *_key(event),
+        event.data.message_id,
+        prepared.message_id_header,
+        event.account_id,
+        event.contact_id,
+        event.data.channel.value,
+        prepared.sender,
+        prepared.recipient,
+    )
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column, the arrays an `unnest` statement takes."""
+    return [[row[i] for row in rows] for i in range(width)]
 
 
 def _state(result: SendResult) -> str:

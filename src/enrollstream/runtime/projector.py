@@ -67,6 +67,8 @@ _TIMELINE_COLUMNS = (
     "occurred_at",
     "causation_id",
     "data",
+    "event_partition",  # where the event sits in the events topic: as-of's index (migration 0017)
+    "event_offset",
 )
 # How much of an unprojectable record's value `unprojectable_events` keeps (its size and hash: all of it).
 QUARANTINE_VALUE_PREFIX = 64 * 1024
@@ -290,6 +292,7 @@ class ProjectorService:
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
             events: list[Event] = []
+            positions: list[tuple[int, int]] = []  # each event's (partition, offset), in step with `events`
             results: list[tuple[int, int, CommandResult]] = []
             advanced = False
             for topic in sorted({tp.topic for tp in batch}):
@@ -311,6 +314,7 @@ class ProjectorService:
                         try:
                             if topic == self.topic:
                                 events.append(parse_event(value or b""))
+                                positions.append((partition, offset))
                             else:
                                 results.append(
                                     (partition, offset, CommandResult.model_validate_json(value or b""))
@@ -337,7 +341,7 @@ class ProjectorService:
                 before = await _enrollments_before(conn, events)
                 await self._write_timers(conn, events, before)
                 await self._write_enrollments(conn, events, before)
-                await self._write_timeline(conn, events)
+                await self._write_timeline(conn, events, positions)
                 await self._write_skips_and_replies(conn, events)
                 await self._write_bulk_enrollments(conn, events)
                 await self._write_contacts(conn, events)
@@ -426,10 +430,13 @@ class ProjectorService:
             rows = [_TIMER_VALUES(row) for row in upserts]
             await conn.execute(query("upsert_timers"), *map(list, zip(*rows, strict=True)))
 
-    async def _write_timeline(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        """The batch's events in one COPY straight into the timeline. An event id already there (a
-        redelivered BulkEnroll repeats its events, ids included) keeps its first row: then, and only
-        then, the COPY goes into a staging table and on into the timeline where the id is new."""
+    async def _write_timeline(
+        self, conn: asyncpg.Connection, events: list[Event], positions: list[tuple[int, int]]
+    ) -> None:
+        """The batch's events in one COPY straight into the timeline, each with its record's partition and
+        offset. An event id already there (a redelivered BulkEnroll repeats its events, ids included)
+        keeps its first row: then, and only then, the COPY goes into a staging table and on into the
+        timeline where the id is new."""
         records = [
             (
                 e.event_id,
@@ -442,8 +449,10 @@ class ProjectorService:
                 e.occurred_at,
                 e.causation_id,
                 e.data.model_dump_json(),
+                partition,
+                offset,
             )
-            for e in events
+            for e, (partition, offset) in zip(events, positions, strict=True)
         ]
         try:
             async with conn.transaction():  # a savepoint: a refused COPY leaves the batch's work standing
@@ -589,11 +598,16 @@ class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
                     await backoff.wait(self.service._stop)
                     if self.service._stop.is_set():
                         return
+        fresh = []
         for tp in assigned:
             if tp.partition in stored[tp.topic]:
                 consumer.seek(tp, stored[tp.topic][tp.partition])
             else:
-                await consumer.seek_to_beginning(tp)
+                fresh.append(tp)
+        if fresh:
+            # One reset for them all: each call waits for the fetcher's next round (up to its fetch
+            # wait, 0.5 s), so one per partition held every start and rebalance up for seconds.
+            await consumer.seek_to_beginning(*fresh)
 
 
 def _clean(text: str, limit: int) -> str:

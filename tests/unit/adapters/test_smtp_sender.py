@@ -225,3 +225,46 @@ def test_a_5xx_on_our_sender_address_at_mail_is_an_error_on_our_side() -> None:
     assert _classify(553, "5.7.1 sender not authorised", "mail").outcome is SendOutcome.ERROR
     assert _classify(550, "5.1.1 no such user", "rcpt").outcome is SendOutcome.BOUNCED
     assert _classify(451, "4.3.0 try later", "mail").outcome is SendOutcome.TEMPORARY
+
+
+async def test_messages_share_a_pooled_connection_and_one_the_server_closed_is_replaced(
+    smtp_server: RecordingSmtpServer,
+) -> None:
+    sender = SmtpSender(SmtpConfig(host=smtp_server.host, port=smtp_server.port, starttls=False), pool_size=2)
+    try:
+        first = [await sender.send(message(f"m{i}@example.org", attempt=i + 1)) for i in range(5)]
+        assert [r.outcome for r in first] == [SendOutcome.SENT] * 5
+        assert smtp_server.connections == 1  # one after the other: one connection, five transactions
+        # The relay closes its idle clients: the next message goes over a new connection, once.
+        assert smtp_server.drop_connections() == 1
+        second = [await sender.send(message(f"n{i}@example.org", attempt=i + 1)) for i in range(5)]
+        assert [r.outcome for r in second] == [SendOutcome.SENT] * 5
+        assert smtp_server.connections == 2
+        received = [m.rcpt_tos[0] for m in smtp_server.messages]
+        expected = [f"m{i}@example.org" for i in range(5)] + [f"n{i}@example.org" for i in range(5)]
+        assert received == expected  # none lost, none twice
+    finally:
+        await sender.aclose()
+
+
+async def test_a_refused_recipient_keeps_the_connection_for_the_next_message_and_a_drop_does_not(
+    smtp_server: RecordingSmtpServer,
+) -> None:
+    smtp_server.behave("gone@example.org", Behaviour.REJECT_RCPT)
+    smtp_server.behave("maybe@example.org", Behaviour.DROP_AFTER_DATA)
+    sender = sender_for(smtp_server)
+    try:
+        assert (await sender.send(message("gone@example.org"))).outcome is SendOutcome.BOUNCED
+        assert (await sender.send(message("ada@example.org"))).outcome is SendOutcome.SENT
+        assert smtp_server.connections == 1  # RSET after the refusal, then the next transaction
+        # Dropped after the content: unknown, and that connection is never used again.
+        assert (await sender.send(message("maybe@example.org"))).outcome is SendOutcome.UNKNOWN
+        assert (await sender.send(message("bob@example.org"))).outcome is SendOutcome.SENT
+        assert smtp_server.connections == 2
+        assert [m.rcpt_tos[0] for m in smtp_server.messages] == [
+            "ada@example.org",
+            "maybe@example.org",
+            "bob@example.org",
+        ]
+    finally:
+        await sender.aclose()

@@ -23,6 +23,7 @@ from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, getaddresses
+from functools import cached_property
 from urllib.parse import quote
 
 from enrollstream.domain import ids
@@ -130,9 +131,18 @@ class SenderIdentity:
         if self.unsubscribe_url is None and self.unsubscribe_mailto is None:
             raise ValueError("a bulk sender needs an unsubscribe URL or mailto")
 
-    @property
+    # Parsed once per identity, not once per message (parsing an address costs more than a send).
+    @cached_property
+    def from_mailbox(self) -> Address:
+        return _address("From", self.from_address)
+
+    @cached_property
+    def reply_to_mailbox(self) -> Address | None:
+        return None if self.reply_to is None else _address("Reply-To", self.reply_to)
+
+    @cached_property
     def domain(self) -> str:
-        return self.message_id_domain or _address("From", self.from_address).domain
+        return self.message_id_domain or self.from_mailbox.domain
 
 
 @dataclass(frozen=True)
@@ -176,10 +186,10 @@ def build_message(
     body = render(body_template, fields)
 
     msg = EmailMessage()
-    msg["From"] = _address("From", sender.from_address)
+    msg["From"] = sender.from_mailbox
     msg["To"] = recipient
-    if sender.reply_to is not None:
-        msg["Reply-To"] = _address("Reply-To", sender.reply_to)
+    if sender.reply_to_mailbox is not None:
+        msg["Reply-To"] = sender.reply_to_mailbox
     msg["Subject"] = subject
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = message_id_header(ref.enrollment_id, ref.step_index, ref.attempt, sender.domain)

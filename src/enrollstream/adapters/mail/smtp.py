@@ -1,6 +1,7 @@
 """Sending one message over SMTP with aiosmtplib, classifying the outcome by *where* it ended.
 
-One connection per message, one envelope recipient. The SMTP dialogue is driven step by step
+One envelope recipient per message; connections are pooled per sender (`SmtpSender`), one
+transaction per message. The SMTP dialogue is driven step by step
 (connect, STARTTLS, AUTH, MAIL, RCPT, DATA) rather than with `send_message`, because the outcome of
 a broken connection depends on the phase:
 
@@ -22,6 +23,7 @@ but not offered -> `error` (our configuration; retrying or failing the contact i
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from dataclasses import dataclass
@@ -93,8 +95,22 @@ def _classify(code: int, message: str, phase: str) -> SendResult:
 
 
 class SmtpSender:
-    def __init__(self, config: SmtpConfig) -> None:
+    """Sends over a small pool of connections to the relay (`pool_size`, default 4): a connection is
+    kept only when its last transaction ended with a reply (the final reply after the content, or a
+    refusal followed by a successful RSET), so every message is its own MAIL/RCPT/DATA transaction and
+    the unknown window is exactly "content written, final reply not read" for that message alone. A
+    connection that failed in any way is closed, never reused. A kept connection the server closed
+    while it was idle fails at MAIL, before anything of the message was sent: the message goes once
+    more over a new connection. `aclose()` closes the idle connections."""
+
+    def __init__(self, config: SmtpConfig, pool_size: int = 4) -> None:
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
         self.config = config
+        self.pool_size = pool_size
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots: asyncio.Semaphore | None = None
+        self.connections_opened = 0  # for tests and the benchmark
 
     def _client(self) -> aiosmtplib.SMTP:
         c = self.config
@@ -117,11 +133,32 @@ class SmtpSender:
             payload = data_payload(message.as_bytes(policy=WIRE_POLICY))
         except (ValueError, TypeError, UnicodeError) as exc:
             return SendResult(SendOutcome.ERROR, f"message: {exc}")
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.pool_size)
+        async with self._slots:
+            while self._idle:
+                smtp = self._idle.pop()
+                if not smtp.is_connected:
+                    continue
+                result, keep = await self._transaction(smtp, sender, recipient, payload, reused=True)
+                if result is not None:
+                    return await self._release(smtp, result, keep)
+                # The kept connection was gone before MAIL was answered: nothing of this message was
+                # sent; try the next idle one, or a new one.
+            smtp = self._client()
+            opened = await self._open(smtp)
+            if opened is not None:
+                await self._discard(smtp)
+                return opened
+            result, keep = await self._transaction(smtp, sender, recipient, payload, reused=False)
+            assert result is not None
+            return await self._release(smtp, result, keep)
 
-        smtp = self._client()
+    async def _open(self, smtp: aiosmtplib.SMTP) -> SendResult | None:
+        """Connect, STARTTLS and AUTH as configured: None when ready for MAIL, else the outcome."""
         phase = "connect"
-        handed_over = False
         try:
+            self.connections_opened += 1
             await smtp.connect()
             if self.config.starttls:
                 phase = "starttls"
@@ -140,14 +177,36 @@ class SmtpSender:
                 except SMTPException as exc:  # refused, or no mechanism in common: our configuration
                     code = exc.code if isinstance(exc, SMTPResponseException) else None
                     return SendResult(SendOutcome.ERROR, f"auth: {exc}", code)
-            phase = "mail"
+            return None
+        except SMTPNotSupported as exc:
+            return SendResult(SendOutcome.ERROR, f"{phase}: {exc}")
+        except SMTPResponseException as exc:
+            if phase == "connect":  # e.g. a 554 greeting: the server takes nothing right now
+                return SendResult(SendOutcome.TEMPORARY, f"connect: {exc.code} {exc.message}", exc.code)
+            return _classify(exc.code, exc.message, phase)
+        except (SMTPServerDisconnected, SMTPTimeoutError, SMTPException, OSError) as exc:
+            smtp.close()
+            kind = "timeout" if isinstance(exc, TimeoutError) else "connection lost"
+            return SendResult(SendOutcome.TEMPORARY, f"{phase}: {kind}: {exc}")
+        except BaseException:
+            smtp.close()
+            raise
+
+    async def _transaction(
+        self, smtp: aiosmtplib.SMTP, sender: str, recipient: str, payload: bytes, *, reused: bool
+    ) -> tuple[SendResult | None, bool]:
+        """One MAIL/RCPT/DATA transaction: (the outcome, whether the connection may be kept).
+        (None, False) when a reused connection turned out closed before MAIL was answered."""
+        phase = "mail"
+        handed_over = False
+        try:
             await smtp.mail(sender)
             phase = "rcpt"
             await smtp.rcpt(recipient)
             phase = "data"
             start = await smtp.execute_command(b"DATA")
             if start.code != 354:
-                return _classify(start.code, start.message, phase)
+                return _classify(start.code, start.message, phase), True
             protocol = smtp.protocol
             if protocol is None:
                 raise SMTPServerDisconnected("Connection lost after 354")
@@ -157,33 +216,54 @@ class SmtpSender:
             handed_over = True
             reply = await protocol.read_response(timeout=self.config.timeout)
             if 200 <= reply.code < 300:
-                return SendResult(
+                result = SendResult(
                     SendOutcome.SENT, f"{reply.code} {reply.message}", reply.code, reply.message
                 )
-            return _classify(reply.code, reply.message, phase)
+                return result, True
+            return _classify(reply.code, reply.message, phase), True
         except SMTPNotSupported as exc:
-            return SendResult(SendOutcome.ERROR, f"{phase}: {exc}")
+            return SendResult(SendOutcome.ERROR, f"{phase}: {exc}"), False
         except SMTPResponseException as exc:
-            if phase == "connect":  # e.g. a 554 greeting: the server takes nothing right now
-                return SendResult(SendOutcome.TEMPORARY, f"connect: {exc.code} {exc.message}", exc.code)
-            return _classify(exc.code, exc.message, phase)
+            if reused and phase == "mail" and exc.code == 421:  # the server closed the idle connection
+                smtp.close()
+                return None, False
+            return _classify(exc.code, exc.message, phase), exc.code != 421
         except (SMTPServerDisconnected, SMTPTimeoutError, SMTPException, OSError) as exc:
             smtp.close()  # after a timeout the dialogue is out of step: no QUIT, just hang up
+            if reused and phase == "mail" and not isinstance(exc, TimeoutError):
+                return None, False
             kind = "timeout" if isinstance(exc, TimeoutError) else "connection lost"
             detail = f"{phase}: {kind}: {exc}"
             if handed_over:
-                return SendResult(SendOutcome.UNKNOWN, f"{detail} (after the content was handed over)")
-            return SendResult(SendOutcome.TEMPORARY, detail)
+                return SendResult(SendOutcome.UNKNOWN, f"{detail} (after the content was handed over)"), False
+            return SendResult(SendOutcome.TEMPORARY, detail), False
         except BaseException:  # cancelled: the ledger, not this call, knows whether content went out
             smtp.close()
             raise
-        finally:
-            await self._close(smtp)
 
-    async def _close(self, smtp: aiosmtplib.SMTP) -> None:
+    async def _release(self, smtp: aiosmtplib.SMTP, result: SendResult, keep: bool) -> SendResult:
+        """Keep the connection for the next message if its transaction ended cleanly; else close it."""
+        if keep and smtp.is_connected and result.outcome is not SendOutcome.SENT:
+            try:  # a refusal may leave the transaction open: reset it before the next message
+                await smtp.rset()
+            except (SMTPException, OSError):
+                keep = False
+        if keep and smtp.is_connected and len(self._idle) < self.pool_size:
+            self._idle.append(smtp)
+        else:
+            await self._discard(smtp)
+        return result
+
+    async def _discard(self, smtp: aiosmtplib.SMTP) -> None:
         if not smtp.is_connected:
             return
         try:
             await smtp.quit(timeout=min(self.config.timeout, 5.0))
         except (SMTPException, OSError):
             smtp.close()
+
+    async def aclose(self) -> None:
+        """QUIT the idle connections."""
+        idle, self._idle = self._idle, []
+        for smtp in idle:
+            await self._discard(smtp)

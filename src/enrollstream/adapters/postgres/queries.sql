@@ -117,8 +117,10 @@ create temporary table enrollment_timeline_stage (like enrollment_timeline) on c
 -- A batch's events, COPY-ed into the stage, into the timeline; an event id already there (a redelivered
 -- BulkEnroll repeats its events, ids included) keeps its first row.
 insert into enrollment_timeline
-    (event_id, account_id, contact_id, campaign_id, enrollment_id, version, type, occurred_at, causation_id, data)
-select event_id, account_id, contact_id, campaign_id, enrollment_id, version, type, occurred_at, causation_id, data
+    (event_id, account_id, contact_id, campaign_id, enrollment_id, version, type, occurred_at, causation_id, data,
+     event_partition, event_offset)
+select event_id, account_id, contact_id, campaign_id, enrollment_id, version, type, occurred_at, causation_id, data,
+       event_partition, event_offset
   from enrollment_timeline_stage
 on conflict (event_id) do nothing;
 

@@ -1,5 +1,7 @@
-"""The contact's timeline in plain words (the detail view's "why"): one sentence per row of
-`read_side.contact_why`, saying what was decided and, for a command that changed nothing, why not."""
+"""A contact's "why" in plain words (the CLI's `why --words`, the API's `why`, the console's contact view):
+one sentence per row of `read_side.contact_why`, saying what was decided and, for a command that
+changed nothing, why not; `explain` adds the chain of causes (which command, from whom, when) and what
+an ending meant for the step that was waiting."""
 
 from __future__ import annotations
 
@@ -135,3 +137,67 @@ def sentence(row: dict[str, Any]) -> str:
     reason = f": {row['reason']}" if row.get("reason") else ""
     code = f" ({row['code']})" if row.get("code") and row.get("code") != row.get("status") else ""
     return f"{command}{_by(row)} was {verdict}{code}{reason}."
+
+
+# Events that end an enrollment (or every enrollment of the contact): the step waiting is not sent.
+ENDINGS = {
+    "EnrollmentStopped",
+    "EnrollmentUnenrolled",
+    "EnrollmentExpired",
+    "EnrollmentFailed",
+    "EnrollmentHandedOff",
+    "ContactOptedOut",
+}
+# A step that is no longer waiting once one of these is recorded for it.
+STEP_OUTCOMES = {"StepDispatched", "StepDelivered", "StepFailed", "StepBounced", "StepDeliveryUnknown"}
+
+
+def _cause(row: dict[str, Any]) -> str:
+    """The command that caused a row: its type and id, who sent it, when."""
+    command = str(row.get("command_type") or "").removesuffix(".v1")
+    if not command and not row.get("command_id"):
+        return ""
+    by = f" from {row['actor']}" if row.get("actor") else ""
+    return f"{command} {row.get('command_id') or ''}".strip() + f"{by} at {_when(row.get('at'))}"
+
+
+def explain(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per row (in the rows' order), each ending that stopped a waiting step saying which
+    step, when it was due, and which command caused it; each refusal or deferral naming its command.
+
+    e.g. "Stopped: the contact replied and the campaign stops on a reply. No more messages will be sent.
+    Caused by ReplyDetected c-123 from inbound at 2026-12-03 10:14:00 UTC; step 2 of 3, due
+    2026-12-04 09:00:00 UTC, will not be sent."
+    """
+    waiting: dict[str, dict[str, Any]] = {}  # enrollment id -> its scheduled step not yet handed over
+    out: list[str] = []
+    for row in rows:
+        text = sentence(row)
+        kind = str(row.get("what") or "").removesuffix(".v1")
+        data: dict[str, Any] = row.get("data") or {}
+        enrollment = str(row.get("enrollment_id") or "")
+        if row.get("kind") != "event":
+            cause = _cause(row)
+            out.append(f"{text} ({cause})" if cause else text)
+            continue
+        if kind == "StepScheduled":
+            waiting[enrollment] = data
+        elif kind in STEP_OUTCOMES and waiting.get(enrollment, {}).get("step_index") == data.get(
+            "step_index"
+        ):
+            waiting.pop(enrollment, None)
+        elif kind in ENDINGS:
+            ended = [waiting.pop(e) for e in list(waiting)] if kind == "ContactOptedOut" else []
+            if kind != "ContactOptedOut" and enrollment in waiting:
+                ended.append(waiting.pop(enrollment))
+            cause = _cause(row)
+            if cause or ended:
+                steps = "; ".join(
+                    f"{_step(step)}, due {_when(step.get('due_at'))}, will not be sent" for step in ended
+                )
+                text += " " + "; ".join(
+                    part for part in (f"Caused by {cause}" if cause else "", steps) if part
+                )
+                text += "."
+        out.append(text)
+    return out
