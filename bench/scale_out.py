@@ -27,21 +27,25 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.group import MemberAssignment
 
+from bench import dispatcher as dispatcher_bench
 from bench import machine, workload
 from bench.common import Result, Sizes, Stopwatch, median, run_id
+from enrollstream.adapters.kafka.records import encode
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.adapters.postgres.databases import create_database, drop_database
 from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.runtime.campaigns import publish_campaign
+from enrollstream.smtp_sink import SmtpSink
 
 TARGET = "2 processes >= 1.5x one process, given a free core per process (the partitions bound it)"
 
@@ -119,9 +123,9 @@ async def _held_back(
     return producer
 
 
-def _announced(log_path: Path) -> int:
+def _announced(log_path: Path, line: str) -> int:
     """How many partitions the workers have said they took (one line per partition taken)."""
-    return log_path.read_text(errors="replace").count('"decider owns ')
+    return log_path.read_text(errors="replace").count(line)
 
 
 async def _members(admin: AIOKafkaAdminClient, group: str) -> list[set[int]]:
@@ -159,10 +163,19 @@ def _environment(
         "ENROLLSTREAM_STATE_DIR": str(state_dir),
         "ENROLLSTREAM_HTTP_PORT": "0",
         "ENROLLSTREAM_LOG_FORMAT": "json",
-        # The workload's commands carry a fixed issued_at (as in the decider bench: skew unchecked).
-        "ENROLLSTREAM_COMMAND_MAX_FUTURE_SKEW_S": "0",
-        "ENROLLSTREAM_COMMAND_MAX_AGE_S": "0",
     }
+
+
+@dataclass
+class Role:
+    """What one run measures: the role, the topic its input is held back on, and how to tell it is done."""
+
+    name: str  # decider | dispatcher
+    topic: Callable[[Topics], str]
+    env: dict[str, str]
+    # How many inputs are done so far: the group's committed offsets, or the SMTP sink's messages.
+    done: Callable[[AIOKafkaAdminClient, str], Awaitable[int]]
+    announces: str | None = None  # a log line each member writes per partition it takes, if any
 
 
 async def run_worker(
@@ -173,18 +186,22 @@ async def run_worker(
     records: list[tuple[bytes | None, bytes]],
     processes: int,
     workdir: Path,
+    role: Role,
 ) -> Run:
-    """`enrollstream worker --roles decider --processes P` until the group has committed all the records."""
+    """`enrollstream worker --roles ROLE --processes P` until it has done all the records."""
     n = len(records)
-    group = f"{topics.prefix}group.decider"
+    group = f"{topics.prefix}group.{role.name}"
     log_path = workdir / f"{topics.prefix}log"
-    args = ["--roles", "decider"] + (["--processes", str(processes)] if processes > 1 else [])
-    held = await _held_back(bootstrap, topics.commands, records)
+    args = ["--roles", role.name] + (["--processes", str(processes)] if processes > 1 else [])
+    held = await _held_back(bootstrap, role.topic(topics), records)
+    env = {
+        **_environment(bootstrap, database_url, topics, sizes, workdir / f"{topics.prefix}state"),
+        **role.env,
+    }
     with log_path.open("wb") as log:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "enrollstream", "worker", *args,
-            env=_environment(bootstrap, database_url, topics, sizes, workdir / f"{topics.prefix}state"),
-            stdout=asyncio.subprocess.DEVNULL, stderr=log,
+            env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -200,25 +217,28 @@ async def run_worker(
         while True:
             failed()
             if deadline.elapsed() > 120:
-                raise TimeoutError(f"the decider's group not stable with {processes} members within 120 s")
+                raise TimeoutError(f"the {role.name} group not stable with {processes} members within 120 s")
             await asyncio.sleep(0.1)
             owned = await _members(admin, group)
             if not (len(owned) == processes and all(owned) and sum(map(len, owned)) == sizes.partitions):
+                announced = -1
                 continue
-            now_announced = _announced(log_path)
-            if now_announced != announced:  # a member still taking partitions
+            # Settled: no member still taking partitions (or, for a role that does not say, stable 2 s).
+            now_announced = _announced(log_path, role.announces) if role.announces else 0
+            if now_announced != announced:
                 announced, quiet_since = now_announced, Stopwatch()
-            elif now_announced >= sizes.partitions and quiet_since.elapsed() > 2.0:
+            elif quiet_since.elapsed() > 2.0 and (not role.announces or now_announced >= sizes.partitions):
                 break
         pids = _worker_pids(process.pid, log_path)
         cpu_before, machine_before = _cpu_seconds(pids), _machine_cpu()
+        base = await role.done(admin, group)
         await held.commit_transaction()
         clock = Stopwatch()
         limit = 120 + n / 100
-        while (done := await _committed(admin, group)) < n:
+        while (done := await role.done(admin, group) - base) < n:
             failed()
             if clock.elapsed() > limit:
-                raise TimeoutError(f"only {done} of {n} commands decided after {limit:.0f} s")
+                raise TimeoutError(f"only {done} of {n} done by the {role.name} after {limit:.0f} s")
             await asyncio.sleep(0.02)
         seconds = clock.elapsed()
         worker_cpu, machine_after = _cpu_seconds(pids) - cpu_before, _machine_cpu()
@@ -238,41 +258,117 @@ async def run_worker(
     return Run(processes, n / seconds, n, seconds, worker_cpu / seconds, busy / total if total else 0.0)
 
 
-async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[[str], None]) -> Result:
-    """`reps` pairs (1 process, 2 processes), alternating which goes first; medians of each."""
-    n = sizes.decider_commands
-    commands = workload.commands(n)
-    records: list[tuple[bytes | None, bytes]] = [
-        (r.key if isinstance(r.key, bytes) else r.key.encode(), r.value) for r in commands
-    ]
-    name = f"bench_scale_{run_id()}"
-    database_url = await create_database(server_url, name)  # the worker checks the schema at start
-    conn = await asyncpg.connect(database_url)
+async def _migrated(server_url: str, name: str) -> str:
+    url = await create_database(server_url, name)  # the worker checks the schema at start
+    conn = await asyncpg.connect(url)
     try:
         await migrate(conn)
     finally:
         await conn.close()
+    return url
+
+
+async def _pairs(
+    bootstrap: str,
+    server_url: str,
+    sizes: Sizes,
+    say: Callable[[str], None],
+    role: Role,
+    records: Callable[[], list[tuple[bytes | None, bytes]]],
+    unit: str,
+) -> dict[int, list[Run]]:
+    """`reps` pairs (1 process, 2 processes) of one role, alternating which goes first; a fresh database
+    (the dispatcher's ledger) and fresh topics per run."""
     runs: dict[int, list[Run]] = {1: [], 2: []}
-    load_at_start = machine.load_average()
-    try:
-        with tempfile.TemporaryDirectory(prefix="enrollstream-bench-scale-") as tmp:
-            for rep in range(sizes.reps):
-                for processes in (1, 2) if rep % 2 == 0 else (2, 1):
-                    topics = await _prepared_topics(bootstrap, sizes)
+    with tempfile.TemporaryDirectory(prefix="enrollstream-bench-scale-") as tmp:
+        for rep in range(sizes.reps):
+            for processes in (1, 2) if rep % 2 == 0 else (2, 1):
+                topics = await _prepared_topics(bootstrap, sizes)
+                name = f"bench_scale_{run_id()}"
+                database_url = await _migrated(server_url, name)
+                try:
                     run = await run_worker(
-                        bootstrap, database_url, topics, sizes, records, processes, Path(tmp)
+                        bootstrap, database_url, topics, sizes, records(), processes, Path(tmp), role
                     )
-                    runs[processes].append(run)
-                    say(
-                        f"scale_out rep {rep + 1}/{sizes.reps}: {processes} process(es) "
-                        f"{run.rate:,.0f} commands/s ({run.commands} in {run.seconds:.2f} s), workers "
-                        f"using {run.worker_cores:.2f} cores, machine {run.machine_busy:.0%} busy"
-                    )
-    finally:
-        await drop_database(server_url, name)
-    value = median([r.rate for r in runs[2]])
-    baseline = median([r.rate for r in runs[1]])
-    ratios = [two.rate / one.rate for one, two in zip(runs[1], runs[2], strict=True)]
+                finally:
+                    await drop_database(server_url, name)
+                runs[processes].append(run)
+                say(
+                    f"scale_out {role.name} rep {rep + 1}/{sizes.reps}: {processes} process(es) "
+                    f"{run.rate:,.0f} {unit} ({run.commands} in {run.seconds:.2f} s), workers "
+                    f"using {run.worker_cores:.2f} cores, machine {run.machine_busy:.0%} busy"
+                )
+    return runs
+
+
+def _summary(runs: dict[int, list[Run]]) -> dict[str, Any]:
+    return {
+        "per_s_1": median([r.rate for r in runs[1]]),
+        "per_s_2": median([r.rate for r in runs[2]]),
+        "ratio": round(median([r.rate for r in runs[2]]) / median([r.rate for r in runs[1]]), 3),
+        "runs_1": [round(r.rate, 1) for r in runs[1]],
+        "runs_2": [round(r.rate, 1) for r in runs[2]],
+        "ratio_per_rep": [round(two.rate / one.rate, 3) for one, two in zip(runs[1], runs[2], strict=True)],
+        # Whether the second process had a core to use: the workers' CPU per wall second, and how busy
+        # the whole machine (broker, database, anything else) was, in each timed window.
+        "worker_cores_1": [round(r.worker_cores, 2) for r in runs[1]],
+        "worker_cores_2": [round(r.worker_cores, 2) for r in runs[2]],
+        "machine_busy_1": [round(r.machine_busy, 3) for r in runs[1]],
+        "machine_busy_2": [round(r.machine_busy, 3) for r in runs[2]],
+        "seconds_1": [round(r.seconds, 2) for r in runs[1]],
+        "seconds_2": [round(r.seconds, 2) for r in runs[2]],
+    }
+
+
+async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[[str], None]) -> Result:
+    """The decider, then the dispatcher: `reps` pairs (1 process, 2 processes) each; medians of each."""
+    load_at_start = machine.load_average()
+    n = sizes.decider_commands
+    commands: list[tuple[bytes | None, bytes]] = [
+        (r.key if isinstance(r.key, bytes) else r.key.encode(), r.value) for r in workload.commands(n)
+    ]
+
+    async def committed(admin: AIOKafkaAdminClient, group: str) -> int:
+        return await _committed(admin, group)
+
+    decider = Role(
+        "decider",
+        lambda topics: topics.commands,
+        # The workload's commands carry a fixed issued_at (as in the decider bench: skew unchecked).
+        {"ENROLLSTREAM_COMMAND_MAX_FUTURE_SKEW_S": "0", "ENROLLSTREAM_COMMAND_MAX_AGE_S": "0"},
+        committed,
+        announces='"decider owns ',
+    )
+    deciders = await _pairs(bootstrap, server_url, sizes, say, decider, lambda: commands, "commands/s")
+
+    emails = dispatcher_bench.emails(sizes)
+    with SmtpSink() as sink:
+
+        async def received(admin: AIOKafkaAdminClient, group: str) -> int:
+            return len(sink.messages)
+
+        def step_events() -> list[tuple[bytes | None, bytes]]:
+            run = run_id()  # new enrollments each run: a message id is sent once per ledger
+            events = [dispatcher_bench.step_dispatched(run, i) for i in range(emails)]
+            return [(f"{e.account_id}/{e.contact_id}".encode(), encode(e)) for e in events]
+
+        identity = dispatcher_bench.IDENTITY
+        dispatcher = Role(
+            "dispatcher",
+            lambda topics: topics.events,
+            {
+                "ENROLLSTREAM_SMTP_HOST": sink.host,
+                "ENROLLSTREAM_SMTP_PORT": str(sink.port),
+                "ENROLLSTREAM_SMTP_STARTTLS": "false",
+                "ENROLLSTREAM_SENDER_FROM": identity.from_address,
+                "ENROLLSTREAM_UNSUBSCRIBE_KEYS": identity.signing_key.decode(),
+                "ENROLLSTREAM_UNSUBSCRIBE_URL": identity.unsubscribe_url or "",
+            },
+            received,
+        )
+        dispatchers = await _pairs(bootstrap, server_url, sizes, say, dispatcher, step_events, "emails/s")
+    value = median([r.rate for r in deciders[2]])
+    baseline = median([r.rate for r in deciders[1]])
     return Result(
         status="measured",
         unit="commands/s",
@@ -280,30 +376,28 @@ async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[
         value=value,
         baseline=baseline,
         baseline_name="the same decider as one process (`enrollstream worker --roles decider`)",
-        runs=[r.rate for r in runs[2]],
-        baseline_runs=[r.rate for r in runs[1]],
+        runs=[r.rate for r in deciders[2]],
+        baseline_runs=[r.rate for r in deciders[1]],
         target_met=value >= 1.5 * baseline,
         params={
             "commands": n,
             "reps": sizes.reps,
             "partitions": sizes.partitions,
             "processes": [1, 2],
-            "ratio_per_rep": [round(r, 3) for r in ratios],
-            # Whether the second process had a core to use: the workers' CPU per wall second, and how
-            # busy the whole machine (broker, database, anything else) was, in each timed window.
-            "worker_cores_1": [round(r.worker_cores, 2) for r in runs[1]],
-            "worker_cores_2": [round(r.worker_cores, 2) for r in runs[2]],
-            "machine_busy_1": [round(r.machine_busy, 3) for r in runs[1]],
-            "machine_busy_2": [round(r.machine_busy, 3) for r in runs[2]],
-            "seconds_1": [round(r.seconds, 2) for r in runs[1]],
-            "seconds_2": [round(r.seconds, 2) for r in runs[2]],
-            "roles": "decider",
-            "dispatcher": "not measured: its input (due steps, an SMTP server) is not the decider's workload",
-            "how": "enrollstream worker --roles decider [--processes 2], real subprocesses; the commands "
-            "held in an open transaction until the group is stable, the clock from its commit to the "
-            "group's committed offsets at the topic's end",
+            "decider": _summary(deciders),
+            "dispatcher": {
+                "emails": emails,
+                "unit": "emails/s",
+                **_summary(dispatchers),
+                "sink": "enrollstream.smtp_sink.SmtpSink in the bench process, no rate limits",
+                "database": "fresh per run (the delivery ledger)",
+            },
+            "how": "enrollstream worker --roles ROLE [--processes 2], real subprocesses; the input held in "
+            "an open transaction until the role's group is stable, the clock from its commit to the "
+            "decider's committed offsets at the topic's end / the sink holding every email",
             "state": "ENROLLSTREAM_STATE_DIR fresh per run, shared by the children; STATE_CACHE_MB 128 each",
-            "workload": "enrollstream.chaos.workload mix without BulkEnroll, ~5 commands per contact, seeded",
+            "workload": "decider: enrollstream.chaos.workload mix without BulkEnroll, ~5 commands per "
+            "contact, seeded; dispatcher: StepDispatched email steps (bench/dispatcher.py)",
             "cpus_usable": len(os.sched_getaffinity(0))
             if hasattr(os, "sched_getaffinity")
             else os.cpu_count(),

@@ -1,5 +1,6 @@
-"""The scale_out bench scenario runs: the decider as 1 and as 2 real worker processes on the same held-back
-workload, each deciding all of it. Nothing here looks at a timing (benchmarks report, they never gate)."""
+"""The scale_out bench scenario runs: the decider and the dispatcher each as 1 and as 2 real worker processes
+on the same held-back workload, each doing all of it. Nothing here looks at a timing (benchmarks report,
+they never gate)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from enrollstream.config import Settings
 
 
 @pytest.mark.soak
-async def test_quick_scale_out_runs_the_decider_as_one_and_two_processes(
+async def test_quick_scale_out_runs_the_decider_and_the_dispatcher_as_one_and_two_processes(
     endpoints: stack.Endpoints, tmp_path: Path
 ) -> None:
     sizes = Sizes.quick()
@@ -31,3 +32,6 @@ async def test_quick_scale_out_runs_the_decider_as_one_and_two_processes(
     assert row["value"] > 0 and row["baseline"] > 0
     assert abs(row["ratio"] - row["value"] / row["baseline"]) < 0.01
     assert row["target_met"] in (True, False)
+    dispatcher = row["params"]["dispatcher"]
+    assert dispatcher["emails"] == 1_000 and dispatcher["per_s_1"] > 0 and dispatcher["per_s_2"] > 0
+    assert len(dispatcher["runs_1"]) == 1 and len(dispatcher["runs_2"]) == 1
