@@ -1,21 +1,19 @@
-"""Scale out: the decider as 1 and as 2 worker processes on the same pre-produced workload, in one run.
+"""Scale out: the decider and the dispatcher, each as 1 and as 2 worker processes on the same workload.
 
-Each run is the real deployment: `enrollstream worker --roles decider` (one process) against
-`enrollstream worker --roles decider --processes 2` (a supervisor and two children in one consumer group),
-each on its own copy of the same seeded commands (the decider bench's mix, `workload.commands`) in fresh
-topics with `sizes.partitions` partitions and a fresh state directory.
+Each run is the real deployment: `enrollstream worker --roles ROLE` (one process) against
+`enrollstream worker --roles ROLE --processes 2` (a supervisor and two children in one consumer group),
+in fresh topics with `sizes.partitions` partitions, a fresh database and a fresh state directory. The
+decider's input is the decider bench's seeded commands (`workload.commands`); the dispatcher's, the
+dispatcher bench's StepDispatched email steps (`bench/dispatcher.py`), sent to an SMTP sink in this process.
 
-The commands are produced before the workers start, inside one Kafka transaction left open: the decider
-reads `read_committed`, so it sees none of them until the bench commits that transaction. The workers
-start, the decider's group becomes stable with every partition owned by the expected number of members
-(and the members' logs stop announcing partitions they took), then the transaction commits and the clock
-starts: every process begins with the whole workload at the same moment, none of it decided while the
-second child was still joining. The clock stops when the group's committed offsets reach the end of the
-commands topic (the decider commits them in each batch's transaction). The order of the two alternates
-between repetitions, so a drift in the machine's load does not favour one of them.
-
-The dispatcher is not measured here: its input is decided events whose steps are due and an SMTP server to
-take them, which the decider bench's workload does not produce; see docs/architecture.md "Scale out".
+The input is produced before the workers start, inside one Kafka transaction left open: both roles read
+`read_committed`, so they see none of it until the bench commits that transaction. The workers start, the
+role's group becomes stable with every partition owned by the expected number of members (and, for the
+decider, its log lines announcing the partitions it took stop), then the transaction commits and the clock
+starts: every process begins with the whole workload at the same moment, none of it done while the second
+child was still joining. The clock stops when the decider's committed offsets reach the end of the
+commands topic (committed in each batch's transaction), or when the sink holds every email. The order of
+the two alternates between repetitions, so a drift in the machine's load does not favour one of them.
 """
 
 from __future__ import annotations
