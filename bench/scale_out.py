@@ -256,6 +256,18 @@ async def run_worker(
     return Run(processes, n / seconds, n, seconds, worker_cpu / seconds, busy / total if total else 0.0)
 
 
+async def _delete_topics(bootstrap: str, prefix: str) -> None:
+    """A run's topics, gone after it: a dozen per run would otherwise pile up partitions on the broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
 async def _migrated(server_url: str, name: str) -> str:
     url = await create_database(server_url, name)  # the worker checks the schema at start
     conn = await asyncpg.connect(url)
@@ -290,6 +302,7 @@ async def _pairs(
                     )
                 finally:
                     await drop_database(server_url, name)
+                    await _delete_topics(bootstrap, topics.prefix)
                 runs[processes].append(run)
                 say(
                     f"scale_out {role.name} rep {rep + 1}/{sizes.reps}: {processes} process(es) "
