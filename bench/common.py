@@ -23,6 +23,7 @@ SCENARIOS = (
     "state_engines",
     "broker",
     "dispatcher",
+    "scale_out",
 )
 
 

@@ -30,6 +30,7 @@ from bench import (
     projector,
     resident,
     restore,
+    scale_out,
     snapshots,
     state_engines,
 )
@@ -117,6 +118,8 @@ async def run_scenarios(
                 results[name] = await broker.scenario(bootstrap, settings.cache_dir, sizes, say)
             elif name == "dispatcher":
                 results[name] = await dispatcher.scenario(bootstrap, server_url, sizes, say)
+            elif name == "scale_out":
+                results[name] = await scale_out.scenario(bootstrap, server_url, sizes, say)
         except Exception as exc:
             say(f"[red]{name} failed[/red]: {exc!r}")
             console.print(traceback.format_exc())

@@ -195,30 +195,34 @@ def worker_command(
         help="comma-separated roles: decider, projector, scheduler, dispatcher, inbound, relay, "
         "unsubscribe, api (default: decider, projector, scheduler, dispatcher, inbound)",
     ),
+    processes: int = typer.Option(
+        1,
+        min=1,
+        max=64,
+        help="worker processes with these roles (children in the same consumer groups split the "
+        'partitions); api and unsubscribe run in the first only. docs/architecture.md "Scale out"',
+    ),
 ) -> None:
     """Run the worker roles until SIGTERM or Ctrl-C (then drain and commit)."""
-    from enrollstream.adapters.postgres.migrations import pending_migrations
     from enrollstream.observability import ObservabilityServer, Probe, configure_logging
+    from enrollstream.runtime.supervisor import check_processes, die_with_supervisor
     from enrollstream.runtime.worker import Worker, check_settings, parse_roles
 
     settings = load_settings()
     chosen = parse_roles(roles)
     check_settings(settings, chosen)  # a role that cannot start stops everything before it begins
+    check_processes(settings, chosen, processes)
     target = endpoints(settings)
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, worker=settings.worker_name)
+    if processes > 1:
+        _supervise(settings, target, chosen, processes)
+        return
+    die_with_supervisor()  # a supervised child does not outlive its supervisor
     log = logging.getLogger("enrollstream.worker")
+    named = "" if settings.worker_name is None else f"{settings.worker_name}: "
 
     async def run() -> None:
-        conn = await asyncpg.connect(target.database_url)
-        try:
-            behind = await pending_migrations(conn)
-        finally:
-            await conn.close()
-        if behind:
-            raise MigrationError(
-                f"the database schema is behind ({len(behind)} pending migrations); "
-                "run `enrollstream migrate`"
-            )
+        await _require_current_schema(target.database_url)
         worker = Worker(settings, target.kafka_bootstrap_servers, target.database_url, chosen)
         probe = Probe(
             started=lambda: worker.ready,
@@ -245,7 +249,11 @@ def worker_command(
         await server.start()
         try:
             log.info("worker starting", extra={"roles": list(worker.roles)})
-            console.print(f"worker running {', '.join(worker.roles)}; Ctrl-C to stop", highlight=False)
+            console.print(
+                f"{named}worker running {', '.join(worker.roles)}; Ctrl-C to stop",
+                markup=False,
+                highlight=False,
+            )
             started = asyncio.Event()
             announce = asyncio.create_task(_announce_api(worker, started))
             try:
@@ -259,6 +267,70 @@ def worker_command(
     asyncio.run(run())
 
 
+async def _require_current_schema(database_url: str) -> None:
+    from enrollstream.adapters.postgres.migrations import pending_migrations
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        behind = await pending_migrations(conn)
+    finally:
+        await conn.close()
+    if behind:
+        raise MigrationError(
+            f"the database schema is behind ({len(behind)} pending migrations); run `enrollstream migrate`"
+        )
+
+
+def _supervise(
+    settings: Settings, target: local_stack.Endpoints, roles: tuple[str, ...], processes: int
+) -> None:
+    """`worker --processes N`: N children with these roles, restarted when they die, stopped together."""
+    from enrollstream.runtime.supervisor import (
+        RestartPolicy,
+        Supervisor,
+        child_environment,
+        child_roles,
+        worker_argv,
+    )
+
+    log = logging.getLogger("enrollstream.supervisor")
+    # The children are given the endpoints this process resolved (a local stack is found once, here).
+    base = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": target.kafka_bootstrap_servers,
+        "DATABASE_URL": target.database_url,
+    }
+
+    async def run() -> int:
+        await _require_current_schema(target.database_url)  # once, not a quick failure per child
+        supervisor = Supervisor(
+            processes,
+            lambda index: worker_argv(child_roles(roles, index)),
+            lambda index: child_environment(base, settings, index),
+            RestartPolicy.from_settings(settings),
+            stop_timeout_s=settings.shutdown_timeout_s + 10,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, supervisor.stop)
+        log.info("supervisor starting", extra={"processes": processes, "roles": list(roles)})
+        console.print(
+            f"supervising {processes} worker processes running {', '.join(roles)}; Ctrl-C to stop",
+            markup=False,
+            highlight=False,
+        )
+        code = await supervisor.run()
+        if supervisor.gave_up is not None:
+            err.print(f"error: {supervisor.gave_up}", markup=False, highlight=False)
+        elif code == 0:
+            log.info("supervisor stopped cleanly")
+        return code
+
+    code = asyncio.run(run())
+    if code:
+        raise typer.Exit(code)
+
+
 async def _announce_api(worker: Any, started: asyncio.Event) -> None:
     """Say where the API listens once it does (its port may have been picked: ENROLLSTREAM_API_PORT=0)."""
     await started.wait()
@@ -270,7 +342,7 @@ async def _announce_api(worker: Any, started: asyncio.Event) -> None:
 @friendly_errors
 def api_command() -> None:
     """Serve the HTTP API alone (the worker's `api` role): seed 001's endpoints, docs/api.md."""
-    worker_command(roles="api")
+    worker_command(roles="api", processes=1)
 
 
 @app.command("replay")

@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     http_port: int = Field(default=9464, ge=0, le=65535)
     log_format: Literal["json", "text"] = "json"
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    # `enrollstream worker --processes N` (runtime/supervisor.py): a child that exits on its own is
+    # restarted after a backoff (doubling from _BACKOFF_S up to _BACKOFF_MAX_S); after _LIMIT failures in a
+    # row, each within _QUICK_FAILURE_S of its start, the supervisor stops the others and exits 1.
+    worker_restart_limit: int = Field(default=5, ge=1, le=1000)
+    worker_quick_failure_s: float = Field(default=60.0, ge=0)
+    worker_restart_backoff_s: float = Field(default=1.0, ge=0, le=3600)
+    worker_restart_backoff_max_s: float = Field(default=30.0, ge=0, le=3600)
+    # A supervised child's name (`worker-<i>`, set by the supervisor), in each of its log lines.
+    worker_name: str | None = Field(default=None, max_length=64)
     # /healthz says 503 "stuck" when a role has had work waiting (records on a partition, a scheduler
     # tick) without moving for this long, or has failed this many times in a row at one offset.
     stuck_after_s: float = Field(default=300.0, gt=0)

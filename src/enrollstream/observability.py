@@ -161,9 +161,10 @@ async def record_consumer_lag(role: str, consumer: Any, tp: Any, done: int | Non
     whose last records were written in a transaction reads 0, not 1 (the marker's offset)."""
     try:
         position = await consumer.position(tp)
-    except Exception:  # no longer assigned: its next owner reports it
+        end = consumer.last_stable_offset(tp)
+    except Exception:  # no longer assigned (a rebalance): its next owner reports it
         return
-    record_lag(role, tp.partition, consumer.last_stable_offset(tp), max(done or 0, position))
+    record_lag(role, tp.partition, end, max(done or 0, position))
 
 
 @dataclass
@@ -226,8 +227,19 @@ class ObservabilityServer:
         return web.json_response({"status": "ready"})
 
 
-def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
-    """JSON lines on stderr (the `extra` fields, such as command_id and event_ids, become keys), or text."""
+class _NameRecords(logging.Filter):
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
+def configure_logging(fmt: str = "json", level: int = logging.INFO, worker: str | None = None) -> None:
+    """JSON lines on stderr (the `extra` fields, such as command_id and event_ids, become keys), or text.
+    `worker`: the process's name among its supervisor's children, on every line (key `worker`)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(
@@ -237,7 +249,10 @@ def configure_logging(fmt: str = "json", level: int = logging.INFO) -> None:
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        named = "" if worker is None else worker.replace("%", "%%") + " "
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {named}%(levelname)s %(name)s: %(message)s"))
+    if worker is not None:
+        handler.addFilter(_NameRecords(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -197,6 +197,8 @@ class ProjectorService:
             for tp, records in batch.items():
                 if tp.topic != self.topic:
                     continue  # the lag gauge is per partition of the events topic
+                if tp not in consumer.assignment():
+                    continue  # revoked by a rebalance while the batch was written (another process joined)
                 await metrics.record_consumer_lag("projector", consumer, tp, records[-1].offset + 1)
             # Only for lag monitoring; the checkpoints in Postgres are the truth.
             with contextlib.suppress(Exception):
