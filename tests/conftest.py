@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -72,14 +72,15 @@ def settings(
 
 
 @pytest.fixture
-def topics(endpoints: stack.Endpoints) -> Iterator[Topics]:
-    """A fresh, bootstrapped set of topics under a prefix of this test's own, deleted afterwards: a
-    suite's thousands of partitions would otherwise keep the broker's files open until it runs out of
-    descriptors (and fails every test after that)."""
+def topics(endpoints: stack.Endpoints, topic_deleter: _Cleaner) -> Iterator[Topics]:
+    """A fresh, bootstrapped set of topics under a prefix of this test's own, deleted afterwards (in the
+    background): a suite's thousands of partitions would otherwise keep the broker's files open until it
+    runs out of descriptors (and fails every test after that)."""
     topics = Topics(prefix=f"test-{uuid.uuid4().hex[:10]}.")
     asyncio.run(ensure_topics(endpoints.kafka_bootstrap_servers, topics, TEST_PARTITIONS))
     yield topics
-    asyncio.run(_delete_topics(endpoints.kafka_bootstrap_servers, topics.prefix))
+    bootstrap = endpoints.kafka_bootstrap_servers
+    topic_deleter.submit(topics.prefix, lambda: _delete_topics(bootstrap, topics.prefix))
 
 
 async def _delete_topics(bootstrap: str, prefix: str) -> None:
@@ -106,34 +107,45 @@ async def _admin(url: str, sql: str) -> None:
         await conn.close()
 
 
-class _DatabaseDropper:
-    """Drops the tests' databases on a thread of its own, so no test waits for the last one's drop
-    (dropping a migrated database takes the server a second or more: its files, its buffers). Each
-    database has a name of its own, so a drop still running never touches the next test's data; the
-    session waits for every drop at its end."""
+class _Cleaner:
+    """Runs cleanups (dropping a test's database, deleting its topics) on a thread of its own, so no test
+    waits for the one before it to be cleaned up (dropping a migrated database takes the server a second
+    or more; deleting a test's topics, a few tenths). Each test's database and topics have names of their
+    own, so a cleanup still running never touches the next test's data; the session waits for every
+    cleanup at its end and fails if one failed."""
 
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self.names: queue.Queue[str | None] = queue.Queue()
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.jobs: queue.Queue[tuple[str, Callable[[], Awaitable[None]]] | None] = queue.Queue()
         self.failures: list[str] = []
-        self.thread = threading.Thread(target=self._run, name="drop-test-databases", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
-    def drop(self, name: str) -> None:
-        self.names.put(name)
+    def submit(self, what: str, job: Callable[[], Awaitable[None]]) -> None:
+        self.jobs.put((what, job))
 
     def _run(self) -> None:
-        while (name := self.names.get()) is not None:
+        while (item := self.jobs.get()) is not None:
+            what, job = item
             try:
-                asyncio.run(_admin(self.admin_url, f'drop database if exists "{name}" with (force)'))
+                asyncio.run(job())  # type: ignore[arg-type]
             except Exception as exc:  # reported at the session's end, not lost
-                self.failures.append(f"{name}: {exc!r}")
+                self.failures.append(f"{what}: {exc!r}")
 
     def close(self) -> None:
-        self.names.put(None)
+        self.jobs.put(None)
         self.thread.join(timeout=300)
-        assert not self.thread.is_alive(), "test databases still being dropped after 300s"
-        assert not self.failures, f"test databases not dropped: {self.failures}"
+        assert not self.thread.is_alive(), f"{self.name}: still cleaning up after 300s"
+        assert not self.failures, f"{self.name}: {self.failures}"
+
+
+class _DatabaseDropper(_Cleaner):
+    def __init__(self, admin_url: str) -> None:
+        super().__init__("drop-test-databases")
+        self.admin_url = admin_url
+
+    def drop(self, name: str) -> None:
+        self.submit(name, lambda: _admin(self.admin_url, f'drop database if exists "{name}" with (force)'))
 
 
 @pytest.fixture(scope="session")
@@ -143,6 +155,16 @@ def database_dropper(endpoints: stack.Endpoints) -> Iterator[_DatabaseDropper]:
         yield dropper
     finally:
         dropper.close()
+
+
+@pytest.fixture(scope="session")
+def topic_deleter() -> Iterator[_Cleaner]:
+    # Its own thread: deleting topics keeps up with the tests, dropping databases does not always.
+    deleter = _Cleaner("delete-test-topics")
+    try:
+        yield deleter
+    finally:
+        deleter.close()
 
 
 @pytest.fixture
