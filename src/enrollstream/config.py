@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     # tokens are signed with the first of ENROLLSTREAM_UNSUBSCRIBE_KEYS (see the unsubscribe role).
     unsubscribe_url: str | None = None
     unsubscribe_mailto: str | None = None
+    # Open tracking: the pixel's public base URL, served by the unsubscribe role at /o/<token>.gif (e.g.
+    # https://t.acme.example/o); signed with the same keys. Unset: no message carries a pixel.
+    open_tracking_url: str | None = None
     # Per-sender limits over rolling windows (None: unlimited); over the limit the dispatcher waits.
     sender_per_hour: int | None = Field(default=None, ge=1)
     sender_per_day: int | None = Field(default=None, ge=1)

@@ -55,6 +55,13 @@ SENDS = Counter(
     "Messages handed to a channel, by outcome; deferred: held back by a sender's rate limit, not handed",
     ["channel", "outcome"],
 )
+OPEN_PIXEL_LOADS = Counter(
+    "enrollstream_open_pixel_loads",
+    "Tracking pixel loads by result: published (an OpenDetected), repeat (already published here), "
+    "machine (published, flagged as a machine's open), invalid (404), publish_failed, dropped (too many "
+    "publishes pending)",
+    ["result"],
+)
 QUARANTINED = Counter(
     "enrollstream_quarantined_events",
     "Records the projector could not write, quarantined in unprojectable_events, by topic",

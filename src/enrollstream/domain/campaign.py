@@ -138,6 +138,8 @@ class CampaignDefinition(Model):
     unique_contacts: bool = False  # with outreach_id: skip contacts enrolled in a sibling
     reply_action: ReplyAction = ReplyAction.STOP
     verify_email_mx: bool = False
+    # Email steps carry a signed open-tracking pixel in an HTML part (docs/delivery.md "Open tracking").
+    track_opens: bool = True
     # Measured from the first delivery, not counting time the campaign was paused. A duration, "never",
     # or None: the kind's default (7 days for multi_module, never for sequence; blasts never expire).
     expiry_after_delivery: Duration | Literal["never"] | None = None

@@ -313,8 +313,18 @@ class ReplyDetected(CommandEnvelope):
     data: ReplyDetectedData
 
 
+class MachineOpen(StrEnum):
+    """Why a load of the tracking pixel looks like a machine rather than a person reading."""
+
+    PRIVACY_PREFETCH = "privacy_prefetch"  # Apple Mail Privacy Protection's proxy fetches on delivery
+    SCANNER = "scanner"  # a security scanner or link previewer (its user agent says so)
+    SOON_AFTER_SENDING = "soon_after_sending"  # loaded within seconds of sending: nobody read it yet
+
+
 class OpenDetectedData(EnrollmentData):
     step_index: Int32 | None = None
+    # Set when the open is recognisably a machine's (counted anyway, but flagged; docs/delivery.md).
+    machine: MachineOpen | None = None
 
 
 class OpenDetected(CommandEnvelope):

@@ -235,7 +235,10 @@ def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
         return _reply(command, e, em)
     if isinstance(command, OpenDetected):
         first_open = e.opened_at is None
-        em.on(e, MessageOpened, MessageOpenedData(step_index=command.data.step_index, first_open=first_open))
+        opened = MessageOpenedData(
+            step_index=command.data.step_index, first_open=first_open, machine=command.data.machine
+        )
+        em.on(e, MessageOpened, opened)
         return None
     if isinstance(command, BounceDetected):
         return _bounce(command, e, em)
@@ -491,6 +494,7 @@ def _step_due(cmd: StepDue, e: Enrollment, em: _Emitter) -> _Outcome:
             content=step.content,
             contact_name=e.contact.name,
             dispatch=current.dispatch,
+            track_opens=step.channel is Channel.EMAIL and e.campaign.track_opens,
         ),
     )
     return None

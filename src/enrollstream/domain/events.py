@@ -23,7 +23,7 @@ from .campaign import (
     StepContent,
     mx_check_of,
 )
-from .commands import BounceType, EnrollSource
+from .commands import BounceType, EnrollSource, MachineOpen
 from .statuses import EnrollmentStatus, FailureReason, Outcome, SkipKind, StopReason
 
 
@@ -188,6 +188,9 @@ class StepDispatchedData(StepRef):
     contact_name: str = ""
     # 1, then +1 each time the same attempt is dispatched again after a deferral; the report echoes it.
     dispatch: int = Field(default=1, ge=1)
+    # The campaign's `track_opens` for email steps: the dispatcher adds the open-tracking pixel (when it
+    # has a pixel URL). False for events recorded before tracking existed: nothing is tracked unasked.
+    track_opens: bool = False
 
 
 class StepDispatched(EventEnvelope):
@@ -291,6 +294,7 @@ class ExpiryCancelled(EventEnvelope):
 class MessageOpenedData(Model):
     step_index: int | None = None
     first_open: bool
+    machine: MachineOpen | None = None  # the open looked like a machine's (OpenDetected.data.machine)
 
 
 class MessageOpened(EventEnvelope):

@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, Field, TypeAdapter
 
 from . import ids
 from .campaign import Model, MxCheck, ReplyAction
-from .commands import BounceType
+from .commands import BounceType, MachineOpen
 from .events import (
     ContactEnrolled,
     EnrollmentCompleted,
@@ -80,6 +80,7 @@ class Sent(IntegrationEvent):
 
 class OpenedData(Model):
     step_index: int | None
+    machine: MachineOpen | None = None  # recognisably a machine's open (docs/delivery.md "Open tracking")
 
 
 class Opened(IntegrationEvent):
@@ -240,7 +241,8 @@ def to_integration_events(event: Event) -> list[AnyIntegrationEvent]:
         return [_make(Sent, event, sent)]
     if isinstance(event, MessageOpened):
         first = event.data.first_open  # a transition happens once (seed 001)
-        return [_make(Opened, event, OpenedData(step_index=event.data.step_index))] if first else []
+        opened = OpenedData(step_index=event.data.step_index, machine=event.data.machine)
+        return [_make(Opened, event, opened)] if first else []
     if isinstance(event, ReplyReceived):
         if not event.data.first_reply:
             return []

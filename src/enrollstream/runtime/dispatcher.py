@@ -217,6 +217,7 @@ class DispatcherService:
             unsubscribe_url=settings.unsubscribe_url or None,
             unsubscribe_mailto=settings.unsubscribe_mailto or None,
             message_id_domain=settings.message_id_domain,
+            open_tracking_url=settings.open_tracking_url or None,
         )
         limits = SendLimits(per_hour=settings.sender_per_hour, per_day=settings.sender_per_day)
         return cls(

@@ -2,6 +2,14 @@
 
     POST /unsubscribe/<token>   body List-Unsubscribe=One-Click  -> OptOut on the commands topic, 200
     GET  /unsubscribe/<token>                                    -> a confirmation page with a form, 200
+    GET  /o/<token>.gif      the open-tracking pixel             -> a 1x1 GIF at once; OpenDetected published
+
+The pixel (docs/delivery.md "Open tracking") is answered before and regardless of publishing: the image
+never waits for Kafka. Its OpenDetected has a command id derived from the message id, so however often
+the pixel is loaded (proxies, prefetchers, the person opening twice) the decider records one open; this
+process also remembers the last `OPENS_REMEMBERED` published ids and does not publish those again. A
+failed publish is logged and counted, and the next load of the same pixel tries again. A token that is
+malformed or not ours is 404 (nothing published).
 
 GET never unsubscribes: mail scanners and link previewers fetch every URL in a message. A token that is
 malformed or not signed by one of our keys is 400; a failure to publish the command is 503 (the mail
@@ -25,14 +33,23 @@ import asyncio
 import contextlib
 import html
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from pydantic import ValidationError
 
 from enrollstream.adapters.kafka.records import encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.adapters.mail.open_tracking import (
+    PIXEL_GIF,
+    InvalidOpenToken,
+    machine_open,
+    open_detected_command,
+    verify_open_token,
+)
 from enrollstream.adapters.mail.unsubscribe import (
     InvalidUnsubscribeToken,
     UnsubscribeClaims,
@@ -40,6 +57,8 @@ from enrollstream.adapters.mail.unsubscribe import (
     verify_unsubscribe_token,
 )
 from enrollstream.domain import aggregate_key
+from enrollstream.domain.commands import CommandEnvelope, OpenDetected
+from enrollstream.observability import OPEN_PIXEL_LOADS
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +74,15 @@ _BUSY_REPLY = (
     b"Retry-After: 5\r\nCache-Control: no-store\r\nConnection: close\r\nContent-Length: 29\r\n\r\n"
     b"Too many connections; retry.\n"
 )
+OPENS_REMEMBERED = 100_000  # published open command ids kept to skip repeats (~100 bytes each)
+MAX_PENDING_OPENS = 1_000  # opens being published at once; a load past this is answered, not published
+_PIXEL_HEADERS = {
+    # Every load should reach us (a cached image is an open we do not see), and nothing leaks onwards.
+    "Cache-Control": "no-store, no-cache, must-revalidate, private",
+    "Pragma": "no-cache",
+    "Expires": "0",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 class _Refused(asyncio.Protocol):
@@ -142,6 +170,10 @@ class UnsubscribeServer:
         self.app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._mark_busy])
         self.app.router.add_get("/unsubscribe/{token}", self._get)
         self.app.router.add_post("/unsubscribe/{token}", self._post)
+        self.app.router.add_get("/o/{token}", self._pixel)
+        self._opens_published: OrderedDict[str, None] = OrderedDict()  # oldest first, bounded
+        self._opens_pending: dict[str, asyncio.Task[None]] = {}
+        self.opens_published = 0  # OpenDetected commands this process published
 
     @property
     def base_url(self) -> str:
@@ -199,6 +231,8 @@ class UnsubscribeServer:
             self._busy.discard(protocol)
 
     async def stop(self) -> None:
+        if self._opens_pending:  # let the opens already answered reach the broker, briefly
+            await asyncio.wait(list(self._opens_pending.values()), timeout=self.publish_timeout_s)
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -249,17 +283,7 @@ class UnsubscribeServer:
             )
         command = opt_out_command(claims, issued_at=self.now())
         try:
-            producer = self.producer
-            if producer is None:
-                raise RuntimeError("the unsubscribe server is not started")
-            await asyncio.wait_for(
-                producer.send_and_wait(
-                    self.topics.commands,
-                    encode(command),
-                    key=key_bytes(aggregate_key(claims.account_id, claims.contact_id)),
-                ),
-                timeout=self.publish_timeout_s,
-            )
+            await self._publish(command)
         except Exception:
             log.exception("could not publish the opt-out %s", command.command_id)
             return _page(
@@ -268,3 +292,59 @@ class UnsubscribeServer:
                 status=503,
             )
         return _page("Unsubscribed", "You will not receive these messages any more.")
+
+    async def _publish(self, command: CommandEnvelope) -> None:
+        producer = self.producer
+        if producer is None:
+            raise RuntimeError("the unsubscribe server is not started")
+        await asyncio.wait_for(
+            producer.send_and_wait(
+                self.topics.commands,
+                encode(command),
+                key=key_bytes(aggregate_key(command.account_id, command.contact_id)),
+            ),
+            timeout=self.publish_timeout_s,
+        )
+
+    async def _pixel(self, request: web.Request) -> web.Response:
+        token = request.match_info["token"]
+        try:
+            if not token.endswith(".gif"):
+                raise InvalidOpenToken("not a pixel path")
+            claims = verify_open_token(token.removesuffix(".gif"), self.keys)
+            now = self.now()
+            command = open_detected_command(
+                claims,
+                issued_at=now,
+                machine=machine_open(request.headers.get("User-Agent", ""), claims, now),
+            )
+        except (InvalidOpenToken, ValidationError):
+            OPEN_PIXEL_LOADS.labels("invalid").inc()
+            return web.Response(status=404, text="Not found\n", headers={"Cache-Control": "no-store"})
+        command_id = command.command_id
+        if command_id in self._opens_published or command_id in self._opens_pending:
+            OPEN_PIXEL_LOADS.labels("repeat").inc()
+        elif len(self._opens_pending) >= MAX_PENDING_OPENS:
+            OPEN_PIXEL_LOADS.labels("dropped").inc()  # the next load of this pixel tries again
+            log.warning(
+                "open tracking: %d publishes pending; %s not published", len(self._opens_pending), command_id
+            )
+        else:
+            self._opens_pending[command_id] = asyncio.create_task(self._publish_open(command))
+        return web.Response(body=PIXEL_GIF, content_type="image/gif", headers=_PIXEL_HEADERS)
+
+    async def _publish_open(self, command: OpenDetected) -> None:
+        """In the background of the pixel's answer; a failure is logged and counted, never raised."""
+        try:
+            await self._publish(command)
+        except Exception:
+            OPEN_PIXEL_LOADS.labels("publish_failed").inc()
+            log.exception("open tracking: could not publish %s (the next load retries)", command.command_id)
+            return
+        finally:
+            self._opens_pending.pop(command.command_id, None)
+        self.opens_published += 1
+        OPEN_PIXEL_LOADS.labels("machine" if command.data.machine else "published").inc()
+        self._opens_published[command.command_id] = None
+        while len(self._opens_published) > OPENS_REMEMBERED:
+            self._opens_published.popitem(last=False)

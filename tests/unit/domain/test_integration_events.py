@@ -247,3 +247,9 @@ def test_public_events_validate_against_their_versioned_schemas() -> None:
             jsonschema.validate(body, schema)
             jsonschema.validate(body, envelope)
             assert integration_event_adapter.validate_json(public.model_dump_json()) == public
+
+
+def test_a_machine_open_is_flagged_for_subscribers() -> None:
+    event = _event(MessageOpened, {"step_index": 1, "first_open": True, "machine": "privacy_prefetch"})
+    [opened] = to_integration_events(event)
+    assert opened.data.model_dump(mode="json") == {"step_index": 1, "machine": "privacy_prefetch"}

@@ -38,6 +38,17 @@ def test_sent_to_opened_when_the_tracking_pixel_was_loaded() -> None:
     assert again.enrollment().opened_at == T0 + HOUR
 
 
+def test_an_open_recognised_as_a_machines_is_recorded_flagged() -> None:
+    given(enroll(), sent(0)).when(opened(step_index=0, machine="privacy_prefetch")).then(
+        ev(MessageOpened, first_open=True, step_index=0, machine="privacy_prefetch")
+    )
+
+
+def test_email_steps_are_dispatched_with_tracking_unless_the_campaign_turns_it_off() -> None:
+    given(enroll()).when(step_due(0)).then(ev(StepDispatched, track_opens=True))
+    given(enroll(campaign(track_opens=False))).when(step_due(0)).then(ev(StepDispatched, track_opens=False))
+
+
 def test_stages_only_move_forward() -> None:
     result = given(enroll(campaign(reply_action="continue")), sent(0), reply(at=T0 + HOUR)).when(opened())
     assert result.enrollment().stage == "replied"

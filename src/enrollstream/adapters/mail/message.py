@@ -15,6 +15,7 @@ like a placeholder is inserted literally. A placeholder with no value and no fal
 from __future__ import annotations
 
 import email.policy
+import html
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from urllib.parse import quote
 from enrollstream.domain import ids
 from enrollstream.domain.events import StepDispatchedData
 
+from .open_tracking import OpenClaims, pixel_url
 from .unsubscribe import UnsubscribeClaims, sign_unsubscribe_token
 
 
@@ -117,8 +119,17 @@ class SenderIdentity:
     unsubscribe_url: str | None = None
     unsubscribe_mailto: str | None = None  # e.g. unsubscribe@acme.example; token in the subject
     message_id_domain: str | None = None  # defaults to the From domain
+    # Open tracking: the pixel's base URL (the token and ".gif" are appended, e.g.
+    # https://t.acme.example/o/<token>.gif), signed with `signing_key`. None: no pixel in any message.
+    open_tracking_url: str | None = None
 
     def __post_init__(self) -> None:
+        if self.open_tracking_url is not None and (
+            not self.open_tracking_url.startswith(("https://", "http://"))
+            or _URI_FORBIDDEN.search(self.open_tracking_url)
+            or any(c in self.open_tracking_url for c in "\"'&")
+        ):
+            raise ValueError(f"open_tracking_url {self.open_tracking_url!r} is not a plain http(s) URL")
         _address("From", self.from_address)
         if self.reply_to is not None:
             _address("Reply-To", self.reply_to)
@@ -178,9 +189,12 @@ def build_message(
     body_template: str,
     fields: Mapping[str, str],
     date: datetime,
+    track_opens: bool = False,
 ) -> EmailMessage:
-    """The step's message. Raises HeaderInjectionRefused, TemplateFieldMissing or InvalidAddress;
-    the dispatcher reports those as an `error` outcome (our side is wrong; resending won't help)."""
+    """The step's message: text only, or, with `track_opens` and a sender with an open-tracking URL,
+    text plus an HTML alternative carrying the signed pixel. Raises HeaderInjectionRefused,
+    TemplateFieldMissing or InvalidAddress; the dispatcher reports those as an `error` outcome (our
+    side is wrong; resending won't help)."""
     recipient = _address("To", to)
     subject = check_header("Subject", render(subject_template, fields))
     body = render(body_template, fields)
@@ -199,7 +213,33 @@ def build_message(
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     cte = "7bit" if body.isascii() else "quoted-printable"
     msg.set_content(body, charset="utf-8", cte=cte)
+    if track_opens and sender.open_tracking_url is not None:
+        open_claims = OpenClaims(
+            ref.account_id,
+            ref.contact_id,
+            ref.enrollment_id,
+            ref.step_index,
+            ref.attempt,
+            int(date.timestamp()),
+        )
+        pixel = pixel_url(sender.open_tracking_url, open_claims, sender.signing_key)
+        msg.add_alternative(
+            _html_with_pixel(body, pixel), subtype="html", charset="utf-8", cte="quoted-printable"
+        )
     return msg
+
+
+def _html_with_pixel(text: str, pixel: str) -> str:
+    """The text body as minimal HTML (escaped, line breaks kept) with the 1x1 tracking image last.
+    Templates are plain text: a pixel needs an HTML part, so this one exists only for tracking."""
+    paragraphs = html.escape(text).replace("\r\n", "\n").replace("\n", "<br>\n")
+    return (
+        '<!doctype html><html><head><meta charset="utf-8"></head><body>'
+        f"<div>{paragraphs}</div>"
+        f'<img src="{html.escape(pixel)}" width="1" height="1" alt="" '
+        'style="display:block;border:0;width:1px;height:1px">'
+        "</body></html>\n"
+    )
 
 
 def contact_fields(name: str, email: str) -> dict[str, str]:
@@ -230,4 +270,5 @@ def build_step_message(
         body_template=step.content.body,
         fields=fields,
         date=date,
+        track_opens=step.track_opens,
     )
