@@ -199,14 +199,68 @@ def migrated_template(endpoints: stack.Endpoints, database_dropper: _DatabaseDro
         database_dropper.drop(name)
 
 
+class _DatabaseCopies:
+    """Copies of the migrated template made ahead, on a thread of their own, so a test takes a ready one
+    instead of waiting for its copy (CREATE DATABASE ... TEMPLATE never connects to the template, so
+    copies may be made while tests run). Copies left at the end are dropped with the others."""
+
+    def __init__(self, admin_url: str, template: str, dropper: _DatabaseDropper, ahead: int = 2) -> None:
+        self.admin_url, self.template, self.dropper = admin_url, template, dropper
+        self.ready: queue.Queue[str] = queue.Queue(maxsize=ahead)
+        self.failures: list[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="copy-test-databases", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            name = f"test_{uuid.uuid4().hex[:12]}"
+            try:
+                asyncio.run(_admin(self.admin_url, f'create database "{name}" template "{self.template}"'))
+            except Exception as exc:
+                self.failures.append(f"{name}: {exc!r}")
+                return
+            while True:
+                try:
+                    self.ready.put(name, timeout=0.2)
+                    break
+                except queue.Full:
+                    if self.stopping.is_set():
+                        self.dropper.drop(name)
+                        return
+
+    def take(self) -> str:
+        try:
+            return self.ready.get(timeout=120)
+        except queue.Empty:
+            raise AssertionError(f"no test database copy within 120s: {self.failures}") from None
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=60)
+        while not self.ready.empty():
+            self.dropper.drop(self.ready.get_nowait())
+        assert not self.failures, f"test databases not copied: {self.failures}"
+
+
+@pytest.fixture(scope="session")
+def database_copies(
+    endpoints: stack.Endpoints, migrated_template: str, database_dropper: _DatabaseDropper
+) -> Iterator[_DatabaseCopies]:
+    copies = _DatabaseCopies(endpoints.database_url, migrated_template, database_dropper)
+    try:
+        yield copies
+    finally:
+        copies.close()
+
+
 @pytest.fixture
 def database_url(
-    endpoints: stack.Endpoints, migrated_template: str, database_dropper: _DatabaseDropper
+    endpoints: stack.Endpoints, database_copies: _DatabaseCopies, database_dropper: _DatabaseDropper
 ) -> Iterator[str]:
     """A fresh database with every migration applied: a copy of the run's migrated template (the same
     schema and migration records that migrating it would give, without running them per test)."""
-    name = f"test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(endpoints.database_url, f'create database "{name}" template "{migrated_template}"'))
+    name = database_copies.take()
     try:
         yield _with_database(endpoints.database_url, name)
     finally:
