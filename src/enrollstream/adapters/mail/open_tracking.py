@@ -14,20 +14,17 @@ Opaque to the recipient but not secret; it cannot be forged or enumerated withou
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
-import hmac
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from enrollstream.adapters.mail import signed_tokens
 from enrollstream.domain import ids
 from enrollstream.domain.commands import MachineOpen, OpenDetected, OpenDetectedData
 
 _VERSION = "o1"
-_SEP = "\x1f"
-MAX_TOKEN_LENGTH = 2048
+_PURPOSE = b"enrollstream-open"
 # A load this soon after the message was built is a machine's (a provider's or scanner's fetch on
 # receipt): nobody has opened the message yet.
 SOON_AFTER_SENDING_S = 10.0
@@ -45,7 +42,7 @@ _SCANNER = re.compile(
 )
 
 
-class InvalidOpenToken(ValueError):
+class InvalidOpenToken(signed_tokens.InvalidToken):
     """Malformed, or not signed by any of our keys."""
 
 
@@ -63,49 +60,22 @@ class OpenClaims:
         return ids.message_id(self.enrollment_id, self.step_index, self.attempt)
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def _mac(key: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, b"enrollstream-open\x00" + payload, hashlib.sha256).digest()
-
-
 def sign_open_token(claims: OpenClaims, key: bytes) -> str:
-    if len(key) < 16:
-        raise ValueError("a signing key needs at least 16 bytes")
-    ids_ = (claims.account_id, claims.contact_id, claims.enrollment_id)
-    if any(not part or _SEP in part for part in ids_):
-        raise ValueError("claims must be non-empty and must not contain the separator")
     numbers = (claims.step_index, claims.attempt, claims.sent_at)
-    payload = _SEP.join((_VERSION, *ids_, *map(str, numbers))).encode()
-    return f"{_b64(payload)}.{_b64(_mac(key, payload))}"
+    fields = (_VERSION, claims.account_id, claims.contact_id, claims.enrollment_id, *map(str, numbers))
+    return signed_tokens.sign(_PURPOSE, fields, key)
 
 
 def verify_open_token(token: str, keys: Sequence[bytes]) -> OpenClaims:
     """The claims of a token signed by one of `keys`; raises InvalidOpenToken otherwise."""
-    if not keys:
-        raise ValueError("no verification keys")
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise InvalidOpenToken("token too long")
-    encoded_payload, dot, encoded_mac = token.partition(".")
-    if not dot or not encoded_payload or not encoded_mac:
-        raise InvalidOpenToken("malformed token")
     try:
-        payload = _unb64(encoded_payload)
-        mac = _unb64(encoded_mac)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidOpenToken("malformed token") from exc
-    if not any(hmac.compare_digest(mac, _mac(key, payload)) for key in keys):
-        raise InvalidOpenToken("bad signature")
+        fields = signed_tokens.verify(_PURPOSE, token, keys)
+    except signed_tokens.InvalidToken as exc:
+        raise InvalidOpenToken(str(exc)) from exc
     try:
-        version, account_id, contact_id, enrollment_id, step, attempt, sent_at = payload.decode().split(_SEP)
+        version, account_id, contact_id, enrollment_id, step, attempt, sent_at = fields
         claims = OpenClaims(account_id, contact_id, enrollment_id, int(step), int(attempt), int(sent_at))
-    except ValueError as exc:  # also UnicodeDecodeError
+    except ValueError as exc:
         raise InvalidOpenToken("malformed claims") from exc
     if version != _VERSION:
         raise InvalidOpenToken(f"unknown token version {version!r}")
