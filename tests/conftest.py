@@ -11,8 +11,9 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -116,19 +117,19 @@ class _Cleaner:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.jobs: queue.Queue[tuple[str, Callable[[], Awaitable[None]]] | None] = queue.Queue()
+        self.jobs: queue.Queue[tuple[str, Callable[[], Coroutine[Any, Any, None]]] | None] = queue.Queue()
         self.failures: list[str] = []
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
 
-    def submit(self, what: str, job: Callable[[], Awaitable[None]]) -> None:
+    def submit(self, what: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
         self.jobs.put((what, job))
 
     def _run(self) -> None:
         while (item := self.jobs.get()) is not None:
             what, job = item
             try:
-                asyncio.run(job())  # type: ignore[arg-type]
+                asyncio.run(job())
             except Exception as exc:  # reported at the session's end, not lost
                 self.failures.append(f"{what}: {exc!r}")
 

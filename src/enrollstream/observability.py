@@ -156,12 +156,6 @@ def _lane_order(lane: Lane) -> tuple[int, int, str]:
     return (0, lane, "") if isinstance(lane, int) else (1, 0, lane)
 
 
-def record_lag(role: str, partition: int, end: int | None, next_offset: int) -> None:
-    """`end` is the partition's last stable offset as the consumer last saw it (None: unknown yet)."""
-    if end is not None:
-        CONSUMER_LAG.labels(role, str(partition)).set(max(0, end - next_offset))
-
-
 async def record_consumer_lag(role: str, consumer: Any, tp: Any, done: int | None = None) -> None:
     """The lag of one assigned partition after a batch (`done`: the next offset processed) or an idle
     poll: from the consumer's position, which steps over transaction markers, so a drained partition
@@ -171,7 +165,8 @@ async def record_consumer_lag(role: str, consumer: Any, tp: Any, done: int | Non
         end = consumer.last_stable_offset(tp)
     except Exception:  # no longer assigned (a rebalance): its next owner reports it
         return
-    record_lag(role, tp.partition, end, max(done or 0, position))
+    if end is not None:  # None: the consumer has not seen the partition's end yet
+        CONSUMER_LAG.labels(role, str(tp.partition)).set(max(0, end - max(done or 0, position)))
 
 
 @dataclass

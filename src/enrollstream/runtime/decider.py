@@ -493,7 +493,6 @@ class DeciderService:
         A snapshot refers to the campaign versions of its enrollments: the catalog is brought up to the
         end of the campaigns topic first, and a decoded enrollment gets the catalog's one definition."""
         await self.catalog.catch_up()
-        tp = TopicPartition(self.topics.aggregates, partition)
         identity = StoreIdentity(self.topics.aggregates, partition)
         store: PartitionStore
         if self.state_dir is None:
@@ -504,27 +503,36 @@ class DeciderService:
                 open_rocksdb_store, self._store_path(partition), identity, self.store_options
             )
         try:
-            report = await recover(store, self.bootstrap, tp, identity)
+            await self._catch_up(store, partition, found)
         except KafkaError:
             store.close()
             raise
         except Exception as exc:
             # The disk failed under the store: the decider goes on with one in memory (loudly), since
             # the store is only a cache of the changelog.
-            log.error("state store of %s failed while restoring (%r); keeping it in memory instead", tp, exc)
+            log.error(
+                "state store of partition %d failed while restoring (%r); keeping it in memory instead",
+                partition, exc,
+            )  # fmt: skip
             store.close()
             store = MemoryStore()
             store.reset(identity)
-            report = await recover(store, self.bootstrap, tp, identity)
-        log.info("decider state %s (store %s)", report.describe(), found)
-        self.restores.append(report)
-        metrics.STATE_RESTORED_RECORDS.labels("cold" if report.cold else "tail").inc(report.records)
+            await self._catch_up(store, partition, "memory")
         return PartitionState(
             store,
             lambda raw: state_from_snapshot(raw, self.catalog.get_version),
             cache_bytes=self.state_cache_bytes // max(1, len(self.owners) + 1),
             weigh=lambda raw: DECODED_BYTES_PER_SNAPSHOT_BYTE * len(raw),
         )
+
+    async def _catch_up(self, store: PartitionStore, partition: int, found: str) -> None:
+        """The store brought up to its changelog partition's end (`recover`), logged and counted."""
+        identity = StoreIdentity(self.topics.aggregates, partition)
+        changelog = TopicPartition(identity.topic, partition)
+        report = await recover(store, self.bootstrap, changelog, identity)
+        log.info("decider state %s (store %s)", report.describe(), found)
+        self.restores.append(report)
+        metrics.STATE_RESTORED_RECORDS.labels("cold" if report.cold else "tail").inc(report.records)
 
     # --- one batch of one partition -------------------------------------------------------------
 
@@ -731,12 +739,8 @@ class DeciderService:
         owner.producer = await self._new_producer(tp)
         if not reopen:
             owner.state.cache.clear()
-            changelog = TopicPartition(self.topics.aggregates, tp.partition)
-            identity = StoreIdentity(changelog.topic, changelog.partition)
             try:
-                report = await recover(owner.state.store, self.bootstrap, changelog, identity)
-                log.info("decider state %s", report.describe())
-                self.restores.append(report)
+                await self._catch_up(owner.state.store, tp.partition, "kept")
             except KafkaError:
                 raise
             except Exception as exc:

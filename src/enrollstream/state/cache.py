@@ -16,15 +16,11 @@ class DecodedCache(Generic[T]):
         self.budget_bytes = budget_bytes
         self.weight = 0
         self._entries: OrderedDict[str, tuple[T, int]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: str) -> T | None:
         entry = self._entries.get(key)
         if entry is None:
-            self.misses += 1
             return None
-        self.hits += 1
         self._entries.move_to_end(key)
         return entry[0]
 

@@ -30,10 +30,10 @@ from rocksdict import (
 from enrollstream.state.store import (
     APPLIED_OFFSET_KEY,
     IDENTITY_KEY,
-    META_PREFIX,
     Changes,
     PartitionStore,
     StoreIdentity,
+    check_key,
     decode_offset,
     encode_offset,
 )
@@ -111,8 +111,7 @@ class RocksDBStore(PartitionStore):
     def write(self, changes: Changes, applied_offset: int, *, logged: bool = True) -> None:
         batch = WriteBatch(raw_mode=True)
         for key, value in changes.items() if isinstance(changes, Mapping) else changes:
-            if key.startswith(META_PREFIX):
-                raise ValueError(f"a data key may not start with {META_PREFIX!r}: {key!r}")
+            check_key(key)
             if value is None:
                 batch.delete(key)
             else:

@@ -88,7 +88,7 @@ class MemoryStore(PartitionStore):
         items = changes.items() if isinstance(changes, Mapping) else changes
         staged = dict(items)  # validated in full before anything changes: all or nothing
         for key in staged:
-            _check_key(key)
+            check_key(key)
         for key, value in staged.items():
             if value is None:
                 self._data.pop(key, None)
@@ -113,6 +113,7 @@ class MemoryStore(PartitionStore):
         pass
 
 
-def _check_key(key: bytes) -> None:
+def check_key(key: bytes) -> None:
+    """A data key may not take the metadata's range (it would overwrite the applied offset)."""
     if key.startswith(META_PREFIX):
         raise ValueError(f"a data key may not start with {META_PREFIX!r}: {key!r}")
