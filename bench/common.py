@@ -9,7 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
+
+from enrollstream.adapters.postgres.databases import create_database, drop_database
+from enrollstream.adapters.postgres.migrations import migrate
 
 SCENARIOS = (
     "decider",
@@ -167,3 +171,19 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, 
             await fut
     finally:
         await producer.stop()
+
+
+async def migrated_database(server_url: str, name: str) -> str:
+    """A new database `name` with every migration applied (drop it with `drop_database`); dropped at once
+    if it cannot be migrated."""
+    url = await create_database(server_url, name)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+    except BaseException:
+        await drop_database(server_url, name)
+        raise
+    return url

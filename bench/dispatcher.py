@@ -21,13 +21,12 @@ from datetime import UTC, datetime
 import aiosmtplib
 import asyncpg
 
-from bench.common import Result, Sizes, median, produce, run_id
+from bench.common import Result, Sizes, median, migrated_database, produce, run_id
 from enrollstream.adapters.kafka.records import encode
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.adapters.mail.message import WIRE_POLICY, SenderIdentity, build_step_message
 from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender
-from enrollstream.adapters.postgres.databases import create_database, drop_database
-from enrollstream.adapters.postgres.migrations import migrate
+from enrollstream.adapters.postgres.databases import drop_database
 from enrollstream.domain import ids
 from enrollstream.domain.campaign import Channel, StepContent
 from enrollstream.domain.events import StepDispatched, StepDispatchedData
@@ -77,13 +76,8 @@ async def run_dispatcher(
     bootstrap: str, server_url: str, topics: Topics, sink: SmtpSink, n: int
 ) -> tuple[float, dict[str, int]]:
     name = f"bench_{run_id()}"
-    url = await create_database(server_url, name)
+    url = await migrated_database(server_url, name)
     try:
-        conn = await asyncpg.connect(url)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
         before = len(sink.messages)
         sender = SmtpSender(SmtpConfig(host=sink.host, port=sink.port, starttls=False, timeout=10.0))
         service = DispatcherService(

@@ -22,10 +22,9 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.common import Result, Sizes, median, run_id
+from bench.common import Result, Sizes, median, migrated_database, run_id
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
-from enrollstream.adapters.postgres.databases import create_database, drop_database
-from enrollstream.adapters.postgres.migrations import migrate
+from enrollstream.adapters.postgres.databases import drop_database
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition
 from enrollstream.runtime.campaigns import CampaignCatalog, publish_campaign
@@ -41,16 +40,6 @@ ACCOUNT = "bench"
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def _migrated(server_url: str, name: str) -> str:
-    url = await create_database(server_url, name)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
 
 
 async def _insert_timers(url: str, due: list[datetime], prefix: str) -> None:
@@ -106,7 +95,7 @@ async def scheduler(bootstrap: str, server_url: str, sizes: Sizes, say: Callable
         name = f"bench_sched_{run_id()}"
         topics = Topics(prefix=f"bench-sched-{run_id()}.")
         await ensure_topics(bootstrap, topics, sizes.partitions)
-        url = await _migrated(server_url, name)
+        url = await migrated_database(server_url, name)
         try:
             # (1) a burst: everything due a second ago.
             await _insert_timers(url, [datetime.now(UTC) - timedelta(seconds=1)] * burst, "burst")
@@ -165,7 +154,7 @@ async def end_to_end(bootstrap: str, server_url: str, sizes: Sizes, say: Callabl
         name = f"bench_e2e_{run_id()}"
         topics = Topics(prefix=f"bench-e2e-{run_id()}.")
         await ensure_topics(bootstrap, topics, sizes.partitions)
-        url = await _migrated(server_url, name)
+        url = await migrated_database(server_url, name)
         await publish_campaign(bootstrap, topics.campaigns, _campaign())
         settings = Settings(
             kafka_bootstrap_servers=bootstrap, database_url=url, topic_prefix=topics.prefix,

@@ -22,12 +22,11 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import workload
-from bench.common import Result, Sizes, Stopwatch, median, produce, run_id
+from bench.common import Result, Sizes, Stopwatch, median, migrated_database, produce, run_id
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.records import encode
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.adapters.postgres.databases import create_database, drop_database
-from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.runtime.projector import ProjectorService
 
 log = logging.getLogger(__name__)
@@ -64,13 +63,8 @@ async def _consume(bootstrap: str, topic: str, sizes: Sizes, apply: Any) -> tupl
 
 async def run_projector(bootstrap: str, server_url: str, topic: str, sizes: Sizes) -> tuple[float, int]:
     name = f"bench_{run_id()}"
-    url = await create_database(server_url, name)
+    url = await migrated_database(server_url, name)
     try:
-        conn = await asyncpg.connect(url)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
         projector = ProjectorService(bootstrap, topic, url, "bench", max_batch=MAX_BATCH)
         await projector.open_pool()
         try:

@@ -30,18 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.group import MemberAssignment
 
 from bench import dispatcher as dispatcher_bench
 from bench import machine, workload
-from bench.common import Result, Sizes, Stopwatch, median, run_id
+from bench.common import Result, Sizes, Stopwatch, median, migrated_database, run_id
 from enrollstream.adapters.kafka.records import encode
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
-from enrollstream.adapters.postgres.databases import create_database, drop_database
-from enrollstream.adapters.postgres.migrations import migrate
+from enrollstream.adapters.postgres.databases import drop_database
 from enrollstream.runtime.campaigns import publish_campaign
 from enrollstream.smtp_sink import SmtpSink
 
@@ -268,16 +266,6 @@ async def _delete_topics(bootstrap: str, prefix: str) -> None:
         await admin.close()
 
 
-async def _migrated(server_url: str, name: str) -> str:
-    url = await create_database(server_url, name)  # the worker checks the schema at start
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
-
-
 async def _pairs(
     bootstrap: str,
     server_url: str,
@@ -295,7 +283,7 @@ async def _pairs(
             for processes in (1, 2) if rep % 2 == 0 else (2, 1):
                 topics = await _prepared_topics(bootstrap, sizes)
                 name = f"bench_scale_{run_id()}"
-                database_url = await _migrated(server_url, name)
+                database_url = await migrated_database(server_url, name)
                 try:
                     run = await run_worker(
                         bootstrap, database_url, topics, sizes, records(), processes, Path(tmp), role
