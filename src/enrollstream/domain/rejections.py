@@ -99,6 +99,9 @@ def command_result(
 ) -> CommandResult:
     """The result the runtime publishes for a decided command (keyed like the command)."""
     data = getattr(command, "data", None)
+    # Read from the fields, not with getattr(..., None): a model without the field raises inside pydantic
+    # first, which cost more than the rest of building the result.
+    named = data.__dict__ if data is not None else {}
     base = {
         "command_id": command.command_id,
         "command_type": command.type,
@@ -106,8 +109,8 @@ def command_result(
         "contact_id": command.contact_id,
         "actor": command.actor,
         "issued_at": command.issued_at,
-        "campaign_id": getattr(data, "campaign_id", None),
-        "enrollment_id": getattr(data, "enrollment_id", None),
+        "campaign_id": named.get("campaign_id"),
+        "enrollment_id": named.get("enrollment_id"),
         "contact_version": contact_version,
     }
     if isinstance(decision, Rejection):
