@@ -117,19 +117,20 @@ class _Emitter:
         # values come from a validated command and state (a property test re-validates every event
         # the decider emits). Validation here was a tenth of the time per command.
         version = self.state.version + 1
-        event = cls.model_construct(
-            event_id=ids.event_id(
+        envelope: dict[str, Any] = {
+            "event_id": ids.event_id(
                 self.state.account_id, self.state.contact_id, self.command.command_id, version
             ),
-            account_id=self.state.account_id,
-            contact_id=self.state.contact_id,
-            campaign_id=campaign_id,
-            enrollment_id=enrollment_id,
-            version=version,
-            occurred_at=self.now,
-            causation_id=self.command.command_id,
-            data=data,
-        )
+            "account_id": self.state.account_id,
+            "contact_id": self.state.contact_id,
+            "campaign_id": campaign_id,
+            "enrollment_id": enrollment_id,
+            "version": version,
+            "occurred_at": self.now,
+            "causation_id": self.command.command_id,
+        }
+        envelope["data"] = data
+        event = cast(E, cls.model_construct(**envelope))
         self.events.append(cast(Event, event))
         apply_in_place(self.state, cast(Event, event))
         return event
