@@ -220,7 +220,8 @@ class BounceNotice:
 class GenericBounceCallback(BaseModel):
     """The generic bounce webhook body (`format: generic`), one event per request: what a relay for any
     provider posts to /webhooks/bounces/<endpoint>. `message_id` (the Message-ID header we sent, with or
-    without <>) and/or `recipient` name the message; the Message-ID wins when both are given."""
+    without <>) or else `recipient` names the message: given a Message-ID, only the message with that
+    Message-ID of the endpoint's account matches (the recipient is not tried)."""
 
     model_config = ConfigDict(extra="ignore", title="GenericBounceCallback")
     event_id: Line = Field(min_length=1, max_length=MAX_FIELD, description="The provider's event id")
