@@ -6,6 +6,7 @@ with a coded 4xx, counted, and publish nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -331,3 +332,46 @@ async def test_unsigned_malformed_and_oversize_callbacks_are_refused_counted_and
         expected = sum(1 for c in cases if (c[4], c[5]) == (fmt, reason))
         assert counted(fmt, reason) == value + expected, (fmt, reason)
     assert await records_in(bootstrap, topics.commands, settings.partitions) == 0
+
+
+async def test_a_failed_publish_is_503_and_a_body_too_slow_is_408_and_the_server_goes_on(
+    settings: Settings, topics: Topics, smtp_server: RecordingSmtpServer, db: asyncpg.Connection
+) -> None:
+    """The provider retries a 5xx (the command id keeps the retry at one effect); a trickled body is cut
+    off at the body timeout. Neither stops the server."""
+    account, other = f"acct-{uuid.uuid4().hex[:6]}", f"acct-{uuid.uuid4().hex[:6]}"
+    configured = webhook_settings(settings, smtp_server, account, other).model_copy(
+        update={"unsubscribe_body_timeout_s": 0.5, "unsubscribe_publish_timeout_s": 1.0}
+    )
+    await db.execute(
+        "insert into delivery_ledger (enrollment_id, step_index, attempt, message_id, message_id_header,"
+        " account_id, contact_id, channel, sender, recipient, state, started_at)"
+        " values ('enr-1', 0, 1, 'es-1', '<es-1@acme.example>', $1, 'ada', 'email', 'hello@acme.example',"
+        " 'ada@example.org', 'sent', now())",
+        account,
+    )
+    callback = smtp2go_bounce("ada@example.org", "<es-1@acme.example>")
+    failed, slow = counted("smtp2go", "publish_failed"), counted("smtp2go", "body_timeout")
+    async with running_worker(configured, roles=("unsubscribe",)) as worker, aiohttp.ClientSession() as http:
+        server = worker.unsubscribe
+        assert server is not None and server.producer is not None
+        # A body that never finishes: 408 once the body timeout has passed, the connection closed.
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(
+            b"POST /webhooks/bounces/acme-smtp2go HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {SECRET}\r\nContent-Length: 1000\r\n\r\n".encode()
+            + b'{"event": "bou'
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=10)
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+        writer.close()
+
+        await server.producer.stop()  # the broker connection is gone
+        async with http.post(url(worker, "acme-smtp2go"), json=callback, headers=bearer(SECRET)) as answer:
+            assert answer.status == 503
+            assert (await answer.json())["reason"] == "publish_failed"
+        async with http.get(f"{server.base_url}/o/not-a-token.gif") as answer:
+            assert answer.status == 404  # still answering
+    assert counted("smtp2go", "publish_failed") == failed + 1
+    assert counted("smtp2go", "body_timeout") == slow + 1
