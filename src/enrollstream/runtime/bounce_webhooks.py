@@ -92,15 +92,10 @@ class BounceWebhooks:
             BOUNCE_WEBHOOKS.labels(fmt, exc.reason.value).inc()
             log.warning("bounce webhook %s refused: %s", fmt, exc)
             response = _answer(exc.status, "rejected", exc.reason.value, exc.detail)
-            if exc.reason is Reason.BODY_TOO_LARGE:
+            if exc.reason in (Reason.BODY_TOO_LARGE, Reason.BODY_TIMEOUT):
                 response.force_close()  # the rest of the body is not read
             return response
-        except TimeoutError:
-            BOUNCE_WEBHOOKS.labels(fmt, "body_timeout").inc()
-            response = _answer(408, "rejected", "body_timeout", "the body did not arrive in time")
-            response.force_close()
-            return response
-        except (OSError, asyncpg.PostgresError) as exc:
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             BOUNCE_WEBHOOKS.labels(fmt, "unavailable").inc()
             log.warning("bounce webhook %s: delivery ledger unavailable: %s", fmt, exc)
             return _answer(503, "retry", "unavailable", "try again later")
@@ -123,7 +118,10 @@ class BounceWebhooks:
                     raise CallbackRejected(Reason.BODY_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
             return b"".join(chunks)
 
-        return await asyncio.wait_for(read(), timeout=self.body_timeout_s)
+        try:
+            return await asyncio.wait_for(read(), timeout=self.body_timeout_s)
+        except TimeoutError:
+            raise CallbackRejected(Reason.BODY_TIMEOUT, "the body did not arrive in time") from None
 
     async def _handle(self, endpoint: WebhookEndpoint, request: web.Request) -> web.Response:
         if not has_credentials(request.headers):

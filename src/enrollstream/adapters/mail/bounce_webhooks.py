@@ -69,6 +69,7 @@ class Reason(StrEnum):
     UNAUTHORIZED = "unauthorized"  # 401: no credentials
     BAD_CREDENTIALS = "bad_credentials"  # 403: a secret or signature that is none of the endpoint's
     BODY_TOO_LARGE = "body_too_large"  # 413
+    BODY_TIMEOUT = "body_timeout"  # 408: the body did not arrive within the body timeout
     MALFORMED = "malformed"  # 400: not JSON / form data, or not the format's shape
     INVALID_FIELD = "invalid_field"  # 422: a field too long, with control characters, of the wrong type
     BAD_TIMESTAMP = "bad_timestamp"  # 422: unparseable or out of range
@@ -81,6 +82,7 @@ STATUS = {
     Reason.UNAUTHORIZED: 401,
     Reason.BAD_CREDENTIALS: 403,
     Reason.BODY_TOO_LARGE: 413,
+    Reason.BODY_TIMEOUT: 408,
     Reason.MALFORMED: 400,
     Reason.INVALID_FIELD: 422,
     Reason.BAD_TIMESTAMP: 422,
