@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0017 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0018 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -611,6 +611,12 @@ CREATE INDEX decisions_command ON public.decisions USING btree (command_id);
 --
 
 CREATE INDEX decisions_contact ON public.decisions USING btree (account_id, contact_id, contact_version);
+
+--
+-- Name: delivery_ledger_by_recipient; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX delivery_ledger_by_recipient ON public.delivery_ledger USING btree (account_id, lower(recipient), started_at DESC) WHERE (channel = 'email'::text);
 
 --
 -- Name: delivery_ledger_sender_sends; Type: INDEX; Schema: public; Owner: -

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     unsubscribe_idle_timeout_s: float = Field(default=15.0, gt=0)
     unsubscribe_body_timeout_s: float = Field(default=10.0, gt=0)
     unsubscribe_max_connections: int = Field(default=256, ge=1)
+    # Provider bounce/complaint webhooks, served by the unsubscribe role at /webhooks/bounces/<name>
+    # (docs/delivery.md "Bounce webhooks"): a JSON list of {name, account_id, format, secrets}.
+    bounce_webhooks: str = ""
     # The HTTP API (role `api`, `enrollstream api`, docs/api.md).
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (the worker prints it)

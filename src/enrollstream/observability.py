@@ -62,6 +62,14 @@ OPEN_PIXEL_LOADS = Counter(
     "publishes pending)",
     ["result"],
 )
+BOUNCE_WEBHOOKS = Counter(
+    "enrollstream_bounce_webhooks",
+    "Provider bounce/complaint callbacks by format (smtp2go, generic, unknown) and result: accepted, "
+    "ignored (not a bounce or complaint), a refusal's reason (unknown_endpoint, unauthorized, "
+    "bad_credentials, body_too_large, body_timeout, malformed, invalid_field, bad_timestamp, "
+    "unknown_event, unmatched), unavailable, publish_failed, error",
+    ["format", "result"],
+)
 QUARANTINED = Counter(
     "enrollstream_quarantined_events",
     "Records the projector could not write, quarantined in unprojectable_events, by topic",

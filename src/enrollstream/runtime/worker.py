@@ -12,6 +12,7 @@ from typing import Protocol
 
 from enrollstream.adapters.dns.mx import MxVerifier, Nameserver
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.adapters.mail.bounce_webhooks import InvalidWebhookSettings, parse_endpoints
 from enrollstream.api.server import ApiServer
 from enrollstream.config import (
     InvalidSettings,
@@ -145,6 +146,8 @@ class Worker:
                 idle_timeout_s=self.settings.unsubscribe_idle_timeout_s,
                 body_timeout_s=self.settings.unsubscribe_body_timeout_s,
                 max_connections=self.settings.unsubscribe_max_connections,
+                bounce_webhooks=parse_endpoints(self.settings.bounce_webhooks),
+                database_url=self.database_url,
             )
             services.append(self.unsubscribe)
         if "dispatcher" in self.roles:
@@ -226,6 +229,11 @@ def check_settings(settings: Settings, roles: Iterable[str]) -> None:
             raise
         except ValueError as exc:
             raise InvalidSettings(f"the dispatcher role cannot use its settings: {exc}") from exc
+    if "unsubscribe" in roles:
+        try:
+            parse_endpoints(settings.bounce_webhooks)
+        except InvalidWebhookSettings as exc:
+            raise InvalidSettings(f"the unsubscribe role cannot use its settings: {exc}") from exc
 
 
 def mx_verifier(settings: Settings) -> MxVerifier:
