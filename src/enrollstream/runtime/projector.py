@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from operator import attrgetter
 
@@ -37,7 +38,7 @@ from enrollstream import observability as metrics
 from enrollstream.adapters.kafka.reading import group_consumer
 from enrollstream.adapters.postgres.errors import Backoff, is_data_error
 from enrollstream.adapters.postgres.queries import query
-from enrollstream.domain import CommandResult, parse_event
+from enrollstream.domain import CommandResult
 from enrollstream.domain.events import (
     BulkEnrollAccepted,
     ContactOptedOut,
@@ -48,6 +49,7 @@ from enrollstream.domain.events import (
 )
 from enrollstream.observability import Progress
 from enrollstream.read_models import enrollments, timers
+from enrollstream.read_models.event_reader import EventReader
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ class ProjectorService:
         self.quarantined = 0
         self.retries = 0  # batches tried again after an error of the database
         self._stop = asyncio.Event()
+        self._reader = EventReader()  # the events' parse, with the campaign definitions it validated
 
     @property
     def topics(self) -> list[str]:
@@ -294,6 +297,8 @@ class ProjectorService:
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
             events: list[Event] = []
+            # Each event's data as the timeline stores it, where the parse had it already (else None).
+            dumps: list[str | None] = []
             positions: list[tuple[int, int]] = []  # each event's (partition, offset), in step with `events`
             results: list[tuple[int, int, CommandResult]] = []
             advanced = False
@@ -306,27 +311,31 @@ class ProjectorService:
                     for row in await conn.fetch(query("lock_checkpoints"), PROJECTION, topic, sorted(parts))
                 }
                 advance: dict[int, int] = {}
-                for partition, records in parts.items():
-                    start = stored.get(partition, 0)
-                    for record in records:
-                        offset: int = record.offset  # type: ignore[attr-defined]
-                        if offset < start:
-                            continue  # applied by an earlier batch (or another instance)
-                        value: bytes | None = record.value  # type: ignore[attr-defined]
-                        try:
-                            if topic == self.topic:
-                                events.append(parse_event(value or b""))
-                                positions.append((partition, offset))
-                            else:
-                                results.append(
-                                    (partition, offset, CommandResult.model_validate_json(value or b""))
-                                )
-                        except ValidationError:
-                            # Only the decider writes here, through the same models; an undecodable
-                            # record is a bug to surface (apply quarantines it), not to skip silently.
-                            log.error("undecodable record at %s:%d offset %d", topic, partition, offset)
-                            raise
-                        advance[partition] = offset + 1
+                # No await in here, so pausing the collector pauses it for this loop only; see _gc_paused.
+                with _gc_paused():
+                    for partition, records in parts.items():
+                        start = stored.get(partition, 0)
+                        for record in records:
+                            offset: int = record.offset  # type: ignore[attr-defined]
+                            if offset < start:
+                                continue  # applied by an earlier batch (or another instance)
+                            value: bytes | None = record.value  # type: ignore[attr-defined]
+                            try:
+                                if topic == self.topic:
+                                    event, dump = self._reader.read(value or b"")
+                                    events.append(event)
+                                    dumps.append(dump)
+                                    positions.append((partition, offset))
+                                else:
+                                    results.append(
+                                        (partition, offset, CommandResult.model_validate_json(value or b""))
+                                    )
+                            except ValidationError:
+                                # Only the decider writes here, through the same models; an undecodable
+                                # record is a bug to surface (apply quarantines it), not to skip silently.
+                                log.error("undecodable record at %s:%d offset %d", topic, partition, offset)
+                                raise
+                            advance[partition] = offset + 1
                 if advance:
                     advanced = True
                     await conn.execute(
@@ -343,7 +352,7 @@ class ProjectorService:
                 before = await _enrollments_before(conn, events)
                 await self._write_timers(conn, events, before)
                 await self._write_enrollments(conn, events, before)
-                await self._write_timeline(conn, events, positions)
+                await self._write_timeline(conn, events, dumps, positions)
                 await self._write_skips_and_replies(conn, events)
                 await self._write_bulk_enrollments(conn, events)
                 await self._write_contacts(conn, events)
@@ -429,11 +438,18 @@ class ProjectorService:
             await conn.execute(query("delete_timers"), *map(list, zip(*deletes, strict=True)))
         upserts = fold.upserts()
         if upserts:
-            rows = [_TIMER_VALUES(row) for row in upserts]
-            await conn.execute(query("upsert_timers"), *map(list, zip(*rows, strict=True)))
+            await conn.execute(query("create_timers_stage"))
+            await conn.copy_records_to_table(
+                "timers_stage", records=[_TIMER_VALUES(row) for row in upserts], columns=list(timers.COLUMNS)
+            )
+            await conn.execute(query("merge_timers_stage"))
 
     async def _write_timeline(
-        self, conn: asyncpg.Connection, events: list[Event], positions: list[tuple[int, int]]
+        self,
+        conn: asyncpg.Connection,
+        events: list[Event],
+        dumps: list[str | None],
+        positions: list[tuple[int, int]],
     ) -> None:
         """The batch's events in one COPY straight into the timeline, each with its record's partition and
         offset. An event id already there (a redelivered BulkEnroll repeats its events, ids included)
@@ -450,11 +466,11 @@ class ProjectorService:
                 e.type,
                 e.occurred_at,
                 e.causation_id,
-                e.data.model_dump_json(),
+                e.data.model_dump_json() if dump is None else dump,
                 partition,
                 offset,
             )
-            for e, (partition, offset) in zip(events, positions, strict=True)
+            for e, dump, (partition, offset) in zip(events, dumps, positions, strict=True)
         ]
         try:
             async with conn.transaction():  # a savepoint: a refused COPY leaves the batch's work standing
@@ -471,7 +487,7 @@ class ProjectorService:
         await conn.execute(query("merge_timeline_stage"))
 
     async def _write_skips_and_replies(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        skips = [e for e in events if isinstance(e, EnrollmentSkipped)]
+        skips = [e for e in events if type(e) is EnrollmentSkipped]
         if skips:
             rows = [
                 (
@@ -492,7 +508,7 @@ class ProjectorService:
                 for e in skips
             ]
             await conn.execute(query("insert_skips"), *map(list, zip(*rows, strict=True)))
-        replies = [e for e in events if isinstance(e, ReplyReceived)]
+        replies = [e for e in events if type(e) is ReplyReceived]
         if replies:
             reply_rows = [
                 (
@@ -513,7 +529,7 @@ class ProjectorService:
             await conn.execute(query("insert_replies"), *map(list, zip(*reply_rows, strict=True)))
 
     async def _write_bulk_enrollments(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        accepted = [e for e in events if isinstance(e, BulkEnrollAccepted)]
+        accepted = [e for e in events if type(e) is BulkEnrollAccepted]
         if not accepted:
             return
         rows = [
@@ -541,9 +557,9 @@ class ProjectorService:
         opt_outs: dict[tuple[str, str], ContactOptedOut] = {}
         for e in events:
             key = (e.account_id, e.contact_id)
-            if isinstance(e, ContactProfileSet):
+            if type(e) is ContactProfileSet:
                 profiles[key] = e
-            elif isinstance(e, ContactOptedOut):
+            elif type(e) is ContactOptedOut:
                 opt_outs[key] = e
         if profiles:
             rows = [
@@ -610,6 +626,23 @@ class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
             # One reset for them all: each call waits for the fetcher's next round (up to its fetch
             # wait, 0.5 s), so one per partition held every start and rebalance up for seconds.
             await consumer.seek_to_beginning(*fresh)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a synchronous stretch (no await inside, so no other task
+    runs meanwhile). Parsing a batch allocates thousands of objects that all live until the batch is
+    written; with the collector on, each 700 allocations traversed them again and promoted them, and
+    the full collections that followed traversed the whole heap: about a third of the projector's CPU
+    (docs/benchmarks.md, "Projector after the light parse"). Reference counting still frees what the
+    parse drops; the collector runs again at the next allocation after the stretch."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _clean(text: str, limit: int) -> str:

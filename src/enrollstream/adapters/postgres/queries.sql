@@ -385,13 +385,19 @@ delete from timers t
  using unnest($1::text[], $2::text[]) as d(enrollment_id, kind)
  where t.enrollment_id = d.enrollment_id and t.kind = d.kind;
 
--- name: upsert_timers
+-- name: create_timers_stage
+-- The projector's batch of timer rows, COPY-ed (array parameters cost asyncpg a Python-level ABC check per
+-- element, docs/benchmarks.md "Projector after the light parse"); one row per (enrollment_id, kind).
+create temporary table timers_stage (like timers) on commit drop;
+
+-- name: merge_timers_stage
 -- A new timer of a kind replaces the old one (the next step, a retry) and is claimable at once.
 insert into timers as t
     (enrollment_id, kind, account_id, contact_id, campaign_id, step_index, attempt, due_at, batch_number,
      priority, enrolled_at)
-select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
-                     $8::timestamptz[], $9::int[], $10::boolean[], $11::timestamptz[])
+select enrollment_id, kind, account_id, contact_id, campaign_id, step_index, attempt, due_at, batch_number,
+       priority, enrolled_at
+  from timers_stage
 on conflict (enrollment_id, kind) do update set
     account_id = excluded.account_id,
     contact_id = excluded.contact_id,
