@@ -294,6 +294,12 @@ class ProjectorService:
 
     async def apply_batch(self, batch: Mapping[TopicPartition, Sequence[object]]) -> int:
         """Fold one poll's records into the read models; returns how many events were applied."""
+        with _gc_paused():
+            # The batch's objects are freed (by reference counting) when this returns, before the
+            # collector is back on, so it never traverses them.
+            return await self._apply_batch(batch)
+
+    async def _apply_batch(self, batch: Mapping[TopicPartition, Sequence[object]]) -> int:
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
             events: list[Event] = []
@@ -311,31 +317,29 @@ class ProjectorService:
                     for row in await conn.fetch(query("lock_checkpoints"), PROJECTION, topic, sorted(parts))
                 }
                 advance: dict[int, int] = {}
-                # No await in here, so pausing the collector pauses it for this loop only; see _gc_paused.
-                with _gc_paused():
-                    for partition, records in parts.items():
-                        start = stored.get(partition, 0)
-                        for record in records:
-                            offset: int = record.offset  # type: ignore[attr-defined]
-                            if offset < start:
-                                continue  # applied by an earlier batch (or another instance)
-                            value: bytes | None = record.value  # type: ignore[attr-defined]
-                            try:
-                                if topic == self.topic:
-                                    event, dump = self._reader.read(value or b"")
-                                    events.append(event)
-                                    dumps.append(dump)
-                                    positions.append((partition, offset))
-                                else:
-                                    results.append(
-                                        (partition, offset, CommandResult.model_validate_json(value or b""))
-                                    )
-                            except ValidationError:
-                                # Only the decider writes here, through the same models; an undecodable
-                                # record is a bug to surface (apply quarantines it), not to skip silently.
-                                log.error("undecodable record at %s:%d offset %d", topic, partition, offset)
-                                raise
-                            advance[partition] = offset + 1
+                for partition, records in parts.items():
+                    start = stored.get(partition, 0)
+                    for record in records:
+                        offset: int = record.offset  # type: ignore[attr-defined]
+                        if offset < start:
+                            continue  # applied by an earlier batch (or another instance)
+                        value: bytes | None = record.value  # type: ignore[attr-defined]
+                        try:
+                            if topic == self.topic:
+                                event, dump = self._reader.read(value or b"")
+                                events.append(event)
+                                dumps.append(dump)
+                                positions.append((partition, offset))
+                            else:
+                                results.append(
+                                    (partition, offset, CommandResult.model_validate_json(value or b""))
+                                )
+                        except ValidationError:
+                            # Only the decider writes here, through the same models; an undecodable
+                            # record is a bug to surface (apply quarantines it), not to skip silently.
+                            log.error("undecodable record at %s:%d offset %d", topic, partition, offset)
+                            raise
+                        advance[partition] = offset + 1
                 if advance:
                     advanced = True
                     await conn.execute(
@@ -628,20 +632,31 @@ class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
             await consumer.seek_to_beginning(*fresh)
 
 
+_gc_pauses = 0  # batches in progress that paused the collector (several projectors may share a process)
+_gc_was_enabled = True
+
+
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for a synchronous stretch (no await inside, so no other task
-    runs meanwhile). Parsing a batch allocates thousands of objects that all live until the batch is
-    written; with the collector on, each 700 allocations traversed them again and promoted them, and
-    the full collections that followed traversed the whole heap: about a third of the projector's CPU
-    (docs/benchmarks.md, "Projector after the light parse"). Reference counting still frees what the
-    parse drops; the collector runs again at the next allocation after the stretch."""
-    enabled = gc.isenabled()
-    gc.disable()
+    """The cyclic garbage collector off while a batch is applied. A batch allocates tens of thousands of
+    objects (the events, the rows) that all live until it is written: with the collector on, every 700
+    allocations traversed them again and moved them on to older generations, and the full collections
+    that followed traversed the whole heap, a fifth to a third of the projector's CPU (docs/benchmarks.md,
+    "Projector after the light parse"). They hold no cycles: reference counting frees them when the batch
+    returns, so with the collector off they never cost a traversal. Other tasks of the process run while
+    the batch awaits PostgreSQL; their cyclic garbage waits for the next collection after it (a batch
+    takes well under a second). Nested or concurrent pauses are counted: the last one out turns the
+    collector back on, if it was on before the first."""
+    global _gc_pauses, _gc_was_enabled
+    if _gc_pauses == 0:
+        _gc_was_enabled = gc.isenabled()
+        gc.disable()
+    _gc_pauses += 1
     try:
         yield
     finally:
-        if enabled:
+        _gc_pauses -= 1
+        if _gc_pauses == 0 and _gc_was_enabled:
             gc.enable()
 
 
