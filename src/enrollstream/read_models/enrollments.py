@@ -9,7 +9,7 @@ chaos verifier checks the same on the live tables against the changelog snapshot
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
@@ -92,6 +92,14 @@ def replace(row: EnrollmentRow, **changes: object) -> EnrollmentRow:
     attributes = new.__dict__
     attributes.update(row.__dict__)
     attributes.update(changes)
+    return new
+
+
+def from_record(record: Mapping[str, object]) -> EnrollmentRow:
+    """The row as `enrollments` stores it (a record of `select *`): `EnrollmentRow(**dict(record))`
+    without the frozen `__init__`'s per-field `object.__setattr__` (the projector reads thousands)."""
+    new = object.__new__(EnrollmentRow)
+    new.__dict__.update(zip(COLUMNS, map(record.__getitem__, COLUMNS), strict=True))
     return new
 
 

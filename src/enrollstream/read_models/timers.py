@@ -197,7 +197,9 @@ class TimerFold:
         attempt: int | None = None,
     ) -> None:
         value = str(kind)  # StrEnum: its value, without the `.value` property
-        self.changes[(eid, value)] = TimerRow(
+        # TimerRow(...) without the frozen `__init__`'s per-field `object.__setattr__` (one per step).
+        row = object.__new__(TimerRow)
+        row.__dict__.update(
             enrollment_id=eid,
             kind=value,
             account_id=info.account_id,
@@ -210,6 +212,7 @@ class TimerFold:
             priority=info.priority,
             enrolled_at=info.enrolled_at,
         )
+        self.changes[(eid, value)] = row
 
     def upserts(self) -> list[TimerRow]:
         return [row for _, row in sorted(self.changes.items()) if row is not None]

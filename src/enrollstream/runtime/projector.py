@@ -401,7 +401,7 @@ class ProjectorService:
         same fold one event at a time would run), then the changed rows in one COPY and one guarded
         upsert, which also moves the campaign_stats counters."""
         rows: dict[str, enrollments.EnrollmentRow | None] = {
-            key: enrollments.EnrollmentRow(**dict(record)) for key, record in before.items()
+            key: enrollments.from_record(record) for key, record in before.items()
         }
         changed: set[str] = set()
         for event in events:
