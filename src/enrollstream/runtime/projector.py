@@ -560,11 +560,10 @@ class ProjectorService:
         profiles: dict[tuple[str, str], ContactProfileSet] = {}
         opt_outs: dict[tuple[str, str], ContactOptedOut] = {}
         for e in events:
-            key = (e.account_id, e.contact_id)
             if type(e) is ContactProfileSet:
-                profiles[key] = e
+                profiles[(e.account_id, e.contact_id)] = e
             elif type(e) is ContactOptedOut:
-                opt_outs[key] = e
+                opt_outs[(e.account_id, e.contact_id)] = e
         if profiles:
             rows = [
                 (
