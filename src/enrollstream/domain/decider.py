@@ -113,24 +113,23 @@ class _Emitter:
         self.events: list[Event] = []
 
     def emit(self, cls: type[E], campaign_id: str | None, enrollment_id: str | None, data: Model) -> E:
-        # Built without validating again: `data` was validated when it was made, and the envelope's
-        # values come from a validated command and state (a property test re-validates every event
-        # the decider emits). Validation here was a tenth of the time per command.
+        # Validated (in pydantic-core): cheaper than model_construct, whose field loop is Python.
         version = self.state.version + 1
-        envelope: dict[str, Any] = {
-            "event_id": ids.event_id(
-                self.state.account_id, self.state.contact_id, self.command.command_id, version
-            ),
-            "account_id": self.state.account_id,
-            "contact_id": self.state.contact_id,
-            "campaign_id": campaign_id,
-            "enrollment_id": enrollment_id,
-            "version": version,
-            "occurred_at": self.now,
-            "causation_id": self.command.command_id,
-        }
-        envelope["data"] = data
-        event = cast(E, cls.model_construct(**envelope))
+        event = cls.model_validate(
+            {
+                "event_id": ids.event_id(
+                    self.state.account_id, self.state.contact_id, self.command.command_id, version
+                ),
+                "account_id": self.state.account_id,
+                "contact_id": self.state.contact_id,
+                "campaign_id": campaign_id,
+                "enrollment_id": enrollment_id,
+                "version": version,
+                "occurred_at": self.now,
+                "causation_id": self.command.command_id,
+                "data": data,
+            }
+        )
         self.events.append(cast(Event, event))
         apply_in_place(self.state, cast(Event, event))
         return event
