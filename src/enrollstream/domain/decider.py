@@ -11,7 +11,17 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from . import ids
-from .campaign import Channel, LineType, Model, Pause, ReEnrollment, ReplyAction, mx_check_of, paused_between
+from .campaign import (
+    CampaignStatus,
+    Channel,
+    LineType,
+    Model,
+    Pause,
+    ReEnrollment,
+    ReplyAction,
+    mx_check_of,
+    paused_between,
+)
 from .commands import (
     BounceDetected,
     BounceType,
@@ -20,6 +30,7 @@ from .commands import (
     DeliveryOutcome,
     DeliveryReported,
     Enroll,
+    EnrollData,
     EnrollSource,
     ExpiryDue,
     ExternalTrigger,
@@ -28,6 +39,8 @@ from .commands import (
     OptOut,
     PutContact,
     ReplyDetected,
+    StageChanged,
+    StageEntry,
     StepDue,
     Stop,
     Unenroll,
@@ -161,7 +174,7 @@ def decide_and_fold(
         return Rejection(RejectionCode.ACCOUNT_MISMATCH, "command is for another account/contact"), state
     if state.has_processed(command.command_id):
         return Accepted([], Ignored.DUPLICATE), state
-    for_an_enrollment = not isinstance(command, Enroll | OptOut | PutContact)
+    for_an_enrollment = not isinstance(command, Enroll | OptOut | PutContact | StageChanged)
     if for_an_enrollment and command.data.enrollment_id not in state.enrollments:  # type: ignore[union-attr]
         return _no_such_enrollment(), state  # as `_handle` would, without copying the state first
     em = _Emitter(command, state)
@@ -224,6 +237,8 @@ def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
         return _opt_out(command, em)
     if isinstance(command, PutContact):
         return _put_contact(command, em)
+    if isinstance(command, StageChanged):
+        return _stage_changed(command, em)
     e = em.state.enrollments.get(command.data.enrollment_id)
     if e is None:
         return _no_such_enrollment()
@@ -254,7 +269,7 @@ def _handle(command: ContactCommand, em: _Emitter) -> _Outcome:
 # --- Enrollment ---------------------------------------------------------------------------------
 
 
-def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
+def _enroll(cmd: Enroll, em: _Emitter, stage_entry: StageEntry | None = None) -> _Outcome:
     d, st = cmd.data, em.state
     if any(e.enroll_command_id == command_key(cmd.command_id) for e in st.enrollments.values()):
         return Ignored.DUPLICATE  # this Enroll created an enrollment: never again, however long ago
@@ -290,6 +305,7 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
                 source=d.source,
                 contact_import_id=d.contact_import_id,
                 bulk_enroll_id=d.bulk_enroll_id,
+                stage_entry=stage_entry,
             ),
         )
 
@@ -371,6 +387,7 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
             source=d.source,
             contact_import_id=d.contact_import_id,
             bulk_enroll_id=d.bulk_enroll_id,
+            stage_entry=stage_entry,
             time_zone=resolve_time_zone(contact.time_zone, campaign.time_zone),
             enrolled_by=cmd.actor,
             mx_check=mx_check_of(campaign, d.mx),
@@ -395,6 +412,67 @@ def _enroll(cmd: Enroll, em: _Emitter) -> _Outcome:
         )
         return None
     _start(e, em)
+    return None
+
+
+def _stage_changed(cmd: StageChanged, em: _Emitter) -> _Outcome:
+    """Seed 002: "When an application is created or moved into a job stage linked to a campaign, an
+    enrolment is automatically created for that campaign." Each campaign of the account linked to the
+    stage enrols the contact as an Enroll would (source stage_change: the queue rule, the re-enrollment
+    policy, opt-out and the address checks are Enroll's; an already-enrolled contact is a skip), once
+    per stage entry: an entry that enrolled into a campaign never does again, whatever the command id."""
+    d, st = cmd.data, em.state
+    # The runtime fills in the account's linked campaigns; checked again here, so another account's
+    # campaign or one not linked to this very stage can never enrol anyone.
+    linked = [
+        c
+        for c in d.campaigns or []
+        if c.account_id == cmd.account_id and c.enrols_from(d.pipeline_id, d.stage_id)
+    ]
+    stage = {"pipeline_id": d.pipeline_id, "stage_id": d.stage_id}
+    if not linked:
+        return Rejection(
+            RejectionCode.STAGE_NOT_LINKED,
+            f"no campaign of account {cmd.account_id} enrols from stage {d.stage_id} "
+            f"of pipeline {d.pipeline_id}",
+            stage,
+        )
+    open_for_enrollment = [c for c in linked if c.status is not CampaignStatus.ARCHIVED]
+    if not open_for_enrollment:
+        return Rejection(RejectionCode.CAMPAIGN_ARCHIVED, "archived campaigns take no new enrollments", stage)
+    if d.contact is None and st.profile is None:
+        return Rejection(
+            RejectionCode.CONTACT_NOT_FOUND,
+            f"contact {d.contact_id} not found in account {cmd.account_id}",
+            {"contact_id": d.contact_id},
+        )
+    entry = d.entry
+    entry_id = entry.entry_id
+    fresh = [
+        c
+        for c in sorted(open_for_enrollment, key=lambda c: c.campaign_id)
+        if not any(e.stage_entry_id == entry_id for e in st.enrollments_in(c.campaign_id))
+    ]
+    if not fresh:
+        return Ignored.DUPLICATE  # this entry enrolled into every linked campaign before
+    for campaign in fresh:
+        enroll = Enroll(
+            command_id=f"stage-entry:{ids.stable_id(entry_id, campaign.campaign_id)}",
+            account_id=cmd.account_id,
+            issued_at=cmd.issued_at,
+            actor=cmd.actor,
+            data=EnrollData(
+                contact_id=d.contact_id,
+                campaign_id=campaign.campaign_id,
+                campaign=campaign,
+                contact=d.contact,
+                mx=d.mx,
+                source=EnrollSource.STAGE_CHANGE,
+            ),
+        )
+        outcome = _enroll(enroll, em, stage_entry=entry)
+        if outcome is not None:
+            return outcome  # a refusal (e.g. mx_answer_missing) refuses the whole stage change
     return None
 
 
