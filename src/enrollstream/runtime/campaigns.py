@@ -121,6 +121,18 @@ class CampaignCatalog(CompactedTable):
         found = [c for (account, _), c in self._campaigns.items() if account == account_id]
         return sorted(found, key=lambda c: c.campaign_id)
 
+    def linked_to(self, account_id: str, pipeline_id: str, stage_id: str) -> list[CampaignDefinition]:
+        """The account's campaigns whose latest definition enrols from that job stage (seed 002), by
+        campaign id. Another account's campaign linked to a stage of the same names is not among them.
+        A scan of the table: a StageChanged is one per application move, far rarer than the other
+        commands, and the table holds definitions, not contacts."""
+        found = [
+            c
+            for (account, _), c in self._campaigns.items()
+            if account == account_id and c.enrolling_stages and c.enrols_from(pipeline_id, stage_id)
+        ]
+        return sorted(found, key=lambda c: c.campaign_id)
+
     def paused(self) -> list[CampaignRef]:
         """(account_id, campaign_id) of the campaigns whose latest definition is paused."""
         return sorted(ref for ref, c in self._campaigns.items() if c.status is CampaignStatus.PAUSED)

@@ -1,0 +1,138 @@
+"""Seed 002 through the real decider, Kafka and the projector: "When an application is created or moved into a
+job stage linked to a campaign, an enrolment is automatically created for that campaign", and a second
+application before the first is completed is Queued."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.client import EnrollstreamClient
+from enrollstream.config import Settings
+from enrollstream.domain import CampaignDefinition
+from enrollstream.runtime.campaigns import publish_campaign
+from tests.support import eventually, running_worker
+
+ENTERED = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+
+def recruiting_campaign(account_id: str, campaign_id: str, pipeline_id: str) -> CampaignDefinition:
+    """A multi-module campaign linked to the "screening" stage of one job's pipeline; campaigns of a
+    candidate's applications queue behind each other (seed 002 "Queued")."""
+    return CampaignDefinition.model_validate(
+        {
+            "campaign_id": campaign_id,
+            "account_id": account_id,
+            "version": 1,
+            "kind": "multi_module",
+            "when_in_other_campaign": "queue",
+            "enrolling_stages": [{"pipeline_id": pipeline_id, "stage_id": "screening"}],
+            "steps": [
+                {"channel": "email", "delay": "P1D", "content": {"subject": "Hi", "body": "Book a call"}},
+                {"channel": "email", "delay": "P1D", "content": {"subject": "Still", "body": "Reminder"}},
+            ],
+        }
+    )
+
+
+async def _rows(database_url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def test_a_stage_change_into_a_linked_stage_enrols_and_a_second_application_queues(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
+    assert bootstrap and database_url
+    account, other = f"acct-{uuid.uuid4().hex[:6]}", f"acct-{uuid.uuid4().hex[:6]}"
+    await publish_campaign(bootstrap, topics.campaigns, recruiting_campaign(account, "job-a-screen", "job-a"))
+    await publish_campaign(bootstrap, topics.campaigns, recruiting_campaign(account, "job-b-screen", "job-b"))
+    # Another account links a campaign to a stage of the same names: never used for `account`.
+    await publish_campaign(bootstrap, topics.campaigns, recruiting_campaign(other, "theirs", "job-c"))
+
+    async with running_worker(settings), EnrollstreamClient(bootstrap, topics.prefix, actor="ats") as client:
+        put = await client.put_contact_and_wait(
+            account, "cand-1", name="Ada Lovelace", email="ada@example.org"
+        )
+        assert put.status == "accepted"
+
+        first = await client.stage_changed(
+            account, "cand-1", application_id="app-1", pipeline_id="job-a", stage_id="screening",
+            entered_at=ENTERED, command_id="ats-move-1",
+        )  # fmt: skip
+        assert first.status == "accepted", first
+        [first_enrollment] = first.enrollment_ids
+
+        # The same move published again under another command id (an upstream retry): one enrollment.
+        retried = await client.stage_changed(
+            account, "cand-1", application_id="app-1", pipeline_id="job-a", stage_id="screening",
+            entered_at=ENTERED, command_id="ats-move-1-retry",
+        )  # fmt: skip
+        assert retried.status == "duplicate", retried
+
+        # "A candidate submits a second application before completing the first": queued.
+        second = await client.stage_changed(
+            account, "cand-1", application_id="app-2", pipeline_id="job-b", stage_id="screening",
+            entered_at=ENTERED + timedelta(hours=2),
+        )  # fmt: skip
+        assert second.status == "accepted", second
+        [second_enrollment] = second.enrollment_ids
+
+        # A stage no campaign of this account is linked to (the other account's stage names included).
+        for pipeline in ("job-c", "job-z"):
+            unlinked = await client.stage_changed(
+                account, "cand-1", application_id="app-3", pipeline_id=pipeline, stage_id="screening",
+                entered_at=ENTERED,
+            )  # fmt: skip
+            assert (unlinked.status, unlinked.code) == ("rejected", "stage_not_linked"), unlinked
+
+        # Campaigns upstream puts into the command are discarded: only the catalog's are used.
+        smuggled = recruiting_campaign(account, "smuggled", "job-z").model_dump(mode="json")
+        data = {
+            "contact_id": "cand-1", "application_id": "app-4", "pipeline_id": "job-z",
+            "stage_id": "screening", "entered_at": ENTERED.isoformat(), "campaigns": [smuggled],
+        }  # fmt: skip
+        refused = await client.send(client.envelope("StageChanged.v1", account, data))
+        assert (refused.status, refused.code) == ("rejected", "stage_not_linked"), refused
+
+        async def both_rows_projected() -> bool:
+            rows = await _rows(database_url, "select 1 from enrollments where account_id = $1", account)
+            return len(rows) == 2
+
+        await eventually(both_rows_projected, what="the two enrollment rows")
+        rows = {
+            r["enrollment_id"]: r
+            for r in await _rows(database_url, "select * from enrollments where account_id = $1", account)
+        }
+        assert rows[first_enrollment]["campaign_id"] == "job-a-screen"
+        assert rows[first_enrollment]["status"] == "pending"
+        assert rows[first_enrollment]["contact_name"] == "Ada Lovelace"
+        assert rows[second_enrollment]["campaign_id"] == "job-b-screen"
+        assert rows[second_enrollment]["status"] == "queued"
+        assert await _rows(database_url, "select 1 from enrollments where account_id = $1", other) == []
+
+        # The enrollment's record says it came from the stage change, and which application and stage.
+        [enrolled] = await _rows(
+            database_url,
+            "select data, causation_id from enrollment_timeline where enrollment_id = $1 and type = $2",
+            first_enrollment,
+            "ContactEnrolled.v1",
+        )
+        data = json.loads(enrolled["data"]) if isinstance(enrolled["data"], str) else enrolled["data"]
+        assert enrolled["causation_id"] == "ats-move-1"
+        assert data["source"] == "stage_change"
+        assert data["stage_entry"] == {
+            "application_id": "app-1",
+            "pipeline_id": "job-a",
+            "stage_id": "screening",
+            "entered_at": "2026-11-23T09:00:00Z",
+        }
