@@ -16,6 +16,7 @@ from enrollstream.client import EnrollstreamClient
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition
 from enrollstream.runtime.campaigns import publish_campaign
+from tests.servers.dns import LocalDnsServer
 from tests.support import eventually, running_worker
 
 ENTERED = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -136,3 +137,42 @@ async def test_a_stage_change_into_a_linked_stage_enrols_and_a_second_applicatio
             "stage_id": "screening",
             "entered_at": "2026-11-23T09:00:00Z",
         }
+
+
+async def test_a_linked_campaign_that_verifies_mx_gets_the_runtimes_answer_for_the_profiles_address(
+    settings: Settings, topics: Topics, dns_server: LocalDnsServer
+) -> None:
+    dns_server.add("good.test", "MX", "10 mx.good.test.")
+    dns_server.add("nomx.test", "A", "192.0.2.1")
+    settings = settings.model_copy(
+        update={"dns_nameservers": f"127.0.0.1:{dns_server.port}", "dns_timeout_s": 0.5}
+    )
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = f"acct-{uuid.uuid4().hex[:6]}"
+    verifying = recruiting_campaign(account, "job-a-screen", "job-a").model_copy(
+        update={"verify_email_mx": True}
+    )
+    await publish_campaign(bootstrap, topics.campaigns, verifying)
+    async with running_worker(settings), EnrollstreamClient(bootstrap, topics.prefix, actor="ats") as client:
+        for contact_id, email in (("good", "ann@good.test"), ("nomx", "cyd@nomx.test")):
+            put = await client.put_contact_and_wait(account, contact_id, name=contact_id, email=email)
+            assert put.status == "accepted"
+        good = await client.stage_changed(
+            account,
+            "good",
+            application_id="app-1",
+            pipeline_id="job-a",
+            stage_id="screening",
+            entered_at=ENTERED,
+        )
+        assert good.status == "accepted", good
+        nomx = await client.stage_changed(
+            account,
+            "nomx",
+            application_id="app-2",
+            pipeline_id="job-a",
+            stage_id="screening",
+            entered_at=ENTERED,
+        )
+        assert (nomx.status, nomx.code) == ("skipped", "mx_invalid"), nomx

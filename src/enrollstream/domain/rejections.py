@@ -47,7 +47,9 @@ class Ignored(StrEnum):
 
 # The reason a result gives for an ignored command (the decider's outcome carries only the kind).
 IGNORED_REASONS: dict[Ignored, str] = {
-    Ignored.DUPLICATE: "this command id (or the reply it reports) was decided before; nothing was done again",
+    Ignored.DUPLICATE: (
+        "this command id (or the reply or stage entry it reports) was decided before; nothing was done again"
+    ),
     Ignored.STALE: "it names a step, attempt or enrollment that is no longer current; nothing was done",
     Ignored.DEFERRED: "the campaign is paused or the step is not due yet; it fires again later",
 }
