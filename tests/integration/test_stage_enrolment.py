@@ -16,6 +16,7 @@ from enrollstream.client import EnrollstreamClient
 from enrollstream.config import Settings
 from enrollstream.domain import CampaignDefinition
 from enrollstream.runtime.campaigns import publish_campaign
+from tests.api_support import client_for, new_key, running_api
 from tests.servers.dns import LocalDnsServer
 from tests.support import eventually, running_worker
 
@@ -176,3 +177,50 @@ async def test_a_linked_campaign_that_verifies_mx_gets_the_runtimes_answer_for_t
             entered_at=ENTERED,
         )
         assert (nomx.status, nomx.code) == ("skipped", "mx_invalid"), nomx
+
+
+async def test_an_ats_posts_a_stage_change_over_http_and_a_second_post_of_the_same_move_answers_the_same(
+    settings: Settings, topics: Topics, database_url: str
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account, other = f"acct-{uuid.uuid4().hex[:6]}", f"acct-{uuid.uuid4().hex[:6]}"
+    await publish_campaign(bootstrap, topics.campaigns, recruiting_campaign(account, "job-a-screen", "job-a"))
+    key, other_key = await new_key(database_url, account), await new_key(database_url, other)
+    move = {"application_id": "app-1", "pipeline_id": "job-a", "stage_id": "screening"}
+    move["entered_at"] = ENTERED.isoformat()
+    async with running_worker(settings):
+        async with EnrollstreamClient(bootstrap, topics.prefix) as client:
+            for account_id in (account, other):
+                put = await client.put_contact_and_wait(
+                    account_id, "cand-1", name="Ada", email="ada@example.org"
+                )
+                assert put.status == "accepted"
+        async with (
+            running_api(settings) as server,
+            client_for(server, key) as ats,
+            client_for(server, other_key) as other_ats,
+        ):
+            posted = await ats.post("/contacts/cand-1/stage_changes", json=move)
+            assert posted.status_code == 200, posted.text
+            [enrollment_id] = posted.json()["enrollment_ids"]
+            assert posted.json()["status"] == "accepted"
+            again = await ats.post("/contacts/cand-1/stage_changes", json=move)
+            assert again.status_code == 200 and again.json() == posted.json(), again.text
+            # The other account has no campaign linked to a stage of these names.
+            theirs = await other_ats.post("/contacts/cand-1/stage_changes", json=move)
+            assert theirs.status_code == 422 and theirs.json()["error"]["code"] == "stage_not_linked"
+            bad = await ats.post("/contacts/cand-1/stage_changes", json={**move, "stage_id": "a/b"})
+            assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+
+        async def projected() -> bool:
+            found = await _rows(
+                database_url, "select 1 from enrollments where enrollment_id = $1", enrollment_id
+            )
+            return bool(found)
+
+        await eventually(projected, what="the enrollment row")
+        rows = await _rows(
+            database_url, "select enrollment_id from enrollments where account_id = $1", account
+        )
+        assert [r["enrollment_id"] for r in rows] == [enrollment_id]
