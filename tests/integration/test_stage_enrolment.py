@@ -224,3 +224,40 @@ async def test_an_ats_posts_a_stage_change_over_http_and_a_second_post_of_the_sa
             database_url, "select enrollment_id from enrollments where account_id = $1", account
         )
         assert [r["enrollment_id"] for r in rows] == [enrollment_id]
+
+
+async def test_a_new_version_of_a_campaign_linked_to_another_stage_enrols_from_that_stage_only(
+    settings: Settings, topics: Topics
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    account = f"acct-{uuid.uuid4().hex[:6]}"
+    first = recruiting_campaign(account, "job-a-screen", "job-a")
+    interview = [{"pipeline_id": "job-a", "stage_id": "interview"}]
+    moved = CampaignDefinition.model_validate(
+        {**first.model_dump(), "version": 2, "enrolling_stages": interview}
+    )
+    await publish_campaign(bootstrap, topics.campaigns, first)
+    await publish_campaign(bootstrap, topics.campaigns, moved)
+    async with running_worker(settings), EnrollstreamClient(bootstrap, topics.prefix, actor="ats") as client:
+        assert (
+            await client.put_contact_and_wait(account, "cand-1", name="Ada", email="a@example.org")
+        ).status == ("accepted")
+        old = await client.stage_changed(
+            account,
+            "cand-1",
+            application_id="app-1",
+            pipeline_id="job-a",
+            stage_id="screening",
+            entered_at=ENTERED,
+        )
+        assert (old.status, old.code) == ("rejected", "stage_not_linked"), old
+        new = await client.stage_changed(
+            account,
+            "cand-1",
+            application_id="app-1",
+            pipeline_id="job-a",
+            stage_id="interview",
+            entered_at=ENTERED,
+        )
+        assert new.status == "accepted" and len(new.enrollment_ids) == 1, new
