@@ -12,6 +12,7 @@ from typing import Any, TypeVar, cast
 
 from . import ids
 from .campaign import (
+    CampaignDefinition,
     CampaignStatus,
     Channel,
     LineType,
@@ -314,7 +315,9 @@ def _enroll(cmd: Enroll, em: _Emitter, stage_entry: StageEntry | None = None) ->
         # a refusal leaves no event, and the summary would wait for it forever.
         skip(SkipKind.CONTACT_NOT_FOUND, "Contact not found", contact_id=d.contact_id)
         return None
-    if latest and (not latest.status.is_terminal or campaign.re_enrollment is ReEnrollment.NEVER):
+    already = latest and (not latest.status.is_terminal or campaign.re_enrollment is ReEnrollment.NEVER)
+    if already and not _another_application_waits(campaign, stage_entry, st):
+        assert latest is not None
         if d.source is EnrollSource.API:
             return Rejection(
                 RejectionCode.CONTACT_ALREADY_ENROLLED,
@@ -396,8 +399,13 @@ def _enroll(cmd: Enroll, em: _Emitter, stage_entry: StageEntry | None = None) ->
     e = em.enrollment(enrollment_id)
     # Seed 002 "queued due to another campaign currently in progress": only a campaign that queues too,
     # in the same queue group, holds it back; parallel campaigns neither wait nor are waited for.
+    # An enrollment of the same campaign in progress holds it back too (only a stage change's enrollment
+    # for another application can meet one: `_another_application_waits`).
     ahead = [
-        o for o in st.in_progress() if o.enrollment_id != enrollment_id and campaign.queues_with(o.campaign)
+        o
+        for o in st.in_progress()
+        if o.enrollment_id != enrollment_id
+        and (o.campaign_id == campaign.campaign_id or campaign.queues_with(o.campaign))
     ]
     if ahead:
         timeout = campaign.queue_timeout
@@ -413,6 +421,20 @@ def _enroll(cmd: Enroll, em: _Emitter, stage_entry: StageEntry | None = None) ->
         return None
     _start(e, em)
     return None
+
+
+def _another_application_waits(
+    campaign: CampaignDefinition, entry: StageEntry | None, st: ContactState
+) -> bool:
+    """Seed 002: "a candidate submits a second application before completing the first ... Once the
+    candidate completes the first application, the queued campaign from the second application is
+    delivered." A stage change of another application into a stage linked to a campaign the candidate
+    is still in enrols again, queued behind it, when the campaign may be sent again once finished
+    (`after_finished`); the same application, or a campaign sent only once (`never`), is a skip."""
+    if entry is None or campaign.re_enrollment is not ReEnrollment.AFTER_FINISHED:
+        return False
+    running = [e for e in st.enrollments_in(campaign.campaign_id) if not e.status.is_terminal]
+    return bool(running) and all(e.application_id != entry.application_id for e in running)
 
 
 def _stage_changed(cmd: StageChanged, em: _Emitter) -> _Outcome:
@@ -485,14 +507,21 @@ def _start(e: Enrollment, em: _Emitter) -> None:
         _schedule(e, 0, 1, em.now + e.campaign.steps[0].delay, em)
 
 
+def _holds_back(in_progress: Enrollment, queued: Enrollment) -> bool:
+    return in_progress.campaign_id == queued.campaign_id or in_progress.campaign.queues_with(queued.campaign)
+
+
 def _release_queue(em: _Emitter) -> None:
-    """A queued enrollment waits while an enrollment of its queue group is in progress; release the
-    oldest of each group that has none (the released one is then in progress and holds the rest)."""
+    """A queued enrollment waits while an enrollment of its queue group (or of its own campaign) is in
+    progress; release the oldest of each group that has none (the released one is then in progress and
+    holds the rest)."""
     st = em.state
     for e in st.queued():
         if e.status is not EnrollmentStatus.QUEUED:
             continue
-        if any(o.campaign.queues_with(e.campaign) for o in st.in_progress()):
+        if any(
+            o.campaign_id == e.campaign_id or o.campaign.queues_with(e.campaign) for o in st.in_progress()
+        ):
             continue
         em.on(e, EnrollmentReleased, EnrollmentReleasedData(after_enrollment_id=e.queued_behind))
         _start(em.enrollment(e.enrollment_id), em)

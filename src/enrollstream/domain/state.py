@@ -108,6 +108,7 @@ class Enrollment(StateModel):
     # The stage entry (`StageEntry.entry_id`) that enrolled it (source stage_change): that entry never
     # enrols into this campaign again, past any window and under any command id.
     stage_entry_id: str | None = None
+    application_id: str | None = None  # ... and the application that entered the stage
     mx_check: MxCheck = MxCheck.NOT_REQUIRED  # verified / unverified / not_required, at enrollment
     status: EnrollmentStatus = EnrollmentStatus.PENDING
     stage: Stage = Stage.PENDING
@@ -386,6 +387,7 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             enroll_command_id=command_key(event.causation_id),
             bulk_enroll_id=enrolled.bulk_enroll_id,
             stage_entry_id=enrolled.stage_entry.entry_id if enrolled.stage_entry else None,
+            application_id=enrolled.stage_entry.application_id if enrolled.stage_entry else None,
             mx_check=enrolled.mx_check,
             version=event.version,
             updated_at=at,

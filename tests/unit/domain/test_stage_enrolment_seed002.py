@@ -273,3 +273,62 @@ def test_a_campaigns_enrolling_stages_are_bounded() -> None:
         campaign(enrolling_stages=stages)
     with pytest.raises(ValidationError):
         campaign(enrolling_stages=[{"pipeline_id": JOB_A, "stage_id": "a/b\n"}])
+
+
+# One campaign linked to the "applied" stage of every job (e.g. "thanks for applying"), sent again to a
+# candidate once a previous one finished.
+APPLIED = campaign(
+    campaign_id="cmp-applied",
+    kind="multi_module",
+    steps=campaign().steps[:2],
+    re_enrollment="after_finished",
+    enrolling_stages=[
+        {"pipeline_id": JOB_A, "stage_id": "applied"},
+        {"pipeline_id": JOB_B, "stage_id": "applied"},
+    ],
+)
+
+
+def applied(application: str, pipeline: str, at: datetime, cmp: CampaignDefinition = APPLIED) -> StageChanged:
+    return stage_changed(cmp, application=application, pipeline=pipeline, stage="applied", entered_at=at)
+
+
+def test_a_second_application_into_the_same_campaign_waits_for_the_first_then_is_delivered() -> None:
+    first, second = eid("cmp-applied", 1), eid("cmp-applied", 2)
+    result = given(put_contact(), applied("app-1", JOB_A, T0)).when(applied("app-2", JOB_B, T0 + DAY))
+    result.then(
+        ev(ContactEnrolled, enrollment_id=second, sequence=2, source="stage_change"),
+        ev(
+            EnrollmentQueued,
+            enrollment_id=second,
+            behind_enrollment_id=first,
+            behind_campaign_id="cmp-applied",
+        ),
+    )
+    history = [
+        put_contact(),
+        applied("app-1", JOB_A, T0),
+        applied("app-2", JOB_B, T0),
+        sent(0, enrollment=first),
+    ]
+    at = T0 + DAY
+    given(*history, step_due(1, at=at, enrollment=first)).when(
+        reported("sent", 1, at=at, enrollment=first)
+    ).then(
+        ev(StepDelivered, enrollment_id=first),
+        ev(EnrollmentCompleted, enrollment_id=first),
+        ev(EnrollmentReleased, enrollment_id=second, after_enrollment_id=first),
+        ev(StepScheduled, enrollment_id=second, step_index=0),
+    )
+
+
+def test_the_same_application_re_entering_while_enrolled_or_a_campaign_sent_once_is_a_skip() -> None:
+    # The same application back in the stage while its enrollment runs: already enrolled.
+    given(put_contact(), applied("app-1", JOB_A, T0)).when(applied("app-1", JOB_A, T0 + DAY)).then(
+        ev(EnrollmentSkipped, kind="already_enrolled")
+    )
+    # A campaign sent once per candidate (re_enrollment never): another application does not get it again.
+    once = APPLIED.model_copy(update={"re_enrollment": "never"})
+    given(put_contact(), applied("app-1", JOB_A, T0, once)).when(
+        applied("app-2", JOB_B, T0 + DAY, once)
+    ).then(ev(EnrollmentSkipped, kind="already_enrolled"))
