@@ -147,17 +147,20 @@ async def test_a_reply_delivered_to_the_smtp_listener_marks_the_enrollment_repli
 ) -> None:
     assert settings.database_url
     account = f"acct-{uuid.uuid4().hex[:6]}"
-    async with _sent(settings, manual_clock, smtp_server, account) as eid:
-        async with running(_receiver(settings, manual_clock)) as receiver, running(_inbound(settings)):
-            mail = _mail(f"reply+{account}@{REPLY_DOMAIN}", "<r-1@example.org>", message_id_header(eid))
-            refused = await asyncio.to_thread(_send, receiver.smtp.port, [f"reply+{account}@{REPLY_DOMAIN}"], mail)
-            assert refused == {}
+    rcpt = f"reply+{account}@{REPLY_DOMAIN}"
+    async with (
+        _sent(settings, manual_clock, smtp_server, account) as eid,
+        running(_receiver(settings, manual_clock)) as receiver,
+        running(_inbound(settings)),
+    ):
+        mail = _mail(rcpt, "<r-1@example.org>", message_id_header(eid))
+        assert await asyncio.to_thread(_send, receiver.smtp.port, [rcpt], mail) == {}
 
-            async def replied() -> bool:
-                row = await _enrollment(settings.database_url or "", eid)
-                return row is not None and row["replied_at"] is not None
+        async def replied() -> bool:
+            row = await _enrollment(settings.database_url or "", eid)
+            return row is not None and row["replied_at"] is not None
 
-            await eventually(replied, what="the enrollment replied in the read model")
+        await eventually(replied, what="the enrollment replied in the read model")
     row = await _enrollment(settings.database_url, eid)
     assert row is not None and (row["status"], row["stop_reason"]) == ("stopped", "replied")
 
@@ -285,19 +288,25 @@ async def test_unmatched_mail_is_kept_for_inspection_not_dead_lettered(
 LONG_SUBJECT = "\r\n ".join(["x" * 900] * 6)  # folded: 5,400 characters of subject
 
 
-async def test_the_unmatched_table_is_bounded(settings: Settings, manual_clock: ManualClock, db: asyncpg.Connection) -> None:
+async def test_the_unmatched_table_is_bounded(
+    settings: Settings, manual_clock: ManualClock, db: asyncpg.Connection
+) -> None:
     bootstrap = settings.kafka_bootstrap_servers
     assert bootstrap and settings.database_url
     topics = Topics(settings.topic_prefix)
     account = f"acct-{uuid.uuid4().hex[:6]}"
     rcpt = f"reply+{account}@{REPLY_DOMAIN}"
-    inbound = InboundService(bootstrap, topics, settings.database_url, settings.group_id, unmatched_max_rows=2)
+    inbound = InboundService(
+        bootstrap, topics, settings.database_url, settings.group_id, unmatched_max_rows=2
+    )
     async with running(_receiver(settings, manual_clock)) as receiver, running(inbound):
         for i in range(4):
             mail = _mail(rcpt, f"<stray-{i}@example.org>", "<unknown@elsewhere.example>", LONG_SUBJECT)
             assert await asyncio.to_thread(_send, receiver.smtp.port, [rcpt], mail) == {}
         await eventually(lambda: _true(inbound.unmatched >= 4), what="four unmatched messages handled")
-    rows = await db.fetch("select inbound_message_id, length(subject) as n from inbound_unmatched order by id")
+    rows = await db.fetch(
+        "select inbound_message_id, length(subject) as n from inbound_unmatched order by id"
+    )
     # Four kept, the oldest two pruned (records of different Message-IDs may be handled in any order).
     assert inbound.unmatched == 4 and len(rows) == 2
     assert all(r["n"] <= 1000 for r in rows)

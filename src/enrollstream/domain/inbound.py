@@ -168,7 +168,8 @@ def bounce_of(report: DeliveryStatus) -> tuple[BounceType, str] | None:
         elif status.startswith("4.") or (not status and action == "delayed"):
             kinds.append((BounceType.SOFT, detail))
     hard = [kind for kind in kinds if kind[0] is BounceType.HARD]
-    return (hard or kinds or [None])[0]
+    ranked = hard or kinds
+    return ranked[0] if ranked else None
 
 
 def dsn_referenced_message_ids(email: InboundEmailReceived) -> list[str]:

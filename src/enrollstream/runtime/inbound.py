@@ -284,7 +284,9 @@ class InboundService:
         metrics.INBOUND_UNMATCHED.labels(kind).inc()
         log.info("inbound: %s matched nothing, kept for inspection: %s", email.message_id, reason)
 
-    async def _publish(self, command: ReplyDetected | BounceDetected, account_id: str, contact_id: str) -> None:
+    async def _publish(
+        self, command: ReplyDetected | BounceDetected, account_id: str, contact_id: str
+    ) -> None:
         assert self._producer is not None
         await self._producer.send_and_wait(
             self.topics.commands, encode(command), key=key_bytes(aggregate_key(account_id, contact_id))

@@ -323,14 +323,16 @@ class ImapPoller:
     async def _read_new(
         self, client: aioimaplib.IMAP4, uidvalidity: int, last_uid: int, stop: asyncio.Event
     ) -> bool:
-        """Publish the messages after `last_uid` (a batch at most), checkpointing each; True when more wait."""
+        """Publish the messages after `last_uid` (a batch at most), checkpointing each one; True when
+        more are waiting."""
         response = _ok(await client.uid("fetch", f"{last_uid + 1}:*", "(UID RFC822.SIZE)"), "UID FETCH")
         found: list[tuple[int, int]] = []
         for line in response.lines:
             text = bytes(line)
-            uid, size = _UID.search(text), _SIZE.search(text)
-            if uid is not None and int(uid.group(1)) > last_uid:  # `n:*` names the last UID when none is newer
-                found.append((int(uid.group(1)), int(size.group(1)) if size else 0))
+            uid_match, size_match = _UID.search(text), _SIZE.search(text)
+            # `n:*` names the last UID when none is newer: only greater ones are new.
+            if uid_match is not None and int(uid_match.group(1)) > last_uid:
+                found.append((int(uid_match.group(1)), int(size_match.group(1)) if size_match else 0))
         found.sort()
         for uid, size in found[: self.config.batch]:
             if stop.is_set():

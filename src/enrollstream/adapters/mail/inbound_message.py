@@ -87,7 +87,12 @@ def _delivery_status(message: email.message.Message) -> DeliveryStatus | None:
         if kind == "message/delivery-status":
             blocks = part.get_payload()
             # The first block is per message; each one after it is per recipient.
-            for block in (blocks if isinstance(blocks, list) else [])[1 : 1 + MAX_DSN_RECIPIENTS]:
+            listed = (
+                [b for b in blocks if isinstance(b, email.message.Message)]
+                if isinstance(blocks, list)
+                else []
+            )
+            for block in listed[1 : 1 + MAX_DSN_RECIPIENTS]:
                 recipients.append(
                     DeliveryStatusRecipient(
                         recipient=_text(block.get("Final-Recipient") or block.get("Original-Recipient"))
@@ -100,7 +105,7 @@ def _delivery_status(message: email.message.Message) -> DeliveryStatus | None:
                 )
         elif kind == "message/rfc822" and original is None:
             returned = part.get_payload()
-            if isinstance(returned, list) and returned:
+            if isinstance(returned, list) and returned and isinstance(returned[0], email.message.Message):
                 original = _text(returned[0].get("Message-ID")) or None
         elif kind == "text/rfc822-headers" and original is None:
             payload = part.get_payload(decode=True)
@@ -130,7 +135,7 @@ def parse_inbound(
         if value is not None:
             headers[name] = _text(value)
     if "Return-Path" not in headers and envelope_from is not None:
-        headers["Return-Path"] = f"<{envelope_from.strip()[:MAX_HEADER_VALUE - 2]}>"
+        headers["Return-Path"] = f"<{envelope_from.strip()[: MAX_HEADER_VALUE - 2]}>"
     references = _text(message.get("References")).split()[-MAX_REFERENCES:]
     auto_submitted = message.get("Auto-Submitted")
     return InboundEmailReceived.model_validate(
