@@ -426,3 +426,20 @@ async def test_an_imap_poller_restarted_mid_mailbox_publishes_each_message_once(
     assert checkpoint is not None and checkpoint["last_uid"] == 9
     [kept] = await db.fetch("select account_id, inbound_message_id from inbound_unmatched")
     assert (kept["account_id"], kept["inbound_message_id"]) == (None, "<no-account@example.org>")
+
+
+async def test_the_worker_runs_the_receiver_role_from_its_settings(settings: Settings) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    topics = Topics(settings.topic_prefix)
+    configured = settings.model_copy(
+        update={"receiver_domain": REPLY_DOMAIN, "receiver_account": "solo", "receiver_smtp_port": 0}
+    )
+    async with running_worker(configured, roles=("receiver",)) as worker:
+        assert worker.receiver is not None and worker.receiver.smtp is not None
+        rcpt = f"anything@{REPLY_DOMAIN}"
+        mail = _mail(rcpt, "<w-1@example.org>", "<ours@acme.example>")
+        assert await asyncio.to_thread(_send, worker.receiver.smtp.port, [rcpt], mail) == {}
+        [record] = await read_until(bootstrap, topics.inbound_email, lambda rs: len(rs) >= 1)
+    assert record.key == b"solo/<w-1@example.org>"
+    assert json.loads(record.value)["in_reply_to"] == "<ours@acme.example>"

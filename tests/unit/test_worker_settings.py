@@ -50,3 +50,19 @@ def test_an_unusable_sending_setting_is_named_before_anything_starts() -> None:
     settings = Settings(**{**SENDING, "unsubscribe_url": "http://u.acme.example/u"})
     with pytest.raises(InvalidSettings, match="https"):
         check_settings(settings, DEFAULT_ROLES)
+
+
+def test_the_receiver_is_opt_in_and_needs_its_reply_domain_and_imap_credentials() -> None:
+    assert "receiver" not in DEFAULT_ROLES
+    with pytest.raises(MissingSettings) as raised:
+        check_settings(Settings(), ("receiver",))
+    assert raised.value.needs == {"receiver": ["ENROLLSTREAM_RECEIVER_DOMAIN"]}
+    with pytest.raises(MissingSettings) as raised:
+        check_settings(
+            Settings(receiver_domain="reply.acme.example", receiver_imap_host="imap.x"), ("receiver",)
+        )
+    assert raised.value.needs == {
+        "receiver": ["ENROLLSTREAM_RECEIVER_IMAP_USERNAME", "ENROLLSTREAM_RECEIVER_IMAP_PASSWORD"]
+    }
+    check_settings(Settings(receiver_domain="reply.acme.example"), ("receiver",))
+    assert Settings().receiver_smtp_host == "127.0.0.1"
