@@ -416,6 +416,7 @@ async def test_an_imap_poller_restarted_mid_mailbox_publishes_each_message_once(
         imap_server.append(_mail(rcpt, "<imap-idle@example.org>", "<parent-idle@acme.example>"))
         records = await read_until(bootstrap, topics.inbound_email, lambda rs: len(published(rs)) >= 8)
         await eventually(lambda: _true(second.pollers[0].kept == 1), what="the account-less message kept")
+        assert second.pollers[0].idle_waits >= 1  # dovecot announces IDLE: the poller waited with it
     counts = published(records)
     assert counts == Counter(
         {f"<imap-{i}@example.org>": 1 for i in range(6)}
@@ -443,3 +444,59 @@ async def test_the_worker_runs_the_receiver_role_from_its_settings(settings: Set
         [record] = await read_until(bootstrap, topics.inbound_email, lambda rs: len(rs) >= 1)
     assert record.key == b"solo/<w-1@example.org>"
     assert json.loads(record.value)["in_reply_to"] == "<ours@acme.example>"
+
+
+async def test_a_changed_uidvalidity_reads_the_mailbox_again_and_a_server_without_idle_is_polled(
+    settings: Settings, manual_clock: ManualClock, db: asyncpg.Connection
+) -> None:
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    topics = Topics(settings.topic_prefix)
+    account = f"acct-{uuid.uuid4().hex[:6]}"
+    rcpt = f"reply+{account}@{REPLY_DOMAIN}"
+
+    def published(records: list[Any]) -> Counter[str]:
+        return Counter(json.loads(r.value)["message_id"] for r in records)
+
+    with DovecotImapServer(idle=False) as imap:
+        config = ImapConfig(
+            host=imap.host,
+            port=imap.port,
+            username=imap.user,
+            password=imap.password,
+            tls=False,
+            poll_interval_s=0.2,
+        )
+        kept = _mail(rcpt, "<u-1@example.org>", "<p-1@acme.example>")
+        imap.append(kept, "Replies")
+        imap.append(_mail(rcpt, "<u-2@example.org>", "<p-2@acme.example>"), "Replies")
+        old_uidvalidity = imap.uidvalidity("Replies")
+        first = _receiver(settings, manual_clock, smtp_host=None, imap=config, imap_mailboxes=("Replies",))
+        async with running(first):
+            await read_until(bootstrap, topics.inbound_email, lambda rs: len(published(rs)) >= 2)
+        # The mailbox is renumbered: one old message in it again, one new one.
+        imap.recreate("Replies")
+        imap.append(kept, "Replies")
+        imap.append(_mail(rcpt, "<u-3@example.org>", "<p-3@acme.example>"), "Replies")
+        new_uidvalidity = imap.uidvalidity("Replies")
+        assert new_uidvalidity != old_uidvalidity
+        second = _receiver(settings, manual_clock, smtp_host=None, imap=config, imap_mailboxes=("Replies",))
+        async with running(second) as receiver:
+            # Polled, not IDLE: the server does not announce it. Mail arriving while it waits is read too.
+            await read_until(bootstrap, topics.inbound_email, lambda rs: "<u-3@example.org>" in published(rs))
+            imap.append(_mail(rcpt, "<u-4@example.org>", "<p-4@acme.example>"), "Replies")
+            records = await read_until(
+                bootstrap, topics.inbound_email, lambda rs: "<u-4@example.org>" in published(rs)
+            )
+        assert receiver.pollers[0].uidvalidity_changes == 1
+        assert receiver.pollers[0].poll_waits >= 1 and receiver.pollers[0].idle_waits == 0
+    # Read again from the start under the new UIDVALIDITY: the old message once more, with the same key.
+    assert published(records) == Counter(
+        {"<u-1@example.org>": 2, "<u-2@example.org>": 1, "<u-3@example.org>": 1, "<u-4@example.org>": 1}
+    )
+    assert len({r.key for r in records if json.loads(r.value)["message_id"] == "<u-1@example.org>"}) == 1
+    checkpoint = await db.fetchrow("select uidvalidity, last_uid from inbound_imap_checkpoints")
+    assert checkpoint is not None and (checkpoint["uidvalidity"], checkpoint["last_uid"]) == (
+        new_uidvalidity,
+        3,
+    )

@@ -33,7 +33,10 @@ def _free_port() -> int:
 
 
 class DovecotImapServer:
-    def __init__(self, user: str = "replies", password: str = "secret-for-tests") -> None:
+    def __init__(
+        self, user: str = "replies", password: str = "secret-for-tests", *, idle: bool = True
+    ) -> None:
+        self.idle = idle  # False: the server does not announce IDLE (clients must poll)
         self.host = "127.0.0.1"
         self.port = 0
         self.user = user
@@ -76,6 +79,7 @@ default_internal_user = {internal_user}
 first_valid_uid = {mail_user.pw_uid}
 last_valid_uid = {mail_user.pw_uid}
 mail_location = maildir:~/Maildir
+{"" if self.idle else "imap_capability = IMAP4rev1 LITERAL+ UIDPLUS"}
 passdb {{
   driver = passwd-file
   args = {self._dir}/passwd
@@ -153,8 +157,30 @@ service imap-login {{
         conn = self.client()
         try:
             if mailbox != "INBOX":
-                conn.create(mailbox)
+                conn.create(mailbox)  # NO when it exists already: fine
             status, data = conn.append(mailbox, None, None, message)
             assert status == "OK", data
+        finally:
+            conn.logout()
+
+    def recreate(self, mailbox: str) -> None:
+        """Delete the mailbox and create it again, empty: the server gives it a new UIDVALIDITY."""
+        assert mailbox != "INBOX"
+        conn = self.client()
+        try:
+            status, data = conn.delete(mailbox)
+            assert status == "OK", data
+            status, data = conn.create(mailbox)
+            assert status == "OK", data
+        finally:
+            conn.logout()
+
+    def uidvalidity(self, mailbox: str = "INBOX") -> int:
+        conn = self.client()
+        try:
+            conn.select(mailbox, readonly=True)
+            _, [value] = conn.response("UIDVALIDITY")
+            assert isinstance(value, bytes)
+            return int(value)
         finally:
             conn.logout()

@@ -42,6 +42,7 @@ from enrollstream.adapters.mail.inbound_message import AccountResolver, header_r
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.config import Settings
 from enrollstream.domain.inbound import InboundEmailReceived, inbound_record_key
+from enrollstream.observability import Progress
 from enrollstream.runtime.inbound import keep_unmatched
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class ImapPoller:
         *,
         unmatched_max_rows: int = 10_000,
         clock: Callable[[], datetime] = _utc_now,
+        progress: Progress | None = None,
     ) -> None:
         self.config = config
         self.mailbox = mailbox
@@ -244,7 +246,12 @@ class ImapPoller:
         self.published = 0
         self.kept = 0
         self.uidvalidity_changes = 0
+        self.idle_waits = 0  # waits for new mail with IDLE
+        self.poll_waits = 0  # waits of poll_interval_s (the server does not announce IDLE)
         self.last_error: str | None = None
+        # /healthz: a mailbox whose rounds fail `stuck_retries` times in a row (server, Kafka or
+        # PostgreSQL away) or one round that hangs longer than `stuck_after_s` is reported stuck.
+        self.progress = progress or Progress(ROLE)
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = 1.0
@@ -256,6 +263,7 @@ class ImapPoller:
                 raise
             except Exception as exc:  # a lost connection, a refusing server, Kafka or PostgreSQL away
                 self.last_error = repr(exc)
+                self.progress.retried(self.key)
                 metrics.INBOUND_RECEIVED.labels("imap", "failed").inc()
                 log.warning("receiver: IMAP %s failed (%r); again in %.0fs", self.key, exc, backoff)
                 await _wait(stop, backoff)
@@ -295,7 +303,10 @@ class ImapPoller:
                 if uidvalidity is None:
                     raise ImapError(f"SELECT {self.mailbox} named no UIDVALIDITY")
                 last_uid = await self._checkpoint(uidvalidity)
-                if await self._read_new(client, uidvalidity, last_uid, stop):
+                self.progress.working(self.key)
+                more = await self._read_new(client, uidvalidity, last_uid, stop)
+                self.progress.advanced(self.key)
+                if more:
                     continue  # a full batch: there may be more at once
                 await self._wait_for_mail(client, stop)
         finally:
@@ -372,8 +383,10 @@ class ImapPoller:
 
     async def _wait_for_mail(self, client: aioimaplib.IMAP4, stop: asyncio.Event) -> None:
         if not client.has_capability("IDLE"):
+            self.poll_waits += 1
             await _wait(stop, self.config.poll_interval_s)
             return
+        self.idle_waits += 1
         idle = await client.idle_start(timeout=self.config.idle_s)
         push = asyncio.ensure_future(client.wait_server_push(timeout=self.config.idle_s + 5))
         stopped = asyncio.ensure_future(stop.wait())
@@ -405,8 +418,11 @@ class ReceiverService:
         publish_timeout_s: float = 10.0,
         unmatched_max_rows: int = 10_000,
         clock: Callable[[], datetime] = _utc_now,
+        stuck_after_s: float = 300.0,
+        stuck_retries: int = 5,
     ) -> None:
         self.database_url = database_url
+        self.progress = Progress(ROLE, stuck_after_s=stuck_after_s, max_retries=stuck_retries)
         self.resolver = resolver
         self.imap = imap
         self.imap_mailboxes = imap_mailboxes
@@ -465,6 +481,8 @@ class ReceiverService:
             publish_timeout_s=settings.receiver_publish_timeout_s,
             unmatched_max_rows=settings.inbound_unmatched_max_rows,
             clock=clock,
+            stuck_after_s=settings.stuck_after_s,
+            stuck_retries=settings.stuck_retries,
         )
 
     async def start(self) -> None:
@@ -483,6 +501,7 @@ class ReceiverService:
                     self.resolver,
                     unmatched_max_rows=self.unmatched_max_rows,
                     clock=self.clock,
+                    progress=self.progress,
                 )
                 for mailbox in self.imap_mailboxes
             ]

@@ -229,6 +229,7 @@ class Worker:
             self.dispatcher and self.dispatcher.progress.stuck(),
             self.inbound and self.inbound.progress.stuck(),
             self.relay and self.relay.progress.stuck(),
+            self.receiver and self.receiver.progress.stuck(),
         ]
         return "; ".join(reason for reason in reasons if reason) or None
 
