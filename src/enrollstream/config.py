@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     receiver_smtp_port: int = Field(default=2525, ge=0, le=65535)  # 0: any free port
     receiver_max_message_bytes: int = Field(default=10 * 2**20, ge=1024, le=100 * 2**20)  # over it: 552
     receiver_max_recipients: int = Field(default=50, ge=1, le=1000)  # per message; more: 452
+    # Open SMTP connections at once (each idle one is closed after 60 s); more: 421 and closed.
+    receiver_max_connections: int = Field(default=100, ge=1, le=10_000)
     receiver_publish_timeout_s: float = Field(default=10.0, gt=0)  # not acknowledged in time: 451
     # The IMAP poller (off unless a host is set): one connection per mailbox, IDLE where supported.
     receiver_imap_host: str | None = None

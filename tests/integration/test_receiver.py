@@ -334,6 +334,28 @@ async def test_rcpt_outside_the_reply_domain_is_550_and_an_oversized_message_552
     assert await _all_records(bootstrap, topics.inbound_email) == []
 
 
+async def test_past_the_connection_limit_a_new_smtp_connection_is_told_421(
+    settings: Settings, manual_clock: ManualClock
+) -> None:
+    receiver = _receiver(settings, manual_clock, max_connections=2)
+    async with running(receiver):
+        assert receiver.smtp is not None
+        port = receiver.smtp.port
+        held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        for reader, _ in held:
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220 ")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"421 ")
+        writer.close()
+        for _, held_writer in held:  # once they go, a new connection is served again
+            held_writer.close()
+            await held_writer.wait_closed()
+        await eventually(lambda: _true(receiver.smtp is not None and receiver.smtp.connections == 0))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220 ")
+        writer.close()
+
+
 async def test_a_publish_kafka_did_not_acknowledge_is_answered_451(
     settings: Settings, manual_clock: ManualClock
 ) -> None:

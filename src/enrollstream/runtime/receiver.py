@@ -87,6 +87,35 @@ class InboundPublisher:
         )
 
 
+class _BoundedSmtp(SMTP):
+    """aiosmtpd's SMTP, counting its connections: past the listener's limit a new one is told 421 (the
+    sending server tries again later) and closed, so many idle clients cannot hold the process."""
+
+    def __init__(self, listener: SmtpListener, *args: Any, **kwargs: Any) -> None:
+        self._listener = listener
+        self._counted = False
+        super().__init__(*args, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._counted:  # STARTTLS's second call: the same connection
+            return
+        if self._listener.connections >= self._listener.max_connections:
+            metrics.INBOUND_RECEIVED.labels("smtp", "rejected").inc()
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(b"421 4.3.2 too many connections, try again later\r\n")
+            transport.close()
+            return
+        self._listener.connections += 1
+        self._counted = True
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._listener.connections -= 1
+            self._counted = False
+        super().connection_lost(error)
+
+
 class SmtpListener:
     """aiosmtpd's SMTP protocol on a listener of our own loop; the handler below decides each step."""
 
@@ -99,9 +128,12 @@ class SmtpListener:
         port: int = 2525,
         max_message_bytes: int = 10 * 2**20,
         max_recipients: int = 50,
+        max_connections: int = 100,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.resolver = resolver
+        self.max_connections = max_connections
+        self.connections = 0
         self.publisher = publisher
         self.host = host
         self.port = port
@@ -114,7 +146,8 @@ class SmtpListener:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: SMTP(
+            lambda: _BoundedSmtp(
+                self,
                 self,
                 data_size_limit=self.max_message_bytes,
                 enable_SMTPUTF8=True,
@@ -415,6 +448,7 @@ class ReceiverService:
         imap_mailboxes: tuple[str, ...] = ("INBOX",),
         max_message_bytes: int = 10 * 2**20,
         max_recipients: int = 50,
+        max_connections: int = 100,
         publish_timeout_s: float = 10.0,
         unmatched_max_rows: int = 10_000,
         clock: Callable[[], datetime] = _utc_now,
@@ -437,6 +471,7 @@ class ReceiverService:
                 port=smtp_port,
                 max_message_bytes=max_message_bytes,
                 max_recipients=max_recipients,
+                max_connections=max_connections,
                 clock=clock,
             )
             if smtp_host is not None
@@ -478,6 +513,7 @@ class ReceiverService:
             imap_mailboxes=mailboxes or ("INBOX",),
             max_message_bytes=settings.receiver_max_message_bytes,
             max_recipients=settings.receiver_max_recipients,
+            max_connections=settings.receiver_max_connections,
             publish_timeout_s=settings.receiver_publish_timeout_s,
             unmatched_max_rows=settings.inbound_unmatched_max_rows,
             clock=clock,
