@@ -1,5 +1,5 @@
 """A real IMAP server for the inbound receiver's tests: Debian's dovecot (dovecot-imapd, installed by
-scripts/install-dovecot.sh from `make`), started in the foreground on a free 127.0.0.1 port with a
+scripts/install-debian-package.sh from `make`), started in the foreground on a free 127.0.0.1 port with a
 generated config, one user and a Maildir under a directory of its own; stopped (and its files removed)
 on exit. Tests put mail in with IMAP APPEND (the standard library's imaplib), as a delivery would.
 
@@ -46,7 +46,7 @@ class DovecotImapServer:
 
     def __enter__(self) -> DovecotImapServer:
         if not os.access(DOVECOT, os.X_OK):
-            raise RuntimeError(f"{DOVECOT} is missing: run scripts/install-dovecot.sh (make does)")
+            raise RuntimeError(f"{DOVECOT} is missing: install dovecot-imapd (make does)")
         # Dovecot refuses mail processes as root, so as root the mail belongs to `nobody`; its directory
         # lives outside pytest's root-only tmp tree so that user can reach it.
         self._dir = Path(tempfile.mkdtemp(prefix="enrollstream-imap-"))
