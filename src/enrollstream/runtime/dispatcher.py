@@ -38,7 +38,6 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Any, Protocol
 
@@ -56,7 +55,8 @@ from enrollstream.adapters.mail.message import (
     InvalidAddress,
     SenderIdentity,
     TemplateFieldMissing,
-    build_step_message,
+    WireMessage,
+    build_step_wire_message,
     contact_fields,
     render,
 )
@@ -100,7 +100,7 @@ _STATE_TO_SEND = {
 
 
 class EmailTransport(Protocol):
-    async def send(self, message: EmailMessage) -> SendResult: ...
+    async def send(self, message: WireMessage) -> SendResult: ...
 
 
 Clock = Callable[[], datetime]
@@ -137,7 +137,7 @@ class _Prepared:
 
     sender: str
     recipient: str
-    message: EmailMessage | None = None
+    message: WireMessage | None = None
     sms_body: str | None = None
     message_id_header: str | None = None
     unusable: SendResult | None = None
@@ -184,6 +184,7 @@ class DispatcherService:
         # are none, so the next owner never finds a `started` row of a send still running here. Sends of
         # different partitions overlap (a lock here would make one instance send one message at a time).
         self._in_flight = _InFlight()
+        self.assigned = asyncio.Event()  # set once the group gave this instance its partitions
         # Counters for tests and logs.
         self.sends = 0
         self.reports = 0
@@ -546,7 +547,7 @@ class DispatcherService:
             return _Prepared(SMS_SENDER, d.to, sms_body=body)
         sender = self._sender_key
         try:
-            message = build_step_message(
+            message = build_step_wire_message(
                 sender=self.identity,
                 account_id=event.account_id,
                 contact_id=event.contact_id,
@@ -561,7 +562,7 @@ class DispatcherService:
         except (HeaderInjectionRefused, TemplateFieldMissing, ValueError) as exc:
             kind = type(exc).__name__
             return _Prepared(sender, d.to, unusable=SendResult(SendOutcome.ERROR, f"message: {kind}: {exc}"))
-        return _Prepared(sender, d.to, message=message, message_id_header=str(message["Message-ID"]))
+        return _Prepared(sender, d.to, message=message, message_id_header=message.message_id)
 
     async def _send(self, prepared: _Prepared, message_id: str) -> SendResult:
         if prepared.message is not None:
@@ -720,4 +721,4 @@ class _WaitForSends(ConsumerRebalanceListener):  # type: ignore[misc]
             self.service.progress.forget(tp.partition)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        return None
+        self.service.assigned.set()

@@ -6,6 +6,7 @@ import dataclasses
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
@@ -37,6 +38,14 @@ def message(
         fields={"first_name": "Ada"},
         date=datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
     )
+
+
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[RecordingSmtpServer]:
+    """Every test here against a server without PIPELINING (one command, one reply) and one with it
+    (MAIL, RCPT and DATA in one write)."""
+    with RecordingSmtpServer(pipelining=request.param) as server:
+        yield server
 
 
 def sender_for(server: RecordingSmtpServer, timeout: float = 5.0) -> SmtpSender:
@@ -165,7 +174,7 @@ async def test_a_drop_on_the_data_command_before_354_is_temporary(smtp_server: R
 
 
 async def test_starttls_and_auth_with_the_right_credentials_send(localhost_cert: tuple[str, str]) -> None:
-    with RecordingSmtpServer(tls=localhost_cert, credentials={"mailer": "s3cret"}) as server:
+    with RecordingSmtpServer(tls=localhost_cert, credentials={"mailer": "s3cret"}, pipelining=True) as server:
         good = SmtpConfig(
             host=server.host,
             port=server.port,
@@ -268,3 +277,21 @@ async def test_a_refused_recipient_keeps_the_connection_for_the_next_message_and
         ]
     finally:
         await sender.aclose()
+
+
+async def test_a_relay_offering_pipelining_gets_mail_rcpt_and_data_in_one_write() -> None:
+    """Half the writes and round trips per message; the content still waits for the 354."""
+    with RecordingSmtpServer(pipelining=True) as server:
+        server.behave("gone@example.org", Behaviour.REJECT_RCPT)
+        sender = sender_for(server)
+        try:
+            outcomes = [
+                (await sender.send(message(to, attempt=i + 1))).outcome
+                for i, to in enumerate(["ada@example.org", "gone@example.org", "bob@example.org"])
+            ]
+        finally:
+            await sender.aclose()
+        assert outcomes == [SendOutcome.SENT, SendOutcome.BOUNCED, SendOutcome.SENT]
+        assert server.pipelined == 3
+        assert server.connections == 1  # the refusal (and the refused DATA) left it usable
+        assert [m.rcpt_tos[0] for m in server.messages] == ["ada@example.org", "bob@example.org"]
