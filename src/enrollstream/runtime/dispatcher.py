@@ -78,7 +78,9 @@ from enrollstream.domain.delivery_policy import (
     SendLimits,
     SendOutcome,
     SendResult,
-    next_send_at,
+    WindowLimit,
+    WindowRanks,
+    next_send_at_ranked,
     report_fields,
 )
 from enrollstream.domain.events import StepDispatched
@@ -269,6 +271,10 @@ class DispatcherService:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    def assignment(self) -> set[int]:
+        """The partitions of the events topic this instance owns now."""
+        return {tp.partition for tp in self._consumer.assignment()} if self._consumer is not None else set()
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self._consumer
@@ -490,20 +496,24 @@ class DispatcherService:
             now = self.clock()
             go: list[tuple[StepDispatched, _Prepared]] = []
             wait: list[tuple[StepDispatched, _Prepared, datetime]] = []
-            senders = sorted({p.sender for _, p in sendable if p.sender != SMS_SENDER}) if windows else []
-            recent: dict[str, list[datetime]] = {}
-            for sender in senders:  # in order: two instances lock their senders in the same order
+            room: dict[str, int] = {}  # sends of each rate-limited sender in this batch
+            for _, p in sendable:
+                if windows and p.sender != SMS_SENDER:
+                    room[p.sender] = room.get(p.sender, 0) + 1
+            ranks: dict[str, list[WindowRanks]] = {}
+            for sender in sorted(room):  # in order: two instances lock their senders in the same order
                 await conn.execute(query("lock_sender", LEDGER), sender)
-                since = now - max(w.window for w in windows)
-                found = await conn.fetch(query("sender_sends_since", LEDGER), sender, since)
-                recent[sender] = [r["started_at"] for r in found]
+                ranks[sender] = [
+                    await self._window_ranks(conn, sender, window, now, room[sender]) for window in windows
+                ]
+            added: dict[str, int] = {}  # sends of each sender allowed so far in this batch
             for e, p in sendable:
-                if p.sender not in recent:
+                if p.sender not in ranks:
                     go.append((e, p))
                     continue
-                at = next_send_at(recent[p.sender], now, self.limits)
+                at = next_send_at_ranked(ranks[p.sender], now, added.get(p.sender, 0))
                 if at <= now:
-                    recent[p.sender].append(now)
+                    added[p.sender] = added.get(p.sender, 0) + 1
                     go.append((e, p))
                 else:
                     wait.append((e, p, at))
@@ -535,6 +545,23 @@ class DispatcherService:
                 row["retry_at"],
             )
         return list(started), list(deferred)
+
+    @staticmethod
+    async def _window_ranks(
+        conn: asyncpg.Connection, sender: str, window: WindowLimit, now: datetime, room: int
+    ) -> WindowRanks:
+        """The sender's recorded sends that this window's limit can look at in a batch of `room` of
+        its sends: `room` rows at most, however many it sent in the window."""
+        row = await conn.fetchrow(
+            query("sender_window_ranks", LEDGER),
+            sender,
+            now,
+            now - window.window,
+            WindowRanks.first_rank(window.limit, room),
+            room,
+        )
+        assert row is not None
+        return WindowRanks(window=window, ahead=row["ahead"], room=room, ranked=tuple(row["ranked"]))
 
     def _prepare(self, event: StepDispatched) -> _Prepared:
         d = event.data

@@ -83,6 +83,8 @@ def render(template: str, fields: Mapping[str, str]) -> str:
 
 def check_header(name: str, value: str) -> str:
     """Refuse control characters (CR, LF, NUL, TAB, DEL, C1) and Unicode line/paragraph separators."""
+    if value.isascii() and value.isprintable():  # the usual case: no control character in it
+        return value
     for char in value:
         if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
             raise HeaderInjectionRefused(f"{name} header contains the control character {char!r}")

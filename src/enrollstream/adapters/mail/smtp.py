@@ -162,6 +162,16 @@ class _PipelinedReplies(asyncio.Protocol):
         return self._replies.pop(0)
 
 
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def _quoted(address: str) -> bytes:
+    """`<address>` as aiosmtplib's `mail` / `rcpt` send it; a plain address needs no parsing."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return b"<%s>" % address.encode("ascii")
+    return quote_address(address).encode("ascii")
+
+
 def _reply_end(buffer: bytearray) -> int | None:
     """Where the first complete (possibly multiline, "250-...") reply in `buffer` ends, or None."""
     start = 0
@@ -295,8 +305,8 @@ class SmtpSender:
                 # RFC 2920: MAIL, RCPT and DATA in one write, their three replies read in order. The
                 # content still goes only after a 354, so nothing about the unknown window changes.
                 commands = b"MAIL FROM:%s\r\nRCPT TO:%s\r\nDATA\r\n" % (
-                    quote_address(sender).encode("ascii"),
-                    quote_address(recipient).encode("ascii"),
+                    _quoted(sender),
+                    _quoted(recipient),
                 )
                 replies = _PipelinedReplies(3)
                 try:
