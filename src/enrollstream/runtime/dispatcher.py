@@ -158,7 +158,8 @@ class DispatcherService:
         limits: SendLimits | None = None,
         sms: SmsChannel | None = None,  # default: OutboundSmsTopicChannel on our producer
         clock: Clock = utc_now,
-        max_batch: int = 100,
+        max_batch: int = 500,
+        start_ahead: int = 32,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         stuck_after_s: float = 300.0,
@@ -176,6 +177,9 @@ class DispatcherService:
         self.sms = sms
         self.clock = clock
         self.max_batch = max_batch
+        if start_ahead < 1:
+            raise ValueError("start_ahead must be at least 1")
+        self.start_ahead = start_ahead
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self._consumer: AIOKafkaConsumer | None = None
@@ -446,22 +450,37 @@ class DispatcherService:
                 [e.data.dispatch for e, _ in unusable],
             )
             rows.update({_row_key(r): r for r in found})
-        started: list[Mapping[str, Any]] = []
-        if sendable:
-            started, deferred = await self._start(sendable)
-            rows.update({_row_key(r): r for r in deferred})
-        # Every `started` row is committed: now the content may go out, side by side over the pool.
-        # Outcomes are recorded as the sends end (one statement for all that ended together), so a
-        # crash leaves `started`, hence `unknown`, only the sends that had not ended.
-        self.sends += len(started)
+        # The content may go out only once its `started` row is committed. Rows are started in chunks
+        # of `start_ahead`, the next chunk while the sends of the last ones run (so the SMTP pool does
+        # not wait for the ledger), and only while at most `start_ahead` sends are started and not
+        # ended: a crash leaves `unknown` at most 2 x `start_ahead` attempts (those in progress and
+        # those waiting for a connection), however large the poll batch. Outcomes are recorded as the
+        # sends end (one statement for all that ended together).
         rows.update(await self._finish(outcomes))
-        sending = {
-            asyncio.ensure_future(self._send(prepared[_row_key(r)][1], r["message_id"])): r for r in started
-        }
+        chunks = [sendable[i : i + self.start_ahead] for i in range(0, len(sendable), self.start_ahead)]
+        chunks.reverse()  # popped from the end: in order
+        starting: asyncio.Future[tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]] | None = None
+        sending: dict[asyncio.Future[SendResult], Mapping[str, Any]] = {}
         failure: BaseException | None = None
         try:
-            while sending:
-                ended, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                if starting is None and chunks and len(sending) <= self.start_ahead:
+                    starting = asyncio.ensure_future(self._start(chunks.pop()))
+                waiting: set[asyncio.Future[Any]] = set(sending)
+                if starting is not None:
+                    waiting.add(starting)
+                if not waiting:
+                    break
+                ended, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if starting is not None and starting in ended:
+                    ended.discard(starting)
+                    started, deferred = starting.result()  # PostgreSQL away: the batch is retried
+                    starting = None
+                    rows.update({_row_key(r): r for r in deferred})
+                    self.sends += len(started)
+                    for r in started:
+                        send = asyncio.ensure_future(self._send(prepared[_row_key(r)][1], r["message_id"]))
+                        sending[send] = r
                 outcomes_now: dict[_Key, SendResult] = {}
                 for task in ended:
                     row = sending.pop(task)
@@ -476,10 +495,13 @@ class DispatcherService:
                         result.detail,
                     )
                     outcomes_now[_row_key(row)] = result
-                rows.update(await self._finish(outcomes_now))
+                if outcomes_now:
+                    rows.update(await self._finish(outcomes_now))
         finally:
             for task in sending:  # cancelled (a crash, for the ledger): their rows stay `started`
                 task.cancel()
+            if starting is not None:
+                starting.cancel()
         if failure is not None:
             raise failure
         return rows

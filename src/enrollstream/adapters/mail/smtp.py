@@ -183,7 +183,7 @@ def _reply_end(buffer: bytearray) -> int | None:
 
 
 class SmtpSender:
-    """Sends over a small pool of connections to the relay (`pool_size`, default 4): a connection is
+    """Sends over a small pool of connections to the relay (`pool_size`, default 8): a connection is
     kept only when its last transaction ended with a reply (the final reply after the content, or a
     refusal followed by a successful RSET), so every message is its own MAIL/RCPT/DATA transaction and
     the unknown window is exactly "content written, final reply not read" for that message alone. A
@@ -191,7 +191,7 @@ class SmtpSender:
     while it was idle fails at MAIL, before anything of the message was sent: the message goes once
     more over a new connection. `aclose()` closes the idle connections."""
 
-    def __init__(self, config: SmtpConfig, pool_size: int = 4) -> None:
+    def __init__(self, config: SmtpConfig, pool_size: int = 8) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self.config = config
