@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from enrollstream.adapters.mail.message import (
     MAX_HEADER_LINE,
     WIRE_POLICY,
+    HeaderInjectionRefused,
+    InvalidAddress,
     MessageRef,
     SenderIdentity,
     WireMessage,
@@ -211,3 +213,24 @@ def test_an_ascii_body_with_a_line_longer_than_998_characters_goes_quoted_printa
     assert old["Content-Transfer-Encoding"] == "quoted-printable"
     assert max(len(line) for line in content.partition(b"\r\n\r\n")[2].split(b"\r\n")) <= 78
     assert _parsed(content).get_content().replace("\r\n", "\n") == body
+
+
+@pytest.mark.parametrize("to", ["@a", "Ada <@example.org>"])
+def test_an_address_the_header_parser_cannot_read_is_an_invalid_recipient(to: str) -> None:
+    with pytest.raises(InvalidAddress) as refused:
+        build_message(
+            sender=IDENTITIES[0],
+            ref=MessageRef("a", "c", "e", 0, 1),
+            to=to,
+            subject_template="s",
+            body_template="b",
+            fields={},
+            date=datetime(2026, 12, 1, tzinfo=UTC),
+        )
+    assert refused.value.header == "To"
+
+
+def test_control_characters_in_a_non_ascii_contact_name_are_refused_not_encoded() -> None:
+    """formataddr would put "Zoë\\r\\n" in an encoded-word, past the header check."""
+    with pytest.raises(HeaderInjectionRefused):
+        recipient_header("Zoë\r\nBcc: x@evil.example", "zoe@example.org")
