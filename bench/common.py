@@ -50,8 +50,9 @@ class Sizes:
     broker_records: int = 1_000_000
     scheduler_burst: int = 100_000
     scheduler_steady_seconds: int = 10
-    end_to_end_rate: int = 200
-    end_to_end_seconds: int = 15
+    end_to_end_rate: int = 500
+    end_to_end_seconds: int = 60
+    end_to_end_searches: int = 4  # more rates tried to find the highest with p99 < 2 s
     state_engine_contacts: int = 1_000_000
     state_engine_gets: int = 100_000
     state_engine_overwrites: int = 10_000
@@ -70,7 +71,9 @@ class Sizes:
             broker_records=100_000,
             scheduler_burst=10_000,
             scheduler_steady_seconds=3,
+            end_to_end_rate=50,
             end_to_end_seconds=5,
+            end_to_end_searches=0,
             state_engine_contacts=100_000,
         )
 

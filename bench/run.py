@@ -25,6 +25,7 @@ from bench import (
     broker,
     decider,
     dispatcher,
+    end_to_end,
     machine,
     pending,
     projector,
@@ -105,7 +106,7 @@ async def run_scenarios(
             elif name == "scheduler":
                 results[name] = await pending.scheduler(bootstrap, server_url, sizes, say)
             elif name == "end_to_end":
-                results[name] = await pending.end_to_end(bootstrap, server_url, sizes, say)
+                results[name] = await end_to_end.scenario(bootstrap, server_url, sizes, say)
             elif name == "restore":
                 results[name] = await restore.scenario(bootstrap, sizes, say)
             elif name == "decider_resident":

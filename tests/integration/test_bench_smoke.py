@@ -53,7 +53,12 @@ async def test_quick_bench_decider_and_projector_write_results_json(
         assert loaded[name]["value"] > 0 and loaded[name]["target_met"] in (True, False)
     assert loaded["scheduler"]["params"]["timers_at_once"] == 300
     assert loaded["scheduler"]["params"]["lateness_p99_s"] >= loaded["scheduler"]["params"]["lateness_p50_s"]
-    assert loaded["end_to_end"]["params"]["enrollments_per_s"] == 20
+    e2e = loaded["end_to_end"]["params"]
+    assert e2e["enrollments_per_s"] == 20 and [r["rate"] for r in e2e["rates"]] == [20]
+    assert e2e["rates"][0]["emails"] == e2e["rates"][0]["enrolls"] == 20
+    assert set(e2e["rates"][0]["cores"]) == {"decider", "projector", "scheduler", "dispatcher", "smtp sink"}
+    hops = list(e2e["p50_s_from_enroll_to"].values())
+    assert len(hops) == 4 and hops == sorted(hops)  # each hop after the one before
     for name in ("restore", "broker"):
         assert loaded[name]["status"] == "not_run"  # not selected here
     console.print(table(loaded))  # the table renders from what was written

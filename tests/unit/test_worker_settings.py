@@ -50,3 +50,30 @@ def test_an_unusable_sending_setting_is_named_before_anything_starts() -> None:
     settings = Settings(**{**SENDING, "unsubscribe_url": "http://u.acme.example/u"})
     with pytest.raises(InvalidSettings, match="https"):
         check_settings(settings, DEFAULT_ROLES)
+
+
+def test_unusable_bounce_webhooks_stop_the_unsubscribe_role_before_anything_starts() -> None:
+    short = '[{"name": "acme", "account_id": "acme", "format": "smtp2go", "secrets": ["short"]}]'
+    for value in ("not json", short):
+        settings = Settings(unsubscribe_keys="k" * 32, bounce_webhooks=value)
+        with pytest.raises(InvalidSettings, match="ENROLLSTREAM_BOUNCE_WEBHOOKS"):
+            check_settings(settings, ("unsubscribe",))
+        check_settings(settings, ("decider",))  # only the role that serves them needs them
+    usable = short.replace("short", "s" * 20)
+    check_settings(Settings(unsubscribe_keys="k" * 32, bounce_webhooks=usable), ("unsubscribe",))
+
+
+def test_the_receiver_is_opt_in_and_needs_its_reply_domain_and_imap_credentials() -> None:
+    assert "receiver" not in DEFAULT_ROLES
+    with pytest.raises(MissingSettings) as raised:
+        check_settings(Settings(), ("receiver",))
+    assert raised.value.needs == {"receiver": ["ENROLLSTREAM_RECEIVER_DOMAIN"]}
+    with pytest.raises(MissingSettings) as raised:
+        check_settings(
+            Settings(receiver_domain="reply.acme.example", receiver_imap_host="imap.x"), ("receiver",)
+        )
+    assert raised.value.needs == {
+        "receiver": ["ENROLLSTREAM_RECEIVER_IMAP_USERNAME", "ENROLLSTREAM_RECEIVER_IMAP_PASSWORD"]
+    }
+    check_settings(Settings(receiver_domain="reply.acme.example"), ("receiver",))
+    assert Settings().receiver_smtp_host == "127.0.0.1"

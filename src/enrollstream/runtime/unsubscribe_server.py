@@ -3,6 +3,7 @@
     POST /unsubscribe/<token>   body List-Unsubscribe=One-Click  -> OptOut on the commands topic, 200
     GET  /unsubscribe/<token>                                    -> a confirmation page with a form, 200
     GET  /o/<token>.gif      the open-tracking pixel             -> a 1x1 GIF at once; OpenDetected published
+    POST /webhooks/bounces/<endpoint>   a provider's bounce/complaint callback (runtime/bounce_webhooks.py)
 
 The pixel (docs/delivery.md "Open tracking") is answered before and regardless of publishing: the image
 never waits for Kafka. Its OpenDetected has a command id derived from the message id, so however often
@@ -34,7 +35,7 @@ import contextlib
 import html
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -43,6 +44,7 @@ from pydantic import ValidationError
 
 from enrollstream.adapters.kafka.records import encode, key_bytes
 from enrollstream.adapters.kafka.topics import Topics
+from enrollstream.adapters.mail.bounce_webhooks import WebhookEndpoint
 from enrollstream.adapters.mail.open_tracking import (
     PIXEL_GIF,
     InvalidOpenToken,
@@ -59,6 +61,8 @@ from enrollstream.adapters.mail.unsubscribe import (
 from enrollstream.domain import aggregate_key
 from enrollstream.domain.commands import CommandEnvelope, OpenDetected
 from enrollstream.observability import OPEN_PIXEL_LOADS
+from enrollstream.runtime.bounce_webhooks import ROUTE as BOUNCE_ROUTE
+from enrollstream.runtime.bounce_webhooks import BounceWebhooks
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +149,8 @@ class UnsubscribeServer:
         body_timeout_s: float = 10.0,
         max_connections: int = 256,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        bounce_webhooks: Mapping[str, WebhookEndpoint] | None = None,
+        database_url: str | None = None,
     ) -> None:
         if not keys:
             raise ValueError("the unsubscribe role needs a token key (ENROLLSTREAM_UNSUBSCRIBE_KEYS)")
@@ -171,6 +177,15 @@ class UnsubscribeServer:
         self.app.router.add_get("/unsubscribe/{token}", self._get)
         self.app.router.add_post("/unsubscribe/{token}", self._post)
         self.app.router.add_get("/o/{token}", self._pixel)
+        # Only with endpoints configured; they need the delivery ledger (PostgreSQL) to match messages.
+        self.bounces: BounceWebhooks | None = None
+        if bounce_webhooks:
+            if not database_url:
+                raise ValueError("bounce webhooks need DATABASE_URL (the delivery ledger)")
+            self.bounces = BounceWebhooks(
+                bounce_webhooks, database_url, self._publish, now=now, body_timeout_s=body_timeout_s
+            )
+            self.app.router.add_post(BOUNCE_ROUTE, self.bounces.handle)
         self._opens_published: OrderedDict[str, None] = OrderedDict()  # oldest first, bounded
         self._opens_pending: dict[str, asyncio.Task[None]] = {}
         self.opens_published = 0  # OpenDetected commands this process published
@@ -187,6 +202,8 @@ class UnsubscribeServer:
             request_timeout_ms=int(self.publish_timeout_s * 1000),
         )
         await self.producer.start()
+        if self.bounces is not None:
+            await self.bounces.start()
         # keepalive_timeout: aiohttp closes a connection still waiting for a complete request this long
         # after it opened or after its last response (partial data does not reset it).
         self._runner = web.AppRunner(
@@ -239,6 +256,8 @@ class UnsubscribeServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.bounces is not None:
+            await self.bounces.stop()
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.stop()

@@ -33,6 +33,7 @@ from enrollstream.domain import (
     to_integration_events,
 )
 from enrollstream.domain.commands import command_adapter
+from enrollstream.domain.integration import integration_event_adapter
 
 from .scenario import ACCOUNT, CONTACT, DAY, HOUR, T0, blast, campaign, contact, eid, step
 
@@ -202,6 +203,8 @@ def test_random_command_sequences_keep_every_invariant(data: st.DataObject) -> N
             if VALIDATORS:  # ... and the committed JSON Schema
                 VALIDATORS[event.type].validate(json.loads(event.model_dump_json()))
             for public in to_integration_events(event):
+                # Validated as its own class, not through the union: it must be what the union gives.
+                assert integration_event_adapter.validate_json(public.model_dump_json()) == public
                 assert public.id not in integration_ids
                 integration_ids.add(public.id)
             if event.type == "StepDelivered.v1":

@@ -121,3 +121,19 @@ update delivery_ledger d
 select enrollment_id, step_index, attempt, account_id, contact_id, message_id, message_id_header
   from delivery_ledger
  where message_id_header = any($1::text[]);
+
+-- name: bounce_by_message_id
+-- The message a bounce callback names by its Message-ID header, if it is of the endpoint's account.
+select enrollment_id, step_index, account_id, contact_id, message_id
+  from delivery_ledger
+ where message_id_header = $2 and account_id = $1;
+
+-- name: bounce_by_recipient
+-- A bounce callback without our Message-ID: the account's latest email to that address that may have
+-- reached the provider (migration 0018's index).
+select enrollment_id, step_index, account_id, contact_id, message_id
+  from delivery_ledger
+ where account_id = $1 and lower(recipient) = lower($2) and channel = 'email'
+   and state in ('sent', 'unknown')
+ order by started_at desc
+ limit 1;
