@@ -27,7 +27,7 @@ import asyncpg
 from bench.common import Result, Sizes, median, migrated_database, produce, run_id
 from enrollstream.adapters.kafka.records import encode
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
-from enrollstream.adapters.mail.message import WIRE_POLICY, SenderIdentity, build_step_message
+from enrollstream.adapters.mail.message import SenderIdentity, build_step_wire_message
 from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender
 from enrollstream.adapters.postgres.databases import drop_database
 from enrollstream.domain import ids
@@ -174,7 +174,7 @@ async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[
     payloads = []
     for e in events:
         assert e.enrollment_id is not None
-        message = build_step_message(
+        message = build_step_wire_message(
             sender=IDENTITY,
             account_id=e.account_id,
             contact_id=e.contact_id,
@@ -182,7 +182,7 @@ async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[
             step=e.data,
             date=AT,
         )
-        payloads.append(("bench@bench.example", e.data.to, message.as_bytes(policy=WIRE_POLICY)))
+        payloads.append(("bench@bench.example", e.data.to, message.content))
     dispatched: list[float] = []
     raw: list[float] = []
     raw_one: list[float] = []

@@ -311,6 +311,7 @@ _SIMPLE_NAME = re.compile(r"[A-Za-z0-9'_-]+(?: [A-Za-z0-9'_-]+)*")
 _SIMPLE_ADDR = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SIMPLE_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 _CRLF = b"\r\n"
+_BODY_LINE = 78  # email.policy.default.max_line_length, what set_content wraps quoted-printable at
 
 
 @dataclass(frozen=True)
@@ -380,10 +381,8 @@ def _text_part(body: str, subtype: str, cte: str) -> tuple[bytes, bytes]:
     """A text part's Content-Type and Content-Transfer-Encoding lines, and its body, as
     `set_content(body, subtype=..., charset="utf-8", cte=cte)` and the generator write them."""
     data = b"\n".join(body.encode("utf-8").splitlines()) + b"\n"
-    if cte != "7bit":  # set_content encodes with the message's policy (default: 78 columns)
-        data = quoprimime.body_encode(data.decode("latin-1"), email.policy.default.max_line_length).encode(
-            "ascii"
-        )
+    if cte != "7bit":  # set_content encodes with the message's policy: email.policy.default, 78 columns
+        data = quoprimime.body_encode(data.decode("latin-1"), _BODY_LINE).encode("ascii")
     headers = f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n'
     return headers.encode("ascii"), data.replace(b"\n", _CRLF)  # only \n ends a line here
 
