@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import aiosmtplib
 import asyncpg
@@ -161,7 +162,9 @@ async def run_raw(sink: SinkProcess, payloads: list[tuple[str, str, bytes]], con
     return len(payloads) / (max(m.received_at for m in received) - started)
 
 
-async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[[str], None]) -> Result:
+async def scenario(
+    bootstrap: str, server_url: str, sizes: Sizes, say: Callable[[str], None], profile: Any = None
+) -> Result:
     n = emails(sizes)
     run = run_id()
     topics = Topics(prefix=f"bench-{run}.")
@@ -195,6 +198,9 @@ async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[
             raw_one.append(await run_raw(sink, payloads, 1))
             rate, seen = await run_dispatcher(bootstrap, server_url, topics, sink, n)
             dispatched.append(rate)
+            if profile is not None and rep == 0:  # an extra run, profiled (pyinstrument: not a figure)
+                with profile("dispatcher"):
+                    await run_dispatcher(bootstrap, server_url, topics, sink, n)
             say(
                 f"dispatcher rep {rep + 1}/{sizes.reps}: {rate:,.0f} emails/s "
                 f"({seen['connections']} SMTP connections, group join {seen['join_ms']} ms), "
