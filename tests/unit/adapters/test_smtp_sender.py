@@ -295,3 +295,35 @@ async def test_a_relay_offering_pipelining_gets_mail_rcpt_and_data_in_one_write(
         assert server.pipelined == 3
         assert server.connections == 1  # the refusal (and the refused DATA) left it usable
         assert [m.rcpt_tos[0] for m in server.messages] == ["ada@example.org", "bob@example.org"]
+
+
+async def test_pipelined_replies_are_read_in_order_across_reads_and_multiline_replies() -> None:
+    from enrollstream.adapters.mail.smtp import _PipelinedReplies
+
+    replies = _PipelinedReplies(3)
+    replies.data_received(b"250 2.1.0 Ok\r\n250-2.1.5 first line\r\n25")
+    replies.data_received(b"0 2.1.5 second line\r\n354 End data with <CR><LF>.<CR><LF>\r\n")
+    got = [await replies.next(1.0) for _ in range(3)]
+    assert [(r.code, r.message) for r in got] == [
+        (250, "2.1.0 Ok"),
+        (250, "2.1.5 first line\n2.1.5 second line"),
+        (354, "End data with <CR><LF>.<CR><LF>"),
+    ]
+
+
+async def test_a_malformed_or_missing_pipelined_reply_ends_the_read() -> None:
+    from aiosmtplib import SMTPResponseException, SMTPServerDisconnected
+
+    from enrollstream.adapters.mail.smtp import _PipelinedReplies
+
+    garbled = _PipelinedReplies(3)
+    garbled.data_received(b"250 Ok\r\nhello there\r\n")
+    assert (await garbled.next(1.0)).code == 250
+    with pytest.raises(SMTPResponseException):
+        await garbled.next(1.0)
+    gone = _PipelinedReplies(3)
+    gone.data_received(b"250 Ok\r\n")
+    gone.connection_lost(None)
+    assert (await gone.next(1.0)).code == 250  # what arrived before the drop is still read
+    with pytest.raises(SMTPServerDisconnected):
+        await gone.next(1.0)

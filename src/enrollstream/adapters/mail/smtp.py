@@ -320,6 +320,9 @@ class SmtpSender:
                     rcpt = await replies.next(timeout)
                     phase = "data"
                     start = await replies.next(timeout)
+                except BaseException:
+                    smtp.close()  # out of step with the server (or gone): never reused
+                    raise
                 finally:
                     replies.detach(protocol)
                 refused = next(
