@@ -216,6 +216,10 @@ class SinkProcess:
         self._children = []
         self._dir.cleanup()
 
+    @property
+    def pids(self) -> list[int]:
+        return [child.pid for child in self._children]
+
     def _record(self, i: int) -> str:
         return os.path.join(self._dir.name, f"received-{i}.tsv")
 
