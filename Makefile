@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
-	sh scripts/install-chromium.sh  # the console tests' browser: Debian's chromium (no-op when present)
+	sh scripts/install-debian-package.sh chromium /usr/bin/chromium -- the console tests drive it
+	sh scripts/install-debian-package.sh dovecot-imapd /usr/sbin/dovecot /usr/lib/dovecot/imap -- the receiver tests poll it
 	touch $(STAMP)
 
 ## The demo (README "The demo"): a 3-step email campaign for 300 contacts, live, with replies, a bounce, an

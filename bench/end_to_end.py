@@ -3,7 +3,7 @@
 The deployment is the documented one: four `enrollstream worker --roles ROLE` processes (decider,
 projector, scheduler, dispatcher), each with the default settings except the scheduler's tick (100 ms
 instead of 500 ms, said in `params`), against fresh topics and a fresh database; the SMTP sink runs in a
-process of its own (`bench/sink_child.py`) and reports each accepted message's wall-clock time.
+process of its own (`enrollstream.smtp_sink.SinkProcess`) and records each message's accept time.
 
 The campaign's only step is an email due at once, so each Enroll is decided, projected into a timer,
 fired by the scheduler, decided again (StepDispatched), and sent. Latency = the sink's accept time - the
@@ -20,7 +20,6 @@ The CPU seconds each process used per second of a run say which role bounds it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -42,6 +41,7 @@ from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.adapters.postgres.databases import drop_database
 from enrollstream.domain import CampaignDefinition
 from enrollstream.runtime.campaigns import publish_campaign
+from enrollstream.smtp_sink import SinkProcess
 
 P99_LIMIT_S = 2.0
 TARGET = "500 Enrolls/s for 60 s, one worker process per role: p99 Enroll -> SMTP accept < 2 s"
@@ -94,49 +94,26 @@ class RateRun:
 
 
 class _Sink:
-    """The sink process and what it reported: recipient -> accept time."""
+    """The sink processes (`SinkProcess`) and what they accepted: recipient -> accept time."""
 
     def __init__(self) -> None:
+        self._processes = SinkProcess()
+        self.port = self._processes.port
         self.received: dict[str, float] = {}
-        self.port = 0
-        self._process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.sink_child",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        assert self._process.stdout is not None
-        first = await asyncio.wait_for(self._process.stdout.readline(), 30)
-        self.port = int(first.split()[1])
-        self._reader = asyncio.create_task(self._read())
+    def start(self) -> None:
+        self._processes.__enter__()
 
-    async def _read(self) -> None:
-        assert self._process is not None and self._process.stdout is not None
-        async for line in self._process.stdout:
-            at, recipient = line.decode().split()
-            self.received[recipient] = float(at)
+    def update(self) -> None:
+        for message in self._processes.received():
+            self.received.setdefault(message.recipient, message.received_at)
 
     @property
-    def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
+    def pids(self) -> list[int]:
+        return self._processes.pids
 
-    async def stop(self) -> None:
-        if self._process is None:
-            return
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        try:
-            await asyncio.wait_for(self._process.wait(), 10)
-        except TimeoutError:
-            self._process.kill()
-            await self._process.wait()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+    def stop(self) -> None:
+        self._processes.__exit__()
 
 
 def _environment(
@@ -230,12 +207,14 @@ async def _publish(
 async def _drained(sink: _Sink, workers: _Workers, published: dict[str, float], limit: float) -> bool:
     """Wait (at most `limit` s) until the sink holds an email for every one of these Enrolls."""
     deadline = time.monotonic() + limit
-    while any(r not in sink.received for r in published):
+    while True:
+        sink.update()
+        if all(r in sink.received for r in published):
+            return True
         workers.check()
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.2)
-    return True
 
 
 async def _run_rate(
@@ -248,13 +227,13 @@ async def _run_rate(
     tag: str,
 ) -> RateRun:
     cpu_before, machine_before, clock = workers.cpu(), _machine_cpu(), time.monotonic()
-    sink_before = _cpu_seconds([sink.pid])
+    sink_before = _cpu_seconds(sink.pids)
     published = await _publish(producer, topics.commands, tag, rate, rate * seconds)
     last_enroll = time.time()
     await _drained(sink, workers, published, seconds + 120)
     elapsed = time.monotonic() - clock
     cores = {role: (after - cpu_before[role]) / elapsed for role, after in workers.cpu().items()}
-    cores["smtp sink"] = (_cpu_seconds([sink.pid]) - sink_before) / elapsed
+    cores["smtp sink"] = (_cpu_seconds(sink.pids) - sink_before) / elapsed
     busy, total = (a - b for a, b in zip(_machine_cpu(), machine_before, strict=True))
     latencies = [sink.received[r] - at for r, at in published.items() if r in sink.received]
     arrived = [sink.received[r] for r in published if r in sink.received]
@@ -341,7 +320,7 @@ async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as work:
         workers = _Workers({}, Path(work))
         try:
-            await sink.start()
+            sink.start()
             workers.env = _environment(
                 bootstrap, url, topics, sizes.partitions, sink.port, Path(work) / "state"
             )
@@ -369,7 +348,7 @@ async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[
         finally:
             await producer.stop()
             await workers.stop()
-            await sink.stop()
+            sink.stop()
             await drop_database(server_url, name)
             await _delete_topics(bootstrap, topics.prefix)
     first = runs[0]

@@ -118,7 +118,7 @@ async def run_scenarios(
             elif name == "broker":
                 results[name] = await broker.scenario(bootstrap, settings.cache_dir, sizes, say)
             elif name == "dispatcher":
-                results[name] = await dispatcher.scenario(bootstrap, server_url, sizes, say)
+                results[name] = await dispatcher.scenario(bootstrap, server_url, sizes, say, profiler)
             elif name == "scale_out":
                 results[name] = await scale_out.scenario(bootstrap, server_url, sizes, say)
         except Exception as exc:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (CI smoke, < 2 minutes)")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     parser.add_argument("--reps", type=int, help="repetitions per scenario (default 3)")
-    parser.add_argument("--profile", action="store_true", help="also profile one decider/projector run")
+    parser.add_argument("--profile", action="store_true", help="also profile one run of a role")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where to write results.json")
     args = parser.parse_args(argv)
     only = tuple(s.strip() for s in args.only.split(",") if s.strip())

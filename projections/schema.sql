@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0018 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0019 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -387,6 +387,50 @@ CREATE VIEW public.enrollment_table AS
    FROM public.enrollments e;
 
 --
+-- Name: inbound_imap_checkpoints; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.inbound_imap_checkpoints (
+    mailbox_key text NOT NULL,
+    uidvalidity bigint NOT NULL,
+    last_uid bigint DEFAULT 0 NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+--
+-- Name: inbound_unmatched; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.inbound_unmatched (
+    id bigint NOT NULL,
+    account_id text,
+    inbound_message_id text NOT NULL,
+    reason text NOT NULL,
+    from_address text DEFAULT ''::text NOT NULL,
+    subject text DEFAULT ''::text NOT NULL,
+    received_at timestamp with time zone,
+    kept_at timestamp with time zone DEFAULT now() NOT NULL,
+    record text NOT NULL
+);
+
+--
+-- Name: inbound_unmatched_id_seq; Type: SEQUENCE; Schema: public; Owner: -
+--
+
+CREATE SEQUENCE public.inbound_unmatched_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+--
+-- Name: inbound_unmatched_id_seq; Type: SEQUENCE OWNED BY; Schema: public; Owner: -
+--
+
+ALTER SEQUENCE public.inbound_unmatched_id_seq OWNED BY public.inbound_unmatched.id;
+
+--
 -- Name: projection_checkpoints; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -456,6 +500,12 @@ CREATE TABLE public.unprojectable_events (
     value_sha256 text NOT NULL,
     at timestamp with time zone DEFAULT now() NOT NULL
 );
+
+--
+-- Name: inbound_unmatched id; Type: DEFAULT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.inbound_unmatched ALTER COLUMN id SET DEFAULT nextval('public.inbound_unmatched_id_seq'::regclass);
 
 --
 -- Name: api_keys api_keys_key_sha256_key; Type: CONSTRAINT; Schema: public; Owner: -
@@ -547,6 +597,20 @@ ALTER TABLE ONLY public.enrollment_timeline
 
 ALTER TABLE ONLY public.enrollments
     ADD CONSTRAINT enrollments_pkey PRIMARY KEY (enrollment_id);
+
+--
+-- Name: inbound_imap_checkpoints inbound_imap_checkpoints_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.inbound_imap_checkpoints
+    ADD CONSTRAINT inbound_imap_checkpoints_pkey PRIMARY KEY (mailbox_key);
+
+--
+-- Name: inbound_unmatched inbound_unmatched_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.inbound_unmatched
+    ADD CONSTRAINT inbound_unmatched_pkey PRIMARY KEY (id);
 
 --
 -- Name: projection_checkpoints projection_checkpoints_pkey; Type: CONSTRAINT; Schema: public; Owner: -
@@ -683,6 +747,18 @@ CREATE INDEX enrollments_contact ON public.enrollments USING btree (account_id, 
 --
 
 CREATE INDEX enrollments_contact_name_trgm ON public.enrollments USING gin (contact_name public.gin_trgm_ops);
+
+--
+-- Name: inbound_unmatched_account; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE INDEX inbound_unmatched_account ON public.inbound_unmatched USING btree (account_id, id);
+
+--
+-- Name: inbound_unmatched_message; Type: INDEX; Schema: public; Owner: -
+--
+
+CREATE UNIQUE INDEX inbound_unmatched_message ON public.inbound_unmatched USING btree (COALESCE(account_id, ''::text), inbound_message_id);
 
 --
 -- Name: replies_campaign; Type: INDEX; Schema: public; Owner: -

@@ -154,9 +154,10 @@ def new_dispatcher(
     *,
     group_id: str | None = None,
     limits: SendLimits | None = None,
+    **service_kw: Any,
 ) -> DispatcherService:
     assert settings.kafka_bootstrap_servers and settings.database_url
-    sender = SmtpSender(SmtpConfig(host=smtp.host, port=smtp.port, starttls=False, timeout=5.0))
+    sender = SmtpSender(SmtpConfig(host=smtp.host, port=smtp.port, starttls=False, timeout=5.0), pool_size=4)
     return DispatcherService(
         settings.kafka_bootstrap_servers,
         Topics(settings.topic_prefix),
@@ -168,6 +169,7 @@ def new_dispatcher(
         clock=clock,
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
+        **service_kw,
     )
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -25,6 +27,21 @@ async def publish(bootstrap: str, topic: str, value: bytes | BaseModel, key: str
         await producer.send_and_wait(topic, payload, key=key.encode() if key is not None else None)
     finally:
         await producer.stop()
+
+
+async def publish_enroll(
+    bootstrap: str, topic: str, account: str, contact: str, email: str, campaign_id: str = "welcome"
+) -> None:
+    """An upstream's Enroll of `contact` (with this email) into `campaign_id`, on the commands topic."""
+    command = {
+        "command_id": f"cmd-{uuid.uuid4()}",
+        "type": "Enroll.v1",
+        "account_id": account,
+        "issued_at": datetime.now(UTC).isoformat(),
+        "actor": "crm",
+        "data": {"contact_id": contact, "campaign_id": campaign_id, "contact": {"email": email}},
+    }
+    await publish(bootstrap, topic, json.dumps(command).encode(), key=f"{account}/{contact}")
 
 
 async def read_until(

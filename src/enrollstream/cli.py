@@ -193,7 +193,7 @@ def worker_command(
     roles: str | None = typer.Option(
         None,
         help="comma-separated roles: decider, projector, scheduler, dispatcher, inbound, relay, "
-        "unsubscribe, api (default: decider, projector, scheduler, dispatcher, inbound)",
+        "unsubscribe, api, receiver (default: decider, projector, scheduler, dispatcher, inbound)",
     ),
     processes: int = typer.Option(
         1,

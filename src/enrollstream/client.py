@@ -280,6 +280,35 @@ class EnrollstreamClient:
         }
         return await self.send(self.envelope("Enroll.v1", account_id, data, command_id=command_id), timeout)
 
+    # --- job stages (seed 002) -------------------------------------------------------------------
+
+    async def stage_changed(
+        self,
+        account_id: str,
+        contact_id: str,
+        *,
+        application_id: str,
+        pipeline_id: str,
+        stage_id: str,
+        entered_at: datetime,
+        command_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> CommandResult:
+        """Seed 002: the contact's application was created in, or moved into, a job stage at `entered_at`
+        (upstream's time of the move). Publishes StageChanged.v1 and waits for its result: accepted with
+        the enrollments made in the account's campaigns linked to the stage, `skipped` (e.g. already
+        enrolled), `duplicate` (that entry enrolled before, under any command id) or rejected
+        `stage_not_linked`. The facts come from the contact's profile in the account's directory."""
+        data = {
+            "contact_id": contact_id,
+            "application_id": application_id,
+            "pipeline_id": pipeline_id,
+            "stage_id": stage_id,
+            "entered_at": entered_at.isoformat(),
+        }
+        envelope = self.envelope("StageChanged.v1", account_id, data, command_id=command_id)
+        return await self.send(envelope, timeout)
+
     # --- integration events ---------------------------------------------------------------------
 
     async def integration_events(self, *, from_beginning: bool = False) -> AsyncIterator[AnyIntegrationEvent]:

@@ -103,6 +103,33 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8080, ge=0, le=65535)  # 0: any free port (the worker prints it)
     # A write waits this long for its command's result, then answers 202 with a Location to poll.
     api_result_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # The inbound mail receiver (role `receiver`, docs/delivery.md "Receiving replies"): an SMTP listener
+    # for the reply domain and/or an IMAP poller, both publishing InboundEmailReceived.
+    receiver_domain: str | None = Field(default=None, max_length=253)  # RCPT to any other domain: 550
+    # Which account a reply address is: "jobs=acme,talent=globex" (local part -> account), else the
+    # address's +tag (reply+acme@domain), else receiver_account; none of them: 550 at RCPT.
+    receiver_mailboxes: str = ""
+    receiver_account: str | None = Field(default=None, max_length=256)
+    receiver_smtp_enabled: bool = True
+    receiver_smtp_host: str = "127.0.0.1"
+    receiver_smtp_port: int = Field(default=2525, ge=0, le=65535)  # 0: any free port
+    receiver_max_message_bytes: int = Field(default=10 * 2**20, ge=1024, le=100 * 2**20)  # over it: 552
+    receiver_max_recipients: int = Field(default=50, ge=1, le=1000)  # per message; more: 452
+    # Open SMTP connections at once (each idle one is closed after 60 s); more: 421 and closed.
+    receiver_max_connections: int = Field(default=100, ge=1, le=10_000)
+    receiver_publish_timeout_s: float = Field(default=10.0, gt=0)  # not acknowledged in time: 451
+    # The IMAP poller (off unless a host is set): one connection per mailbox, IDLE where supported.
+    receiver_imap_host: str | None = None
+    receiver_imap_port: int = Field(default=993, ge=1, le=65535)
+    receiver_imap_tls: bool = True  # implicit TLS (993); false: plain IMAP (tests, a local server)
+    receiver_imap_username: str | None = None
+    receiver_imap_password: SecretStr | None = None
+    receiver_imap_mailboxes: str = "INBOX"  # comma-separated
+    receiver_imap_poll_interval_s: float = Field(default=60.0, gt=0)  # without IDLE
+    receiver_imap_idle_s: float = Field(default=600.0, gt=0, le=1740)  # IDLE is renewed within 29 min
+    receiver_imap_batch: int = Field(default=100, ge=1, le=10_000)  # messages per round
+    # The inbound role keeps mail that matched nothing in inbound_unmatched: the newest this many rows.
+    inbound_unmatched_max_rows: int = Field(default=10_000, ge=1, le=10_000_000)
     # The scheduler role: how often it claims due timers, how many per claim, and how long a claim's
     # lease lasts (a row whose command was deferred or went stale fires again after it).
     scheduler_interval_ms: int = Field(default=500, ge=10)
@@ -182,6 +209,15 @@ def missing_for_roles(settings: Settings, roles: Iterable[str]) -> dict[str, lis
             ),
         ),
         "unsubscribe": (("ENROLLSTREAM_UNSUBSCRIBE_KEYS", unsubscribe_key_list(settings)),),
+        "receiver": (("ENROLLSTREAM_RECEIVER_DOMAIN", settings.receiver_domain),)
+        + (
+            (
+                ("ENROLLSTREAM_RECEIVER_IMAP_USERNAME", settings.receiver_imap_username),
+                ("ENROLLSTREAM_RECEIVER_IMAP_PASSWORD", settings.receiver_imap_password),
+            )
+            if settings.receiver_imap_host
+            else ()
+        ),
     }
     out: dict[str, list[str]] = {}
     for role in roles:

@@ -70,6 +70,24 @@ BOUNCE_WEBHOOKS = Counter(
     "unknown_event, unmatched), unavailable, publish_failed, error",
     ["format", "result"],
 )
+INBOUND_RECEIVED = Counter(
+    "enrollstream_inbound_received",
+    "Messages the inbound receiver took in, by source (smtp, imap) and outcome: published (on the "
+    "inbound-email topic), rejected (refused at RCPT or for its size), failed (not acknowledged: 451 / "
+    "polled again), no_account (kept for inspection: no reply address of ours named an account)",
+    ["source", "outcome"],
+)
+INBOUND_AUTO_REPLIES = Counter(
+    "enrollstream_inbound_auto_replies",
+    "Received mail the inbound role recognised as automatic (not a person's reply), by first signal",
+    ["signal"],
+)
+INBOUND_UNMATCHED = Counter(
+    "enrollstream_inbound_unmatched",
+    "Received mail that matched nothing of ours, kept for inspection in inbound_unmatched, by kind "
+    "(reply, dsn, no_account)",
+    ["kind"],
+)
 QUARANTINED = Counter(
     "enrollstream_quarantined_events",
     "Records the projector could not write, quarantined in unprojectable_events, by topic",

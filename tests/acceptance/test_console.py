@@ -37,7 +37,7 @@ from tests.support import read_until, running_worker
 
 pytestmark = pytest.mark.acceptance
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by scripts/install-chromium.sh
+CHROMIUM = "/usr/bin/chromium"  # Debian's package, installed by `make` (scripts/install-debian-package.sh)
 ACCOUNT, OTHER = "acct-console", "acct-elsewhere"
 CAMPAIGN = "welcome"
 PULSE = "pulse"  # one second between steps: the page follows its sends live

@@ -11,7 +11,6 @@ import base64
 import json
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -27,7 +26,7 @@ from enrollstream.runtime.worker import Worker
 from tests.integration.test_contact_directory import sending
 from tests.integration.test_unsubscribe_endpoint import records_in
 from tests.servers.smtp import RecordingSmtpServer
-from tests.support import eventually, publish, read_until, running_worker
+from tests.support import eventually, publish_enroll, read_until, running_worker
 
 ROLES = ("decider", "projector", "scheduler", "dispatcher", "unsubscribe")
 SECRET, OLD_SECRET = "smtp2go-secret-0123456789", "older-secret-0123456789"
@@ -59,18 +58,6 @@ def webhook_settings(settings: Settings, smtp: RecordingSmtpServer, account: str
     return sending(settings, smtp).model_copy(
         update={"unsubscribe_port": 0, "bounce_webhooks": json.dumps(endpoints)}
     )
-
-
-async def enroll(bootstrap: str, topics: Topics, account: str, contact: str, email: str) -> None:
-    command = {
-        "command_id": f"cmd-{uuid.uuid4()}",
-        "type": "Enroll.v1",
-        "account_id": account,
-        "issued_at": datetime.now(UTC).isoformat(),
-        "actor": "crm",
-        "data": {"contact_id": contact, "campaign_id": "welcome", "contact": {"email": email}},
-    }
-    await publish(bootstrap, topics.commands, json.dumps(command).encode(), key=f"{account}/{contact}")
 
 
 async def sent_message_id(smtp: RecordingSmtpServer, db: asyncpg.Connection, address: str) -> str:
@@ -135,7 +122,7 @@ async def test_an_smtp2go_hard_bounce_fails_the_enrollment_once_however_often_it
     await publish_campaign(bootstrap, topics.campaigns, campaign(account))
     configured = webhook_settings(settings, smtp_server, account, other)
     async with running_worker(configured, roles=ROLES) as worker, aiohttp.ClientSession() as http:
-        await enroll(bootstrap, topics, account, "ada", "ada@example.org")
+        await publish_enroll(bootstrap, topics.commands, account, "ada", "ada@example.org")
         message_id = await sent_message_id(smtp_server, db, "ada@example.org")
         callback = smtp2go_bounce("ada@example.org", message_id)
         # SMTP2GO retries a callback it is not sure arrived; the older secret still works (rotation).
@@ -181,7 +168,7 @@ async def test_a_soft_bounce_is_recorded_and_the_sequence_carries_on(
     await publish_campaign(bootstrap, topics.campaigns, campaign(account))
     configured = webhook_settings(settings, smtp_server, account, other)
     async with running_worker(configured, roles=ROLES) as worker, aiohttp.ClientSession() as http:
-        await enroll(bootstrap, topics, account, "ada", "ada@example.org")
+        await publish_enroll(bootstrap, topics.commands, account, "ada", "ada@example.org")
         message_id = await sent_message_id(smtp_server, db, "ada@example.org")
         body = json.dumps(
             {
@@ -222,7 +209,7 @@ async def test_an_smtp2go_complaint_opts_the_contact_out(
     await publish_campaign(bootstrap, topics.campaigns, campaign(account))
     configured = webhook_settings(settings, smtp_server, account, other)
     async with running_worker(configured, roles=ROLES) as worker, aiohttp.ClientSession() as http:
-        await enroll(bootstrap, topics, account, "ada", "Ada@Example.org")
+        await publish_enroll(bootstrap, topics.commands, account, "ada", "Ada@Example.org")
         await sent_message_id(smtp_server, db, "Ada@Example.org")
         form = {"event": "spam", "rcpt": "ada@example.org", "email_id": "1vomg2-x", "time": "1772443740"}
         basic = base64.b64encode(f"smtp2go:{SECRET}".encode()).decode()
@@ -257,7 +244,7 @@ async def test_a_callback_about_another_accounts_message_has_no_effect_on_it(
     configured = webhook_settings(settings, smtp_server, account, other)
     unmatched = counted("smtp2go", "unmatched")
     async with running_worker(configured, roles=ROLES) as worker, aiohttp.ClientSession() as http:
-        await enroll(bootstrap, topics, other, "bob", "bob@example.org")
+        await publish_enroll(bootstrap, topics.commands, other, "bob", "bob@example.org")
         theirs = await sent_message_id(smtp_server, db, "bob@example.org")
         commands_before = await records_in(bootstrap, topics.commands, settings.partitions)
         # Our endpoint, with our secret, naming their message: by Message-ID, then by recipient only.

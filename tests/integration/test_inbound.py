@@ -1,12 +1,15 @@
 """Reply detection: received email on the inbound-email topic, matched against the Message-IDs the
 dispatcher sent (the delivery ledger), becomes ReplyDetected for the right enrollment; auto-replies
-do not; what matches nothing is dead-lettered with the reason."""
+do not; what matches nothing is kept for inspection (inbound_unmatched) with the reason, not
+dead-lettered; only a record that is not an InboundEmailReceived at all is a dead letter."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from typing import Any
+
+import asyncpg
 
 from enrollstream.adapters.kafka.records import header
 from enrollstream.adapters.kafka.topics import Topics
@@ -40,8 +43,12 @@ def _inbound(account: str, message_id: str, **fields: Any) -> InboundEmailReceiv
     )
 
 
-async def test_a_reply_to_our_message_id_stops_the_enrollment_an_auto_reply_does_not_and_strays_go_to_the_dlq(
-    settings: Settings, topics: Topics, smtp_server: RecordingSmtpServer, manual_clock: ManualClock
+async def test_a_reply_to_our_message_id_stops_the_enrollment_an_auto_reply_does_not_and_strays_are_kept(
+    settings: Settings,
+    topics: Topics,
+    smtp_server: RecordingSmtpServer,
+    manual_clock: ManualClock,
+    db: asyncpg.Connection,
 ) -> None:
     bootstrap = settings.kafka_bootstrap_servers
     assert bootstrap and settings.database_url
@@ -79,7 +86,7 @@ async def test_a_reply_to_our_message_id_stops_the_enrollment_an_auto_reply_does
         inbound = InboundService(bootstrap, topics, settings.database_url, settings.group_id)
         async with running(inbound):
             [detected] = await commands_of_type(bootstrap, topics, "ReplyDetected.v1", 1)
-            letters = await read_until(bootstrap, topics.dead_letters, lambda rs: len(rs) >= 2)
+            [letter] = await read_until(bootstrap, topics.dead_letters, lambda rs: len(rs) >= 1)
             decided = await events(
                 bootstrap, topics, lambda es: any(e.type == "EnrollmentStopped.v1" for e in es)
             )
@@ -88,15 +95,17 @@ async def test_a_reply_to_our_message_id_stops_the_enrollment_an_auto_reply_does
         assert detected["data"]["enrollment_id"] == eid
         assert detected["data"]["contact_id"] == "ada"
         assert detected["data"]["inbound_message_id"] == "<reply-1@example.org>"
-        assert inbound.auto_replies == 1 and inbound.replies == 1
-        reasons = sorted(header(r.headers, "error.reason") or "" for r in letters)
-        assert reasons[0] == "not a valid InboundEmailReceived"
-        assert reasons[1].startswith("unmatched: none of <someone-else@elsewhere.example>")
-        assert all(header(r.headers, "error.role") == "inbound" for r in letters)
-        stray_letter = next(
-            r for r in letters if json.loads(r.value).get("message_id") == "<stray-1@example.org>"
+        assert inbound.auto_replies == 1 and inbound.replies == 1 and inbound.unmatched == 1
+        assert header(letter.headers, "error.reason") == "not a valid InboundEmailReceived"
+        assert header(letter.headers, "error.role") == "inbound"
+        assert header(letter.headers, "original.topic") == topics.inbound_email
+        assert inbound.dead_letters == 1  # the invalid record only: the stray is kept, not dead-lettered
+        [kept] = await db.fetch(
+            "select account_id, inbound_message_id, reason, record from inbound_unmatched"
         )
-        assert header(stray_letter.headers, "original.topic") == topics.inbound_email
+        assert (kept["account_id"], kept["inbound_message_id"]) == (account, "<stray-1@example.org>")
+        assert kept["reason"].startswith("none of <someone-else@elsewhere.example>")
+        assert json.loads(kept["record"])["in_reply_to"] == "<someone-else@elsewhere.example>"
 
         received = [e for e in decided if e.type == "ReplyReceived.v1"]
         assert [e.data.inbound_message_id for e in received] == ["<reply-1@example.org>"]  # type: ignore[union-attr]

@@ -9,7 +9,6 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import aiohttp
 import asyncpg
@@ -25,7 +24,7 @@ from enrollstream.runtime.unsubscribe_server import UnsubscribeServer
 from tests.integration.test_contact_directory import sending
 from tests.integration.test_unsubscribe_endpoint import records_in
 from tests.servers.smtp import RecordingSmtpServer
-from tests.support import eventually, publish, read_until, running_worker
+from tests.support import eventually, publish_enroll, read_until, running_worker
 
 KEY = "k" * 32  # what `sending()` signs with
 OLDER_KEY = b"older-key-0123456789ab"
@@ -56,18 +55,6 @@ def campaign(account_id: str, track_opens: bool) -> CampaignDefinition:
     )
 
 
-async def enroll(bootstrap: str, topics: Topics, account: str, contact: str, email: str) -> None:
-    command = {
-        "command_id": f"cmd-{uuid.uuid4()}",
-        "type": "Enroll.v1",
-        "account_id": account,
-        "issued_at": datetime.now(UTC).isoformat(),
-        "actor": "crm",
-        "data": {"contact_id": contact, "campaign_id": "welcome", "contact": {"email": email}},
-    }
-    await publish(bootstrap, topics.commands, json.dumps(command).encode(), key=f"{account}/{contact}")
-
-
 def opens_in(records: list[object]) -> list[dict[str, object]]:
     decoded = [json.loads(r.value) for r in records]  # type: ignore[attr-defined]
     return [c for c in decoded if c["type"] == "OpenDetected.v1"]
@@ -88,7 +75,7 @@ async def test_a_pixel_loaded_five_times_is_one_open(
         update={"open_tracking_url": f"{pixel_server.base_url}/o"}
     )
     async with running_worker(tracking, roles=ROLES), aiohttp.ClientSession() as http:
-        await enroll(bootstrap, topics, account, "ada", "ada@example.org")
+        await publish_enroll(bootstrap, topics.commands, account, "ada", "ada@example.org")
 
         async def sent() -> bool:
             return bool(smtp_server.received_for("ada@example.org"))
@@ -192,7 +179,7 @@ async def test_a_campaign_with_tracking_off_sends_no_pixel(
         update={"open_tracking_url": "https://t.acme.example/o"}
     )
     async with running_worker(tracking, roles=ROLES):
-        await enroll(bootstrap, topics, account, "ada", "ada@example.org")
+        await publish_enroll(bootstrap, topics.commands, account, "ada", "ada@example.org")
 
         async def sent() -> bool:
             return bool(smtp_server.received_for("ada@example.org"))

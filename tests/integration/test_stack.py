@@ -71,8 +71,9 @@ def test_a_second_up_reuses_the_running_stack(endpoints: stack.Endpoints) -> Non
 def test_down_stops_what_up_started_and_leaves_no_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):  # both spellings Settings reads
         monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(f"ENROLLSTREAM_{name}", raising=False)
     settings = Settings(stack_dir=tmp_path / "stack")
     state = stack.up(settings)
     try:

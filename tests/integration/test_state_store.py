@@ -242,3 +242,42 @@ async def test_a_transaction_writes_one_snapshot_per_contact_with_its_last_state
     assert restored is not None and restored.version == decided.version
     assert set(restored.enrollments) == set(decided.enrollments)
     assert results[again["command_id"]]["code"] == "contact_already_enrolled"
+
+
+async def test_a_restore_killed_before_its_writes_are_persisted_leaves_no_offset_ahead_of_its_data(
+    settings: Settings, topics: Topics, tmp_path: Path
+) -> None:
+    """A rebuild writes without RocksDB's WAL (fast, and redone on a crash). Killed after its last write
+    and before the flush persisted it, the store must not claim an applied offset whose data it lost: on
+    reopening, either its offset is behind (that tail is read again) or everything up to it is there."""
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
+    changelog = topics.aggregates
+    snapshots = {f"{ACCOUNT}/c{i:03d}".encode(): f'{{"n": {i}}}'.encode() for i in range(50)}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for key, value in snapshots.items():
+            await producer.send(changelog, value, key=key, partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    path = tmp_path / "store"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.integration.restore_child", bootstrap, changelog, str(path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+
+    store, found = open_rocksdb_store(path, StoreIdentity(changelog, 0))
+    try:
+        assert found == "opened"
+        applied = store.applied_offset()
+        kept = {key: store.get(key) for key in snapshots}
+        # Offsets 0..49 hold the 50 snapshots, in order: an applied offset of n promises the first n.
+        promised = list(snapshots)[: applied or 0]
+        missing = sum(kept[key] != snapshots[key] for key in promised)
+        assert missing == 0, f"applied offset {applied}, but {missing} of the snapshots before it are missing"
+    finally:
+        store.close()

@@ -97,6 +97,17 @@ class _Handler:
         return f"250 2.0.0 Ok: queued as TEST{self.server.queued:05d}"
 
 
+class _PipeliningHandler(_Handler):
+    """Offers PIPELINING (RFC 2920) in its EHLO answer, as relays do; aiosmtpd reads the commands in
+    order from its buffer either way."""
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 class _RecordingSMTP(SMTP):  # type: ignore[misc]
     def __init__(self, recorder: RecordingSmtpServer, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -110,6 +121,13 @@ class _RecordingSMTP(SMTP):  # type: ignore[misc]
         self._recorder.closed(self.transport)
         super().connection_lost(exc)
 
+    async def smtp_MAIL(self, arg: str) -> None:
+        # RCPT and DATA already read along with MAIL: the client pipelined them (RFC 2920).
+        buffered = bytes(getattr(self._reader, "_buffer", b""))
+        if b"RCPT TO:" in buffered and b"DATA\r\n" in buffered:
+            self._recorder.count_pipelined()
+        await super().smtp_MAIL(arg)
+
     async def smtp_DATA(self, arg: str) -> None:
         rcpts = self.envelope.rcpt_tos if self.envelope is not None else []
         if any(self._recorder.behaviour_for(r) is Behaviour.DROP_AT_DATA for r in rcpts):
@@ -120,12 +138,20 @@ class _RecordingSMTP(SMTP):  # type: ignore[misc]
 
 
 class RecordingSmtpServer:
-    """`tls=(certfile, keyfile)`: offer and require STARTTLS. `credentials`: require AUTH PLAIN/LOGIN."""
+    """`tls=(certfile, keyfile)`: offer and require STARTTLS. `credentials`: require AUTH PLAIN/LOGIN.
+    `pipelining`: offer PIPELINING."""
 
     host = "127.0.0.1"
 
-    def __init__(self, tls: tuple[str, str] | None = None, credentials: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tls: tuple[str, str] | None = None,
+        credentials: dict[str, str] | None = None,
+        *,
+        pipelining: bool = False,
+    ) -> None:
         self._tls = tls
+        self.pipelining = pipelining
         self._credentials = credentials
         self._lock = threading.Lock()
         self._behaviours: dict[str, Behaviour] = {}
@@ -138,6 +164,7 @@ class RecordingSmtpServer:
         self.released = asyncio.Event()  # bound to the server's loop on first use there
         self._holds: dict[str, threading.Event] = {}
         self.connections = 0  # connections accepted so far
+        self.pipelined = 0  # transactions whose MAIL, RCPT and DATA arrived together
         self._open: set[Any] = set()  # their transports, while open
 
     # --- configuration and observations -----------------------------------------------------------
@@ -166,6 +193,10 @@ class RecordingSmtpServer:
     def messages(self) -> list[ReceivedMessage]:
         with self._lock:
             return list(self._messages)
+
+    def count_pipelined(self) -> None:
+        with self._lock:
+            self.pipelined += 1
 
     def opened(self, transport: Any) -> None:
         with self._lock:
@@ -206,7 +237,7 @@ class RecordingSmtpServer:
         return self
 
     async def _serve(self, sock: socket.socket) -> asyncio.Server:
-        handler = _Handler(self)
+        handler = _PipeliningHandler(self) if self.pipelining else _Handler(self)
         options: dict[str, Any] = {}
         if self._tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -61,3 +61,19 @@ def test_unusable_bounce_webhooks_stop_the_unsubscribe_role_before_anything_star
         check_settings(settings, ("decider",))  # only the role that serves them needs them
     usable = short.replace("short", "s" * 20)
     check_settings(Settings(unsubscribe_keys="k" * 32, bounce_webhooks=usable), ("unsubscribe",))
+
+
+def test_the_receiver_is_opt_in_and_needs_its_reply_domain_and_imap_credentials() -> None:
+    assert "receiver" not in DEFAULT_ROLES
+    with pytest.raises(MissingSettings) as raised:
+        check_settings(Settings(), ("receiver",))
+    assert raised.value.needs == {"receiver": ["ENROLLSTREAM_RECEIVER_DOMAIN"]}
+    with pytest.raises(MissingSettings) as raised:
+        check_settings(
+            Settings(receiver_domain="reply.acme.example", receiver_imap_host="imap.x"), ("receiver",)
+        )
+    assert raised.value.needs == {
+        "receiver": ["ENROLLSTREAM_RECEIVER_IMAP_USERNAME", "ENROLLSTREAM_RECEIVER_IMAP_PASSWORD"]
+    }
+    check_settings(Settings(receiver_domain="reply.acme.example"), ("receiver",))
+    assert Settings().receiver_smtp_host == "127.0.0.1"

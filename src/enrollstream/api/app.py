@@ -13,7 +13,16 @@ from typing import Any
 from fastapi import FastAPI
 
 from enrollstream import __version__
-from enrollstream.api import as_of, campaigns, commands, contact_imports, contacts, enrollments, operations
+from enrollstream.api import (
+    as_of,
+    campaigns,
+    commands,
+    contact_imports,
+    contacts,
+    enrollments,
+    operations,
+    stages,
+)
 from enrollstream.api.context import ApiContext
 from enrollstream.api.errors import install_error_handlers
 
@@ -35,6 +44,7 @@ def create_app(context: ApiContext | None = None) -> FastAPI:
     app.include_router(operations.router)
     app.include_router(contacts.router)
     app.include_router(contact_imports.router)
+    app.include_router(stages.router)
     app.include_router(commands.router)
     app.include_router(as_of.router)
     from enrollstream.console.app import create_console  # here: the console imports the API's context

@@ -63,6 +63,18 @@ class ReEnrollment(StrEnum):
     AFTER_FINISHED = "after_finished"
 
 
+# Job stages one campaign may enrol from (seed 002): bounded where the definition enters, like every list.
+MAX_ENROLLING_STAGES = 100
+
+
+class JobStage(Model):
+    """A stage of an upstream pipeline (e.g. a job's hiring pipeline in an ATS): seed 002 "a job stage
+    linked to a campaign". Ids are upstream's, scoped by the account like every id."""
+
+    pipeline_id: Id
+    stage_id: Id
+
+
 class CampaignStatus(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"  # due steps wait and run after resume; nothing is skipped
@@ -159,6 +171,9 @@ class CampaignDefinition(Model):
     retry_delay: Duration = timedelta(minutes=15)  # multiplied by the attempt number
     # When the campaign was paused, oldest first; maintained by `with_pause_history`, not by hand.
     pauses: list[Pause] = Field(default_factory=list)
+    # Seed 002: an application created in, or moved into, one of these stages (StageChanged) enrols the
+    # candidate into this campaign. Empty: no stage enrols into it.
+    enrolling_stages: list[JobStage] = Field(default_factory=list, max_length=MAX_ENROLLING_STAGES)
 
     @model_validator(mode="after")
     def _blast_has_one_step(self) -> CampaignDefinition:
@@ -196,6 +211,10 @@ class CampaignDefinition(Model):
     def queues_with(self, other: CampaignDefinition) -> bool:
         """Seed 002 "another campaign currently in progress": both queue, in the same queue group."""
         return self.queues and other.queues and self.queue_group == other.queue_group
+
+    def enrols_from(self, pipeline_id: str, stage_id: str) -> bool:
+        """Seed 002: an application entering this pipeline's stage is enrolled into this campaign."""
+        return any(s.pipeline_id == pipeline_id and s.stage_id == stage_id for s in self.enrolling_stages)
 
     def uses(self, channel: Channel) -> bool:
         return any(step.channel is channel for step in self.steps)

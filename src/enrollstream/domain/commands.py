@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, TypeAdapter, model_validator
 
+from . import ids
 from .bounds import KEY_SEPARATOR, MAX_ID_LENGTH, Id, Instant, Int32, Line, Text
 from .campaign import CampaignDefinition, CampaignStatus, ContactFacts, LineType, Model, MxAnswer, Pause
 from .schedule import valid_zone
@@ -54,6 +55,9 @@ class EnrollmentData(ContactData):
 class EnrollSource(StrEnum):
     API = "api"  # seed 001 enroll_contact: an already-enrolled contact is a 422 rejection
     BULK_IMPORT = "bulk_import"  # seed 001 bulk enroll: an already-enrolled contact is a skip
+    # Seed 002: an application entered a job stage linked to the campaign (StageChanged); an
+    # already-enrolled contact is a skip, as for an import.
+    STAGE_CHANGE = "stage_change"
 
 
 class EnrollData(ContactData):
@@ -145,6 +149,55 @@ def fan_out_bulk_enroll(cmd: BulkEnroll) -> list[Enroll]:
 
 def batch_count(cmd: BulkEnroll) -> int:
     return -(-len(cmd.data.contacts or []) // cmd.data.batch_size)
+
+
+# --- Job stages (seed 002) ----------------------------------------------------------------------
+
+
+class StageEntry(Model):
+    """One entry of an application into a job stage: seed 002 "an application is created or moved into
+    a job stage". `entered_at` is upstream's time of that move, so the same move published twice (a
+    redelivery, a retry under a new command id) is one entry, and the application leaving the stage and
+    entering it again later is a new one."""
+
+    application_id: Id
+    pipeline_id: Id
+    stage_id: Id
+    entered_at: Instant
+
+    @property
+    def entry_id(self) -> str:
+        """Deterministic id of this entry (per contact aggregate): what an enrollment it made records."""
+        return ids.stable_id(
+            "stage-entry", self.application_id, self.pipeline_id, self.stage_id, self.entered_at.isoformat()
+        )
+
+
+class StageChangedData(ContactData, StageEntry):
+    # The contact's facts inline, or None: the directory's profile (`PutContact`), as for Enroll.
+    contact: ContactFacts | None = None
+    # The account's campaigns that enrol from (pipeline_id, stage_id), filled in by the runtime from its
+    # catalog (whatever upstream put here is discarded first), like Enroll's `campaign`.
+    campaigns: list[CampaignDefinition] | None = None
+    mx: MxAnswer | None = None  # the runtime's, when a linked campaign verifies MX and sends email
+
+    @property
+    def entry(self) -> StageEntry:
+        return StageEntry(
+            application_id=self.application_id,
+            pipeline_id=self.pipeline_id,
+            stage_id=self.stage_id,
+            entered_at=self.entered_at,
+        )
+
+
+class StageChanged(CommandEnvelope):
+    """Seed 002: an application of the contact was created in, or moved into, a job stage. Enrols the
+    contact into every campaign of the account linked to that stage (`enrolling_stages`), once per
+    stage entry; a stage linked to none is refused `stage_not_linked`."""
+
+    type: Literal["StageChanged.v1"] = "StageChanged.v1"
+    data: StageChangedData
 
 
 # --- The contact directory ---------------------------------------------------------------------
@@ -405,6 +458,7 @@ ContactCommand = (
     | Stop
     | Unenroll
     | MarkFinished
+    | StageChanged
 )
 Command = Annotated[ContactCommand | BulkEnroll, Field(discriminator="type")]
 COMMAND_TYPES: tuple[type[CommandEnvelope], ...] = (
@@ -423,6 +477,7 @@ COMMAND_TYPES: tuple[type[CommandEnvelope], ...] = (
     Stop,
     Unenroll,
     MarkFinished,
+    StageChanged,
 )
 
 command_adapter: TypeAdapter[ContactCommand | BulkEnroll] = TypeAdapter(Command)

@@ -221,6 +221,52 @@ def next_send_at(sent_at: Iterable[datetime], now: datetime, limits: SendLimits)
     return earliest
 
 
+@dataclass(frozen=True)
+class WindowRanks:
+    """The part of a sender's recorded sends that one window's limit can look at while a batch adds up
+    to `room` sends at `now` (what the dispatcher reads instead of every send of the last day):
+
+    - `ahead`: how many recorded sends are after `now` (another host's clock ahead of ours);
+    - `ranked`: the recorded send times of ranks `first_rank(limit, room)` onwards, newest first (rank
+      0 the newest), within the window (after now - window), at most `room` of them.
+
+    `bound(now, added)` is `next_send_at`'s bound for this window once `added` (< room) sends at
+    `now` joined the recorded ones: the sorted list `next_send_at` builds is the `ahead` sends after
+    now, then the added ones, then the rest; it reads only its element limit - 1, which is always
+    among `ranked`, an added send, or past the end (no bound). Property-tested against `next_send_at`."""
+
+    window: WindowLimit
+    ahead: int
+    room: int
+    ranked: tuple[datetime, ...]
+
+    @staticmethod
+    def first_rank(limit: int, room: int) -> int:
+        return max(limit - room, 0)
+
+    def bound(self, now: datetime, added: int) -> datetime | None:
+        if not 0 <= added < self.room:
+            raise ValueError(f"{added} sends added; these ranks cover fewer than {self.room}")
+        i = self.window.limit - 1
+        if self.ahead <= i < self.ahead + added:
+            return now + self.window.window
+        rank = i if i < self.ahead else i - added
+        j = rank - self.first_rank(self.window.limit, self.room)
+        if j >= len(self.ranked):
+            return None  # fewer sends in the window than the limit: no bound
+        return self.ranked[j] + self.window.window
+
+
+def next_send_at_ranked(ranks: Iterable[WindowRanks], now: datetime, added: int) -> datetime:
+    """`next_send_at` over every window's ranks, with `added` sends at `now` already allowed."""
+    earliest = now
+    for window in ranks:
+        bound = window.bound(now, added)
+        if bound is not None and bound > earliest:
+            earliest = bound
+    return earliest
+
+
 def rate_decision(sent_at: Iterable[datetime], now: datetime, limits: SendLimits) -> SendNow | SendLater:
     at = next_send_at(sent_at, now, limits)
     return SendNow() if at <= now else SendLater(at)

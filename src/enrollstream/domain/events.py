@@ -23,7 +23,7 @@ from .campaign import (
     StepContent,
     mx_check_of,
 )
-from .commands import BounceType, EnrollSource, MachineOpen
+from .commands import BounceType, EnrollSource, MachineOpen, StageEntry
 from .statuses import EnrollmentStatus, FailureReason, Outcome, SkipKind, StopReason
 
 
@@ -52,6 +52,7 @@ class ContactEnrolledData(Model):
     source: EnrollSource = EnrollSource.API
     contact_import_id: str | None = None
     bulk_enroll_id: str | None = None  # the BulkEnroll (command id) this enrollment came from
+    stage_entry: StageEntry | None = None  # source stage_change: the application's entry into the stage
     time_zone: str  # the resolved send-window zone: contact's, else campaign's, else UTC
     enrolled_by: str = ""  # the command's actor (seed 003: filter by enrolling user)
     # verified / unverified (DNS gave no answer: enrolled anyway) / not_required. Events recorded before
@@ -88,6 +89,7 @@ class EnrollmentSkippedData(Model):
     source: EnrollSource = EnrollSource.API
     contact_import_id: str | None = None
     bulk_enroll_id: str | None = None  # the BulkEnroll (command id) this skip came from
+    stage_entry: StageEntry | None = None  # source stage_change: the application's entry into the stage
 
 
 class EnrollmentSkipped(EventEnvelope):

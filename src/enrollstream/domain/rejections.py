@@ -11,7 +11,7 @@ from pydantic import Field
 
 from .campaign import Model
 from .commands import CommandEnvelope
-from .events import EnrollmentSkipped, Event
+from .events import ContactEnrolled, EnrollmentSkipped, Event
 
 
 class RejectionCode(StrEnum):
@@ -32,6 +32,9 @@ class RejectionCode(StrEnum):
     STATE_TOO_LARGE = "state_too_large"
     # The runtime's check: issued_at too far from the record's broker timestamp (docs/client.md "Time").
     ISSUED_AT_OUT_OF_RANGE = "issued_at_out_of_range"
+    # StageChanged into a stage no campaign of the account enrols from (seed 002): nothing to do, said
+    # with a code so upstream sees it; not remembered, so re-sent after a campaign is linked it enrols.
+    STAGE_NOT_LINKED = "stage_not_linked"
 
 
 class Ignored(StrEnum):
@@ -44,7 +47,9 @@ class Ignored(StrEnum):
 
 # The reason a result gives for an ignored command (the decider's outcome carries only the kind).
 IGNORED_REASONS: dict[Ignored, str] = {
-    Ignored.DUPLICATE: "this command id (or the reply it reports) was decided before; nothing was done again",
+    Ignored.DUPLICATE: (
+        "this command id (or the reply or stage entry it reports) was decided before; nothing was done again"
+    ),
     Ignored.STALE: "it names a step, attempt or enrollment that is no longer current; nothing was done",
     Ignored.DEFERRED: "the campaign is paused or the step is not due yet; it fires again later",
 }
@@ -131,7 +136,8 @@ def command_result(
     event_ids = [e.event_id for e in decision.events]
     versions = [e.version for e in decision.events]
     skip = next((e for e in decision.events if isinstance(e, EnrollmentSkipped)), None)
-    if skip is not None:
+    # A StageChanged may enrol into one linked campaign and skip another: enrolled, it is accepted.
+    if skip is not None and not any(isinstance(e, ContactEnrolled) for e in decision.events):
         # A skip's enrollment_id is the one it would have had: it never exists, so it is not reported.
         return CommandResult(
             **base,
@@ -147,5 +153,12 @@ def command_result(
         status="accepted",
         event_ids=event_ids,
         versions=versions,
-        enrollment_ids=sorted({e.enrollment_id for e in decision.events if e.enrollment_id}),
+        # A skip's enrollment id never exists (a StageChanged may skip one campaign and enrol another).
+        enrollment_ids=sorted(
+            {
+                e.enrollment_id
+                for e in decision.events
+                if e.enrollment_id and not isinstance(e, EnrollmentSkipped)
+            }
+        ),
     )

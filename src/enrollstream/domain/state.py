@@ -105,6 +105,10 @@ class Enrollment(StateModel):
     # The Enroll command that created it (`command_key`): that command never enrolls again, past any window.
     enroll_command_id: str | None = None
     bulk_enroll_id: str | None = None  # the BulkEnroll this enrollment came from
+    # The stage entry (`StageEntry.entry_id`) that enrolled it (source stage_change): that entry never
+    # enrols into this campaign again, past any window and under any command id.
+    stage_entry_id: str | None = None
+    application_id: str | None = None  # ... and the application that entered the stage
     mx_check: MxCheck = MxCheck.NOT_REQUIRED  # verified / unverified / not_required, at enrollment
     status: EnrollmentStatus = EnrollmentStatus.PENDING
     stage: Stage = Stage.PENDING
@@ -382,6 +386,8 @@ def apply_in_place(state: ContactState, event: Event) -> None:
             enrolled_by=enrolled.enrolled_by,
             enroll_command_id=command_key(event.causation_id),
             bulk_enroll_id=enrolled.bulk_enroll_id,
+            stage_entry_id=enrolled.stage_entry.entry_id if enrolled.stage_entry else None,
+            application_id=enrolled.stage_entry.application_id if enrolled.stage_entry else None,
             mx_check=enrolled.mx_check,
             version=event.version,
             updated_at=at,

@@ -61,6 +61,17 @@ def _by(row: dict[str, Any]) -> str:
     return f" by {row['actor']}" if row.get("actor") else ""
 
 
+def _stage_entry(data: dict[str, Any]) -> str:
+    """Seed 002: an enrollment a stage change made says which application entered which stage."""
+    entry = data.get("stage_entry")
+    if not isinstance(entry, dict):
+        return ""
+    return (
+        f" when application {entry.get('application_id')} entered stage {entry.get('stage_id')} of "
+        f"pipeline {entry.get('pipeline_id')}"
+    )
+
+
 def _event(row: dict[str, Any]) -> str:
     kind = str(row.get("what") or "").removesuffix(".v1")
     data: dict[str, Any] = row.get("data") or {}
@@ -68,7 +79,7 @@ def _event(row: dict[str, Any]) -> str:
     in_flight = " A send already in progress still completes." if data.get("step_in_flight") else ""
     match kind:
         case "ContactEnrolled":
-            return f"Enrolled{_by(row)} in the campaign."
+            return f"Enrolled{_by(row)} in the campaign{_stage_entry(data)}."
         case "EnrollmentSkipped":
             why = SKIP_KINDS.get(str(data.get("kind")), str(data.get("reason") or data.get("kind")))
             return f"Not enrolled: {why}."

@@ -99,6 +99,9 @@ class CampaignCatalog(CompactedTable):
         # Versions read under their versioned key, which compaction keeps: only these may be referred to
         # (one published before versioned keys lives only as long as it is its campaign's latest).
         self._durable: set[VersionRef] = set()
+        # (account, pipeline, stage) -> the campaign ids whose latest definition enrols from that stage
+        # (seed 002), kept with `_campaigns`, so a StageChanged finds its campaigns without a scan.
+        self._by_stage: dict[tuple[str, str, str], set[str]] = {}
 
     def get(self, account_id: str, campaign_id: str) -> CampaignDefinition | None:
         return self._campaigns.get((account_id, campaign_id))
@@ -121,6 +124,12 @@ class CampaignCatalog(CompactedTable):
         found = [c for (account, _), c in self._campaigns.items() if account == account_id]
         return sorted(found, key=lambda c: c.campaign_id)
 
+    def linked_to(self, account_id: str, pipeline_id: str, stage_id: str) -> list[CampaignDefinition]:
+        """The account's campaigns whose latest definition enrols from that job stage (seed 002), by
+        campaign id. Another account's campaign linked to a stage of the same names is not among them."""
+        ids = self._by_stage.get((account_id, pipeline_id, stage_id), ())
+        return [self._campaigns[(account_id, campaign_id)] for campaign_id in sorted(ids)]
+
     def paused(self) -> list[CampaignRef]:
         """(account_id, campaign_id) of the campaigns whose latest definition is paused."""
         return sorted(ref for ref, c in self._campaigns.items() if c.status is CampaignStatus.PAUSED)
@@ -137,6 +146,7 @@ class CampaignCatalog(CompactedTable):
         if value is None:  # a tombstone: the campaign was deleted
             deleted = [r for r, k in self._keys.items() if k == key]
             for gone in [*deleted, *([ref] if ref is not None else [])]:
+                self._unlink_stages(gone)
                 self._campaigns.pop(gone, None)
                 self._keys.pop(gone, None)
             return
@@ -152,9 +162,23 @@ class CampaignCatalog(CompactedTable):
         campaign = self._shared(campaign)
         known = self._campaigns.get(named)
         if known is None or campaign.version >= known.version:
+            self._unlink_stages(named)
             self._campaigns[named] = campaign
+            for stage in campaign.enrolling_stages:
+                self._by_stage.setdefault((named[0], stage.pipeline_id, stage.stage_id), set()).add(named[1])
             if key is not None:
                 self._keys[named] = key
+
+    def _unlink_stages(self, ref: CampaignRef) -> None:
+        """Forget the stages the latest definition of `ref` enrolled from (it is replaced or deleted)."""
+        known = self._campaigns.get(ref)
+        for stage in known.enrolling_stages if known is not None else ():
+            key = (ref[0], stage.pipeline_id, stage.stage_id)
+            linked = self._by_stage.get(key)
+            if linked is not None:
+                linked.discard(ref[1])
+                if not linked:
+                    del self._by_stage[key]
 
     def _apply_version(self, ref: VersionRef, value: bytes | None) -> None:
         if value is None:

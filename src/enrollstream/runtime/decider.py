@@ -63,6 +63,7 @@ from enrollstream.domain import (
     Enroll,
     MxAnswer,
     PutContact,
+    StageChanged,
     accept_bulk_enroll,
     aggregate_key,
     batch_count,
@@ -166,6 +167,12 @@ def _without_lookups(command: ContactCommand | BulkEnroll) -> ContactCommand | B
         return command.model_copy(
             update={"data": command.data.model_copy(update={"campaign": None, "mx": None})}
         )
+    if isinstance(command, StageChanged):
+        if command.data.campaigns is None and command.data.mx is None:
+            return command
+        return command.model_copy(
+            update={"data": command.data.model_copy(update={"campaigns": None, "mx": None})}
+        )
     if isinstance(command, BulkEnroll):
         contacts = command.data.contacts
         data = command.data.model_copy(
@@ -208,13 +215,12 @@ def issued_at_refusal(
     )
 
 
-def _needs_mx(command: Enroll, email: str | None) -> bool:
+def _needs_mx(command: Enroll | StageChanged, email: str | None) -> bool:
     d = command.data
+    campaigns = [command.data.campaign] if isinstance(command, Enroll) else command.data.campaigns
     return (
         d.mx is None
-        and d.campaign is not None
-        and d.campaign.verify_email_mx
-        and d.campaign.uses(Channel.EMAIL)
+        and any(c is not None and c.verify_email_mx and c.uses(Channel.EMAIL) for c in campaigns or [])
         and bool(email)
     )
 
@@ -230,7 +236,7 @@ def _emails_to_verify(
     for i, (_, item) in enumerate(prepared):
         if isinstance(item, PutContact):
             profiles[aggregate_key(item.account_id, item.contact_id)] = item.data.email or None
-        elif isinstance(item, Enroll):
+        elif isinstance(item, Enroll | StageChanged):
             contact = item.data.contact
             key = aggregate_key(item.account_id, item.contact_id)
             if contact is not None:
@@ -791,6 +797,8 @@ class DeciderService:
         refusal = issued_at_refusal(command.issued_at, record.timestamp, self.max_future_skew, self.max_age)
         if refusal is not None:
             return _Refused(command, refusal)
+        if isinstance(command, StageChanged):
+            return self._with_stage_campaigns(command)
         return self._with_campaign(command) if isinstance(command, Enroll) else command
 
     async def _with_mx_answers(
@@ -821,7 +829,7 @@ class DeciderService:
         out = list(prepared)
         for i, mx in zip(wanted, answers, strict=True):
             record, command = out[i]
-            assert isinstance(command, Enroll)
+            assert isinstance(command, Enroll | StageChanged)
             out[i] = (record, command.model_copy(update={"data": command.data.model_copy(update={"mx": mx})}))
         return out
 
@@ -933,7 +941,7 @@ class DeciderService:
                 break
         else:
             size = record_size(snapshot.key, snapshot.value)
-            if not isinstance(command, Enroll) or size <= MAX_ENROLL_STATE_BYTES:
+            if not isinstance(command, Enroll | StageChanged) or size <= MAX_ENROLL_STATE_BYTES:
                 return None
             limit, what = MAX_ENROLL_STATE_BYTES, "the contact's snapshot"
         return Rejection(
@@ -951,6 +959,13 @@ class DeciderService:
         if campaign is None:
             return command
         return command.model_copy(update={"data": command.data.model_copy(update={"campaign": campaign})})
+
+    def _with_stage_campaigns(self, command: StageChanged) -> StageChanged:
+        """Fill in the account's campaigns that enrol from the command's stage (seed 002), from the catalog
+        (upstream's were removed before); none: an empty list (`stage_not_linked`)."""
+        d = command.data
+        linked = self.catalog.linked_to(command.account_id, d.pipeline_id, d.stage_id)
+        return command.model_copy(update={"data": d.model_copy(update={"campaigns": linked})})
 
     def _with_contacts(self, command: BulkEnroll) -> BulkEnroll:
         """Fill in the import's contacts upstream left out; None stays None (`contact_import_not_found`)."""

@@ -38,7 +38,6 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from email.utils import parseaddr
 from typing import Any, Protocol
 
@@ -56,7 +55,8 @@ from enrollstream.adapters.mail.message import (
     InvalidAddress,
     SenderIdentity,
     TemplateFieldMissing,
-    build_step_message,
+    WireMessage,
+    build_step_wire_message,
     contact_fields,
     render,
 )
@@ -78,7 +78,9 @@ from enrollstream.domain.delivery_policy import (
     SendLimits,
     SendOutcome,
     SendResult,
-    next_send_at,
+    WindowLimit,
+    WindowRanks,
+    next_send_at_ranked,
     report_fields,
 )
 from enrollstream.domain.events import StepDispatched
@@ -100,7 +102,7 @@ _STATE_TO_SEND = {
 
 
 class EmailTransport(Protocol):
-    async def send(self, message: EmailMessage) -> SendResult: ...
+    async def send(self, message: WireMessage) -> SendResult: ...
 
 
 Clock = Callable[[], datetime]
@@ -137,7 +139,7 @@ class _Prepared:
 
     sender: str
     recipient: str
-    message: EmailMessage | None = None
+    message: WireMessage | None = None
     sms_body: str | None = None
     message_id_header: str | None = None
     unusable: SendResult | None = None
@@ -156,7 +158,8 @@ class DispatcherService:
         limits: SendLimits | None = None,
         sms: SmsChannel | None = None,  # default: OutboundSmsTopicChannel on our producer
         clock: Clock = utc_now,
-        max_batch: int = 100,
+        max_batch: int = 500,
+        start_ahead: int = 32,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         stuck_after_s: float = 300.0,
@@ -174,6 +177,9 @@ class DispatcherService:
         self.sms = sms
         self.clock = clock
         self.max_batch = max_batch
+        if start_ahead < 1:
+            raise ValueError("start_ahead must be at least 1")
+        self.start_ahead = start_ahead
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self._consumer: AIOKafkaConsumer | None = None
@@ -184,6 +190,7 @@ class DispatcherService:
         # are none, so the next owner never finds a `started` row of a send still running here. Sends of
         # different partitions overlap (a lock here would make one instance send one message at a time).
         self._in_flight = _InFlight()
+        self.assigned = asyncio.Event()  # set once the group gave this instance its partitions
         # Counters for tests and logs.
         self.sends = 0
         self.reports = 0
@@ -268,6 +275,10 @@ class DispatcherService:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    def assignment(self) -> set[int]:
+        """The partitions of the events topic this instance owns now."""
+        return {tp.partition for tp in self._consumer.assignment()} if self._consumer is not None else set()
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = self._consumer
@@ -439,22 +450,37 @@ class DispatcherService:
                 [e.data.dispatch for e, _ in unusable],
             )
             rows.update({_row_key(r): r for r in found})
-        started: list[Mapping[str, Any]] = []
-        if sendable:
-            started, deferred = await self._start(sendable)
-            rows.update({_row_key(r): r for r in deferred})
-        # Every `started` row is committed: now the content may go out, side by side over the pool.
-        # Outcomes are recorded as the sends end (one statement for all that ended together), so a
-        # crash leaves `started`, hence `unknown`, only the sends that had not ended.
-        self.sends += len(started)
+        # The content may go out only once its `started` row is committed. Rows are started in chunks
+        # of `start_ahead`, the next chunk while the sends of the last ones run (so the SMTP pool does
+        # not wait for the ledger), and only while at most `start_ahead` sends are started and not
+        # ended: a crash leaves `unknown` at most 2 x `start_ahead` attempts (those in progress and
+        # those waiting for a connection), however large the poll batch. Outcomes are recorded as the
+        # sends end (one statement for all that ended together).
         rows.update(await self._finish(outcomes))
-        sending = {
-            asyncio.ensure_future(self._send(prepared[_row_key(r)][1], r["message_id"])): r for r in started
-        }
+        chunks = [sendable[i : i + self.start_ahead] for i in range(0, len(sendable), self.start_ahead)]
+        chunks.reverse()  # popped from the end: in order
+        starting: asyncio.Future[tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]] | None = None
+        sending: dict[asyncio.Future[SendResult], Mapping[str, Any]] = {}
         failure: BaseException | None = None
         try:
-            while sending:
-                ended, _ = await asyncio.wait(sending, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                if starting is None and chunks and len(sending) <= self.start_ahead:
+                    starting = asyncio.ensure_future(self._start(chunks.pop()))
+                waiting: set[asyncio.Future[Any]] = set(sending)
+                if starting is not None:
+                    waiting.add(starting)
+                if not waiting:
+                    break
+                ended, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if starting is not None and starting in ended:
+                    ended.discard(starting)
+                    started, deferred = starting.result()  # PostgreSQL away: the batch is retried
+                    starting = None
+                    rows.update({_row_key(r): r for r in deferred})
+                    self.sends += len(started)
+                    for r in started:
+                        send = asyncio.ensure_future(self._send(prepared[_row_key(r)][1], r["message_id"]))
+                        sending[send] = r
                 outcomes_now: dict[_Key, SendResult] = {}
                 for task in ended:
                     row = sending.pop(task)
@@ -469,10 +495,13 @@ class DispatcherService:
                         result.detail,
                     )
                     outcomes_now[_row_key(row)] = result
-                rows.update(await self._finish(outcomes_now))
+                if outcomes_now:
+                    rows.update(await self._finish(outcomes_now))
         finally:
             for task in sending:  # cancelled (a crash, for the ledger): their rows stay `started`
                 task.cancel()
+            if starting is not None:
+                starting.cancel()
         if failure is not None:
             raise failure
         return rows
@@ -489,20 +518,24 @@ class DispatcherService:
             now = self.clock()
             go: list[tuple[StepDispatched, _Prepared]] = []
             wait: list[tuple[StepDispatched, _Prepared, datetime]] = []
-            senders = sorted({p.sender for _, p in sendable if p.sender != SMS_SENDER}) if windows else []
-            recent: dict[str, list[datetime]] = {}
-            for sender in senders:  # in order: two instances lock their senders in the same order
+            room: dict[str, int] = {}  # sends of each rate-limited sender in this batch
+            for _, p in sendable:
+                if windows and p.sender != SMS_SENDER:
+                    room[p.sender] = room.get(p.sender, 0) + 1
+            ranks: dict[str, list[WindowRanks]] = {}
+            for sender in sorted(room):  # in order: two instances lock their senders in the same order
                 await conn.execute(query("lock_sender", LEDGER), sender)
-                since = now - max(w.window for w in windows)
-                found = await conn.fetch(query("sender_sends_since", LEDGER), sender, since)
-                recent[sender] = [r["started_at"] for r in found]
+                ranks[sender] = [
+                    await self._window_ranks(conn, sender, window, now, room[sender]) for window in windows
+                ]
+            added: dict[str, int] = {}  # sends of each sender allowed so far in this batch
             for e, p in sendable:
-                if p.sender not in recent:
+                if p.sender not in ranks:
                     go.append((e, p))
                     continue
-                at = next_send_at(recent[p.sender], now, self.limits)
+                at = next_send_at_ranked(ranks[p.sender], now, added.get(p.sender, 0))
                 if at <= now:
-                    recent[p.sender].append(now)
+                    added[p.sender] = added.get(p.sender, 0) + 1
                     go.append((e, p))
                 else:
                     wait.append((e, p, at))
@@ -535,6 +568,23 @@ class DispatcherService:
             )
         return list(started), list(deferred)
 
+    @staticmethod
+    async def _window_ranks(
+        conn: asyncpg.Connection, sender: str, window: WindowLimit, now: datetime, room: int
+    ) -> WindowRanks:
+        """The sender's recorded sends that this window's limit can look at in a batch of `room` of
+        its sends: `room` rows at most, however many it sent in the window."""
+        row = await conn.fetchrow(
+            query("sender_window_ranks", LEDGER),
+            sender,
+            now,
+            now - window.window,
+            WindowRanks.first_rank(window.limit, room),
+            room,
+        )
+        assert row is not None
+        return WindowRanks(window=window, ahead=row["ahead"], room=room, ranked=tuple(row["ranked"]))
+
     def _prepare(self, event: StepDispatched) -> _Prepared:
         d = event.data
         assert event.enrollment_id is not None
@@ -546,7 +596,7 @@ class DispatcherService:
             return _Prepared(SMS_SENDER, d.to, sms_body=body)
         sender = self._sender_key
         try:
-            message = build_step_message(
+            message = build_step_wire_message(
                 sender=self.identity,
                 account_id=event.account_id,
                 contact_id=event.contact_id,
@@ -561,7 +611,7 @@ class DispatcherService:
         except (HeaderInjectionRefused, TemplateFieldMissing, ValueError) as exc:
             kind = type(exc).__name__
             return _Prepared(sender, d.to, unusable=SendResult(SendOutcome.ERROR, f"message: {kind}: {exc}"))
-        return _Prepared(sender, d.to, message=message, message_id_header=str(message["Message-ID"]))
+        return _Prepared(sender, d.to, message=message, message_id_header=message.message_id)
 
     async def _send(self, prepared: _Prepared, message_id: str) -> SendResult:
         if prepared.message is not None:
@@ -720,4 +770,4 @@ class _WaitForSends(ConsumerRebalanceListener):  # type: ignore[misc]
             self.service.progress.forget(tp.partition)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        return None
+        self.service.assigned.set()

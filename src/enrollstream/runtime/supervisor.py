@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # balancer. Every other role either shares a consumer group (decider, projector, dispatcher, inbound,
 # relay: the partitions are split) or is safe any number of times (scheduler: SKIP LOCKED claims with a
 # lease), so it runs in every child.
-FIRST_CHILD_ONLY_ROLES = ("api", "unsubscribe")
+FIRST_CHILD_ONLY_ROLES = ("api", "unsubscribe", "receiver")  # receiver: its SMTP port
 MAX_PROCESSES = 64
 # Set in a child's environment: its name (in its logs) and its supervisor (it stops when that dies).
 NAME_VARIABLE = "ENROLLSTREAM_WORKER_NAME"

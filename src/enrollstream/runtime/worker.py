@@ -27,6 +27,7 @@ from enrollstream.runtime.decider import DeciderService
 from enrollstream.runtime.dispatcher import DispatcherService
 from enrollstream.runtime.inbound import InboundService
 from enrollstream.runtime.projector import ProjectorService
+from enrollstream.runtime.receiver import ReceiverService
 from enrollstream.runtime.scheduler import SchedulerService, utc_now
 from enrollstream.runtime.unsubscribe_server import UnsubscribeServer
 from enrollstream.runtime.webhook_relay import WebhookRelayService
@@ -34,12 +35,23 @@ from enrollstream.state import StoreOptions
 
 log = logging.getLogger(__name__)
 
-ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound", "relay", "unsubscribe", "api")
+ROLES = (
+    "decider",
+    "projector",
+    "scheduler",
+    "dispatcher",
+    "inbound",
+    "relay",
+    "unsubscribe",
+    "api",
+    "receiver",
+)
 # What runs when no roles are named: everything a sequence needs to be decided, projected, fired, sent
 # and stopped by a reply (inbound needs no settings and idles on an empty topic). The dispatcher needs
 # SMTP and sender settings: missing ones stop the worker at start, named (config.require_settings).
 # Opt-in: the relay, a reference for integrators that POSTs to their URLs (one they run themselves would
-# deliver each event twice), and the unsubscribe endpoint, which opens a public port.
+# deliver each event twice), and the unsubscribe endpoint, which opens a public port. The receiver (SMTP
+# listener and IMAP poller for replies, docs/delivery.md "Receiving replies") needs its reply domain.
 DEFAULT_ROLES = ("decider", "projector", "scheduler", "dispatcher", "inbound")
 
 
@@ -67,6 +79,7 @@ class Worker:
     dispatcher: DispatcherService | None = None
     inbound: InboundService | None = None
     api: ApiServer | None = None
+    receiver: ReceiverService | None = None
 
     @property
     def topics(self) -> Topics:
@@ -165,8 +178,14 @@ class Worker:
                 heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
                 stuck_after_s=self.settings.stuck_after_s,
                 stuck_retries=self.settings.stuck_retries,
+                unmatched_max_rows=self.settings.inbound_unmatched_max_rows,
             )
             services.append(self.inbound)
+        if "receiver" in self.roles:
+            self.receiver = ReceiverService.from_settings(
+                self.settings, self.bootstrap, self.database_url, clock=self.clock
+            )
+            services.append(self.receiver)
         if "api" in self.roles:
             self.api = ApiServer(
                 self.bootstrap,
@@ -213,6 +232,7 @@ class Worker:
             self.dispatcher and self.dispatcher.progress.stuck(),
             self.inbound and self.inbound.progress.stuck(),
             self.relay and self.relay.progress.stuck(),
+            self.receiver and self.receiver.progress.stuck(),
         ]
         return "; ".join(reason for reason in reasons if reason) or None
 

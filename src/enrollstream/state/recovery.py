@@ -86,8 +86,10 @@ async def recover(
                         "restoring %s: %d records, at offset %d of %d", tp, records, kept[-1].offset, end
                     )
         if applied is None or store.applied_offset() != end:
-            store.write([], end)  # past the trailing commit markers too: the next restore starts at the end
-        store.flush()
+            # Past the trailing commit markers too: the next restore starts at the end. Without the WAL
+            # like the records it follows: a logged offset would survive a crash that loses them.
+            store.write([], end, logged=False)
+        store.flush()  # only now is any of it durable, the offset together with the records it covers
     finally:
         await consumer.stop()
     return RecoveryReport(tp, applied is None, start, end, records, time.perf_counter() - started)

@@ -93,7 +93,8 @@ class RocksDBStore(PartitionStore):
         self._db: Rdict | None = Rdict(str(path), _options(settings))
         # The decider's writes go through the WAL (a killed process loses none; no fsync: what a power loss
         # takes is read again from the changelog). Bulk copies from the changelog skip it and flush at the
-        # end: a crash in between leaves an earlier whole write, and the copy is simply redone.
+        # end, every write of the copy unlogged (its closing offset too: a logged write after unlogged ones
+        # would outlive them): a crash in between leaves an earlier whole write, and the copy is redone.
         self._logged = WriteOptions()
         self._unlogged = WriteOptions()
         self._unlogged.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stub says a method

@@ -6,6 +6,7 @@ import dataclasses
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.message import EmailMessage
 
@@ -37,6 +38,14 @@ def message(
         fields={"first_name": "Ada"},
         date=datetime(2026, 3, 2, 9, 0, tzinfo=UTC),
     )
+
+
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[RecordingSmtpServer]:
+    """Every test here against a server without PIPELINING (one command, one reply) and one with it
+    (MAIL, RCPT and DATA in one write)."""
+    with RecordingSmtpServer(pipelining=request.param) as server:
+        yield server
 
 
 def sender_for(server: RecordingSmtpServer, timeout: float = 5.0) -> SmtpSender:
@@ -165,7 +174,7 @@ async def test_a_drop_on_the_data_command_before_354_is_temporary(smtp_server: R
 
 
 async def test_starttls_and_auth_with_the_right_credentials_send(localhost_cert: tuple[str, str]) -> None:
-    with RecordingSmtpServer(tls=localhost_cert, credentials={"mailer": "s3cret"}) as server:
+    with RecordingSmtpServer(tls=localhost_cert, credentials={"mailer": "s3cret"}, pipelining=True) as server:
         good = SmtpConfig(
             host=server.host,
             port=server.port,
@@ -268,3 +277,53 @@ async def test_a_refused_recipient_keeps_the_connection_for_the_next_message_and
         ]
     finally:
         await sender.aclose()
+
+
+async def test_a_relay_offering_pipelining_gets_mail_rcpt_and_data_in_one_write() -> None:
+    """Half the writes and round trips per message; the content still waits for the 354."""
+    with RecordingSmtpServer(pipelining=True) as server:
+        server.behave("gone@example.org", Behaviour.REJECT_RCPT)
+        sender = sender_for(server)
+        try:
+            outcomes = [
+                (await sender.send(message(to, attempt=i + 1))).outcome
+                for i, to in enumerate(["ada@example.org", "gone@example.org", "bob@example.org"])
+            ]
+        finally:
+            await sender.aclose()
+        assert outcomes == [SendOutcome.SENT, SendOutcome.BOUNCED, SendOutcome.SENT]
+        assert server.pipelined == 3
+        assert server.connections == 1  # the refusal (and the refused DATA) left it usable
+        assert [m.rcpt_tos[0] for m in server.messages] == ["ada@example.org", "bob@example.org"]
+
+
+async def test_pipelined_replies_are_read_in_order_across_reads_and_multiline_replies() -> None:
+    from enrollstream.adapters.mail.smtp import _PipelinedReplies
+
+    replies = _PipelinedReplies(3)
+    replies.data_received(b"250 2.1.0 Ok\r\n250-2.1.5 first line\r\n25")
+    replies.data_received(b"0 2.1.5 second line\r\n354 End data with <CR><LF>.<CR><LF>\r\n")
+    got = [await replies.next(1.0) for _ in range(3)]
+    assert [(r.code, r.message) for r in got] == [
+        (250, "2.1.0 Ok"),
+        (250, "2.1.5 first line\n2.1.5 second line"),
+        (354, "End data with <CR><LF>.<CR><LF>"),
+    ]
+
+
+async def test_a_malformed_or_missing_pipelined_reply_ends_the_read() -> None:
+    from aiosmtplib import SMTPResponseException, SMTPServerDisconnected
+
+    from enrollstream.adapters.mail.smtp import _PipelinedReplies
+
+    garbled = _PipelinedReplies(3)
+    garbled.data_received(b"250 Ok\r\nhello there\r\n")
+    assert (await garbled.next(1.0)).code == 250
+    with pytest.raises(SMTPResponseException):
+        await garbled.next(1.0)
+    gone = _PipelinedReplies(3)
+    gone.data_received(b"250 Ok\r\n")
+    gone.connection_lost(None)
+    assert (await gone.next(1.0)).code == 250  # what arrived before the drop is still read
+    with pytest.raises(SMTPServerDisconnected):
+        await gone.next(1.0)

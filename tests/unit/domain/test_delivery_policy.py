@@ -21,7 +21,9 @@ from enrollstream.domain.delivery_policy import (
     SendOutcome,
     SendResult,
     WindowLimit,
+    WindowRanks,
     next_send_at,
+    next_send_at_ranked,
     rate_decision,
     report_fields,
 )
@@ -187,3 +189,44 @@ def test_sends_recorded_after_now_still_give_a_safe_answer(
     for window in limits.windows:
         ends = [at] + [s for s in sends if at <= s < at + window.window]
         assert max(_count(with_new, end, window.window) for end in ends) <= window.limit
+
+
+def _ranks(sends: list[datetime], now: datetime, limits: SendLimits, room: int) -> list[WindowRanks]:
+    """What the dispatcher's ledger query answers per window (sender_window_ranks in ledger.sql)."""
+    out = []
+    for w in limits.windows:
+        in_window = sorted((s for s in sends if s > now - w.window), reverse=True)
+        first = WindowRanks.first_rank(w.limit, room)
+        out.append(
+            WindowRanks(
+                window=w,
+                ahead=sum(1 for s in sends if s > now),
+                room=room,
+                ranked=tuple(in_window[first : first + room]),
+            )
+        )
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    limits=limits_strategy(),
+    offsets=history,
+    ahead=st.lists(st.integers(1, 600), max_size=3),
+    room=st.integers(1, 30),
+)
+def test_a_batch_decided_from_the_ranks_alone_is_decided_as_from_every_recorded_send(
+    limits: SendLimits, offsets: list[int], ahead: list[int], room: int
+) -> None:
+    """The dispatcher reads, per window, only the sends a batch of `room` can look at; each of the
+    batch's sends gets the answer `next_send_at` gives over every send of the window plus those the
+    batch allowed before it."""
+    now = T0 + 3 * DAY
+    sends = [T0 + m * MINUTE for m in offsets] + [now + m * MINUTE for m in ahead]
+    ranks = _ranks(sends, now, limits, room)
+    allowed: list[datetime] = []
+    for _ in range(room):
+        expected = next_send_at([*sends, *allowed], now, limits)
+        assert next_send_at_ranked(ranks, now, len(allowed)) == expected
+        if expected <= now:
+            allowed.append(now)

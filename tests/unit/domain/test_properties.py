@@ -203,7 +203,7 @@ def test_random_command_sequences_keep_every_invariant(data: st.DataObject) -> N
             if VALIDATORS:  # ... and the committed JSON Schema
                 VALIDATORS[event.type].validate(json.loads(event.model_dump_json()))
             for public in to_integration_events(event):
-                # Built without validating again (model_construct): it must be what validation gives.
+                # Validated as its own class, not through the union: it must be what the union gives.
                 assert integration_event_adapter.validate_json(public.model_dump_json()) == public
                 assert public.id not in integration_ids
                 integration_ids.add(public.id)

@@ -43,7 +43,15 @@ from enrollstream.domain import (
     evolve,
     initial_state,
 )
-from enrollstream.domain.commands import DeliveryOutcome, DeliveryReported, Enroll, PutContactData, StepDue
+from enrollstream.domain.campaign import JobStage
+from enrollstream.domain.commands import (
+    DeliveryOutcome,
+    DeliveryReported,
+    Enroll,
+    PutContactData,
+    StageChangedData,
+    StepDue,
+)
 from enrollstream.domain.events import Event
 from enrollstream.read_models.enrollments import EnrollmentRow, apply, differences, row_of
 from tests.unit.domain.scenario import ACCOUNT, CONTACT, DAY, HOUR, T0, blast, campaign, contact, eid, step
@@ -155,6 +163,18 @@ def _model(scene: _Scene, model: type[BaseModel]) -> dict[str, Any]:
             values["campaign_id"] = chosen.campaign_id
     if model is PutContactData:  # a directory entry: one of the contacts, so later Enrolls by id run deep
         values.update(_pick(scene, CONTACTS).model_dump())
+    if model is StageChangedData:
+        # A move of one of two applications into a stage some of the campaigns are linked to, at one of a
+        # few times: so stage changes enrol, queue, skip, re-enter and repeat an entry.
+        values.update(
+            application_id=_pick(scene, ["app-1", "app-2"]),
+            pipeline_id="job",
+            stage_id=_pick(scene, ["screening", "interview"]),
+            entered_at=_pick(scene, [T0, T0 + DAY, scene.now]),
+        )
+        stage = JobStage(pipeline_id="job", stage_id=values["stage_id"])
+        linked = scene.rng.sample(CAMPAIGNS, k=scene.rng.randint(0, 2))
+        values["campaigns"] = [c.model_copy(update={"enrolling_stages": [stage]}) for c in linked]
     if (
         "outcome" in values and "retry_at" in values
     ):  # a report carries a retry time when, and only when, deferred

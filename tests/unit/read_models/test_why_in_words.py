@@ -97,3 +97,18 @@ def test_a_step_already_handed_over_is_not_said_to_be_unsent_and_an_opt_out_ends
         "Caused by OptOut c-6 from unsubscribe at 2026-12-03 10:14:00 UTC; step 1 of 1, due 2026-12-03 "
         "10:14:00 UTC, will not be sent; step 2 of 2, due 2026-12-03 10:14:00 UTC, will not be sent."
     )
+
+
+def test_an_enrollment_made_by_a_stage_change_says_which_application_entered_which_stage() -> None:
+    entry = {
+        "application_id": "app-7",
+        "pipeline_id": "job-a",
+        "stage_id": "screening",
+        "entered_at": T.isoformat(),
+    }
+    rows = [
+        event("ContactEnrolled", "StageChanged", "c-1", "ats", T, source="stage_change", stage_entry=entry)
+    ]
+    assert explain(rows)[0] == (
+        "Enrolled by ats in the campaign when application app-7 entered stage screening of pipeline job-a."
+    )

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import email.policy
 import html
+import random
 import re
+import sys
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from email import quoprimime
+from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, getaddresses
@@ -79,6 +83,8 @@ def render(template: str, fields: Mapping[str, str]) -> str:
 
 def check_header(name: str, value: str) -> str:
     """Refuse control characters (CR, LF, NUL, TAB, DEL, C1) and Unicode line/paragraph separators."""
+    if value.isascii() and value.isprintable():  # the usual case: no control character in it
+        return value
     for char in value:
         if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
             raise HeaderInjectionRefused(f"{name} header contains the control character {char!r}")
@@ -96,7 +102,7 @@ def _address(name: str, value: str) -> Address:
         raise InvalidAddress(f"{name}: {value!r} is not a single email address", name)
     try:
         address = Address(display_name=display, addr_spec=addr_spec)
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, HeaderParseError) as exc:  # "@a": no local part to parse
         raise InvalidAddress(f"{name}: {value!r}: {exc}", name) from exc
     if not address.username or not address.domain or not addr_spec.isascii():
         raise InvalidAddress(f"{name}: {value!r} is not an ASCII addr-spec", name)
@@ -211,8 +217,7 @@ def build_message(
     msg["List-Unsubscribe"] = list_unsubscribe(sender, claims)
     if sender.unsubscribe_url is not None:
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    cte = "7bit" if body.isascii() else "quoted-printable"
-    msg.set_content(body, charset="utf-8", cte=cte)
+    msg.set_content(body, charset="utf-8", cte=body_cte(body))
     if track_opens and sender.open_tracking_url is not None:
         open_claims = OpenClaims(
             ref.account_id,
@@ -227,6 +232,14 @@ def build_message(
             _html_with_pixel(body, pixel), subtype="html", charset="utf-8", cte="quoted-printable"
         )
     return msg
+
+
+def body_cte(body: str) -> str:
+    """7bit for ASCII text whose lines fit RFC 5322's 998 characters; quoted-printable otherwise
+    (non-ASCII text without 8BITMIME, or a line too long to go out as it is)."""
+    if body.isascii() and all(len(line) <= MAX_HEADER_LINE for line in body.encode().splitlines()):
+        return "7bit"
+    return "quoted-printable"
 
 
 def _html_with_pixel(text: str, pixel: str) -> str:
@@ -248,6 +261,13 @@ def contact_fields(name: str, email: str) -> dict[str, str]:
     return {"name": name.strip(), "first_name": first, "last_name": last.strip(), "email": email}
 
 
+def recipient_header(name: str, address: str) -> str:
+    """`Name <address>` (or the bare address) for a contact. The name is checked before `formataddr`
+    would hide control characters of a non-ASCII name in an encoded-word."""
+    check_header("To", name)
+    return formataddr((name, address)) if name else address
+
+
 def build_step_message(
     *,
     sender: SenderIdentity,
@@ -265,7 +285,194 @@ def build_step_message(
     return build_message(
         sender=sender,
         ref=MessageRef(account_id, contact_id, enrollment_id, step.step_index, step.attempt),
-        to=formataddr((step.contact_name, step.to)) if step.contact_name else step.to,
+        to=recipient_header(step.contact_name, step.to),
+        subject_template=step.content.subject or "",
+        body_template=step.content.body,
+        fields=fields,
+        date=date,
+        track_opens=step.track_opens,
+    )
+
+
+# --- the wire builder -------------------------------------------------------------------------------
+#
+# `build_message` goes through `EmailMessage`: every header set is parsed into the header registry's
+# objects and folded again by the generator, which made building a message cost more than sending it
+# (docs/benchmarks.md, "Dispatcher (issue 15)"). The dispatcher builds the same bytes directly:
+# headers whose values are plain ASCII of a shape the registry gives back unchanged (a simple display
+# name and address, a Subject of printable ASCII without encoded-word look-alikes, the Date, our
+# Message-ID, the List-Unsubscribe URIs) are written as "Name: value"; any other value is parsed and
+# folded by the standard library exactly as `build_message` does (one header at a time, not a whole
+# message). The From / Reply-To lines are folded once per identity. The body is encoded as
+# `set_content` encodes it. tests/unit/adapters/test_wire_message.py proves, by property, that the
+# bytes parse to what `build_message` gives.
+
+_SIMPLE_NAME = re.compile(r"[A-Za-z0-9'_-]+(?: [A-Za-z0-9'_-]+)*")
+_SIMPLE_ADDR = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_SIMPLE_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
+_CRLF = b"\r\n"
+_BODY_LINE = 78  # email.policy.default.max_line_length, what set_content wraps quoted-printable at
+
+
+@dataclass(frozen=True)
+class WireMessage:
+    """One message as it goes on the wire: RFC 5322 bytes with CRLF line ends, and what the SMTP
+    envelope and the ledger need from its headers."""
+
+    from_address: str  # the From addr-spec (the default envelope sender)
+    to_address: str  # the one recipient's addr-spec
+    message_id: str  # the Message-ID header's value, "<...>"
+    content: bytes
+
+
+def _folded(name: str, value: object) -> bytes:
+    """One header line (folded, CRLF-terminated), the way `EmailMessage` + `WIRE_POLICY` write it."""
+    return WIRE_POLICY.fold_binary(name, WIRE_POLICY.header_factory(name, value))
+
+
+def _plain(name: str, value: str) -> bytes | None:
+    """`name: value` when the registry would write the value back unchanged on one line, else None."""
+    line = f"{name}: {value}"
+    if len(line) > MAX_HEADER_LINE or "=?" in value or not _SIMPLE_TEXT.fullmatch(value):
+        return None
+    return line.encode("ascii") + _CRLF
+
+
+class _IdentityLines:
+    """A sender identity's header lines, folded once (they do not change per contact)."""
+
+    def __init__(self, sender: SenderIdentity) -> None:
+        self.from_line = _folded("From", sender.from_mailbox)
+        reply_to = sender.reply_to_mailbox
+        self.reply_to_line = b"" if reply_to is None else _folded("Reply-To", reply_to)
+        self.from_address = sender.from_mailbox.addr_spec
+        self.post = (
+            _folded("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+            if sender.unsubscribe_url is not None
+            else b""
+        )
+        self.simple_domain = bool(_SIMPLE_ADDR.fullmatch(f"x@{sender.domain}"))
+
+
+_IDENTITY_LINES: dict[SenderIdentity, _IdentityLines] = {}
+
+
+def _identity_lines(sender: SenderIdentity) -> _IdentityLines:
+    lines = _IDENTITY_LINES.get(sender)
+    if lines is None:
+        if len(_IDENTITY_LINES) >= 64:  # a process has one or a few identities; bound it anyway
+            _IDENTITY_LINES.clear()
+        lines = _IDENTITY_LINES[sender] = _IdentityLines(sender)
+    return lines
+
+
+def _to_line(to_name: str, to_addr: str) -> tuple[bytes, str]:
+    """The To line and the recipient's addr-spec; InvalidAddress / HeaderInjectionRefused as
+    `build_message` raises them."""
+    if _SIMPLE_ADDR.fullmatch(to_addr) and (not to_name or _SIMPLE_NAME.fullmatch(to_name)):
+        value = f"{to_name} <{to_addr}>" if to_name else to_addr
+        if len(value) + len("To: ") <= MAX_HEADER_LINE:
+            return f"To: {value}".encode("ascii") + _CRLF, to_addr
+    recipient = _address("To", formataddr((to_name, to_addr)) if to_name else to_addr)
+    return _folded("To", recipient), recipient.addr_spec
+
+
+def _text_part(body: str, subtype: str, cte: str) -> tuple[bytes, bytes]:
+    """A text part's Content-Type and Content-Transfer-Encoding lines, and its body, as
+    `set_content(body, subtype=..., charset="utf-8", cte=cte)` and the generator write them."""
+    data = b"\n".join(body.encode("utf-8").splitlines()) + b"\n"
+    if cte != "7bit":  # set_content encodes with the message's policy: email.policy.default, 78 columns
+        data = quoprimime.body_encode(data.decode("latin-1"), _BODY_LINE).encode("ascii")
+    headers = f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n'
+    return headers.encode("ascii"), data.replace(b"\n", _CRLF)  # only \n ends a line here
+
+
+def build_wire_message(
+    *,
+    sender: SenderIdentity,
+    ref: MessageRef,
+    to_name: str,
+    to_addr: str,
+    subject_template: str,
+    body_template: str,
+    fields: Mapping[str, str],
+    date: datetime,
+    track_opens: bool = False,
+) -> WireMessage:
+    """`build_message` (with To = `to_name <to_addr>`), as bytes; the same refusals."""
+    identity = _identity_lines(sender)
+    check_header("To", to_name)
+    to_line, to_address = _to_line(to_name, to_addr)
+    subject = check_header("Subject", render(subject_template, fields))
+    body = render(body_template, fields)
+    message_id = message_id_header(ref.enrollment_id, ref.step_index, ref.attempt, sender.domain)
+    claims = UnsubscribeClaims(ref.account_id, ref.contact_id, ref.enrollment_id)
+    unsubscribe = list_unsubscribe(sender, claims)
+    head = [
+        identity.from_line,
+        to_line,
+        identity.reply_to_line,
+        _plain("Subject", subject) or _folded("Subject", subject),
+        f"Date: {format_datetime(date)}\r\n".encode("ascii"),
+        (_plain("Message-ID", message_id) if identity.simple_domain else None)
+        or _folded("Message-ID", message_id),
+        _plain("List-Unsubscribe", unsubscribe) or _folded("List-Unsubscribe", unsubscribe),
+        identity.post,
+    ]
+    text_headers, text_body = _text_part(body, "plain", body_cte(body))
+    if not (track_opens and sender.open_tracking_url is not None):
+        content = b"".join([*head, text_headers, b"MIME-Version: 1.0\r\n\r\n", text_body])
+        return WireMessage(identity.from_address, to_address, message_id, content)
+    open_claims = OpenClaims(
+        ref.account_id, ref.contact_id, ref.enrollment_id, ref.step_index, ref.attempt, int(date.timestamp())
+    )
+    pixel = pixel_url(sender.open_tracking_url, open_claims, sender.signing_key)
+    html_headers, html_body = _text_part(_html_with_pixel(body, pixel), "html", "quoted-printable")
+    parts = [text_headers + _CRLF + text_body, html_headers + b"MIME-Version: 1.0\r\n\r\n" + html_body]
+    boundary = _boundary(parts)
+    delimiter = b"--" + boundary
+    content = b"".join(
+        [
+            *head,
+            b'MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary="' + boundary + b'"\r\n',
+            _CRLF,
+            delimiter + _CRLF,
+            parts[0],
+            _CRLF + delimiter + _CRLF,
+            parts[1],
+            _CRLF + delimiter + b"--" + _CRLF,
+        ]
+    )
+    return WireMessage(identity.from_address, to_address, message_id, content)
+
+
+def _boundary(parts: list[bytes]) -> bytes:
+    """A boundary of the standard library's form that no part contains (RFC 2046 5.1.1)."""
+    while True:
+        boundary = b"===============%019d==" % random.randrange(sys.maxsize)
+        if not any(boundary in part for part in parts):
+            return boundary
+
+
+def build_step_wire_message(
+    *,
+    sender: SenderIdentity,
+    account_id: str,
+    contact_id: str,
+    enrollment_id: str,
+    step: StepDispatchedData,
+    date: datetime,
+    extra_fields: Mapping[str, str] | None = None,
+) -> WireMessage:
+    """`build_step_message`, as bytes (what the dispatcher sends)."""
+    if step.message_id != ids.message_id(enrollment_id, step.step_index, step.attempt):
+        raise ValueError(f"StepDispatched message id {step.message_id} is not this attempt's")
+    fields = {**contact_fields(step.contact_name, step.to), **(extra_fields or {})}
+    return build_wire_message(
+        sender=sender,
+        ref=MessageRef(account_id, contact_id, enrollment_id, step.step_index, step.attempt),
+        to_name=step.contact_name,
+        to_addr=step.to,
         subject_template=step.content.subject or "",
         body_template=step.content.body,
         fields=fields,

@@ -33,15 +33,20 @@ from email.utils import getaddresses
 import aiosmtplib
 from aiosmtplib import (
     SMTPException,
+    SMTPHeloError,
     SMTPNotSupported,
     SMTPResponseException,
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
+from aiosmtplib.email import quote_address
+from aiosmtplib.errors import SMTPReadTimeoutError
+from aiosmtplib.protocol import SMTPProtocol
+from aiosmtplib.response import SMTPResponse
 
 from enrollstream.domain.delivery_policy import SendOutcome, SendResult
 
-from .message import WIRE_POLICY
+from .message import WIRE_POLICY, WireMessage
 
 # Reply codes that mean our side is misconfigured, not that the recipient refused.
 _AUTH_CODES = frozenset({530, 534, 535, 538})
@@ -87,15 +92,98 @@ def _single_address(message: EmailMessage, header: str) -> str:
 
 def _classify(code: int, message: str, phase: str) -> SendResult:
     detail = f"{phase}: {code} {message}".strip()
-    if code in _AUTH_CODES or (phase == "mail" and 500 <= code < 600):
+    if code in _AUTH_CODES or (phase in ("ehlo", "mail") and 500 <= code < 600):
         return SendResult(SendOutcome.ERROR, detail, code)
     if 500 <= code < 600:
         return SendResult(SendOutcome.BOUNCED, detail, code)
     return SendResult(SendOutcome.TEMPORARY, detail, code)  # 4xx, and anything unexpected
 
 
+class _PipelinedReplies(asyncio.Protocol):
+    """Reads the replies to a pipelined group of commands. aiosmtplib's protocol keeps one reply at a
+    time and drops data that arrives while one is waiting to be picked up, so while a group's replies
+    come in, this protocol takes the connection's data instead (`transport.set_protocol`), then gives
+    the connection back. Whatever ends the connection in between ends the read: the caller closes it."""
+
+    def __init__(self, expected: int) -> None:
+        self._buffer = bytearray()
+        self._replies: list[SMTPResponse] = []
+        self._expected = expected
+        self._lost: BaseException | None = None
+        self._changed = asyncio.Event()
+
+    def attach(self, protocol: SMTPProtocol) -> None:
+        if protocol.transport is None:
+            raise SMTPServerDisconnected("Connection lost")
+        protocol.transport.set_protocol(self)
+
+    def detach(self, protocol: SMTPProtocol) -> None:
+        if protocol.transport is not None and self._lost is None:
+            protocol.transport.set_protocol(protocol)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer.extend(data)
+        while len(self._replies) < self._expected:
+            end = _reply_end(self._buffer)
+            if end is None:
+                break
+            lines = bytes(self._buffer[:end]).split(b"\n")[:-1]
+            del self._buffer[:end]
+            try:
+                code = int(lines[0][:3])
+            except ValueError:
+                self._lost = SMTPResponseException(-1, f"malformed reply {lines[0][:80]!r}")
+                break
+            text = "\n".join(line[4:].strip(b" \t\r").decode("utf-8", "surrogateescape") for line in lines)
+            self._replies.append(SMTPResponse(code, text))
+        if len(self._buffer) > 65_536:
+            self._lost = SMTPResponseException(-1, "reply too long")
+        self._changed.set()
+
+    def eof_received(self) -> bool:
+        self.connection_lost(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = self._lost or SMTPServerDisconnected(f"Connection lost{f': {exc}' if exc else ''}")
+        self._changed.set()
+
+    async def next(self, timeout: float) -> SMTPResponse:
+        """The next reply in order."""
+        async with asyncio.timeout(timeout):
+            try:
+                while not self._replies:
+                    if self._lost is not None:
+                        raise self._lost
+                    self._changed.clear()
+                    await self._changed.wait()
+            except TimeoutError:
+                raise SMTPReadTimeoutError("Timed out waiting for server response") from None
+        return self._replies.pop(0)
+
+
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+
+
+def _quoted(address: str) -> bytes:
+    """`<address>` as aiosmtplib's `mail` / `rcpt` send it; a plain address needs no parsing."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return b"<%s>" % address.encode("ascii")
+    return quote_address(address).encode("ascii")
+
+
+def _reply_end(buffer: bytearray) -> int | None:
+    """Where the first complete (possibly multiline, "250-...") reply in `buffer` ends, or None."""
+    start = 0
+    while (end := buffer.find(b"\n", start)) != -1:
+        if buffer[start + 3 : start + 4] != b"-":
+            return end + 1
+        start = end + 1
+    return None
+
+
 class SmtpSender:
-    """Sends over a small pool of connections to the relay (`pool_size`, default 4): a connection is
+    """Sends over a small pool of connections to the relay (`pool_size`, default 8): a connection is
     kept only when its last transaction ended with a reply (the final reply after the content, or a
     refusal followed by a successful RSET), so every message is its own MAIL/RCPT/DATA transaction and
     the unknown window is exactly "content written, final reply not read" for that message alone. A
@@ -103,7 +191,7 @@ class SmtpSender:
     while it was idle fails at MAIL, before anything of the message was sent: the message goes once
     more over a new connection. `aclose()` closes the idle connections."""
 
-    def __init__(self, config: SmtpConfig, pool_size: int = 4) -> None:
+    def __init__(self, config: SmtpConfig, pool_size: int = 8) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self.config = config
@@ -125,12 +213,17 @@ class SmtpSender:
             local_hostname=c.local_hostname,
         )
 
-    async def send(self, message: EmailMessage) -> SendResult:
+    async def send(self, message: EmailMessage | WireMessage) -> SendResult:
         """Deliver `message` to its one To address. Never raises for SMTP or network trouble."""
         try:
-            sender = self.config.envelope_from or _single_address(message, "From")
-            recipient = _single_address(message, "To")
-            payload = data_payload(message.as_bytes(policy=WIRE_POLICY))
+            if isinstance(message, WireMessage):  # built as bytes already (the dispatcher's)
+                sender = self.config.envelope_from or message.from_address
+                recipient = message.to_address
+                payload = data_payload(message.content)
+            else:
+                sender = self.config.envelope_from or _single_address(message, "From")
+                recipient = _single_address(message, "To")
+                payload = data_payload(message.as_bytes(policy=WIRE_POLICY))
         except (ValueError, TypeError, UnicodeError) as exc:
             return SendResult(SendOutcome.ERROR, f"message: {exc}")
         if self._slots is None:
@@ -177,6 +270,12 @@ class SmtpSender:
                 except SMTPException as exc:  # refused, or no mechanism in common: our configuration
                     code = exc.code if isinstance(exc, SMTPResponseException) else None
                     return SendResult(SendOutcome.ERROR, f"auth: {exc}", code)
+            if smtp.is_ehlo_or_helo_needed:  # before the first MAIL: do they offer PIPELINING?
+                phase = "ehlo"
+                try:
+                    await smtp.ehlo()
+                except SMTPHeloError:
+                    await smtp.helo()
             return None
         except SMTPNotSupported as exc:
             return SendResult(SendOutcome.ERROR, f"{phase}: {exc}")
@@ -199,22 +298,64 @@ class SmtpSender:
         (None, False) when a reused connection turned out closed before MAIL was answered."""
         phase = "mail"
         handed_over = False
+        timeout = self.config.timeout
         try:
-            await smtp.mail(sender)
-            phase = "rcpt"
-            await smtp.rcpt(recipient)
-            phase = "data"
-            start = await smtp.execute_command(b"DATA")
-            if start.code != 354:
-                return _classify(start.code, start.message, phase), True
             protocol = smtp.protocol
-            if protocol is None:
-                raise SMTPServerDisconnected("Connection lost after 354")
+            if protocol is not None and smtp.supports_extension("pipelining"):
+                # RFC 2920: MAIL, RCPT and DATA in one write, their three replies read in order. The
+                # content still goes only after a 354, so nothing about the unknown window changes.
+                commands = b"MAIL FROM:%s\r\nRCPT TO:%s\r\nDATA\r\n" % (
+                    _quoted(sender),
+                    _quoted(recipient),
+                )
+                replies = _PipelinedReplies(3)
+                try:
+                    replies.attach(protocol)
+                    protocol.write(commands)
+                    mail = await replies.next(timeout)
+                    if mail.code == 421 and reused:  # the server closed the idle connection
+                        smtp.close()
+                        return None, False
+                    phase = "rcpt"
+                    rcpt = await replies.next(timeout)
+                    phase = "data"
+                    start = await replies.next(timeout)
+                except BaseException:
+                    smtp.close()  # out of step with the server (or gone): never reused
+                    raise
+                finally:
+                    replies.detach(protocol)
+                refused = next(
+                    (
+                        (reply, at)
+                        for reply, at in ((mail, "mail"), (rcpt, "rcpt"))
+                        if reply.code not in (250, 251)
+                    ),
+                    None,
+                )
+                if refused is not None or start.code != 354:
+                    reply, at = refused or (start, "data")
+                    # A 354 after a refusal would take whatever came next as content: hang up instead.
+                    keep = start.code != 354 and 421 not in (mail.code, rcpt.code, start.code)
+                    if not keep:
+                        smtp.close()
+                    return _classify(reply.code, reply.message, at), keep
+            else:
+                await smtp.mail(sender)
+                phase = "rcpt"
+                await smtp.rcpt(recipient)
+                phase = "data"
+                start = await smtp.execute_command(b"DATA")
+                if start.code != 354:
+                    return _classify(start.code, start.message, phase), True
+                protocol = smtp.protocol
+                if protocol is None:
+                    raise SMTPServerDisconnected("Connection lost after 354")
             phase = "data-end"
             protocol.write(payload)
             # From here on the server may hold the whole message: a broken connection is `unknown`.
             handed_over = True
-            reply = await protocol.read_response(timeout=self.config.timeout)
+            reply = await protocol.read_response(timeout=timeout)
             if 200 <= reply.code < 300:
                 result = SendResult(
                     SendOutcome.SENT, f"{reply.code} {reply.message}", reply.code, reply.message

@@ -11,13 +11,21 @@ select d.*
 -- Serialises the rate-limit check and the `started` inserts per sender across processes.
 select pg_advisory_xact_lock(hashtextextended('enrollstream.sender:' || $1::text, 0));
 
--- name: sender_sends_since
--- The attempts that may have reached the provider, at their start: what the rate limits count.
--- Read once per sender per poll batch, under its lock (not once per send).
-select started_at
-  from delivery_ledger
- where sender = $1 and started_at > $2 and state in ('started', 'sent', 'unknown')
- order by started_at desc;
+-- name: sender_window_ranks
+-- For one sender and one rate-limit window, under its lock: how many counted sends are after now ($2;
+-- another host's clock ahead), and the counted send times of ranks $4 .. $4 + $5 - 1 (newest first)
+-- after the window's start ($3): all that `next_send_at` can look at while this batch adds at most $5
+-- sends (domain/delivery_policy.py, WindowRanks). Walks the partial index delivery_ledger_sender_sends
+-- (migration 0008) from the newest send down to rank $4 + $5: the rows returned are bounded by the
+-- batch, not by the sender's volume, and nothing older than the window is touched.
+select (select count(*)
+          from delivery_ledger
+         where sender = $1 and started_at > $2 and state in ('started', 'sent', 'unknown')) as ahead,
+       array(select started_at
+               from delivery_ledger
+              where sender = $1 and started_at > $3 and state in ('started', 'sent', 'unknown')
+              order by started_at desc
+             offset $4 limit $5) as ranked;
 
 -- name: insert_started
 -- A batch of attempts, committed before any connection to the transport. A row that exists already
