@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from operator import attrgetter
 
@@ -37,7 +38,7 @@ from enrollstream import observability as metrics
 from enrollstream.adapters.kafka.reading import group_consumer
 from enrollstream.adapters.postgres.errors import Backoff, is_data_error
 from enrollstream.adapters.postgres.queries import query
-from enrollstream.domain import CommandResult, parse_event
+from enrollstream.domain import CommandResult
 from enrollstream.domain.events import (
     BulkEnrollAccepted,
     ContactOptedOut,
@@ -48,6 +49,7 @@ from enrollstream.domain.events import (
 )
 from enrollstream.observability import Progress
 from enrollstream.read_models import enrollments, timers
+from enrollstream.read_models.event_reader import EventReader
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ class ProjectorService:
         self.quarantined = 0
         self.retries = 0  # batches tried again after an error of the database
         self._stop = asyncio.Event()
+        self._reader = EventReader()  # the events' parse, with the campaign definitions it validated
 
     @property
     def topics(self) -> list[str]:
@@ -291,9 +294,17 @@ class ProjectorService:
 
     async def apply_batch(self, batch: Mapping[TopicPartition, Sequence[object]]) -> int:
         """Fold one poll's records into the read models; returns how many events were applied."""
+        with _gc_paused():
+            # The batch's objects are freed (by reference counting) when this returns, before the
+            # collector is back on, so it never traverses them.
+            return await self._apply_batch(batch)
+
+    async def _apply_batch(self, batch: Mapping[TopicPartition, Sequence[object]]) -> int:
         assert self._pool is not None
         async with self._pool.acquire() as conn, conn.transaction():
             events: list[Event] = []
+            # Each event's data as the timeline stores it, where the parse had it already (else None).
+            dumps: list[str | None] = []
             positions: list[tuple[int, int]] = []  # each event's (partition, offset), in step with `events`
             results: list[tuple[int, int, CommandResult]] = []
             advanced = False
@@ -315,7 +326,9 @@ class ProjectorService:
                         value: bytes | None = record.value  # type: ignore[attr-defined]
                         try:
                             if topic == self.topic:
-                                events.append(parse_event(value or b""))
+                                event, dump = self._reader.read(value or b"")
+                                events.append(event)
+                                dumps.append(dump)
                                 positions.append((partition, offset))
                             else:
                                 results.append(
@@ -343,7 +356,7 @@ class ProjectorService:
                 before = await _enrollments_before(conn, events)
                 await self._write_timers(conn, events, before)
                 await self._write_enrollments(conn, events, before)
-                await self._write_timeline(conn, events, positions)
+                await self._write_timeline(conn, events, dumps, positions)
                 await self._write_skips_and_replies(conn, events)
                 await self._write_bulk_enrollments(conn, events)
                 await self._write_contacts(conn, events)
@@ -388,7 +401,7 @@ class ProjectorService:
         same fold one event at a time would run), then the changed rows in one COPY and one guarded
         upsert, which also moves the campaign_stats counters."""
         rows: dict[str, enrollments.EnrollmentRow | None] = {
-            key: enrollments.EnrollmentRow(**dict(record)) for key, record in before.items()
+            key: enrollments.from_record(record) for key, record in before.items()
         }
         changed: set[str] = set()
         for event in events:
@@ -429,11 +442,18 @@ class ProjectorService:
             await conn.execute(query("delete_timers"), *map(list, zip(*deletes, strict=True)))
         upserts = fold.upserts()
         if upserts:
-            rows = [_TIMER_VALUES(row) for row in upserts]
-            await conn.execute(query("upsert_timers"), *map(list, zip(*rows, strict=True)))
+            await conn.execute(query("create_timers_stage"))
+            await conn.copy_records_to_table(
+                "timers_stage", records=[_TIMER_VALUES(row) for row in upserts], columns=list(timers.COLUMNS)
+            )
+            await conn.execute(query("merge_timers_stage"))
 
     async def _write_timeline(
-        self, conn: asyncpg.Connection, events: list[Event], positions: list[tuple[int, int]]
+        self,
+        conn: asyncpg.Connection,
+        events: list[Event],
+        dumps: list[str | None],
+        positions: list[tuple[int, int]],
     ) -> None:
         """The batch's events in one COPY straight into the timeline, each with its record's partition and
         offset. An event id already there (a redelivered BulkEnroll repeats its events, ids included)
@@ -450,11 +470,11 @@ class ProjectorService:
                 e.type,
                 e.occurred_at,
                 e.causation_id,
-                e.data.model_dump_json(),
+                e.data.model_dump_json() if dump is None else dump,
                 partition,
                 offset,
             )
-            for e, (partition, offset) in zip(events, positions, strict=True)
+            for e, dump, (partition, offset) in zip(events, dumps, positions, strict=True)
         ]
         try:
             async with conn.transaction():  # a savepoint: a refused COPY leaves the batch's work standing
@@ -471,7 +491,7 @@ class ProjectorService:
         await conn.execute(query("merge_timeline_stage"))
 
     async def _write_skips_and_replies(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        skips = [e for e in events if isinstance(e, EnrollmentSkipped)]
+        skips = [e for e in events if type(e) is EnrollmentSkipped]
         if skips:
             rows = [
                 (
@@ -492,7 +512,7 @@ class ProjectorService:
                 for e in skips
             ]
             await conn.execute(query("insert_skips"), *map(list, zip(*rows, strict=True)))
-        replies = [e for e in events if isinstance(e, ReplyReceived)]
+        replies = [e for e in events if type(e) is ReplyReceived]
         if replies:
             reply_rows = [
                 (
@@ -513,7 +533,7 @@ class ProjectorService:
             await conn.execute(query("insert_replies"), *map(list, zip(*reply_rows, strict=True)))
 
     async def _write_bulk_enrollments(self, conn: asyncpg.Connection, events: list[Event]) -> None:
-        accepted = [e for e in events if isinstance(e, BulkEnrollAccepted)]
+        accepted = [e for e in events if type(e) is BulkEnrollAccepted]
         if not accepted:
             return
         rows = [
@@ -540,11 +560,10 @@ class ProjectorService:
         profiles: dict[tuple[str, str], ContactProfileSet] = {}
         opt_outs: dict[tuple[str, str], ContactOptedOut] = {}
         for e in events:
-            key = (e.account_id, e.contact_id)
-            if isinstance(e, ContactProfileSet):
-                profiles[key] = e
-            elif isinstance(e, ContactOptedOut):
-                opt_outs[key] = e
+            if type(e) is ContactProfileSet:
+                profiles[(e.account_id, e.contact_id)] = e
+            elif type(e) is ContactOptedOut:
+                opt_outs[(e.account_id, e.contact_id)] = e
         if profiles:
             rows = [
                 (
@@ -610,6 +629,34 @@ class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
             # One reset for them all: each call waits for the fetcher's next round (up to its fetch
             # wait, 0.5 s), so one per partition held every start and rebalance up for seconds.
             await consumer.seek_to_beginning(*fresh)
+
+
+_gc_pauses = 0  # batches in progress that paused the collector (several projectors may share a process)
+_gc_was_enabled = True
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a batch is applied. A batch allocates tens of thousands of
+    objects (the events, the rows) that all live until it is written: with the collector on, every 700
+    allocations traversed them again and moved them on to older generations, and the full collections
+    that followed traversed the whole heap, a fifth to a third of the projector's CPU (docs/benchmarks.md,
+    "Projector after the light parse"). They hold no cycles: reference counting frees them when the batch
+    returns, so with the collector off they never cost a traversal. Other tasks of the process run while
+    the batch awaits PostgreSQL; their cyclic garbage waits for the next collection after it (a batch
+    takes well under a second). Nested or concurrent pauses are counted: the last one out turns the
+    collector back on, if it was on before the first."""
+    global _gc_pauses, _gc_was_enabled
+    if _gc_pauses == 0:
+        _gc_was_enabled = gc.isenabled()
+        gc.disable()
+    _gc_pauses += 1
+    try:
+        yield
+    finally:
+        _gc_pauses -= 1
+        if _gc_pauses == 0 and _gc_was_enabled:
+            gc.enable()
 
 
 def _clean(text: str, limit: int) -> str:

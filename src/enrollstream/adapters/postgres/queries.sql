@@ -23,7 +23,10 @@ select partition, next_offset from projection_checkpoints where projection = $1 
 select * from enrollments where enrollment_id = any($1::text[]);
 
 -- name: create_enrollments_stage
-create temporary table enrollments_stage (like enrollments including defaults) on commit drop;
+-- Once per connection, emptied at every commit: created and dropped in every batch, its catalog rows
+-- cost about as much as the COPY into it (docs/benchmarks.md, "Projector after the light parse").
+create temporary table if not exists enrollments_stage (like enrollments including defaults)
+    on commit delete rows;
 
 -- name: merge_enrollments_stage
 -- The staged rows into `enrollments` (only newer versions win), and the net status deltas of the rows
@@ -385,13 +388,20 @@ delete from timers t
  using unnest($1::text[], $2::text[]) as d(enrollment_id, kind)
  where t.enrollment_id = d.enrollment_id and t.kind = d.kind;
 
--- name: upsert_timers
+-- name: create_timers_stage
+-- The projector's batch of timer rows, COPY-ed (array parameters cost asyncpg a Python-level ABC check per
+-- element, docs/benchmarks.md "Projector after the light parse"); one row per (enrollment_id, kind).
+-- Once per connection, emptied at every commit (as enrollments_stage).
+create temporary table if not exists timers_stage (like timers) on commit delete rows;
+
+-- name: merge_timers_stage
 -- A new timer of a kind replaces the old one (the next step, a retry) and is claimable at once.
 insert into timers as t
     (enrollment_id, kind, account_id, contact_id, campaign_id, step_index, attempt, due_at, batch_number,
      priority, enrolled_at)
-select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::int[],
-                     $8::timestamptz[], $9::int[], $10::boolean[], $11::timestamptz[])
+select enrollment_id, kind, account_id, contact_id, campaign_id, step_index, attempt, due_at, batch_number,
+       priority, enrolled_at
+  from timers_stage
 on conflict (enrollment_id, kind) do update set
     account_id = excluded.account_id,
     contact_id = excluded.contact_id,
