@@ -154,6 +154,7 @@ def new_dispatcher(
     *,
     group_id: str | None = None,
     limits: SendLimits | None = None,
+    identity: SenderIdentity = IDENTITY,
     **service_kw: Any,
 ) -> DispatcherService:
     assert settings.kafka_bootstrap_servers and settings.database_url
@@ -164,7 +165,7 @@ def new_dispatcher(
         settings.database_url,
         group_id or settings.group_id,
         email=sender,
-        identity=IDENTITY,
+        identity=identity,
         limits=limits,
         clock=clock,
         session_timeout_ms=6_000,

@@ -153,7 +153,7 @@ class Settings(BaseSettings):
     smtp_envelope_from: str | None = None  # MAIL FROM (bounce address); default: the From address
     # Who the steps are sent as (ENROLLSTREAM_SENDER_FROM="Acme <jobs@acme.example>").
     sender_from: str | None = None
-    sender_reply_to: str | None = None
+    sender_reply_to: str | None = None  # may name the account: "reply+{account}@reply.acme.example"
     message_id_domain: str | None = None  # default: the From address's domain
     # One-click unsubscribe (RFC 8058): https endpoint the token is appended to, and/or a mailto; the
     # tokens are signed with the first of ENROLLSTREAM_UNSUBSCRIBE_KEYS (see the unsubscribe role).

@@ -6,12 +6,14 @@ inspection; never as a dead letter."""
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import smtplib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +28,7 @@ from enrollstream.config import Settings
 from enrollstream.runtime.inbound import InboundService
 from enrollstream.runtime.receiver import ImapConfig, ReceiverService
 from tests.dispatch_support import (
+    IDENTITY,
     commands_of_type,
     dispatch_steps,
     events,
@@ -163,6 +166,46 @@ async def test_a_reply_delivered_to_the_smtp_listener_marks_the_enrollment_repli
         await eventually(replied, what="the enrollment replied in the read model")
     row = await _enrollment(settings.database_url, eid)
     assert row is not None and (row["status"], row["stop_reason"]) == ("stopped", "replied")
+
+
+async def test_a_reply_to_the_per_account_reply_to_of_a_sent_step_reaches_its_enrollment(
+    settings: Settings, smtp_server: RecordingSmtpServer, manual_clock: ManualClock
+) -> None:
+    """The sender's Reply-To names the account (`reply+{account}@...`): a person replying to the email
+    as sent reaches the receiver, which reads the account from the address, and the enrollment is
+    replied. Two accounts' emails carry their own tags."""
+    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
+    assert bootstrap and database_url
+    topics = Topics(settings.topic_prefix)
+    identity = replace(IDENTITY, reply_to=f"Acme replies <reply+{{account}}@{REPLY_DOMAIN}>")
+    accounts = [f"acct-{uuid.uuid4().hex[:6]}", f"Acct.{uuid.uuid4().hex[:6]}"]
+    contacts = dict(zip(accounts, ["ada", "bob"], strict=True))  # dispatch_steps tells them apart by id
+    async with running_worker(settings):
+        enrollments = {}
+        for account, contact in contacts.items():
+            steps = await dispatch_steps(
+                settings, manual_clock, account, {contact: f"{contact}@{account}.example"}
+            )
+            enrollments[account] = steps[contact]
+        async with running(new_dispatcher(settings, smtp_server, manual_clock, identity=identity)):
+            await commands_of_type(bootstrap, topics, "DeliveryReported.v1", 2)
+        sent = {a: smtp_server.received_for(f"{c}@{a}.example")[0].message for a, c in contacts.items()}
+        assert {a: str(m["Reply-To"]) for a, m in sent.items()} == {
+            a: f"Acme replies <reply+{a}@{REPLY_DOMAIN}>" for a in accounts
+        }
+        first = accounts[0]
+        reply_to = email.utils.parseaddr(str(sent[first]["Reply-To"]))[1]
+        async with running(_receiver(settings, manual_clock)) as receiver, running(_inbound(settings)):
+            mail = _mail(reply_to, "<r-tag@example.org>", str(sent[first]["Message-ID"]))
+            assert await asyncio.to_thread(_send, receiver.smtp.port, [reply_to], mail) == {}
+
+            async def replied() -> bool:
+                row = await _enrollment(database_url, enrollments[first])
+                return row is not None and row["replied_at"] is not None
+
+            await eventually(replied, what="the enrollment replied in the read model")
+        other = await _enrollment(database_url, enrollments[accounts[1]])
+        assert other is not None and other["replied_at"] is None
 
 
 async def test_a_vacation_auto_reply_without_auto_submitted_is_ignored_and_counted(

@@ -172,6 +172,7 @@ class DispatcherService:
         self.progress = Progress("dispatcher", stuck_after_s=stuck_after_s, max_retries=stuck_retries)
         self.email = email
         self.identity = identity
+        self._identities: dict[str, SenderIdentity] = {}  # per account (a Reply-To naming the account)
         self._sender_key = parseaddr(identity.from_address)[1].lower()  # the rate-limit key
         self.limits = limits or SendLimits()
         self.sms = sms
@@ -195,6 +196,14 @@ class DispatcherService:
         self.sends = 0
         self.reports = 0
         self.deferrals = 0  # dispatches deferred by a sender's rate limit
+
+    def _identity_of(self, account_id: str) -> SenderIdentity:
+        identity = self._identities.get(account_id)
+        if identity is None:
+            if len(self._identities) >= 10_000:  # bounded: accounts beyond it are built again
+                self._identities.clear()
+            identity = self._identities[account_id] = self.identity.for_account(account_id)
+        return identity
 
     @classmethod
     def from_settings(
@@ -597,7 +606,7 @@ class DispatcherService:
         sender = self._sender_key
         try:
             message = build_step_wire_message(
-                sender=self.identity,
+                sender=self._identity_of(event.account_id),
                 account_id=event.account_id,
                 contact_id=event.contact_id,
                 enrollment_id=event.enrollment_id,

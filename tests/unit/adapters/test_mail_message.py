@@ -245,3 +245,21 @@ def test_a_verified_token_becomes_one_idempotent_opt_out_command() -> None:
     assert first.command_id == again.command_id  # a second click is a duplicate, not a second opt-out
     assert first.account_id == "acct-1" and first.data.contact_id == "contact-7"
     assert first.data.channel == "email"
+
+
+def test_a_reply_to_naming_the_account_is_filled_in_per_account_or_left_out() -> None:
+    template = SenderIdentity(
+        from_address="Acme <jobs@acme.example>",
+        signing_key=b"k" * 32,
+        reply_to="Acme replies <reply+{account}@reply.acme.example>",
+        unsubscribe_url="https://u.acme.example/u",
+    )
+    assert template.for_account("Acme.EU-1").reply_to == "Acme replies <reply+Acme.EU-1@reply.acme.example>"
+    # Not a tag the receiver can read back (a space, a leading dot), or a local part over 64: no Reply-To.
+    for account in ("a b", ".acme", "x" * 60):
+        assert template.for_account(account).reply_to is None
+    fixed = SenderIdentity(
+        from_address="jobs@acme.example", signing_key=b"k" * 32, reply_to="r@acme.example",
+        unsubscribe_url="https://u.acme.example/u",
+    )  # fmt: skip
+    assert fixed.for_account("acme") is fixed

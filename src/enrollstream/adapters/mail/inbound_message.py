@@ -17,12 +17,12 @@ import email.parser
 import email.policy
 import email.utils
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from enrollstream.adapters.mail.message import ACCOUNT_TAG
 from enrollstream.domain.bounds import MAX_ID_LENGTH
 from enrollstream.domain.inbound import (
     MAX_DSN_RECIPIENTS,
@@ -46,7 +46,6 @@ KEPT_HEADERS = (
     "List-Id",
 )
 MAX_REFERENCES = 50  # the newest ones: the parent is the likeliest match
-_ACCOUNT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def _text(value: Any) -> str:
@@ -197,7 +196,7 @@ class AccountResolver:
         if local.lower() in self.mailboxes:
             return self.mailboxes[local.lower()]
         _, plus, tag = local.partition("+")  # the tag keeps its case: account ids are case-sensitive
-        if plus and 0 < len(tag) <= MAX_ID_LENGTH and _ACCOUNT.match(tag):
+        if plus and 0 < len(tag) <= MAX_ID_LENGTH and ACCOUNT_TAG.match(tag):
             return tag
         return self.default_account
 

@@ -21,7 +21,7 @@ import re
 import sys
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email import quoprimime
 from email.errors import HeaderParseError
@@ -114,6 +114,13 @@ def message_id_header(enrollment_id: str, step_index: int, attempt: int, domain:
     return f"<{ids.message_id(enrollment_id, step_index, attempt)}@{domain}>"
 
 
+# An account id that can stand as the tag of a reply address (reply+<account>@domain): the inbound
+# receiver reads the account back from it (adapters/mail/inbound_message.py).
+ACCOUNT_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+ACCOUNT_PLACEHOLDER = "{account}"
+MAX_LOCAL_PART = 64  # RFC 5321 4.5.3.1.1
+
+
 @dataclass(frozen=True)
 class SenderIdentity:
     """Who a campaign sends as, and where its unsubscribe links point."""
@@ -152,6 +159,16 @@ class SenderIdentity:
     @cached_property
     def from_mailbox(self) -> Address:
         return _address("From", self.from_address)
+
+    def for_account(self, account_id: str) -> SenderIdentity:
+        """This identity as one account sends: a Reply-To with `{account}` names the account (e.g.
+        `reply+{account}@reply.acme.example`), so a reply tells the inbound receiver whose it is. An
+        account id that cannot be such a tag gets no Reply-To (replies go to From, as without one)."""
+        if self.reply_to is None or ACCOUNT_PLACEHOLDER not in self.reply_to:
+            return self
+        tagged = self.reply_to.replace(ACCOUNT_PLACEHOLDER, account_id)
+        local = _address("Reply-To", tagged).username if ACCOUNT_TAG.match(account_id) else ""
+        return replace(self, reply_to=tagged if 0 < len(local) <= MAX_LOCAL_PART else None)
 
     @cached_property
     def reply_to_mailbox(self) -> Address | None:
@@ -360,7 +377,7 @@ _IDENTITY_LINES: dict[SenderIdentity, _IdentityLines] = {}
 def _identity_lines(sender: SenderIdentity) -> _IdentityLines:
     lines = _IDENTITY_LINES.get(sender)
     if lines is None:
-        if len(_IDENTITY_LINES) >= 64:  # a process has one or a few identities; bound it anyway
+        if len(_IDENTITY_LINES) >= 4096:  # one per account when the Reply-To names it; bounded anyway
             _IDENTITY_LINES.clear()
         lines = _IDENTITY_LINES[sender] = _IdentityLines(sender)
     return lines
