@@ -253,7 +253,8 @@ async def test_a_decider_that_cannot_write_a_dead_letter_is_reported_stuck_by_he
             async def stuck() -> bool:
                 return (await health(server.port))[0] == 503
 
-            await eventually(stuck, timeout=15, what="/healthz 503")
+            # Each retry re-creates the producer and re-reads the store: seconds apiece on a loaded machine.
+            await eventually(stuck, timeout=60, what="/healthz 503")
             status, body = await health(server.port)
             assert (status, body["status"]) == (503, "stuck"), body
             assert "decider: partition" in body["reason"], body
@@ -263,7 +264,7 @@ async def test_a_decider_that_cannot_write_a_dead_letter_is_reported_stuck_by_he
             async def healthy() -> bool:
                 return (await health(server.port))[0] == 200
 
-            await eventually(healthy, timeout=15, what="/healthz 200 again")
+            await eventually(healthy, timeout=60, what="/healthz 200 again")
             letters = await read_until(bootstrap, topics.dead_letters, lambda rs: len(rs) >= 1, timeout=10)
             assert [r.value for r in letters] == [b"{not json"]  # written once, when it could be
         finally:
