@@ -28,7 +28,7 @@ demo-quick: $(STAMP)
 
 ## The whole suite: static checks, then unit, integration and acceptance tests against real servers.
 test: $(STAMP) check
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2  # two workers on one shared stack (tests/conftest.py)
 
 check: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import uuid
@@ -39,17 +40,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.acceptance)
 
 
-@pytest.fixture(scope="session")
-def endpoints() -> Iterator[stack.Endpoints]:
-    """The real servers: from the environment, else the local stack (started here, stopped at the end)."""
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+_STACK = pytest.StashKey[tuple[Settings, list[str]]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The run's servers, started once by the process that runs the session (with `-n`, the xdist
+    controller, before its workers start): from the environment, else the local stack. The workers
+    inherit them through the environment, so they never race to start a stack of their own."""
+    if hasattr(config, "workerinput"):
+        return
     settings = Settings()
     state = stack.up(settings)
-    try:
-        yield state.endpoints
-    finally:
-        if state.started:
-            stack.down(settings)
+    config.stash[_STACK] = (settings, state.started)
+    os.environ["KAFKA_BOOTSTRAP_SERVERS"] = state.endpoints.kafka_bootstrap_servers
+    os.environ["DATABASE_URL"] = state.endpoints.database_url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    settings, started = config.stash.get(_STACK, (None, []))
+    if settings is not None and started:
+        stack.down(settings)  # only what this run started; a developer's running stack stays
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> stack.Endpoints:
+    """The real servers this run uses (see pytest_configure)."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    return stack.up(Settings()).endpoints
 
 
 @pytest.fixture

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import PolicyViolationError
 
 from enrollstream.adapters.kafka.records import MAX_COMMAND_BYTES, encode, header
 from enrollstream.adapters.kafka.topics import Topics
@@ -184,12 +187,21 @@ async def compact_campaigns_topic(bootstrap: str, topic: str, kept: list[tuple[b
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        # A compacted topic refuses DeleteRecords: allowed for the time of the call.
+        # A compacted topic refuses DeleteRecords: allowed for the time of the call. The broker applies
+        # a changed topic config asynchronously, so the deletion is retried until it sees it.
         for policy in ("compact,delete", "compact"):
             resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": policy})
             await admin.alter_configs([resource])
             if policy != "compact":
-                await admin.delete_records({tp: RecordsToDelete(end)})
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        await admin.delete_records({tp: RecordsToDelete(end)})
+                        break
+                    except PolicyViolationError:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.1)
     finally:
         await admin.close()
     for key, value in kept:
