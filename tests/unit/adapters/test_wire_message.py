@@ -5,6 +5,7 @@ and sender identity; the same refusals."""
 from __future__ import annotations
 
 import email
+import email.errors
 import email.message
 import email.policy
 import re
@@ -152,7 +153,16 @@ def test_the_wire_bytes_are_the_email_message_builders_and_parse_to_the_same_mes
     old_bytes = old.as_bytes(policy=WIRE_POLICY)
 
     assert _boundaryless(new.content) == _boundaryless(old_bytes)
-    assert _view(_parsed(new.content)) == _view(_parsed(old_bytes))
+    try:
+        seen = _view(_parsed(old_bytes))
+    except (IndexError, email.errors.HeaderParseError) as unreadable:
+        # Some display names (e.g. ')é  "') are folded into a header the standard library's own parser
+        # then fails to read back (an IndexError inside it): the bytes are equal above, and the new
+        # message fails the same way, so a reader sees the same either way.
+        with pytest.raises(type(unreadable)):
+            _view(_parsed(new.content))
+        return
+    assert _view(_parsed(new.content)) == seen
     assert new.message_id == str(old["Message-ID"])
     assert new.to_address == email.utils.getaddresses([str(old["To"])])[0][1]
     assert new.from_address == email.utils.getaddresses([str(old["From"])])[0][1]

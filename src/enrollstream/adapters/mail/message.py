@@ -285,6 +285,21 @@ def recipient_header(name: str, address: str) -> str:
     return formataddr((name, address)) if name else address
 
 
+def _step_ref_and_fields(
+    account_id: str,
+    contact_id: str,
+    enrollment_id: str,
+    step: StepDispatchedData,
+    extra_fields: Mapping[str, str] | None,
+) -> tuple[MessageRef, dict[str, str]]:
+    """What both step builders start from: the attempt's reference (its message id checked) and the
+    template fields."""
+    if step.message_id != ids.message_id(enrollment_id, step.step_index, step.attempt):
+        raise ValueError(f"StepDispatched message id {step.message_id} is not this attempt's")
+    ref = MessageRef(account_id, contact_id, enrollment_id, step.step_index, step.attempt)
+    return ref, {**contact_fields(step.contact_name, step.to), **(extra_fields or {})}
+
+
 def build_step_message(
     *,
     sender: SenderIdentity,
@@ -296,12 +311,10 @@ def build_step_message(
     extra_fields: Mapping[str, str] | None = None,
 ) -> EmailMessage:
     """The message for a StepDispatched event (email steps)."""
-    if step.message_id != ids.message_id(enrollment_id, step.step_index, step.attempt):
-        raise ValueError(f"StepDispatched message id {step.message_id} is not this attempt's")
-    fields = {**contact_fields(step.contact_name, step.to), **(extra_fields or {})}
+    ref, fields = _step_ref_and_fields(account_id, contact_id, enrollment_id, step, extra_fields)
     return build_message(
         sender=sender,
-        ref=MessageRef(account_id, contact_id, enrollment_id, step.step_index, step.attempt),
+        ref=ref,
         to=recipient_header(step.contact_name, step.to),
         subject_template=step.content.subject or "",
         body_template=step.content.body,
@@ -482,12 +495,10 @@ def build_step_wire_message(
     extra_fields: Mapping[str, str] | None = None,
 ) -> WireMessage:
     """`build_step_message`, as bytes (what the dispatcher sends)."""
-    if step.message_id != ids.message_id(enrollment_id, step.step_index, step.attempt):
-        raise ValueError(f"StepDispatched message id {step.message_id} is not this attempt's")
-    fields = {**contact_fields(step.contact_name, step.to), **(extra_fields or {})}
+    ref, fields = _step_ref_and_fields(account_id, contact_id, enrollment_id, step, extra_fields)
     return build_wire_message(
         sender=sender,
-        ref=MessageRef(account_id, contact_id, enrollment_id, step.step_index, step.attempt),
+        ref=ref,
         to_name=step.contact_name,
         to_addr=step.to,
         subject_template=step.content.subject or "",
