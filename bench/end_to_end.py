@@ -34,8 +34,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.common import Result, Sizes, migrated_database, run_id
-from bench.scale_out import _cpu_seconds, _delete_topics, _machine_cpu
+from bench.common import Result, Sizes, delete_topics, migrated_database, run_id
+from bench.machine import cpu_seconds, machine_cpu
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.adapters.postgres.databases import drop_database
@@ -94,26 +94,22 @@ class RateRun:
 
 
 class _Sink:
-    """The sink processes (`SinkProcess`) and what they accepted: recipient -> accept time."""
+    """What the sink processes accepted: recipient -> accept time, read as it arrives."""
 
-    def __init__(self) -> None:
-        self._processes = SinkProcess()
-        self.port = self._processes.port
+    def __init__(self, processes: SinkProcess) -> None:
+        self._processes = processes
+        self._seen = 0  # messages of `received()` already taken in
         self.received: dict[str, float] = {}
 
-    def start(self) -> None:
-        self._processes.__enter__()
-
     def update(self) -> None:
-        for message in self._processes.received():
+        messages = self._processes.received()
+        for message in messages[self._seen :]:
             self.received.setdefault(message.recipient, message.received_at)
+        self._seen = len(messages)
 
     @property
     def pids(self) -> list[int]:
         return self._processes.pids
-
-    def stop(self) -> None:
-        self._processes.__exit__()
 
 
 def _environment(
@@ -163,7 +159,7 @@ class _Workers:
                 raise RuntimeError(f"the {role} worker exited with status {process.returncode}: {tail}")
 
     def cpu(self) -> dict[str, float]:
-        return {role: _cpu_seconds([p.pid]) for role, p in self.processes.items()}
+        return {role: cpu_seconds([p.pid]) for role, p in self.processes.items()}
 
     async def stop(self) -> None:
         for process in self.processes.values():
@@ -226,15 +222,15 @@ async def _run_rate(
     seconds: int,
     tag: str,
 ) -> RateRun:
-    cpu_before, machine_before, clock = workers.cpu(), _machine_cpu(), time.monotonic()
-    sink_before = _cpu_seconds(sink.pids)
+    cpu_before, machine_before, clock = workers.cpu(), machine_cpu(), time.monotonic()
+    sink_before = cpu_seconds(sink.pids)
     published = await _publish(producer, topics.commands, tag, rate, rate * seconds)
     last_enroll = time.time()
     await _drained(sink, workers, published, seconds + 120)
     elapsed = time.monotonic() - clock
     cores = {role: (after - cpu_before[role]) / elapsed for role, after in workers.cpu().items()}
-    cores["smtp sink"] = (_cpu_seconds(sink.pids) - sink_before) / elapsed
-    busy, total = (a - b for a, b in zip(_machine_cpu(), machine_before, strict=True))
+    cores["smtp sink"] = (cpu_seconds(sink.pids) - sink_before) / elapsed
+    busy, total = (a - b for a, b in zip(machine_cpu(), machine_before, strict=True))
     latencies = [sink.received[r] - at for r, at in published.items() if r in sink.received]
     arrived = [sink.received[r] for r in published if r in sink.received]
     return RateRun(
@@ -314,43 +310,43 @@ async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[
     await ensure_topics(bootstrap, topics, sizes.partitions)
     url = await migrated_database(server_url, name)
     await publish_campaign(bootstrap, topics.campaigns, _campaign())
-    sink = _Sink()
     runs: list[RateRun] = []
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=1)
-    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as work:
-        workers = _Workers({}, Path(work))
-        try:
-            sink.start()
-            workers.env = _environment(
-                bootstrap, url, topics, sizes.partitions, sink.port, Path(work) / "state"
-            )
-            await workers.start()
-            await producer.start()
-            # Warm-up: the whole path proven live (every role started, partitions assigned) before timing.
-            warm = await _publish(producer, topics.commands, "warm", WARM_UP, WARM_UP)
-            if not await _drained(sink, workers, warm, 180):
-                raise TimeoutError("the warm-up's emails did not all arrive within 180 s")
-            rate: int | None = sizes.end_to_end_rate
-            while rate is not None and len(runs) <= sizes.end_to_end_searches:
-                run = await _run_rate(
-                    producer, topics, sink, workers, rate, sizes.end_to_end_seconds, f"r{len(runs)}"
-                )
-                runs.append(run)
-                say(
-                    f"end to end at {rate}/s: {run.received:,}/{run.sent:,} emails, p50 {run.p50:.3f} s, "
-                    f"p99 {run.p99:.3f} s, cores {', '.join(f'{k} {v:.2f}' for k, v in run.cores.items())}"
-                )
-                if not await _drained(sink, workers, run.published, DRAIN_LIMIT_S):
-                    break  # a lower rate would start behind this backlog
-                rate = _next_rate(runs, sizes.end_to_end_rate)
-            hops = await _hops(bootstrap, topics, sizes.partitions, sink, runs[0].published)
-            say(f"end to end at {runs[0].rate}/s, p50 s from the Enroll: {hops}")
-        finally:
-            await producer.stop()
-            await workers.stop()
-            sink.stop()
-            await drop_database(server_url, name)
-            await _delete_topics(bootstrap, topics.prefix)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-e2e-") as work, SinkProcess() as processes:
+            sink = _Sink(processes)
+            state = Path(work) / "state"
+            env = _environment(bootstrap, url, topics, sizes.partitions, processes.port, state)
+            workers = _Workers(env, Path(work))
+            try:
+                await workers.start()
+                await producer.start()
+                # Warm-up: the whole path proven live (every role started, partitions assigned) first.
+                warm = await _publish(producer, topics.commands, "warm", WARM_UP, WARM_UP)
+                if not await _drained(sink, workers, warm, 180):
+                    raise TimeoutError("the warm-up's emails did not all arrive within 180 s")
+                rate: int | None = sizes.end_to_end_rate
+                while rate is not None and len(runs) <= sizes.end_to_end_searches:
+                    run = await _run_rate(
+                        producer, topics, sink, workers, rate, sizes.end_to_end_seconds, f"r{len(runs)}"
+                    )
+                    runs.append(run)
+                    say(
+                        f"end to end at {rate}/s: {run.received:,}/{run.sent:,} emails, p50 {run.p50:.3f} s, "
+                        f"p99 {run.p99:.3f} s, cores "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in run.cores.items())
+                    )
+                    if not await _drained(sink, workers, run.published, DRAIN_LIMIT_S):
+                        break  # a lower rate would start behind this backlog
+                    rate = _next_rate(runs, sizes.end_to_end_rate)
+                hops = await _hops(bootstrap, topics, sizes.partitions, sink, runs[0].published)
+                say(f"end to end at {runs[0].rate}/s, p50 s from the Enroll: {hops}")
+            finally:
+                await producer.stop()
+                await workers.stop()
+    finally:
+        await drop_database(server_url, name)
+        await delete_topics(bootstrap, topics.prefix)
     first = runs[0]
     highest = max((r.rate for r in runs if r.met), default=0)
     return Result(

@@ -36,7 +36,8 @@ from aiokafka.protocol.group import MemberAssignment
 
 from bench import dispatcher as dispatcher_bench
 from bench import machine, workload
-from bench.common import Result, Sizes, Stopwatch, median, migrated_database, run_id
+from bench.common import Result, Sizes, Stopwatch, delete_topics, median, migrated_database, run_id
+from bench.machine import cpu_seconds, machine_cpu
 from enrollstream.adapters.kafka.records import encode
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.adapters.postgres.databases import drop_database
@@ -54,29 +55,6 @@ class Run:
     seconds: float
     worker_cores: float  # CPU seconds of the worker processes per second of the timed window
     machine_busy: float  # the share of the machine's CPU time busy (anyone) in the timed window
-
-
-def _machine_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of every CPU since boot, from /proc/stat (0, 0 where there is none)."""
-    try:
-        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return 0.0, 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds of these processes so far (from /proc; gone ones count 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _worker_pids(process_pid: int, log_path: Path) -> list[int]:
@@ -226,7 +204,7 @@ async def run_worker(
             elif quiet_since.elapsed() > 2.0 and (not role.announces or now_announced >= sizes.partitions):
                 break
         pids = _worker_pids(process.pid, log_path)
-        cpu_before, machine_before = _cpu_seconds(pids), _machine_cpu()
+        cpu_before, machine_before = cpu_seconds(pids), machine_cpu()
         base = await role.done(admin, group)
         await held.commit_transaction()
         clock = Stopwatch()
@@ -237,7 +215,7 @@ async def run_worker(
                 raise TimeoutError(f"only {done} of {n} done by the {role.name} after {limit:.0f} s")
             await asyncio.sleep(0.02)
         seconds = clock.elapsed()
-        worker_cpu, machine_after = _cpu_seconds(pids) - cpu_before, _machine_cpu()
+        worker_cpu, machine_after = cpu_seconds(pids) - cpu_before, machine_cpu()
     finally:
         await held.stop()
         await admin.close()
@@ -252,18 +230,6 @@ async def run_worker(
         raise RuntimeError(f"the worker did not stop cleanly (status {process.returncode})")
     busy, total = (after - before for after, before in zip(machine_after, machine_before, strict=True))
     return Run(processes, n / seconds, n, seconds, worker_cpu / seconds, busy / total if total else 0.0)
-
-
-async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    """A run's topics, gone after it: a dozen per run would otherwise pile up partitions on the broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
 
 
 async def _pairs(
@@ -290,7 +256,7 @@ async def _pairs(
                     )
                 finally:
                     await drop_database(server_url, name)
-                    await _delete_topics(bootstrap, topics.prefix)
+                    await delete_topics(bootstrap, topics.prefix)
                 runs[processes].append(run)
                 say(
                     f"scale_out {role.name} rep {rep + 1}/{sizes.reps}: {processes} process(es) "
