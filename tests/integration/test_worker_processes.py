@@ -9,9 +9,11 @@ versions 1..n once each, snapshots equal to folds, projections equal to a rebuil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -22,6 +24,7 @@ from enrollstream.chaos import (
     CAMPAIGNS,
     ChaosPlan,
     ChaosReport,
+    Published,
     chaos_campaign,
     drive,
     settle,
@@ -92,14 +95,17 @@ def stopped_cleanly(supervisor: WorkerProcess) -> set[str]:
     return {e.get("worker", "") for e in supervisor.logs() if e.get("message") == "worker stopped cleanly"}
 
 
-async def test_two_processes_split_the_decider_partitions_and_decide_every_command_once(
+@contextlib.asynccontextmanager
+async def two_deciding_children(
     settings: Settings, topics: Topics, tmp_path: Path
-) -> None:
-    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
-    assert bootstrap and database_url
+) -> AsyncIterator[WorkerProcess]:
+    """`worker --roles decider,projector --processes 2` (the chaos campaigns published), handed over once
+    its two children split the decider's partitions; stopped with SIGTERM after the block, which it
+    must survive with exit code 0 and both children saying they stopped cleanly."""
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap
     for campaign_id in CAMPAIGNS:
         await publish_campaign(bootstrap, topics.campaigns, chaos_campaign(campaign_id))
-    records = workload(ChaosPlan(commands=300, contacts=60, seed=5), run="processes")
     supervisor = WorkerProcess(
         supervisor_env(settings, tmp_path / "state"), "--roles", "decider,projector", "--processes", "2"
     )
@@ -108,6 +114,33 @@ async def test_two_processes_split_the_decider_partitions_and_decide_every_comma
         await eventually(
             lambda: split_between(settings, 2), timeout=90, what="the decider's partitions split in two"
         )
+        yield supervisor
+        assert supervisor.process is not None
+        supervisor.process.send_signal(signal.SIGTERM)
+        assert await supervisor.wait(timeout=60) == 0
+    finally:
+        if supervisor.process is not None and supervisor.process.returncode is None:
+            supervisor.process.kill()
+            await supervisor.wait(timeout=30)
+    assert stopped_cleanly(supervisor) == {"worker-0", "worker-1"}
+
+
+async def assert_decided_once(settings: Settings, topics: Topics, records: list[Published]) -> None:
+    """No command lost, no event twice, the read model equal to the events (the chaos verifier)."""
+    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
+    assert bootstrap and database_url
+    report = ChaosReport(commands=len(records))
+    await verify(bootstrap, topics, database_url, records, report)
+    assert report.clean, "\n".join(report.details)
+
+
+async def test_two_processes_split_the_decider_partitions_and_decide_every_command_once(
+    settings: Settings, topics: Topics, tmp_path: Path
+) -> None:
+    bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
+    assert bootstrap and database_url
+    records = workload(ChaosPlan(commands=300, contacts=60, seed=5), run="processes")
+    async with two_deciding_children(settings, topics, tmp_path) as supervisor:
         assert set(children(supervisor)) == {"worker-0", "worker-1"}
         await drive(bootstrap, topics.commands, records, seconds=1.0)
         assert await settle(
@@ -118,17 +151,7 @@ async def test_two_processes_split_the_decider_partitions_and_decide_every_comma
             e.get("worker") for e in supervisor.logs() if str(e.get("message", "")).startswith("decider owns")
         }
         assert deciding == {"worker-0", "worker-1"}
-        assert supervisor.process is not None
-        supervisor.process.send_signal(signal.SIGTERM)
-        assert await supervisor.wait(timeout=60) == 0
-    finally:
-        if supervisor.process is not None and supervisor.process.returncode is None:
-            supervisor.process.kill()
-            await supervisor.wait(timeout=30)
-    assert stopped_cleanly(supervisor) == {"worker-0", "worker-1"}
-    report = ChaosReport(commands=len(records))
-    await verify(bootstrap, topics, database_url, records, report)
-    assert report.clean, "\n".join(report.details)
+    await assert_decided_once(settings, topics, records)
 
 
 async def test_a_child_killed_with_sigkill_is_restarted_and_its_partitions_taken_over(
@@ -136,18 +159,9 @@ async def test_a_child_killed_with_sigkill_is_restarted_and_its_partitions_taken
 ) -> None:
     bootstrap, database_url = settings.kafka_bootstrap_servers, settings.database_url
     assert bootstrap and database_url
-    for campaign_id in CAMPAIGNS:
-        await publish_campaign(bootstrap, topics.campaigns, chaos_campaign(campaign_id))
     records = workload(ChaosPlan(commands=360, contacts=60, seed=7), run="restart")
     halves = [records[:180], records[180:]]
-    supervisor = WorkerProcess(
-        supervisor_env(settings, tmp_path / "state"), "--roles", "decider,projector", "--processes", "2"
-    )
-    await supervisor.start()
-    try:
-        await eventually(
-            lambda: split_between(settings, 2), timeout=90, what="the decider's partitions split in two"
-        )
+    async with two_deciding_children(settings, topics, tmp_path) as supervisor:
         await drive(bootstrap, topics.commands, halves[0], seconds=0.5)
         assert await settle(
             bootstrap, topics, database_url, halves[0], timeout=90, group_id=settings.group_id, sends=False
@@ -174,17 +188,7 @@ async def test_a_child_killed_with_sigkill_is_restarted_and_its_partitions_taken
         assert [(e["child"], e["pid"], e["exit_code"]) for e in unexpected] == [
             ("worker-1", victim, -signal.SIGKILL)
         ]
-        assert supervisor.process is not None
-        supervisor.process.send_signal(signal.SIGTERM)
-        assert await supervisor.wait(timeout=60) == 0
-    finally:
-        if supervisor.process is not None and supervisor.process.returncode is None:
-            supervisor.process.kill()
-            await supervisor.wait(timeout=30)
-    assert stopped_cleanly(supervisor) == {"worker-0", "worker-1"}
-    report = ChaosReport(commands=len(records))
-    await verify(bootstrap, topics, database_url, records, report)
-    assert report.clean, "\n".join(report.details)
+    await assert_decided_once(settings, topics, records)
 
 
 async def test_a_child_failing_again_and_again_soon_after_its_start_stops_the_supervisor(
