@@ -145,6 +145,16 @@ async def _enrollment(database_url: str, enrollment_id: str) -> asyncpg.Record |
     )
 
 
+async def _replied(database_url: str, enrollment_id: str) -> None:
+    """Until the read model says the enrollment was replied to."""
+
+    async def replied() -> bool:
+        row = await _enrollment(database_url, enrollment_id)
+        return row is not None and row["replied_at"] is not None
+
+    await eventually(replied, what="the enrollment replied in the read model")
+
+
 async def test_a_reply_delivered_to_the_smtp_listener_marks_the_enrollment_replied(
     settings: Settings, smtp_server: RecordingSmtpServer, manual_clock: ManualClock
 ) -> None:
@@ -159,11 +169,7 @@ async def test_a_reply_delivered_to_the_smtp_listener_marks_the_enrollment_repli
         mail = _mail(rcpt, "<r-1@example.org>", message_id_header(eid))
         assert await asyncio.to_thread(_send, receiver.smtp.port, [rcpt], mail) == {}
 
-        async def replied() -> bool:
-            row = await _enrollment(settings.database_url or "", eid)
-            return row is not None and row["replied_at"] is not None
-
-        await eventually(replied, what="the enrollment replied in the read model")
+        await _replied(settings.database_url, eid)
     row = await _enrollment(settings.database_url, eid)
     assert row is not None and (row["status"], row["stop_reason"]) == ("stopped", "replied")
 
@@ -198,12 +204,7 @@ async def test_a_reply_to_the_per_account_reply_to_of_a_sent_step_reaches_its_en
         async with running(_receiver(settings, manual_clock)) as receiver, running(_inbound(settings)):
             mail = _mail(reply_to, "<r-tag@example.org>", str(sent[first]["Message-ID"]))
             assert await asyncio.to_thread(_send, receiver.smtp.port, [reply_to], mail) == {}
-
-            async def replied() -> bool:
-                row = await _enrollment(database_url, enrollments[first])
-                return row is not None and row["replied_at"] is not None
-
-            await eventually(replied, what="the enrollment replied in the read model")
+            await _replied(database_url, enrollments[first])
         other = await _enrollment(database_url, enrollments[accounts[1]])
         assert other is not None and other["replied_at"] is None
 
