@@ -13,6 +13,8 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from pydantic import BaseModel
 
 from enrollstream.config import Settings
@@ -73,6 +75,32 @@ async def read_until(
     finally:
         await consumer.stop()
     return records
+
+
+async def set_topic_config(bootstrap: str, topic: str, config: dict[str, str], timeout: float = 30.0) -> None:
+    """Alter the topic's config and return once the broker describes it so. The broker applies a change
+    asynchronously (from its metadata log): a test acting right after the alter, with the broker busy
+    deleting other tests' topics, could otherwise run against the old value."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        for response in await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, config)]):
+            for error_code, error_message, *_ in response.resources:
+                assert error_code == 0, f"altering {topic}: {error_code} {error_message}"
+        wanted = dict.fromkeys(config)
+        deadline = time.monotonic() + timeout
+        while True:
+            described = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, wanted)]
+            )
+            entries = {name: value for r in described for *_, es in r.resources for name, value, *_ in es}
+            if all(entries.get(name) == value for name, value in config.items()):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: {config} not applied within {timeout}s (described {entries})")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
 
 
 async def eventually(
