@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # /healthz says 503 "stuck" when a role has had work waiting (records on a partition, a scheduler
     # tick) without moving for this long, or has failed this many times in a row at one offset.
     stuck_after_s: float = Field(default=300.0, gt=0)
+    # How long the broker may hold the decider's fetch to gather more commands (Kafka's fetch.max.wait.ms
+    # with a fetch.min.bytes): fewer, larger transactions for at most this much added latency.
+    decider_batch_wait_ms: int = Field(default=100, ge=0, le=1000)
     stuck_retries: int = Field(default=5, ge=1)
     # The decider's local state (docs/architecture.md "Local state"): one RocksDB store per owned partition
     # under this directory, a cache of the aggregates changelog, so a restart replays only the changelog's

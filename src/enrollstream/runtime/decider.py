@@ -312,6 +312,7 @@ class DeciderService:
         max_retry_backoff_s: float = 30.0,
         max_future_skew: timedelta | None = None,
         max_age: timedelta | None = None,
+        batch_wait_ms: int = 0,
         state_dir: Path | None = None,
         state_cache_bytes: int = 96 * 2**20,
         store_options: StoreOptions | None = None,
@@ -323,6 +324,7 @@ class DeciderService:
         self.mx = mx  # MX answers for campaigns that verify them (None: such Enrolls are refused)
         self.imports = imports  # None: BulkEnroll must carry its contacts inline
         self.max_batch = max_batch
+        self.batch_wait_ms = batch_wait_ms
         self.session_timeout_ms = session_timeout_ms
         self.heartbeat_interval_ms = heartbeat_interval_ms
         # How far a command's issued_at may be ahead of / behind its broker timestamp (None: unchecked).
@@ -353,6 +355,8 @@ class DeciderService:
             max_poll_records=self.max_batch,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
+            gather_ms=self.batch_wait_ms,
+            gather_bytes=self.max_batch * 1024,
         )
         await self._consumer.start()
         self._consumer.subscribe([self.topics.commands], listener=_Rebalance(self))

@@ -113,6 +113,7 @@ class Worker:
                 stuck_retries=self.settings.stuck_retries,
                 max_future_skew=_seconds_or_none(self.settings.command_max_future_skew_s),
                 max_age=_seconds_or_none(self.settings.command_max_age_s),
+                batch_wait_ms=self.settings.decider_batch_wait_ms,
                 state_dir=self.settings.state_dir if self.settings.state_store == "disk" else None,
                 state_cache_bytes=self.settings.state_cache_mb * 2**20 * 3 // 4,
                 store_options=StoreOptions(memory_bytes=self.settings.state_cache_mb * 2**20 // 4),

@@ -48,6 +48,8 @@ def group_consumer(
     max_poll_records: int,
     session_timeout_ms: int,
     heartbeat_interval_ms: int,
+    gather_ms: int = 0,
+    gather_bytes: int = 1,
 ) -> AIOKafkaConsumer:
     """A worker role's consumer: committed records only, offsets committed by the role itself
     (in a transaction, in Postgres, or after its side effect), from the start when the group is new."""
@@ -61,4 +63,6 @@ def group_consumer(
         max_poll_records=max_poll_records,
         session_timeout_ms=session_timeout_ms,
         heartbeat_interval_ms=heartbeat_interval_ms,
+        # gather_ms > 0: the broker answers a fetch once it has gather_bytes or after gather_ms.
+        **({"fetch_min_bytes": gather_bytes, "fetch_max_wait_ms": gather_ms} if gather_ms > 0 else {}),
     )
