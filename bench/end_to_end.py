@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import Result, Sizes, delete_topics, migrated_database, run_id
-from bench.machine import cpu_seconds, machine_cpu
+from bench.machine import cpu_seconds, listening_pid, machine_cpu, tree_cpu_seconds
 from enrollstream.adapters.kafka.reading import batches_to_end
 from enrollstream.adapters.kafka.topics import Topics, ensure_topics
 from enrollstream.adapters.postgres.databases import drop_database
@@ -221,15 +222,21 @@ async def _run_rate(
     rate: int,
     seconds: int,
     tag: str,
+    servers: dict[str, int],
 ) -> RateRun:
     cpu_before, machine_before, clock = workers.cpu(), machine_cpu(), time.monotonic()
     sink_before = cpu_seconds(sink.pids)
+    servers_before = {name: tree_cpu_seconds(pid) for name, pid in servers.items()}
+    bench_before = _own_cpu_seconds()
     published = await _publish(producer, topics.commands, tag, rate, rate * seconds)
     last_enroll = time.time()
     await _drained(sink, workers, published, seconds + 120)
     elapsed = time.monotonic() - clock
     cores = {role: (after - cpu_before[role]) / elapsed for role, after in workers.cpu().items()}
     cores["smtp sink"] = (cpu_seconds(sink.pids) - sink_before) / elapsed
+    for name, pid in servers.items():
+        cores[name] = (tree_cpu_seconds(pid) - servers_before[name]) / elapsed
+    cores["bench (publisher, sink reader)"] = (_own_cpu_seconds() - bench_before) / elapsed
     busy, total = (a - b for a, b in zip(machine_cpu(), machine_before, strict=True))
     latencies = [sink.received[r] - at for r, at in published.items() if r in sink.received]
     arrived = [sink.received[r] for r in published if r in sink.received]
@@ -244,6 +251,22 @@ async def _run_rate(
         machine_busy=busy / total if total else 0.0,
         published=published,
     )
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _servers(bootstrap: str, server_url: str) -> dict[str, int]:
+    """The broker's and PostgreSQL's processes, found by the ports this run talks to (when on this machine),
+    so a run says how much of the machine the servers took beside the workers."""
+    ports = {
+        "kafka broker": int(bootstrap.split(",")[0].rsplit(":", 1)[1]),
+        "postgresql": urlsplit(server_url).port or 5432,
+    }
+    found = {name: listening_pid(port) for name, port in ports.items()}
+    return {name: pid for name, pid in found.items() if pid is not None}
 
 
 # Where an email's time goes, hop by hop: from the Enroll's acknowledgement to each record's timestamp
@@ -325,10 +348,18 @@ async def scenario(bootstrap: str, server_url: str, sizes: Sizes, say: Callable[
                 warm = await _publish(producer, topics.commands, "warm", WARM_UP, WARM_UP)
                 if not await _drained(sink, workers, warm, 180):
                     raise TimeoutError("the warm-up's emails did not all arrive within 180 s")
+                servers = _servers(bootstrap, server_url)
                 rate: int | None = sizes.end_to_end_rate
                 while rate is not None and len(runs) <= sizes.end_to_end_searches:
                     run = await _run_rate(
-                        producer, topics, sink, workers, rate, sizes.end_to_end_seconds, f"r{len(runs)}"
+                        producer,
+                        topics,
+                        sink,
+                        workers,
+                        rate,
+                        sizes.end_to_end_seconds,
+                        f"r{len(runs)}",
+                        servers,
                     )
                     runs.append(run)
                     say(
