@@ -792,14 +792,18 @@ class DispatcherService:
         assert self._producer is not None and self._pool is not None
         if not reports:
             return
-        acks = [
-            await self._producer.send(
-                self.topics.commands,
-                encode(self._command(row, dispatch)),
-                key=key_bytes(aggregate_key(row["account_id"], row["contact_id"])),
+        acks = []
+        for i, (row, dispatch) in enumerate(reports):
+            if i and i % 32 == 0:
+                # A batch's reports are built while the next batch sends: let its replies in between.
+                await asyncio.sleep(0)
+            acks.append(
+                await self._producer.send(
+                    self.topics.commands,
+                    encode(self._command(row, dispatch)),
+                    key=key_bytes(aggregate_key(row["account_id"], row["contact_id"])),
+                )
             )
-            for row, dispatch in reports
-        ]
         await asyncio.gather(*acks)
         self.reports += len(reports)
         rows = [row for row, _ in reports]
