@@ -19,10 +19,11 @@ Per StepDispatched (read with `read_committed` in the consumer group `<group>.di
    after the broker acknowledged it is the ledger row marked reported and the consumer offset
    committed. A crash anywhere repeats at most a report.
 
-Records come in poll batches (all the partitions owned, up to `max_batch`): one ledger read, one
-transaction of `started` rows committed before any content goes out, the sends side by side over the
-SMTP connection pool, outcomes written as the sends end, all reports published and acknowledged, one
-`mark_reported`, one offset commit (docs/delivery.md, "Batches"). Nothing waits for a rate limit: a
+Records come in poll batches (all the partitions owned, up to `max_batch`): one ledger read, chunks
+of `started` rows each committed before any of its content goes out, the sends side by side over the
+SMTP connection pool, outcomes written as the sends end; then, while the next batch sends, all reports
+published and acknowledged, one `mark_reported`, one offset commit, batches settling in order
+(docs/delivery.md, "Batches"). Nothing waits for a rate limit: a
 deferral is a ledger row and a report, so the other senders' and channels' messages keep flowing.
 
 /healthz reports the dispatcher stuck (`Progress`, per partition) when one record has failed
