@@ -4,6 +4,7 @@ looks at a timing (benchmarks report, they never gate)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -58,6 +59,37 @@ async def test_peer_scenario_runs_quix_beside_the_decider_on_the_same_commands(
     # Every command answered once (a result or a dead letter), by both, alike (else the row had failed).
     assert sum(same["results_by_status"].values()) + same["dead_letters"] == 300
     assert same["events_by_type"]["ContactEnrolled.v1"] > 0 and same["dead_letters"] > 0
+
+
+async def test_reading_a_topic_to_its_end_takes_the_transactions_committed_before_it_was_read(
+    endpoints: stack.Endpoints, topics: Topics
+) -> None:
+    """What a bench check reads right after the decider's (or the peer's) last commit: a committed
+    transaction whose markers the broker has not written yet is part of the topic. An open transaction
+    stands for it here: the read waits until it is decided, then returns its records."""
+    bootstrap = endpoints.kafka_bootstrap_servers
+    topic = f"{topics.prefix}peer-read"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 2, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"{topics.prefix}writer")
+    await producer.start()
+    try:
+        async with producer.transaction():
+            await producer.send_and_wait(topic, b"committed", partition=0)
+        await producer.begin_transaction()
+        await producer.send_and_wait(topic, b"decided later", partition=1)
+        reading = asyncio.create_task(read_topic(bootstrap, topic, 2))
+        done, _ = await asyncio.wait({reading}, timeout=3)
+        assert not done, "the read stopped at the last stable offset, before the open transaction"
+        await producer.commit_transaction()
+        records = await asyncio.wait_for(reading, timeout=60)
+    finally:
+        await producer.stop()
+    assert sorted(r.value for r in records) == [b"committed", b"decided later"]
 
 
 async def _copy(bootstrap: str, source: str, target: str, partitions: int) -> None:

@@ -19,10 +19,11 @@ Per StepDispatched (read with `read_committed` in the consumer group `<group>.di
    after the broker acknowledged it is the ledger row marked reported and the consumer offset
    committed. A crash anywhere repeats at most a report.
 
-Records come in poll batches (all the partitions owned, up to `max_batch`): one ledger read, one
-transaction of `started` rows committed before any content goes out, the sends side by side over the
-SMTP connection pool, outcomes written as the sends end, all reports published and acknowledged, one
-`mark_reported`, one offset commit (docs/delivery.md, "Batches"). Nothing waits for a rate limit: a
+Records come in poll batches (all the partitions owned, up to `max_batch`): one ledger read, chunks
+of `started` rows each committed before any of its content goes out, the sends side by side over the
+SMTP connection pool, outcomes written as the sends end; then, while the next batch sends, all reports
+published and acknowledged, one `mark_reported`, one offset commit, batches settling in order
+(docs/delivery.md, "Batches"). Nothing waits for a rate limit: a
 deferral is a ledger row and a report, so the other senders' and channels' messages keep flowing.
 
 /healthz reports the dispatcher stuck (`Progress`, per partition) when one record has failed
@@ -36,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parseaddr
@@ -61,7 +63,7 @@ from enrollstream.adapters.mail.message import (
     render,
 )
 from enrollstream.adapters.mail.smtp import SmtpConfig, SmtpSender
-from enrollstream.adapters.postgres.errors import retry_while_unavailable
+from enrollstream.adapters.postgres.errors import is_connection_error, retry_while_unavailable
 from enrollstream.adapters.postgres.queries import query
 from enrollstream.adapters.sms import OutboundSmsTopicChannel, SmsChannel
 from enrollstream.config import Settings, require_settings, unsubscribe_key_list
@@ -131,6 +133,23 @@ class _InFlight:
 
     async def idle(self) -> None:
         await self._idle.wait()
+
+
+@dataclass(frozen=True)
+class _Settling:
+    """A batch whose sends have all ended, being reported and committed (`_settle`) in the background."""
+
+    task: asyncio.Task[None]
+    first: dict[TopicPartition, int]  # its first offset per partition: read again from here if it fails
+
+
+@dataclass(frozen=True)
+class _Begun:
+    """A chunk's ledger rows as `_start` wrote them: the sends to make, and the rows already final
+    (an unusable message) or deferred."""
+
+    started: list[tuple[Mapping[str, Any], _Prepared]]
+    written: list[Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -293,21 +312,38 @@ class DispatcherService:
         consumer = self._consumer
         assert consumer is not None, "start() the dispatcher first"
         watcher = asyncio.create_task(_forward(stop, self._stop))
+        settling: _Settling | None = None  # the last batch's reports and offset commit, still running
         try:
             while not self._stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=self.max_batch)
                 if batch:
-                    await self._process_batch(consumer, batch)
+                    settling = await self._process_batch(consumer, batch, settling)
+                elif settling is not None:  # nothing new to send beside it: wait for it here
+                    self._rewind(consumer, {} if await self._settled(settling) else settling.first)
+                    settling = None
+            if settling is not None:  # a clean stop reports and commits what it sent
+                self._rewind(consumer, {} if await self._settled(settling) else settling.first)
+                settling = None
         finally:
+            if settling is not None:  # cancelled or failed: not committed, read again by the next owner
+                settling.task.cancel()
             watcher.cancel()
 
     async def _process_batch(
-        self, consumer: AIOKafkaConsumer, batch: Mapping[TopicPartition, list[Any]]
-    ) -> None:
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: Mapping[TopicPartition, list[Any]],
+        previous: _Settling | None,
+    ) -> _Settling | None:
         """One poll batch, all its partitions together: the ledger read, the `started` inserts, the
         outcomes and the reports are one statement (or one round of acks) each for the whole batch;
-        the sends overlap over the SMTP connection pool. The offsets are committed once every report
-        of the batch was acknowledged."""
+        the sends overlap over the SMTP connection pool.
+
+        The batch's reports, `mark_reported` and offset commit run in the background (the answer)
+        while the next batch sends: every row they report is final already. Offsets are committed in
+        order: this batch settles only after `previous` did, and not at all if `previous` failed
+        (both are read again from `previous`'s offsets; their rows are final, so they are reported
+        again, never sent again)."""
 
         def owned() -> dict[TopicPartition, list[Any]]:
             return {tp: rs for tp, rs in batch.items() if tp in consumer.assignment()}
@@ -322,27 +358,80 @@ class DispatcherService:
             self.progress.working(tp.partition)
         # A partition revoked while PostgreSQL is away is left to its next owner; the rest go on.
         handled: dict[TopicPartition, list[Any]] = {}
+        reports: list[tuple[Mapping[str, Any], int]] = []
 
         async def work() -> None:
             handled.clear()
             handled.update(owned())
-            await self._handle_records(handled)
+            reports[:] = await self._handle_records(handled)
 
-        done = await retry_while_unavailable(work, self._stop, retrying, lambda: bool(owned()))
-        if done:
-            for tp in handled:
-                self.progress.advanced(tp.partition)
-            offsets = {tp: rs[-1].offset + 1 for tp, rs in handled.items() if tp in consumer.assignment()}
-            if offsets:
-                try:
-                    await consumer.commit(offsets)
-                except (CommitFailedError, KafkaError) as exc:  # a rebalance: the next owner re-reports
-                    log.warning("dispatcher: commit of %s failed: %s", offsets, exc)
-        for tp, records in batch.items():
-            if (not done or tp not in handled) and tp in consumer.assignment():
-                consumer.seek(tp, records[0].offset)  # read them again
+        try:
+            done = await retry_while_unavailable(work, self._stop, retrying, lambda: bool(owned()))
+        except BaseException:
+            if previous is not None:
+                previous.task.cancel()  # not committed: read again from its offsets by the next owner
+            raise
+        rewind = {tp: rs[0].offset for tp, rs in batch.items() if not done or tp not in handled}
+        if previous is not None and not await self._settled(previous):
+            # This batch's offsets may not be committed past the previous one's: read both again.
+            rewind = {tp: rs[0].offset for tp, rs in batch.items()} | previous.first
+            done = False
+        self._rewind(consumer, rewind)
+        if not done:
+            return None
+        for tp in handled:  # `_settled` restarted the clock of the partitions it settled
+            self.progress.working(tp.partition)
+        return _Settling(
+            asyncio.create_task(self._settle(consumer, handled, reports)),
+            {tp: rs[0].offset for tp, rs in handled.items()},
+        )
 
-    async def _handle_records(self, batch: Mapping[TopicPartition, list[Any]]) -> None:
+    async def _settle(
+        self,
+        consumer: AIOKafkaConsumer,
+        handled: Mapping[TopicPartition, list[Any]],
+        reports: list[tuple[Mapping[str, Any], int]],
+    ) -> None:
+        """A batch whose sends have all ended: publish its reports, wait for their acks, mark them
+        reported, commit its offsets."""
+        await self._report(reports)
+        offsets = {tp: rs[-1].offset + 1 for tp, rs in handled.items() if tp in consumer.assignment()}
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as exc:  # a rebalance: the next owner re-reports
+                log.warning("dispatcher: commit of %s failed: %s", offsets, exc)
+
+    async def _settled(self, settling: _Settling) -> bool:
+        """Wait for a batch's `_settle`: True once it is reported and committed, False if PostgreSQL
+        was unavailable for `mark_reported` (the caller reads the batch again); anything else is
+        raised, as a failed report always was."""
+        try:
+            await settling.task
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            metrics.POSTGRES_RETRIES.labels("dispatcher").inc()
+            for tp, offset in settling.first.items():
+                self.progress.retried(tp.partition, offset)
+            log.warning(
+                "dispatcher: PostgreSQL unavailable for a batch's reports (%s); reading it again", exc
+            )
+            return False
+        for tp in settling.first:
+            self.progress.advanced(tp.partition)
+        return True
+
+    @staticmethod
+    def _rewind(consumer: AIOKafkaConsumer, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            if tp in consumer.assignment():
+                consumer.seek(tp, offset)  # read them again
+
+    async def _handle_records(
+        self, batch: Mapping[TopicPartition, list[Any]]
+    ) -> list[tuple[Mapping[str, Any], int]]:
+        """The batch's sends, every outcome recorded; its reports are the answer (not published)."""
         dispatched: list[StepDispatched] = []
         for tp, records in batch.items():
             for record in records:
@@ -358,7 +447,7 @@ class DispatcherService:
                     continue
                 if isinstance(event, StepDispatched):
                     dispatched.append(event)
-        await self.dispatch_batch(dispatched)
+        return await self._send_batch(dispatched)
 
     # --- a batch of StepDispatched --------------------------------------------------------------
 
@@ -367,23 +456,30 @@ class DispatcherService:
         await self.dispatch_batch([event])
 
     async def dispatch_batch(self, events: list[StepDispatched]) -> None:
-        """`dispatch` for each event. Events of one attempt are taken in turns, in order (a topic read
-        from the start holds a deferred dispatch and the next one of the same attempt)."""
+        """`dispatch` for each event."""
+        await self._report(await self._send_batch(events))
+
+    async def _send_batch(self, events: list[StepDispatched]) -> list[tuple[Mapping[str, Any], int]]:
+        """Each event sent once, deferred or recalled, its row final or deferred: the rows to report,
+        in order, with the dispatch each answers. Events of one attempt are taken in turns, in order
+        (a topic read from the start holds a deferred dispatch and the next one of the same attempt)."""
+        reports: list[tuple[Mapping[str, Any], int]] = []
         wave: list[StepDispatched] = []
         keys: set[_Key] = set()
         for event in events:
             key = _key(event)
             if key in keys:
-                await self._dispatch_wave(wave)
+                reports += await self._dispatch_wave(wave)
                 wave, keys = [], set()
             wave.append(event)
             keys.add(key)
         if wave:
-            await self._dispatch_wave(wave)
+            reports += await self._dispatch_wave(wave)
+        return reports
 
-    async def _dispatch_wave(self, events: list[StepDispatched]) -> None:
+    async def _dispatch_wave(self, events: list[StepDispatched]) -> list[tuple[Mapping[str, Any], int]]:
         """Events of distinct attempts: one ledger read, one write per kind of row, the sends side by
-        side, one finish, the reports."""
+        side, the outcomes; the rows to report."""
         assert self._pool is not None
         keys = [_key(e) for e in events]
         rows = await self._rows(keys)
@@ -424,7 +520,7 @@ class DispatcherService:
         missing = [key for key in keys if key not in rows]  # another instance wrote them first
         if missing:
             rows.update(await self._rows(missing))
-        await self._report([(rows[key], e.data.dispatch) for e, key in zip(events, keys, strict=True)])
+        return [(rows[key], e.data.dispatch) for e, key in zip(events, keys, strict=True)]
 
     async def _rows(self, keys: list[_Key]) -> dict[_Key, Mapping[str, Any]]:
         assert self._pool is not None
@@ -435,40 +531,19 @@ class DispatcherService:
         self, events: list[StepDispatched], outcomes: dict[_Key, SendResult]
     ) -> dict[_Key, Mapping[str, Any]]:
         """The first processing of these dispatches: their final or deferred rows (those another
-        instance wrote first are missing). `outcomes` (of rows found `started`) are finished with the
-        sends' outcomes, in the same statement."""
-        assert self._pool is not None
+        instance wrote first are missing). `outcomes` (of rows found `started`) are finished first."""
         rows: dict[_Key, Mapping[str, Any]] = {}
-        prepared = {_key(e): (e, self._prepare(e)) for e in events}
-        unusable = [(e, p) for e, p in prepared.values() if p.unusable is not None]
-        sendable = [(e, p) for e, p in prepared.values() if p.unusable is None]
-        if unusable:
-            for e, p in unusable:
-                assert p.unusable is not None
-                log.warning("dispatcher: attempt %s not sendable: %s", _key(e), p.unusable.detail)
-            results = [p.unusable for _, p in unusable if p.unusable is not None]
-            found = await self._pool.fetch(
-                query("insert_final", LEDGER),
-                *_columns([_values(e, p) for e, p in unusable], 10),
-                [_state(r) for r in results],
-                [r.retryable for r in results],
-                [r.detail for r in results],
-                [r.code for r in results],
-                [r.provider_message_id for r in results],
-                self.clock(),
-                [e.data.dispatch for e, _ in unusable],
-            )
-            rows.update({_row_key(r): r for r in found})
         # The content may go out only once its `started` row is committed. Rows are started in chunks
-        # of `start_ahead`, the next chunk while the sends of the last ones run (so the SMTP pool does
-        # not wait for the ledger), and only while at most `start_ahead` sends are started and not
-        # ended: a crash leaves `unknown` at most 2 x `start_ahead` attempts (those in progress and
-        # those waiting for a connection), however large the poll batch. Outcomes are recorded as the
-        # sends end (one statement for all that ended together).
+        # of `start_ahead` (each chunk's messages built just before it, so the pool is not idle while
+        # the whole batch is built), the next chunk while the sends of the last ones run (so the SMTP
+        # pool does not wait for the ledger), and only while at most `start_ahead` sends are started
+        # and not ended: a crash leaves `unknown` at most 2 x `start_ahead` attempts (those in progress
+        # and those waiting for a connection), however large the poll batch. Outcomes are recorded as
+        # the sends end (one statement for all that ended together).
         rows.update(await self._finish(outcomes))
-        chunks = [sendable[i : i + self.start_ahead] for i in range(0, len(sendable), self.start_ahead)]
+        chunks = [events[i : i + self.start_ahead] for i in range(0, len(events), self.start_ahead)]
         chunks.reverse()  # popped from the end: in order
-        starting: asyncio.Future[tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]] | None = None
+        starting: asyncio.Future[_Begun] | None = None
         sending: dict[asyncio.Future[SendResult], Mapping[str, Any]] = {}
         failure: BaseException | None = None
         try:
@@ -483,13 +558,12 @@ class DispatcherService:
                 ended, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if starting is not None and starting in ended:
                     ended.discard(starting)
-                    started, deferred = starting.result()  # PostgreSQL away: the batch is retried
+                    begun = starting.result()  # PostgreSQL away: the batch is retried
                     starting = None
-                    rows.update({_row_key(r): r for r in deferred})
-                    self.sends += len(started)
-                    for r in started:
-                        send = asyncio.ensure_future(self._send(prepared[_row_key(r)][1], r["message_id"]))
-                        sending[send] = r
+                    rows.update({_row_key(r): r for r in begun.written})
+                    self.sends += len(begun.started)
+                    for r, p in begun.started:
+                        sending[asyncio.ensure_future(self._send(p, r["message_id"]))] = r
                 outcomes_now: dict[_Key, SendResult] = {}
                 for task in ended:
                     row = sending.pop(task)
@@ -515,19 +589,41 @@ class DispatcherService:
             raise failure
         return rows
 
-    async def _start(
-        self, sendable: list[tuple[StepDispatched, _Prepared]]
-    ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-        """In one transaction: the rows within their sender's limits become `started`, the rest
-        `deferred` with the time the sender may send again; nothing waits. (started, deferred) rows
-        as inserted; an attempt another instance's row holds already is in neither."""
+    async def _start(self, events: list[StepDispatched]) -> _Begun:
+        """Build the chunk's messages; then (in one transaction when a sender is rate-limited) those
+        that cannot be sent get their final row, those within their sender's limits become `started`,
+        the rest `deferred` with the time the sender may send again; nothing waits. An attempt another
+        instance's row holds already is in neither answer."""
         assert self._pool is not None
         windows = self.limits.windows
-        async with self._pool.acquire() as conn, conn.transaction():
+        prepared = {_key(e): (e, self._prepare(e)) for e in events}
+        unusable = [(e, p) for e, p in prepared.values() if p.unusable is not None]
+        sendable = [(e, p) for e, p in prepared.values() if p.unusable is None]
+        for e, p in unusable:
+            assert p.unusable is not None
+            log.warning("dispatcher: attempt %s not sendable: %s", _key(e), p.unusable.detail)
+        # The transaction holds the senders' advisory locks while their sends are counted; with no
+        # limit to count, each insert commits on its own (one round trip instead of three).
+        limited = bool(windows) and any(p.sender != SMS_SENDER for _, p in sendable)
+        async with self._pool.acquire() as conn, conn.transaction() if limited else nullcontext():
             now = self.clock()
+            finals: list[Mapping[str, Any]] = []
+            if unusable:
+                results = [p.unusable for _, p in unusable if p.unusable is not None]
+                finals = await conn.fetch(
+                    query("insert_final", LEDGER),
+                    *_columns([_values(e, p) for e, p in unusable], 10),
+                    [_state(r) for r in results],
+                    [r.retryable for r in results],
+                    [r.detail for r in results],
+                    [r.code for r in results],
+                    [r.provider_message_id for r in results],
+                    now,
+                    [e.data.dispatch for e, _ in unusable],
+                )
             go: list[tuple[StepDispatched, _Prepared]] = []
             wait: list[tuple[StepDispatched, _Prepared, datetime]] = []
-            room: dict[str, int] = {}  # sends of each rate-limited sender in this batch
+            room: dict[str, int] = {}  # sends of each rate-limited sender in this chunk
             for _, p in sendable:
                 if windows and p.sender != SMS_SENDER:
                     room[p.sender] = room.get(p.sender, 0) + 1
@@ -537,7 +633,7 @@ class DispatcherService:
                 ranks[sender] = [
                     await self._window_ranks(conn, sender, window, now, room[sender]) for window in windows
                 ]
-            added: dict[str, int] = {}  # sends of each sender allowed so far in this batch
+            added: dict[str, int] = {}  # sends of each sender allowed so far in this chunk
             for e, p in sendable:
                 if p.sender not in ranks:
                     go.append((e, p))
@@ -575,7 +671,10 @@ class DispatcherService:
                 _row_key(row),
                 row["retry_at"],
             )
-        return list(started), list(deferred)
+        return _Begun(
+            started=[(r, prepared[_row_key(r)][1]) for r in started],
+            written=[*finals, *deferred],
+        )
 
     @staticmethod
     async def _window_ranks(
@@ -698,14 +797,18 @@ class DispatcherService:
         assert self._producer is not None and self._pool is not None
         if not reports:
             return
-        acks = [
-            await self._producer.send(
-                self.topics.commands,
-                encode(self._command(row, dispatch)),
-                key=key_bytes(aggregate_key(row["account_id"], row["contact_id"])),
+        acks = []
+        for i, (row, dispatch) in enumerate(reports):
+            if i and i % 32 == 0:
+                # A batch's reports are built while the next batch sends: let its replies in between.
+                await asyncio.sleep(0)
+            acks.append(
+                await self._producer.send(
+                    self.topics.commands,
+                    encode(self._command(row, dispatch)),
+                    key=key_bytes(aggregate_key(row["account_id"], row["contact_id"])),
+                )
             )
-            for row, dispatch in reports
-        ]
         await asyncio.gather(*acks)
         self.reports += len(reports)
         rows = [row for row, _ in reports]

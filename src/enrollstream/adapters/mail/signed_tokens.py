@@ -31,7 +31,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _mac(purpose: bytes, key: bytes, payload: bytes) -> bytes:
-    return hmac.new(key, purpose + b"\x00" + payload, hashlib.sha256).digest()
+    return hmac.digest(key, purpose + b"\x00" + payload, hashlib.sha256)  # one shot: no HMAC object
 
 
 def sign(purpose: bytes, fields: Sequence[str], key: bytes) -> str:

@@ -150,6 +150,8 @@ class _PipelinedReplies(asyncio.Protocol):
 
     async def next(self, timeout: float) -> SMTPResponse:
         """The next reply in order."""
+        if self._replies:  # a pipelined group's replies mostly arrive together: no timer for those
+            return self._replies.pop(0)
         async with asyncio.timeout(timeout):
             try:
                 while not self._replies:
