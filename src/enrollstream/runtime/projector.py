@@ -75,7 +75,8 @@ _TIMELINE_COLUMNS = (
 # How much of an unprojectable record's value `unprojectable_events` keeps (its size and hash: all of it).
 QUARANTINE_VALUE_PREFIX = 64 * 1024
 # Records parsed between two chances for the write in flight to go on (`ProjectorService.prepare`).
-_YIELD_EVERY = 256
+_YIELD_EVERY = 64
+_FOLD_YIELD_EVERY = 256
 _INFRASTRUCTURE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -410,7 +411,7 @@ class ProjectorService:
         if events:
             await self._write_timers(conn, prepared)
             await self._write_enrollments(conn, prepared)
-            await self._write_timeline(conn, events, prepared.dumps, prepared.positions)
+            await self._write_timeline(conn, prepared.timeline)
             await self._write_skips_and_replies(conn, events)
             await self._write_bulk_enrollments(conn, events)
             await self._write_contacts(conn, events)
@@ -430,36 +431,30 @@ class ProjectorService:
         commits), the database's for the rest (which `previous` does not write). `write_prepared` checks
         that the checkpoints it locks are the ones this started from; the caller must not use the result
         if `previous` was not committed as prepared. Raises what the parse or the read raises."""
-        assert self._pool is not None
+        pool = self._pool
+        assert pool is not None
         generation = self._generation
         with _gc_paused():
-            async with (
-                self._pool.acquire() as conn,
-                conn.transaction(isolation="repeatable_read", readonly=True),
-            ):
-                starts: dict[str, dict[int, int]] = {}
-                for topic in sorted({tp.topic for tp in batch}):
-                    if topic not in self.topics:
-                        raise ValueError(f"the projector does not read {topic!r}")
-                    known = previous.next_offsets(topic) if previous is not None else {}
-                    partitions = [tp.partition for tp in batch if tp.topic == topic]
-                    if any(p not in known for p in partitions):
-                        stored = {
-                            row["partition"]: row["next_offset"]
-                            for row in await conn.fetch(query("read_checkpoints"), PROJECTION, topic)
-                        }
-                    else:
-                        stored = {}
-                    starts[topic] = {p: known[p] if p in known else stored.get(p, 0) for p in partitions}
-                prepared = _Prepared(batch, starts, generation)
-                for _ in self._parse(prepared):
+            starts: dict[str, dict[int, int]] = {}
+            for topic in sorted({tp.topic for tp in batch}):
+                if topic not in self.topics:
+                    raise ValueError(f"the projector does not read {topic!r}")
+                known = previous.offsets_after.get(topic, {}) if previous is not None else {}
+                partitions = [tp.partition for tp in batch if tp.topic == topic]
+                stored: dict[int, int] = {}
+                if any(p not in known for p in partitions):
+                    rows = await pool.fetch(query("read_checkpoints"), PROJECTION, topic)
+                    stored = {row["partition"]: row["next_offset"] for row in rows}
+                starts[topic] = {p: known[p] if p in known else stored.get(p, 0) for p in partitions}
+            prepared = _Prepared(batch, starts, generation, previous)
+            for _ in self._parse(prepared):
+                await asyncio.sleep(0)
+            if prepared.events:
+                before = await _enrollments_before(
+                    pool, prepared.events, previous.rows if previous is not None else {}
+                )
+                for _ in _fold(prepared, before):
                     await asyncio.sleep(0)
-                if prepared.events:
-                    before = await _enrollments_before(
-                        conn, prepared.events, previous.rows if previous is not None else {}
-                    )
-                    for _ in _fold(prepared, before):
-                        await asyncio.sleep(0)
         return prepared
 
     async def write_prepared(self, prepared: _Prepared) -> tuple[int, bool]:
@@ -522,7 +517,7 @@ class ProjectorService:
         await conn.execute(query("create_enrollments_stage"))
         await conn.copy_records_to_table(
             "enrollments_stage",
-            records=[_ENROLLMENT_VALUES(row) for row in prepared.changed],
+            records=prepared.changed,
             columns=list(enrollments.COLUMNS),
         )
         await conn.execute(query("merge_enrollments_stage"))
@@ -534,39 +529,16 @@ class ProjectorService:
             await conn.execute(query("create_timers_stage"))
             await conn.copy_records_to_table(
                 "timers_stage",
-                records=[_TIMER_VALUES(row) for row in prepared.timer_upserts],
+                records=prepared.timer_upserts,
                 columns=list(timers.COLUMNS),
             )
             await conn.execute(query("merge_timers_stage"))
 
-    async def _write_timeline(
-        self,
-        conn: asyncpg.Connection,
-        events: list[Event],
-        dumps: list[str | None],
-        positions: list[tuple[int, int]],
-    ) -> None:
-        """The batch's events in one COPY straight into the timeline, each with its record's partition and
-        offset. An event id already there (a redelivered BulkEnroll repeats its events, ids included)
-        keeps its first row: then, and only then, the COPY goes into a staging table and on into the
-        timeline where the id is new."""
-        records = [
-            (
-                e.event_id,
-                e.account_id,
-                e.contact_id,
-                e.campaign_id,
-                e.enrollment_id,
-                e.version,
-                e.type,
-                e.occurred_at,
-                e.causation_id,
-                e.data.model_dump_json() if dump is None else dump,
-                partition,
-                offset,
-            )
-            for e, dump, (partition, offset) in zip(events, dumps, positions, strict=True)
-        ]
+    async def _write_timeline(self, conn: asyncpg.Connection, records: list[tuple[object, ...]]) -> None:
+        """The batch's events (`_timeline_records`) in one COPY straight into the timeline. An event id
+        already there (a redelivered BulkEnroll repeats its events, ids included) keeps its first row:
+        then, and only then, the COPY goes into a staging table and on into the timeline where the id is
+        new."""
         try:
             async with conn.transaction():  # a savepoint: a refused COPY leaves the batch's work standing
                 await conn.copy_records_to_table(
@@ -678,10 +650,13 @@ class ProjectorService:
 
 
 async def _enrollments_before(
-    conn: asyncpg.Connection, events: list[Event], known: Mapping[str, enrollments.EnrollmentRow | None]
+    conn: asyncpg.Connection | asyncpg.Pool,
+    events: list[Event],
+    known: Mapping[str, enrollments.EnrollmentRow | None],
 ) -> dict[str, enrollments.EnrollmentRow | None]:
     """The `enrollments` row (None: none yet) of each enrollment `events` name, before the batch: from
-    `known` (the rows as the batch before this one leaves them) where it has it, else as `conn` reads it."""
+    `known` (the rows as the batch before this one leaves them) where it has it, else as `conn` reads it
+    (for a batch prepared ahead: the rows the batch being written does not touch)."""
     ids = {e.enrollment_id for e in events if e.enrollment_id}
     rows = {key: known[key] for key in ids if key in known}
     missing = sorted(ids.difference(rows))
@@ -698,13 +673,15 @@ async def _enrollments_before(
 def _fold(prepared: _Prepared, before: dict[str, enrollments.EnrollmentRow | None]) -> Iterator[None]:
     """Every event of the batch folded in memory, from the rows `before` it: the final row per
     enrollment (`enrollments.apply`, the same fold one event at a time would run) and the final change
-    per timer (`timers.TimerFold`). Fills `prepared`'s rows, changed rows and timer changes; yields
-    between the two folds."""
+    per timer (`timers.TimerFold`); and the timeline's rows, each event with its record's partition and
+    offset. Fills `prepared`'s rows, changed rows, timer changes and timeline; yields now and then."""
     events = prepared.events
     rows = dict(before)  # every enrollment the batch names: the row after it
     changed: set[str] = set()
-    for event in events:
+    for n, event in enumerate(events, 1):
         key = event.enrollment_id
+        if n % _FOLD_YIELD_EVERY == 0:
+            yield
         if not key:
             continue
         previous = rows.get(key)
@@ -712,7 +689,7 @@ def _fold(prepared: _Prepared, before: dict[str, enrollments.EnrollmentRow | Non
         if after is not None and after != previous:
             rows[key] = after
             changed.add(key)
-    prepared.changed = [row for key in sorted(changed) if (row := rows[key]) is not None]
+    prepared.changed = [_ENROLLMENT_VALUES(row) for key in sorted(changed) if (row := rows[key]) is not None]
     yield
     relevant = [e for e in events if timers.concerns_timers(e)]
     if relevant:
@@ -726,8 +703,26 @@ def _fold(prepared: _Prepared, before: dict[str, enrollments.EnrollmentRow | Non
         for event in relevant:
             fold.apply(event)
         prepared.timer_deletes = fold.deletes()
-        prepared.timer_upserts = fold.upserts()
+        prepared.timer_upserts = [_TIMER_VALUES(row) for row in fold.upserts()]
     prepared.rows = rows
+    yield
+    prepared.timeline = [
+        (
+            e.event_id,
+            e.account_id,
+            e.contact_id,
+            e.campaign_id,
+            e.enrollment_id,
+            e.version,
+            e.type,
+            e.occurred_at,
+            e.causation_id,
+            e.data.model_dump_json() if dump is None else dump,
+            partition,
+            offset,
+        )
+        for e, dump, (partition, offset) in zip(events, prepared.dumps, prepared.positions, strict=True)
+    ]
 
 
 class _Prepared:
@@ -738,6 +733,7 @@ class _Prepared:
         batch: Mapping[TopicPartition, Sequence[object]],
         starts: Mapping[str, Mapping[int, int]],
         generation: int,
+        previous: _Prepared | None = None,
     ) -> None:
         self.batch = batch
         self.starts = starts  # per topic: each partition's checkpoint the batch was parsed from
@@ -749,17 +745,31 @@ class _Prepared:
         self.results: list[tuple[int, int, CommandResult]] = []
         self.advance: dict[str, dict[int, int]] = {}  # per topic: each partition's checkpoint after it
         self.rows: dict[str, enrollments.EnrollmentRow | None] = {}  # each enrollment it names, after it
-        self.changed: list[enrollments.EnrollmentRow] = []  # the rows it changed, by enrollment id
+        # What the transaction writes, as the COPYs take it (built before it, off the write's path):
+        self.changed: list[tuple[object, ...]] = []  # the enrollment rows it changed, by enrollment id
         self.timer_deletes: list[tuple[str, str]] = []
-        self.timer_upserts: list[timers.TimerRow] = []
+        self.timer_upserts: list[tuple[object, ...]] = []
+        self.timeline: list[tuple[object, ...]] = []  # one row per event
+        # What the batches prepared before it leave the checkpoints at (their rows are not kept: only
+        # the previous batch's, which holds the ones it changed).
+        self._offsets_before = previous.offsets_after if previous is not None else {}
+        self._offsets_after: dict[str, dict[int, int]] | None = None
 
     @property
     def advanced(self) -> bool:
         return bool(self.advance)
 
-    def next_offsets(self, topic: str) -> dict[int, int]:
-        """Each partition's checkpoint once this batch is written."""
-        return {**self.starts.get(topic, {}), **self.advance.get(topic, {})}
+    @property
+    def offsets_after(self) -> dict[str, dict[int, int]]:
+        """Per topic, each partition's checkpoint once this batch (and the chain of prepared batches
+        before it) is written, for every partition the chain touched."""
+        if self._offsets_after is None:
+            after = {topic: dict(offsets) for topic, offsets in self._offsets_before.items()}
+            for source in (self.starts, self.advance):
+                for topic, offsets in source.items():
+                    after.setdefault(topic, {}).update(offsets)
+            self._offsets_after = after
+        return self._offsets_after
 
 
 class Pipeline:
@@ -778,6 +788,7 @@ class Pipeline:
         self._prepared: _Prepared | None = None  # the batch in flight, if it was prepared
         self._collect_in = _COLLECT_EVERY
         self._last_as_prepared = False  # whether the last write finished committed what was prepared
+        self._gc_pause: contextlib.AbstractContextManager[None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -794,13 +805,18 @@ class Pipeline:
         if self._writing is None or self._prepared is not None:
             prepared, tried = await self._prepare(batch, self._prepared), True
         if self._writing is not None:
-            done = await self.drain()
+            done = await self._finish()
             if prepared is not None and not self._last_as_prepared:
                 prepared, tried = None, False  # folded over rows the batch before did not commit
                 self.service.discarded += 1
         if not tried:  # nothing prepared ahead: prepare it now, from the database alone
             prepared = await self._prepare(batch, None)
         self._batch, self._prepared = batch, prepared
+        if self._gc_pause is None:
+            # Paused while batches follow each other: each batch's objects live from its preparation
+            # through its write, across the awaits between them (see `_gc_paused`).
+            self._gc_pause = _gc_paused()
+            self._gc_pause.__enter__()
         self._writing = asyncio.ensure_future(self._commit(batch, prepared))
         return done
 
@@ -818,8 +834,16 @@ class Pipeline:
             return None
 
     async def drain(self) -> list[tuple[Mapping[TopicPartition, Sequence[object]], int]]:
-        """Wait for the write in flight. Returns its batch and the events it applied (nothing when it was
-        stopped while retrying)."""
+        """Wait for the write in flight, leaving the pipeline empty. Returns its batch and the events it
+        applied (nothing when it was stopped while retrying)."""
+        try:
+            return await self._finish()
+        finally:
+            if self._gc_pause is not None:
+                pause, self._gc_pause = self._gc_pause, None
+                pause.__exit__(None, None, None)
+
+    async def _finish(self) -> list[tuple[Mapping[TopicPartition, Sequence[object]], int]]:
         if self._writing is None or self._batch is None:
             return []
         try:
