@@ -126,8 +126,6 @@ class ProjectorService:
         self.retries = 0  # batches tried again after an error of the database
         self._stop = asyncio.Event()
         self._reader = EventReader()  # the events' parse, with the campaign definitions it validated
-        # Moved on by every revocation and assignment: a batch prepared under an older one is folded again.
-        self._generation = 0
         self.refolded = 0  # prepared batches folded again at their write (the checkpoints had moved)
         self.discarded = (
             0  # prepared batches dropped because the batch before them was not written as prepared
@@ -356,7 +354,7 @@ class ProjectorService:
     ) -> int:
         """The batch from the checkpoints `stored` (locked by this transaction) on, folded over the rows
         as this transaction reads them, and written."""
-        prepared = _Prepared(batch, stored, self._generation)
+        prepared = _Prepared(batch, stored)
         for _ in self._parse(prepared):
             pass
         if not prepared.advanced:
@@ -433,7 +431,6 @@ class ProjectorService:
         if `previous` was not committed as prepared. Raises what the parse or the read raises."""
         pool = self._pool
         assert pool is not None
-        generation = self._generation
         with _gc_paused():
             starts: dict[str, dict[int, int]] = {}
             for topic in sorted({tp.topic for tp in batch}):
@@ -446,7 +443,7 @@ class ProjectorService:
                     rows = await pool.fetch(query("read_checkpoints"), PROJECTION, topic)
                     stored = {row["partition"]: row["next_offset"] for row in rows}
                 starts[topic] = {p: known[p] if p in known else stored.get(p, 0) for p in partitions}
-            prepared = _Prepared(batch, starts, generation, previous)
+            prepared = _Prepared(batch, starts, previous)
             for _ in self._parse(prepared):
                 await asyncio.sleep(0)
             if prepared.events:
@@ -458,16 +455,17 @@ class ProjectorService:
         return prepared
 
     async def write_prepared(self, prepared: _Prepared) -> tuple[int, bool]:
-        """Write a batch `prepare`d ahead, in one transaction with its checkpoints. If the checkpoints it
-        locks are not the ones the preparation started from (another instance applied these partitions
-        meanwhile, after a rebalance), or the partitions were reassigned since, the prepared fold is
-        dropped and the batch folded again here, from what this transaction reads. Returns the events
-        applied and whether the batch was written as prepared."""
+        """Write a batch `prepare`d ahead, in one transaction with its checkpoints. The rows of a
+        partition's enrollments change only in a transaction that moves its checkpoint, so checkpoints
+        equal to the ones the preparation started from mean the rows it folded over are the rows now.
+        Otherwise (another instance applied these partitions meanwhile, after a rebalance) the prepared
+        fold is dropped and the batch folded again here, from what this transaction reads. Returns the
+        events applied and whether the batch was written as prepared."""
         assert self._pool is not None
         with _gc_paused():
             async with self._pool.acquire() as conn, conn.transaction():
                 stored = await self._lock_checkpoints(conn, prepared.batch)
-                if prepared.generation == self._generation and all(
+                if all(
                     stored[topic].get(partition, 0) == start
                     for topic, starts in prepared.starts.items()
                     for partition, start in starts.items()
@@ -732,12 +730,10 @@ class _Prepared:
         self,
         batch: Mapping[TopicPartition, Sequence[object]],
         starts: Mapping[str, Mapping[int, int]],
-        generation: int,
         previous: _Prepared | None = None,
     ) -> None:
         self.batch = batch
         self.starts = starts  # per topic: each partition's checkpoint the batch was parsed from
-        self.generation = generation  # the assignment it was prepared under
         self.events: list[Event] = []
         # Each event's data as the timeline stores it, where the parse had it already (else None).
         self.dumps: list[str | None] = []
@@ -888,10 +884,9 @@ class _SeekToCheckpoints(ConsumerRebalanceListener):  # type: ignore[misc]
         self.service = service
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.service._generation += 1
+        return None
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.service._generation += 1
         consumer = self.service._consumer
         assert consumer is not None
         stored: dict[str, dict[int, int]] = {}
