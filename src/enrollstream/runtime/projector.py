@@ -75,8 +75,8 @@ _TIMELINE_COLUMNS = (
 # How much of an unprojectable record's value `unprojectable_events` keeps (its size and hash: all of it).
 QUARANTINE_VALUE_PREFIX = 64 * 1024
 # Records parsed between two chances for the write in flight to go on (`ProjectorService.prepare`).
-_YIELD_EVERY = 64
-_FOLD_YIELD_EVERY = 256
+_YIELD_EVERY = 16
+_FOLD_YIELD_EVERY = 64
 _INFRASTRUCTURE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
@@ -366,8 +366,8 @@ class ProjectorService:
         return await self._write(conn, prepared)
 
     def _parse(self, prepared: _Prepared) -> Iterator[None]:
-        """Each record past its partition's checkpoint parsed into `prepared`; yields now and then, so
-        a caller overlapping another batch's write can let it go on."""
+        """Each record past its partition's checkpoint parsed into `prepared` (its event and timeline
+        row); yields now and then, so a caller overlapping another batch's write can let it go on."""
         parsed = 0
         for tp, records in sorted(
             prepared.batch.items(), key=lambda item: (item[0].topic, item[0].partition)
@@ -383,8 +383,22 @@ class ProjectorService:
                     if topic == self.topic:
                         event, dump = self._reader.read(value or b"")
                         prepared.events.append(event)
-                        prepared.dumps.append(dump)
-                        prepared.positions.append((partition, offset))
+                        prepared.timeline.append(
+                            (
+                                event.event_id,
+                                event.account_id,
+                                event.contact_id,
+                                event.campaign_id,
+                                event.enrollment_id,
+                                event.version,
+                                event.type,
+                                event.occurred_at,
+                                event.causation_id,
+                                event.data.model_dump_json() if dump is None else dump,
+                                partition,  # where the event sits in the events topic: as-of's index (0017)
+                                offset,
+                            )
+                        )
                     else:
                         prepared.results.append(
                             (partition, offset, CommandResult.model_validate_json(value or b""))
@@ -671,8 +685,8 @@ async def _enrollments_before(
 def _fold(prepared: _Prepared, before: dict[str, enrollments.EnrollmentRow | None]) -> Iterator[None]:
     """Every event of the batch folded in memory, from the rows `before` it: the final row per
     enrollment (`enrollments.apply`, the same fold one event at a time would run) and the final change
-    per timer (`timers.TimerFold`); and the timeline's rows, each event with its record's partition and
-    offset. Fills `prepared`'s rows, changed rows, timer changes and timeline; yields now and then."""
+    per timer (`timers.TimerFold`). Fills `prepared`'s rows, changed rows and timer changes; yields now
+    and then."""
     events = prepared.events
     rows = dict(before)  # every enrollment the batch names: the row after it
     changed: set[str] = set()
@@ -703,24 +717,6 @@ def _fold(prepared: _Prepared, before: dict[str, enrollments.EnrollmentRow | Non
         prepared.timer_deletes = fold.deletes()
         prepared.timer_upserts = [_TIMER_VALUES(row) for row in fold.upserts()]
     prepared.rows = rows
-    yield
-    prepared.timeline = [
-        (
-            e.event_id,
-            e.account_id,
-            e.contact_id,
-            e.campaign_id,
-            e.enrollment_id,
-            e.version,
-            e.type,
-            e.occurred_at,
-            e.causation_id,
-            e.data.model_dump_json() if dump is None else dump,
-            partition,
-            offset,
-        )
-        for e, dump, (partition, offset) in zip(events, prepared.dumps, prepared.positions, strict=True)
-    ]
 
 
 class _Prepared:
@@ -735,9 +731,6 @@ class _Prepared:
         self.batch = batch
         self.starts = starts  # per topic: each partition's checkpoint the batch was parsed from
         self.events: list[Event] = []
-        # Each event's data as the timeline stores it, where the parse had it already (else None).
-        self.dumps: list[str | None] = []
-        self.positions: list[tuple[int, int]] = []  # each event's (partition, offset), in step with `events`
         self.results: list[tuple[int, int, CommandResult]] = []
         self.advance: dict[str, dict[int, int]] = {}  # per topic: each partition's checkpoint after it
         self.rows: dict[str, enrollments.EnrollmentRow | None] = {}  # each enrollment it names, after it
@@ -745,7 +738,7 @@ class _Prepared:
         self.changed: list[tuple[object, ...]] = []  # the enrollment rows it changed, by enrollment id
         self.timer_deletes: list[tuple[str, str]] = []
         self.timer_upserts: list[tuple[object, ...]] = []
-        self.timeline: list[tuple[object, ...]] = []  # one row per event
+        self.timeline: list[tuple[object, ...]] = []  # one row per event, in step with `events`
         # What the batches prepared before it leave the checkpoints at (their rows are not kept: only
         # the previous batch's, which holds the ones it changed).
         self._offsets_before = previous.offsets_after if previous is not None else {}
