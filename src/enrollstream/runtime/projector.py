@@ -71,6 +71,7 @@ _TIMELINE_COLUMNS = (
     "data",
     "event_partition",  # where the event sits in the events topic: as-of's index (migration 0017)
     "event_offset",
+    "campaign_definition",  # a ContactEnrolled's definition, by digest (migration 0020)
 )
 # How much of an unprojectable record's value `unprojectable_events` keeps (its size and hash: all of it).
 QUARANTINE_VALUE_PREFIX = 64 * 1024
@@ -381,7 +382,12 @@ class ProjectorService:
                 value: bytes | None = record.value  # type: ignore[attr-defined]
                 try:
                     if topic == self.topic:
-                        event, dump = self._reader.read(value or b"")
+                        event, dump, definition = self._reader.read_referenced(value or b"")
+                        digest = None
+                        if definition is not None:
+                            # The row names its campaign definition, stored once (migration 0020).
+                            digest = definition.digest
+                            prepared.definitions[(event.account_id, digest)] = definition.json
                         prepared.events.append(event)
                         prepared.timeline.append(
                             (
@@ -397,6 +403,7 @@ class ProjectorService:
                                 event.data.model_dump_json() if dump is None else dump,
                                 partition,  # where the event sits in the events topic: as-of's index (0017)
                                 offset,
+                                digest,
                             )
                         )
                     else:
@@ -423,6 +430,14 @@ class ProjectorService:
         if events:
             await self._write_timers(conn, prepared)
             await self._write_enrollments(conn, prepared)
+            if prepared.definitions:
+                accounts, digests = zip(*prepared.definitions, strict=True)
+                await conn.execute(
+                    query("insert_campaign_definitions"),
+                    list(accounts),
+                    list(digests),
+                    list(prepared.definitions.values()),
+                )
             await self._write_timeline(conn, prepared.timeline)
             await self._write_skips_and_replies(conn, events)
             await self._write_bulk_enrollments(conn, events)
@@ -739,6 +754,7 @@ class _Prepared:
         self.timer_deletes: list[tuple[str, str]] = []
         self.timer_upserts: list[tuple[object, ...]] = []
         self.timeline: list[tuple[object, ...]] = []  # one row per event, in step with `events`
+        self.definitions: dict[tuple[str, str], str] = {}  # (account, digest) -> a definition's JSON
         # What the batches prepared before it leave the checkpoints at (their rows are not kept: only
         # the previous batch's, which holds the ones it changed).
         self._offsets_before = previous.offsets_after if previous is not None else {}
