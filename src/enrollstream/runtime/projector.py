@@ -713,7 +713,9 @@ def _fold(prepared: _Prepared, before: dict[str, enrollments.EnrollmentRow | Non
             continue
         previous = rows.get(key)
         after = enrollments.apply(previous, event)
-        if after is not None and after != previous:
+        # `apply` returns the row itself when the event changes nothing, and a new row with a higher
+        # `last_version` otherwise: identity says "changed" without comparing 31 fields.
+        if after is not None and after is not previous:
             rows[key] = after
             changed.add(key)
     prepared.changed = [_ENROLLMENT_VALUES(row) for key in sorted(changed) if (row := rows[key]) is not None]
