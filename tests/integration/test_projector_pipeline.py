@@ -11,6 +11,7 @@ enrollment (and deletes its timer) is in batch N+1.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from enrollstream.config import Settings
 from enrollstream.domain.events import parse_event
 from enrollstream.runtime.projector import ProjectorService
 from enrollstream.runtime.replay import compare
-from tests.support import read_until
+from tests.support import eventually, read_until
 
 SCHEMA = "pipelined"
 ENDINGS = {
@@ -164,3 +165,54 @@ async def test_a_batch_prepared_while_another_instance_applies_its_partition_is_
     await _same_as_one_at_a_time(database_url)
     assert (applied, as_prepared) == (0, False)
     assert this.refolded == 1
+
+
+async def test_a_batch_after_one_stopped_while_waiting_out_the_database_is_not_written(
+    settings: Settings, topics: Topics, database_url: str
+) -> None:
+    """Batch N's write meets an error of the database itself (a trigger answers the StepScheduled's
+    timeline row with `cannot_connect_now`, as a server starting up does), so it waits and tries again,
+    while batch N+1 is prepared and waits behind it. The worker stops meanwhile: N is not written, and
+    N+1, already prepared, is not written either: its checkpoint would move past N's records, which no
+    one would apply then. The checkpoint stays where N starts."""
+    parts = await _records(settings, topics)
+    partition, records, x, y = _cut(parts)
+    refused = parse_event(records[x].value).event_id
+    tp = TopicPartition(topics.events, partition)
+    projector = await _projector(database_url, topics.events, SCHEMA)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            f"""create function "{SCHEMA}".away() returns trigger language plpgsql as $$
+                begin
+                    if new.event_id = '{refused}' then
+                        raise exception 'the database system is starting up' using errcode = '57P03';
+                    end if;
+                    return new;
+                end $$"""
+        )
+        await conn.execute(
+            f'create trigger away before insert on "{SCHEMA}".enrollment_timeline'
+            f' for each row execute function "{SCHEMA}".away()'
+        )
+    finally:
+        await conn.close()
+    stop = asyncio.Event()
+    projector._stop = stop  # what `run` waits on between tries
+    try:
+        pipeline = projector.pipeline()
+        await pipeline.push({tp: records[:1]})
+        await pipeline.push({tp: records[1 : x + 1]})  # N: its write waits out the "database"
+        after = asyncio.create_task(pipeline.push({tp: records[x + 1 : y + 1]}))  # N+1
+        await eventually(lambda: _true(projector.retries >= 2), what="batch N tried again")
+        stop.set()
+        await asyncio.wait_for(after, timeout=30)
+        await pipeline.drain()
+        checkpoints = await projector.checkpoints()
+    finally:
+        await projector.stop()
+    assert checkpoints == {partition: 1}, "nothing after batch N's start is applied"
+
+
+async def _true(value: bool) -> bool:
+    return value

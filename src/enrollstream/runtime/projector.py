@@ -795,6 +795,7 @@ class Pipeline:
         self._prepared: _Prepared | None = None  # the batch in flight, if it was prepared
         self._collect_in = _COLLECT_EVERY
         self._last_as_prepared = False  # whether the last write finished committed what was prepared
+        self._stopped = False  # whether the last write finished without writing (stopped while retrying)
         self._gc_pause: contextlib.AbstractContextManager[None] | None = None
 
     @property
@@ -805,7 +806,8 @@ class Pipeline:
         self, batch: Mapping[TopicPartition, Sequence[object]]
     ) -> list[tuple[Mapping[TopicPartition, Sequence[object]], int]]:
         """Prepare `batch`, wait for the write in flight, start `batch`'s. Returns the batches whose
-        writes finished, each with the events it applied (none when stopped while retrying)."""
+        writes finished, each with the events it applied. When the write in flight stopped unwritten (the
+        service stopped while it waited out the database), `batch` is not started either."""
         done = []
         prepared: _Prepared | None = None
         tried = False
@@ -813,6 +815,11 @@ class Pipeline:
             prepared, tried = await self._prepare(batch, self._prepared), True
         if self._writing is not None:
             done = await self._finish()
+            if self._stopped:
+                # The batch before was not written (stopped while it waited out the database): this one
+                # must not be either, or its checkpoints would move past the batch before. A new start
+                # seeks to the checkpoints and reads both again.
+                return done
             if prepared is not None and not self._last_as_prepared:
                 prepared, tried = None, False  # folded over rows the batch before did not commit
                 self.service.discarded += 1
@@ -858,6 +865,7 @@ class Pipeline:
         finally:
             batch = self._batch
             self._writing, self._batch = None, None
+        self._stopped = outcome is None
         self._last_as_prepared = outcome is not None and outcome[1]
         if not self._last_as_prepared:
             self._prepared = None
