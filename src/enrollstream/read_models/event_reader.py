@@ -11,7 +11,9 @@ So `EventReader.read` parses a ContactEnrolled in two steps: the record into pla
 (`to_json` of the parsed value) in a bounded cache of definitions validated before (in JSON mode, as
 `parse_event` validates them), and the event validated with that instance in place (pydantic accepts a
 validated model instance as is). Everything else of the event is validated as `parse_event` validates it,
-every field, every rule. Other event types are small: `parse_event` itself.
+every field, every rule. Other event types are small: `parse_event` itself. `read_referenced` gives a
+ContactEnrolled's data without its definition, and the definition's dump and SHA-256 apart: the timeline
+stores the definition once and refers to it (migration 0020).
 
 Rejections stay `parse_event`'s: whenever the light path refuses a record, the record goes through
 `parse_event` itself, which raises the same `ValidationError` as before (so the projector quarantines it

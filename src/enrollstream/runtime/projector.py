@@ -447,7 +447,7 @@ class ProjectorService:
         self.applied_results += len(prepared.results)
         return len(events)
 
-    # The pipeline (docs/architecture.md, "The projector's pipeline"): batch N+1 parsed and folded while
+    # The pipeline (docs/architecture.md, Projector, "The pipeline"): batch N+1 parsed and folded while
     # batch N's transaction runs in PostgreSQL.
 
     async def prepare(
