@@ -484,12 +484,13 @@ class ProjectorService:
         return prepared
 
     async def write_prepared(self, prepared: _Prepared) -> tuple[int, bool]:
-        """Write a batch `prepare`d ahead, in one transaction with its checkpoints. The rows of a
-        partition's enrollments change only in a transaction that moves its checkpoint, so checkpoints
-        equal to the ones the preparation started from mean the rows it folded over are the rows now.
-        Otherwise (another instance applied these partitions meanwhile, after a rebalance) the prepared
-        fold is dropped and the batch folded again here, from what this transaction reads. Returns the
-        events applied and whether the batch was written as prepared."""
+        """Write a batch `prepare`d ahead, in one transaction with its checkpoints. A contact's events
+        share one key (`aggregate_key`), so each enrollment's rows are folded from one partition and
+        change only in a transaction that moves that partition's checkpoint: checkpoints equal to the
+        ones the preparation started from mean the rows it folded over are the rows now. Otherwise
+        (another instance applied these partitions meanwhile, after a rebalance) the prepared fold is
+        dropped and the batch folded again here, from what this transaction reads. Returns the events
+        applied and whether the batch was written as prepared."""
         assert self._pool is not None
         with _gc_paused():
             async with self._pool.acquire() as conn, conn.transaction():
