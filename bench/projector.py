@@ -5,9 +5,9 @@ events topic. Each repetition gets a fresh database with every migration applied
 topic with the same consumer (`read_committed`, all partitions assigned, batches of the projector's
 `max_batch` up to the end) and write each batch in one transaction:
 
-- the projector: `ProjectorService.apply_batch`, the code the worker and `replay` run (checkpoint lock,
-  parse, fold, COPY into staging and the guarded upsert with stats, timeline, skips, replies,
-  checkpoint advance);
+- the projector: its `Pipeline`, the code the worker runs (each batch parsed and folded while the one
+  before it is written; per batch the checkpoint lock, COPY into staging and the guarded upsert with
+  stats, timeline, skips, replies, checkpoint advance);
 - the baseline: `COPY` of one row per event (partition, offset, key, value bytes) into an unindexed,
   logged table: the cost of getting the same bytes into PostgreSQL at all.
 """
@@ -43,7 +43,9 @@ async def _events_topic(bootstrap: str, sizes: Sizes, n: int) -> str:
     return topics.events
 
 
-async def _consume(bootstrap: str, topic: str, sizes: Sizes, apply: Any) -> tuple[int, float]:
+async def _consume(
+    bootstrap: str, topic: str, sizes: Sizes, apply: Any, finish: Any = None
+) -> tuple[int, float]:
     partitions = [TopicPartition(topic, p) for p in range(sizes.partitions)]
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False
@@ -56,6 +58,8 @@ async def _consume(bootstrap: str, topic: str, sizes: Sizes, apply: Any) -> tupl
         applied = 0
         async for batch in batches_to_end(consumer, partitions, max_records=MAX_BATCH):
             applied += await apply(batch)
+        if finish is not None:
+            applied += await finish()
         return applied, clock.elapsed()
     finally:
         await consumer.stop()
@@ -68,7 +72,15 @@ async def run_projector(bootstrap: str, server_url: str, topic: str, sizes: Size
         projector = ProjectorService(bootstrap, topic, url, "bench", max_batch=MAX_BATCH)
         await projector.open_pool()
         try:
-            applied, seconds = await _consume(bootstrap, topic, sizes, projector.apply_batch)
+            pipeline = projector.pipeline()
+
+            async def push(batch: dict[TopicPartition, list[Any]]) -> int:
+                return sum(applied for _, applied in await pipeline.push(batch))
+
+            async def drain() -> int:
+                return sum(applied for _, applied in await pipeline.drain())
+
+            applied, seconds = await _consume(bootstrap, topic, sizes, push, drain)
         finally:
             await projector.stop()
         return applied / seconds, applied

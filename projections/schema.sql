@@ -1,4 +1,4 @@
--- enrollstream read models: the whole schema as migrations 0001..0019 build it. GENERATED: do not edit.
+-- enrollstream read models: the whole schema as migrations 0001..0020 build it. GENERATED: do not edit.
 -- Regenerate with `python -m enrollstream.adapters.postgres.schema_dump --write` after adding a migration;
 -- tests/integration/test_schema_file.py fails while this file and the migrations disagree.
 -- Change the schema with a new migration in this directory, never here.
@@ -149,6 +149,16 @@ CREATE VIEW public.bulk_enroll_summaries AS
           WHERE ((enrollment_skips.account_id = b.account_id) AND (enrollment_skips.bulk_enroll_id = b.bulk_enroll_id))) s ON (true));
 
 --
+-- Name: campaign_definitions; Type: TABLE; Schema: public; Owner: -
+--
+
+CREATE TABLE public.campaign_definitions (
+    account_id text NOT NULL,
+    digest text NOT NULL,
+    definition jsonb NOT NULL
+);
+
+--
 -- Name: campaign_stats; Type: TABLE; Schema: public; Owner: -
 --
 
@@ -230,8 +240,32 @@ CREATE TABLE public.enrollment_timeline (
     causation_id text NOT NULL,
     data jsonb NOT NULL,
     event_partition integer,
-    event_offset bigint
+    event_offset bigint,
+    campaign_definition text
 );
+
+--
+-- Name: enrollment_timeline_events; Type: VIEW; Schema: public; Owner: -
+--
+
+CREATE VIEW public.enrollment_timeline_events AS
+ SELECT t.event_id,
+    t.account_id,
+    t.contact_id,
+    t.campaign_id,
+    t.enrollment_id,
+    t.version,
+    t.type,
+    t.occurred_at,
+    t.causation_id,
+        CASE
+            WHEN (t.campaign_definition IS NULL) THEN t.data
+            ELSE (t.data || jsonb_build_object('campaign', d.definition))
+        END AS data,
+    t.event_partition,
+    t.event_offset
+   FROM (public.enrollment_timeline t
+     LEFT JOIN public.campaign_definitions d ON (((d.account_id = t.account_id) AND (d.digest = t.campaign_definition))));
 
 --
 -- Name: contact_why; Type: VIEW; Schema: public; Owner: -
@@ -254,7 +288,7 @@ CREATE VIEW public.contact_why AS
     NULL::text AS code,
     ''::text AS reason,
     t.data
-   FROM (public.enrollment_timeline t
+   FROM (public.enrollment_timeline_events t
      LEFT JOIN public.decisions d ON (((d.command_id = t.causation_id) AND (d.account_id = t.account_id) AND (t.event_id = ANY (d.event_ids)))))
 UNION ALL
  SELECT d.account_id,
@@ -534,6 +568,13 @@ ALTER TABLE ONLY public.bulk_enrollments
 
 ALTER TABLE ONLY public.bulk_enrollments
     ADD CONSTRAINT bulk_enrollments_pkey PRIMARY KEY (account_id, bulk_enroll_id);
+
+--
+-- Name: campaign_definitions campaign_definitions_pkey; Type: CONSTRAINT; Schema: public; Owner: -
+--
+
+ALTER TABLE ONLY public.campaign_definitions
+    ADD CONSTRAINT campaign_definitions_pkey PRIMARY KEY (account_id, digest);
 
 --
 -- Name: campaign_stats campaign_stats_pkey; Type: CONSTRAINT; Schema: public; Owner: -

@@ -47,6 +47,10 @@ COMPARED_COLUMNS: dict[str, str] = {
     "occurred_at, causation_id, data",
 }
 
+# Tables compared through a view: the timeline's events whole, a ContactEnrolled's campaign definition put
+# back (migration 0020), so rows that carry it and rows that refer to it compare equal.
+COMPARED_RELATIONS: dict[str, str] = {"enrollment_timeline": "enrollment_timeline_events"}
+
 
 @dataclass(frozen=True)
 class TableComparison:
@@ -195,8 +199,9 @@ async def compare(
         out: list[TableComparison] = []
         for table in COMPARED_TABLES:
             columns = COMPARED_COLUMNS.get(table, "*")
-            live = compared = f"public.{table}"
-            replayed = f'"{schema}".{table}'
+            relation = COMPARED_RELATIONS.get(table, table)
+            live = compared = f"public.{relation}"
+            replayed = f'"{schema}".{relation}'
             if table == "decisions":
                 if results_start is None:
                     continue

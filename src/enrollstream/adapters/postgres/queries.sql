@@ -121,11 +121,18 @@ create temporary table enrollment_timeline_stage (like enrollment_timeline) on c
 -- BulkEnroll repeats its events, ids included) keeps its first row.
 insert into enrollment_timeline
     (event_id, account_id, contact_id, campaign_id, enrollment_id, version, type, occurred_at, causation_id, data,
-     event_partition, event_offset)
+     event_partition, event_offset, campaign_definition)
 select event_id, account_id, contact_id, campaign_id, enrollment_id, version, type, occurred_at, causation_id, data,
-       event_partition, event_offset
+       event_partition, event_offset, campaign_definition
   from enrollment_timeline_stage
 on conflict (event_id) do nothing;
+
+-- name: insert_campaign_definitions
+-- The campaign definitions a batch's ContactEnrolled timeline rows refer to (migration 0020), once per
+-- account and digest; in the batch's transaction, so a row never names a definition that is not there.
+insert into campaign_definitions (account_id, digest, definition)
+select * from unnest($1::text[], $2::text[], $3::jsonb[])
+on conflict (account_id, digest) do nothing;
 
 -- name: insert_decisions
 -- From the command-results topic; a result's (partition, offset) is its identity, so re-applying a batch
@@ -368,8 +375,9 @@ select * from campaign_stats_cards where account_id = $1 and campaign_id = $2;
 
 -- name: contact_timeline
 -- Every decision about one contact, in the order it was made, with its cause: the answer to "why".
+-- The events whole: the view puts a ContactEnrolled's campaign definition back (migration 0020).
 select t.occurred_at, t.version, t.type, t.campaign_id, t.enrollment_id, t.causation_id, t.data
-  from enrollment_timeline t
+  from enrollment_timeline_events t
  where t.account_id = $1 and t.contact_id = $2
  order by t.version, t.event_id;
 
