@@ -27,6 +27,7 @@ from email import quoprimime
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.parser import BytesParser
 from email.utils import format_datetime, formataddr, getaddresses
 from functools import cached_property
 from urllib.parse import quote
@@ -280,9 +281,28 @@ def contact_fields(name: str, email: str) -> dict[str, str]:
 
 def recipient_header(name: str, address: str) -> str:
     """`Name <address>` (or the bare address) for a contact. The name is checked before `formataddr`
-    would hide control characters of a non-ASCII name in an encoded-word."""
+    would hide control characters of a non-ASCII name in an encoded-word. A name the To line would not
+    read back with is left out (`_readable_recipient`)."""
     check_header("To", name)
-    return formataddr((name, address)) if name else address
+    if not name:
+        return address
+    value = formataddr((name, address))
+    if _SIMPLE_NAME.fullmatch(name):
+        return value
+    recipient = _address("To", value)
+    return value if _reads_back(_folded("To", recipient), recipient.addr_spec) else address
+
+
+def _reads_back(line: bytes, addr_spec: str) -> bool:
+    """Whether a standard parser reads this folded To line as exactly one mailbox, `addr_spec`. The
+    standard library folds a few display names (e.g. '.  é', ')é  "') into a phrase that its own parser
+    then fails on (IndexError, AttributeError deep inside it), and a receiving program may too: such a
+    name is left out and the message goes to the bare address."""
+    try:
+        header = _HEADER_PARSER.parsebytes(line + _CRLF, headersonly=True)["To"]
+        return [a.addr_spec for a in header.addresses] == [addr_spec]
+    except Exception:  # whatever the parser raises: not readable
+        return False
 
 
 def _step_ref_and_fields(
@@ -341,6 +361,7 @@ _SIMPLE_NAME = re.compile(r"[A-Za-z0-9'_-]+(?: [A-Za-z0-9'_-]+)*")
 _SIMPLE_ADDR = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SIMPLE_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 _CRLF = b"\r\n"
+_HEADER_PARSER = BytesParser(policy=email.policy.default)
 _BODY_LINE = 78  # email.policy.default.max_line_length, what set_content wraps quoted-printable at
 
 
@@ -404,7 +425,11 @@ def _to_line(to_name: str, to_addr: str) -> tuple[bytes, str]:
         if len(value) + len("To: ") <= MAX_HEADER_LINE:
             return f"To: {value}".encode("ascii") + _CRLF, to_addr
     recipient = _address("To", formataddr((to_name, to_addr)) if to_name else to_addr)
-    return _folded("To", recipient), recipient.addr_spec
+    line = _folded("To", recipient)
+    if to_name and not _reads_back(line, recipient.addr_spec):
+        recipient = _address("To", to_addr)  # as recipient_header: the name left out
+        line = _folded("To", recipient)
+    return line, recipient.addr_spec
 
 
 def _text_part(body: str, subtype: str, cte: str) -> tuple[bytes, bytes]:
