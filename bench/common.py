@@ -16,15 +16,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from enrollstream.adapters.postgres.databases import create_database, drop_database
 from enrollstream.adapters.postgres.migrations import migrate
 
-# End to end first: on two cores it is the scenario most sensitive to what the others leave running (their
-# databases' autovacuum, the broker deleting their topics); at 500/s its p99 was 3.3 s alone and 31.9 s
-# after them (docs/benchmarks.md). The others compare against a baseline measured beside them.
 SCENARIOS = (
-    "end_to_end",
     "decider",
     "peer",
     "projector",
     "scheduler",
+    "end_to_end",
     "restore",
     "decider_resident",
     "snapshots",
