@@ -56,7 +56,10 @@ async def test_quick_bench_decider_and_projector_write_results_json(
     e2e = loaded["end_to_end"]["params"]
     assert e2e["enrollments_per_s"] == 20 and [r["rate"] for r in e2e["rates"]] == [20]
     assert e2e["rates"][0]["emails"] == e2e["rates"][0]["enrolls"] == 20
-    assert set(e2e["rates"][0]["cores"]) == {"decider", "projector", "scheduler", "dispatcher", "smtp sink"}
+    assert set(e2e["rates"][0]["cores"]) == {
+        "decider", "projector", "scheduler", "dispatcher", "smtp sink",
+        "kafka broker", "postgresql", "bench (publisher, sink reader)",
+    }  # fmt: skip
     hops = list(e2e["p50_s_from_enroll_to"].values())
     assert len(hops) == 4 and hops == sorted(hops)  # each hop after the one before
     for name in ("restore", "broker"):
