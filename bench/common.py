@@ -11,7 +11,6 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from enrollstream.adapters.postgres.databases import create_database, drop_database
 from enrollstream.adapters.postgres.migrations import migrate
@@ -191,15 +190,3 @@ async def migrated_database(server_url: str, name: str) -> str:
         await drop_database(server_url, name)
         raise
     return url
-
-
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    """A run's topics, gone after it: a dozen per run would otherwise pile up partitions on the broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()

@@ -35,10 +35,10 @@ from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bench.common import Result, Sizes, delete_topics, migrated_database, run_id
+from bench.common import Result, Sizes, migrated_database, run_id
 from bench.machine import cpu_seconds, listening_pid, machine_cpu, tree_cpu_seconds
 from enrollstream.adapters.kafka.reading import batches_to_end
-from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.adapters.kafka.topics import Topics, delete_topics, ensure_topics
 from enrollstream.adapters.postgres.databases import drop_database
 from enrollstream.domain import CampaignDefinition
 from enrollstream.runtime.campaigns import publish_campaign

@@ -36,10 +36,10 @@ from aiokafka.protocol.group import MemberAssignment
 
 from bench import dispatcher as dispatcher_bench
 from bench import machine, workload
-from bench.common import Result, Sizes, Stopwatch, delete_topics, median, migrated_database, run_id
+from bench.common import Result, Sizes, Stopwatch, median, migrated_database, run_id
 from bench.machine import cpu_seconds, machine_cpu
 from enrollstream.adapters.kafka.records import encode
-from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.adapters.kafka.topics import Topics, delete_topics, ensure_topics
 from enrollstream.adapters.postgres.databases import drop_database
 from enrollstream.runtime.campaigns import publish_campaign
 from enrollstream.smtp_sink import SmtpSink

@@ -18,10 +18,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from enrollstream import stack
-from enrollstream.adapters.kafka.topics import Topics, ensure_topics
+from enrollstream.adapters.kafka.topics import Topics, delete_topics, ensure_topics
 from enrollstream.adapters.postgres.migrations import migrate
 from enrollstream.config import Settings
 
@@ -98,18 +97,7 @@ def topics(endpoints: stack.Endpoints, topic_deleter: _Cleaner) -> Iterator[Topi
     asyncio.run(ensure_topics(endpoints.kafka_bootstrap_servers, topics, TEST_PARTITIONS))
     yield topics
     bootstrap = endpoints.kafka_bootstrap_servers
-    topic_deleter.submit(topics.prefix, lambda: _delete_topics(bootstrap, topics.prefix))
-
-
-async def _delete_topics(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+    topic_deleter.submit(topics.prefix, lambda: delete_topics(bootstrap, topics.prefix))
 
 
 def _with_database(url: str, database: str) -> str:

@@ -182,6 +182,19 @@ async def ensure_topics(
         await admin.close()
 
 
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Every topic whose name starts with `prefix` (a test's or a bench run's set): deleted, so their
+    partitions do not pile up on the broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [name for name in await admin.list_topics() if name.startswith(prefix)]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
 async def partition_numbers(bootstrap: str, topic: str) -> list[int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
