@@ -121,8 +121,13 @@ async def test_a_batch_sends_while_the_last_one_reports_and_a_failed_report_is_r
             assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == sorted(
                 f"{c}@example.org" for c in contacts[:4]
             )
+
             # The second batch is sent and its reports wait behind the first batch's: nothing committed.
-            assert await db.fetchval("select count(*) from delivery_ledger where state = 'sent'") == 4
+            # The server holds a message before the dispatcher has written its outcome: wait for both rows.
+            async def second_batch_recorded() -> bool:
+                return await db.fetchval("select count(*) from delivery_ledger where state = 'sent'") == 4
+
+            await eventually(second_batch_recorded, what="the second batch's outcomes recorded as sent")
             assert await _committed(bootstrap, group, partition) is None
             cancelled = await db.fetchval(
                 "select count(*) from (select pg_cancel_backend(pid) from pg_stat_activity "
