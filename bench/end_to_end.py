@@ -11,9 +11,10 @@ time the broker acknowledged the Enroll. The clock starts after a warm-up that p
 (every warm-up email arrived).
 
 Rates: first `end_to_end_rate` for `end_to_end_seconds` (the issue's 500/s for 60 s); then the highest
-rate at which p99 stays under 2 s, by bisection between 0 and the lowest rate that failed, at most
-`end_to_end_searches` more runs, each on new contacts. The next rate starts only once every email of the
-previous one has arrived; a rate whose backlog does not drain within `seconds + 120` s ends the search.
+rate at which p99 stays under 2 s: up by half while rates are met, then by bisection between the highest
+met and the lowest missed rate, at most `end_to_end_searches` more runs, each on new contacts. The next
+rate starts only once every email of the previous one has arrived; a rate whose backlog does not drain
+within `seconds + 120` s ends the search.
 The CPU seconds each process used per second of a run say which role bounds it.
 """
 
@@ -317,10 +318,14 @@ async def _hops(
 
 
 def _next_rate(runs: list[RateRun], target: int) -> int | None:
-    """Bisection for the highest rate with p99 under the limit (to the nearest 5 %, and 10/s)."""
+    """The highest rate with p99 under the limit: up by half while every rate is met, then bisection
+    between the highest met and the lowest missed rate (to the nearest 5 % of the target, and 10/s).
+
+    Going up when the target is met is what makes the reported figure the machine's ceiling rather than
+    the issue's number; the search budget (`end_to_end_searches`) bounds it."""
     failed = min((r.rate for r in runs if not r.met), default=None)
     if failed is None:
-        return None  # the target rate itself was met
+        return max(r.rate for r in runs) * 3 // 2
     passed = max((r.rate for r in runs if r.met and r.rate < failed), default=0)
     if failed - passed <= max(10, target // 20):
         return None

@@ -10,8 +10,15 @@ def run(rate: int, p99: float, received: int | None = None) -> RateRun:
     return RateRun(rate, sent, sent if received is None else received, p99 / 2, p99, 1.0, {}, 0.5, {})
 
 
-def test_the_target_rate_met_ends_the_search() -> None:
-    assert _next_rate([run(500, 1.2)], 500) is None
+def test_a_met_target_searches_up_by_half_until_a_miss_then_bisects() -> None:
+    runs = [run(500, 1.2)]
+    assert _next_rate(runs, 500) == 750
+    runs.append(run(750, 1.5))
+    assert _next_rate(runs, 500) == 1125
+    runs.append(run(1125, 8.0))
+    assert _next_rate(runs, 500) == 937
+    runs.append(run(937, 2.1))
+    assert _next_rate(runs, 500) == 843
 
 
 def test_a_missed_target_bisects_down_then_between_the_last_pass_and_the_lowest_miss() -> None:
