@@ -14,7 +14,7 @@ Rates: first `end_to_end_rate` for `end_to_end_seconds` (the issue's 500/s for 6
 rate at which p99 stays under 2 s: up by half while rates are met, then by bisection between the highest
 met and the lowest missed rate, at most `end_to_end_searches` more runs, each on new contacts. The next
 rate starts only once every email of the previous one has arrived; a rate whose backlog does not drain
-within `seconds + 120` s ends the search.
+within `DRAIN_LIMIT_S` (600 s) ends the search.
 The CPU seconds each process used per second of a run say which role bounds it.
 """
 
